@@ -1,0 +1,1 @@
+"""engage: a Kafka-native engine for proactive, real-time customer engagement."""

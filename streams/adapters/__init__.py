@@ -1,0 +1,1 @@
+"""Channel adapters: consume engage.delivery, make the interaction, report outcomes."""

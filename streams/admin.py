@@ -1,0 +1,64 @@
+"""Decides how the engine's topics are created on a cluster: partitions, replication, compaction."""
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams import topics
+from streams.settings import Settings
+
+
+class KafkaUnavailable(RuntimeError):
+    """No broker answered at the configured bootstrap servers."""
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+
+
+def wait_for_broker(settings: Settings, timeout_s: float = 60.0) -> None:
+    """Return once an admin call succeeds; raise KafkaUnavailable after timeout_s."""
+    admin = admin_client(settings)
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            md = admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            if md.brokers:
+                return
+        except KafkaException as exc:
+            last = exc
+        time.sleep(0.5)
+    raise KafkaUnavailable(f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout_s:.0f}s"
+                           + (f" ({last})" if last else ""))
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
+    """Create every missing topic; returns the names created. Existing topics are left alone."""
+    admin = admin_client(settings)
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    wanted = []
+    for spec in topics.ALL:
+        name = topics.physical(settings, spec)
+        if name in existing:
+            continue
+        config = {"cleanup.policy": "compact"} if spec.compacted else {}
+        wanted.append(NewTopic(name, num_partitions=settings.partitions,
+                               replication_factor=settings.replication, config=config))
+    created = []
+    if wanted:
+        for name, fut in admin.create_topics(wanted, operation_timeout=timeout_s).items():
+            try:
+                fut.result()
+                created.append(name)
+            except KafkaException as exc:
+                if exc.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS: another worker won the race
+                    raise
+    # wait until metadata shows them, so producers started right after do not race creation
+    deadline = time.monotonic() + timeout_s
+    names = {topics.physical(settings, s) for s in topics.ALL}
+    while time.monotonic() < deadline and not names <= set(admin.list_topics(timeout=5).topics):
+        time.sleep(0.2)
+    return created

@@ -1,0 +1,73 @@
+"""Decides how the Faust app is built: broker, RocksDB state, raw bytes on the wire, topics, codec."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import faust
+
+
+from streams import topics
+from streams.codec import SchemaStore, make_codec
+from streams.deadletter import dead_letter, log_dead_letter
+from streams.settings import Settings
+
+
+@dataclass
+class Engine:
+    """The Faust app and what every stage shares: settings, codec, topics."""
+
+    settings: Settings
+    app: faust.App
+    codec: object
+    topic: dict = field(default_factory=dict)  # contract name -> faust topic
+
+    def encode(self, spec: topics.TopicSpec, record: dict) -> bytes:
+        return self.codec.encode(topics.physical(self.settings, spec), spec.schema, record)
+
+    def decode(self, spec: topics.TopicSpec, data: bytes | None) -> dict:
+        return self.codec.decode(topics.physical(self.settings, spec), spec.schema, data)
+
+    async def send(self, spec: topics.TopicSpec, key: str, record: dict, headers: dict | None = None) -> None:
+        """Send and wait for the broker's ack, so an offset is only committed after its outputs exist."""
+        fut = await self.topic[spec.name].send(key=key.encode(), value=self.encode(spec, record),
+                                               headers=[(k, v.encode()) for k, v in (headers or {}).items()])
+        await fut
+
+    async def dead_letter(self, stage: str, message, error: Exception | str) -> None:
+        record = dead_letter(stage, message.topic, message.partition, message.offset, message.key, message.value, error)
+        log_dead_letter(record)
+        fut = await self.topic[topics.DEADLETTER.name].send(key=message.key, value=self.encode(topics.DEADLETTER, record))
+        await fut
+
+
+def _broker_url(bootstrap: str) -> str:
+    return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip())
+
+
+def build_app(settings: Settings) -> Engine:
+    app = faust.App(
+        settings.app_id,
+        broker=_broker_url(settings.bootstrap_servers),
+        store="rocksdb://",  # rocksdict is picked as the driver when installed
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        key_serializer="raw",
+        value_serializer="raw",
+        # Records are decoded inside the agents, so bad bytes reach the dead-letter topic
+        # instead of stopping the stream.
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=settings.commit_interval_s,
+        producer_acks=-1,
+        web_enabled=False,
+        table_cleanup_interval=60.0,
+    )
+    engine = Engine(settings=settings, app=app, codec=make_codec(SchemaStore(settings.schemas_dir),
+                                                                  settings.schema_registry_url))
+    for spec in topics.ALL:
+        engine.topic[spec.name] = app.topic(topics.physical(settings, spec), key_serializer="raw",
+                                            value_serializer="raw", partitions=settings.partitions, internal=False)
+    return engine
+
+
+__all__ = ["Engine", "build_app"]

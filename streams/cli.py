@@ -1,0 +1,166 @@
+"""Decides the `engage` command line: worker, simulator, adapters, topics, broker, rules, demo, bench.
+
+Bad arguments and known failures print one line and exit 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from streams.settings import Settings, SettingsError
+
+
+class CliError(Exception):
+    """A failure to report in one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not a usage dump
+        raise CliError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be greater than zero: {text!r}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="engage", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("worker", help="run the four stages (detection, data, decision, delivery)")
+
+    s = sub.add_parser("simulate", help="produce seeded visitor journeys, CRM profiles and outcomes")
+    s.add_argument("--rate", type=_positive(float), default=20.0, help="events per second (default 20)")
+    s.add_argument("--duration", type=_positive(float), default=None, help="seconds to run (default: until Ctrl-C)")
+    s.add_argument("--count", type=_positive(int), default=None, help="stop after this many events")
+    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--customers", type=_positive(int), default=500)
+    s.add_argument("--no-react", action="store_true", help="do not answer deliveries with outcomes")
+
+    a = sub.add_parser("adapter", help="run a channel adapter")
+    a.add_argument("kind", choices=["console"])
+    a.add_argument("--from-beginning", action="store_true")
+
+    t = sub.add_parser("topics", help="create or list the engine's topics")
+    t.add_argument("action", choices=["create", "list"])
+
+    b = sub.add_parser("broker", help="the local Kafka broker (KRaft) on 127.0.0.1")
+    b.add_argument("action", choices=["up", "down", "status"])
+    b.add_argument("--port", type=_positive(int), default=9092)
+
+    r = sub.add_parser("rules", help="work with rule files")
+    r.add_argument("action", choices=["validate"])
+    r.add_argument("paths", nargs="*", type=Path)
+
+    d = sub.add_parser("demo", help="broker (unless KAFKA_BOOTSTRAP_SERVERS), worker, simulator and console adapter")
+    d.add_argument("--rate", type=_positive(float), default=10.0)
+    d.add_argument("--duration", type=_positive(float), default=None, help="stop by itself after this many seconds")
+
+    be = sub.add_parser("bench", help="measure the pipeline under a fixed offered load")
+    be.add_argument("--rate", type=_positive(float), default=1000.0)
+    be.add_argument("--duration", type=_positive(float), default=30.0)
+    be.add_argument("--out", type=Path, default=None)
+    return p
+
+
+def _rules_validate(settings: Settings, paths: list[Path]) -> int:
+    from streams.decision.actions import load_actions
+    from streams.detection.rules import load_detection
+    from streams.rules.loader import RuleError
+
+    paths = paths or sorted(settings.rules_dir.glob("*.yaml"))
+    failed = 0
+    for path in paths:
+        loader = load_actions if path.stem.startswith("action") else load_detection
+        try:
+            rs = loader(path)
+        except RuleError as exc:
+            print(f"invalid: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        n = len(getattr(rs, "rules", None) or getattr(rs, "actions", []))
+        print(f"ok: {path} ({n} rules, version {rs.version})")
+    return 1 if failed else 0
+
+
+def run(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    if args.command == "worker":
+        from streams.worker import run_worker
+
+        run_worker(settings)
+    elif args.command == "simulate":
+        from streams.simulator import run_simulator
+
+        n = run_simulator(settings, args.rate, args.duration, args.seed, args.customers, react=not args.no_react,
+                          count=args.count)
+        print(f"[simulator] done: {n} events sent")
+    elif args.command == "adapter":
+        from streams.adapters.console import run_console
+
+        run_console(settings, from_beginning=args.from_beginning)
+    elif args.command == "topics":
+        from streams.admin import ensure_topics, wait_for_broker
+        from streams import topics
+
+        wait_for_broker(settings, 30)
+        if args.action == "create":
+            created = ensure_topics(settings)
+            print(f"created {len(created)} topics" + (f": {', '.join(created)}" if created else " (all existed)"))
+        else:
+            for spec in topics.ALL:
+                print(f"{settings.topic(spec.name):40} key={spec.key:28} value={spec.schema}"
+                      + (" compacted" if spec.compacted else ""))
+    elif args.command == "broker":
+        from streams import localkafka
+
+        broker = localkafka.LocalBroker(port=args.port)
+        if args.action == "up":
+            started = localkafka.up(broker)
+            print(f"Kafka {'started' if started else 'already running'} on {broker.bootstrap} (log: {broker.log_file})")
+        elif args.action == "down":
+            print("Kafka stopped" if localkafka.down(broker) else "Kafka was not running")
+        else:
+            pid = broker.pid()
+            print(f"Kafka running on {broker.bootstrap}, pid {pid}" if pid else "Kafka not running")
+            return 0 if pid else 3
+    elif args.command == "rules":
+        return _rules_validate(settings, args.paths)
+    elif args.command == "demo":
+        from streams.demo import run_demo
+
+        return run_demo(settings, rate=args.rate, duration_s=args.duration)
+    elif args.command == "bench":
+        from streams.bench import run_bench
+
+        run_bench(settings, rate=args.rate, duration_s=args.duration, out=args.out)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    from streams.admin import KafkaUnavailable
+    from streams.localkafka import BrokerError
+    from streams.rules.loader import RuleError
+
+    try:
+        code = run(sys.argv[1:] if argv is None else argv)
+    except (CliError, SettingsError, KafkaUnavailable, BrokerError, RuleError) as exc:
+        print(f"engage: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Data: joins each signal with what is known of the customer."""

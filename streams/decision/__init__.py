@@ -1,0 +1,1 @@
+"""Decision: next-best-action by incremental value, or nothing, within the contact policy."""

@@ -1,0 +1,181 @@
+"""Decides what an action rule file means: validates it and compiles its expressions once."""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams.rules.expr import Compiled, ExprError, Names, compile_expr
+from streams.rules.loader import RuleError, check_keys, duration_ms, line_of, load_yaml, read_rule_file
+
+PROFILE_FIELDS = frozenset({"customer_id", "display_name", "segment", "clv", "preferred_channel", "marketing_consent",
+                            "opted_out", "channels_opted_out", "timezone", "attributes"})
+CHANNELS = frozenset({"voice_callback", "chat", "web_message", "email", "sms", "click_to_call", "webhook"})
+# channels that reach a person outside the site need marketing consent
+NEEDS_CONSENT = frozenset({"email", "sms"})
+
+DECISION_NAMES = Names(
+    args=("c",),
+    roots={"known": ("c", "known"), "profile": ("c", "profile"), "signal": ("c", "signal"),
+           "priority": ("c", "priority"), "cart_value": ("c", "cart_value"), "session_pages": ("c", "session_pages"),
+           "channel": ("c", "channel")},
+    fields={"profile": PROFILE_FIELDS},
+)
+_TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
+TEMPLATE_FIELDS = frozenset({"name", "segment", "signal", "cart_value"})
+
+
+@dataclass(frozen=True)
+class ChannelChoice:
+    channel: str
+    when: Compiled | None
+
+
+@dataclass(frozen=True)
+class Action:
+    id: str
+    description: str
+    answers: frozenset[str]
+    eligible: Compiled | None
+    value: Compiled | float
+    p_act: float
+    p_baseline: float
+    channels: tuple[ChannelChoice, ...]
+    skill: str | None
+    message: str
+    ttl_ms: int
+    line: int
+
+
+@dataclass(frozen=True)
+class Policy:
+    max_offers_per_day: int = 2
+    control_share: float = 0.1
+    channel_cost: tuple[tuple[str, float], ...] = ()
+
+    def cost(self, channel: str) -> float:
+        return dict(self.channel_cost).get(channel, 0.0)
+
+
+@dataclass
+class ActionSet:
+    name: str
+    version: str
+    policy: Policy
+    actions: list[Action]
+
+    def answering(self, signal: str) -> list[Action]:
+        return [a for a in self.actions if signal in a.answers]
+
+
+def _expr(text, file, line, rule_id, what) -> Compiled | None:
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise RuleError(file, line, f"{what} must be an expression in quotes, got {text!r}", rule_id)
+    try:
+        return compile_expr(text, DECISION_NAMES)
+    except ExprError as exc:
+        raise RuleError(file, line, f"{what}: {exc}", rule_id) from None
+
+
+def _probability(value, file, line, rule_id, what) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise RuleError(file, line, f"{what} must be a probability from 0 to 1, got {value!r}", rule_id)
+    return float(value)
+
+
+def _compile_action(node, file: str, policy: Policy) -> Action:
+    line = line_of(node, 0)
+    if not isinstance(node, dict) or not isinstance(node.get("id"), str):
+        raise RuleError(file, line, "each action needs an id")
+    aid = node["id"]
+    check_keys(node, {"id", "description", "answers", "eligible", "value", "uplift", "channels", "skill", "message", "ttl"},
+               {"answers", "value", "uplift", "channels", "message", "ttl"}, file, aid, "an action")
+    answers = node["answers"]
+    answers = [answers] if isinstance(answers, str) else answers
+    if not isinstance(answers, list) or not answers or not all(isinstance(s, str) and s for s in answers):
+        raise RuleError(file, line, "answers must list the signals this action answers", aid)
+    value = node["value"]
+    if isinstance(value, bool):
+        raise RuleError(file, line, "value must be a number or an expression", aid)
+    value = float(value) if isinstance(value, (int, float)) else _expr(value, file, line, aid, "value")
+    uplift = node["uplift"]
+    uline = line_of(uplift, line)
+    if not isinstance(uplift, dict):
+        raise RuleError(file, uline, "uplift must be {act: P(convert | act), baseline: P(convert | no action)}", aid)
+    check_keys(uplift, {"act", "baseline"}, {"act", "baseline"}, file, aid, "uplift")
+    channels = []
+    if not isinstance(node["channels"], list) or not node["channels"]:
+        raise RuleError(file, line, "channels must list at least one channel", aid)
+    for ch in node["channels"]:
+        cline = line_of(ch, line)
+        if not isinstance(ch, dict):
+            raise RuleError(file, cline, "each channel is a mapping like {channel: chat, when: 'known'}", aid)
+        check_keys(ch, {"channel", "when"}, {"channel"}, file, aid, "a channel")
+        if ch["channel"] not in CHANNELS:
+            raise RuleError(file, cline, f"unknown channel {ch['channel']!r} (known: {', '.join(sorted(CHANNELS))})", aid)
+        channels.append(ChannelChoice(ch["channel"], _expr(ch.get("when"), file, cline, aid, "when")))
+    message = node["message"]
+    if not isinstance(message, str) or not message.strip():
+        raise RuleError(file, line, "message must be a text", aid)
+    for field in _TEMPLATE_FIELD.findall(message):
+        if field not in TEMPLATE_FIELDS:
+            raise RuleError(file, line, f"message uses {{{field}}}; allowed: {', '.join('{%s}' % f for f in sorted(TEMPLATE_FIELDS))}", aid)
+    skill = node.get("skill")
+    if skill is not None and (not isinstance(skill, str) or not skill):
+        raise RuleError(file, line, "skill must be a name", aid)
+    return Action(id=aid, description=str(node.get("description", "")), answers=frozenset(answers),
+                  eligible=_expr(node.get("eligible"), file, line, aid, "eligible"), value=value,
+                  p_act=_probability(uplift["act"], file, uline, aid, "uplift.act"),
+                  p_baseline=_probability(uplift["baseline"], file, uline, aid, "uplift.baseline"),
+                  channels=tuple(channels), skill=skill, message=message,
+                  ttl_ms=duration_ms(node["ttl"], file, line, aid, "ttl"), line=line)
+
+
+def _compile_policy(node, file: str) -> Policy:
+    if node is None:
+        return Policy()
+    line = line_of(node, 1)
+    if not isinstance(node, dict):
+        raise RuleError(file, line, "policy must be a mapping")
+    check_keys(node, {"max_offers_per_day", "control_share", "channel_cost"}, set(), file, None, "policy")
+    cap = node.get("max_offers_per_day", 2)
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
+        raise RuleError(file, line, f"max_offers_per_day must be a whole number, got {cap!r}")
+    share = node.get("control_share", 0.1)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share < 1.0:
+        raise RuleError(file, line, f"control_share must be from 0 up to (not including) 1, got {share!r}")
+    costs = node.get("channel_cost", {}) or {}
+    if not isinstance(costs, dict):
+        raise RuleError(file, line, "channel_cost must map channels to a cost")
+    for ch, cost in costs.items():
+        if ch not in CHANNELS:
+            raise RuleError(file, line_of(costs, line), f"channel_cost: unknown channel {ch!r}")
+        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0:
+            raise RuleError(file, line_of(costs, line), f"channel_cost.{ch} must be a number >= 0")
+    return Policy(max_offers_per_day=cap, control_share=float(share),
+                  channel_cost=tuple(sorted((k, float(v)) for k, v in costs.items())))
+
+
+def compile_actions(text: str, file: str, name: str | None = None) -> ActionSet:
+    doc = load_yaml(text, file)
+    if not isinstance(doc, dict) or not isinstance(doc.get("actions"), list):
+        raise RuleError(file, 1, "an actions file is a mapping with 'actions:' (and optionally 'policy:')")
+    check_keys(doc, {"actions", "policy", "name", "kind"}, {"actions"}, file, None, "the file")
+    policy = _compile_policy(doc.get("policy"), file)
+    actions, seen = [], {}
+    for node in doc["actions"]:
+        action = _compile_action(node, file, policy)
+        if action.id in seen:
+            raise RuleError(file, action.line, f"id is used twice (first at line {seen[action.id]})", action.id)
+        seen[action.id] = action.line
+        actions.append(action)
+    return ActionSet(name=name or Path(file).stem, version=hashlib.sha256(text.encode()).hexdigest()[:12],
+                     policy=policy, actions=actions)
+
+
+def load_actions(path: Path) -> ActionSet:
+    text, file = read_rule_file(path)
+    return compile_actions(text, file)

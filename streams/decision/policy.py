@@ -1,0 +1,178 @@
+"""Decides the next-best-action for one enriched signal, or nothing, and says which gate stopped it.
+
+Gates, in order: an action answers the signal; the customer has not opted out; the action is
+eligible; a channel is allowed; acting has positive expected incremental value
+((P(convert | act) - P(convert | no action)) x value - channel cost); the daily cap holds;
+the customer is not in the action's control group. Every signal gets a Decision.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from streams.decision.actions import NEEDS_CONSENT, Action, ActionSet
+from streams.rules.expr import Compiled, evaluate
+
+RECENT_DECISIONS = 16  # kept per key so a redelivered signal gets the very same decision back
+
+
+@dataclass
+class Outcome:
+    decision: dict
+    ledger: dict
+    replayed: bool = False
+
+
+def decision_id(signal_id: str) -> str:
+    return hashlib.sha256(f"decision\x1f{signal_id}".encode()).hexdigest()[:24]
+
+
+def in_control_group(key: str, action_id: str, share: float) -> bool:
+    """Stable across restarts and replays: a hash of the customer (or visitor) and the action."""
+    if share <= 0:
+        return False
+    h = int.from_bytes(hashlib.sha256(f"control\x1f{action_id}\x1f{key}".encode()).digest()[:8], "big")
+    return h / 2**64 < share
+
+
+def local_day(ts_ms: int, tz: str | None) -> str:
+    try:
+        zone = ZoneInfo(tz) if tz else timezone.utc
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = timezone.utc
+    return datetime.fromtimestamp(ts_ms / 1000, zone).date().isoformat()
+
+
+def new_ledger() -> dict:
+    return {"day": "", "offers_today": 0, "last_offer_ts": 0, "recent": {}}
+
+
+def _context_for_expressions(enriched: dict, channel: str | None = None) -> dict:
+    sig = enriched["signal"]
+    return {"known": enriched["known"], "profile": enriched["profile"] or {}, "signal": sig["signal"],
+            "priority": sig["priority"], "cart_value": sig["cart_value"], "session_pages": sig["session_pages"],
+            "channel": channel}
+
+
+def _value(action: Action, ctx: dict) -> float:
+    if isinstance(action.value, Compiled):
+        try:
+            v = action.value.fn(ctx)
+        except (TypeError, ValueError, ZeroDivisionError, AttributeError):
+            return 0.0
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0.0
+    return action.value
+
+
+def _channel(action: Action, ctx: dict, profile: dict) -> str | None:
+    blocked = set(profile.get("channels_opted_out") or [])
+    allowed = [c.channel for c in action.channels
+               if c.channel not in blocked
+               and not (c.channel in NEEDS_CONSENT and not profile.get("marketing_consent"))
+               and evaluate(c.when, ctx)]
+    if not allowed:
+        return None
+    preferred = profile.get("preferred_channel")
+    return preferred if preferred in allowed else allowed[0]
+
+
+def _evidence_text(sig: dict) -> str:
+    parts = []
+    for e in sig["evidence"]:
+        detail = e.get("query") or e.get("path") or ""
+        parts.append(f"{e['type']}" + (f" '{detail}'" if detail else ""))
+    return "; ".join(parts)
+
+
+def _base(enriched: dict, actions: ActionSet) -> dict:
+    sig = enriched["signal"]
+    profile = enriched["profile"] or {}
+    features = {"known": 1.0 if enriched["known"] else 0.0, "clv": float(profile.get("clv") or 0.0),
+                "priority": float(sig["priority"]), "session_pages": float(sig["session_pages"]),
+                "session_events": float(sig["session_events"]), "cart_value": float(sig["cart_value"]),
+                "evidence_events": float(len(sig["evidence"]))}
+    context = {"signal": sig["signal"], "rule": sig["rule_id"], "why": sig["rule_description"] or sig["signal"],
+               "evidence": _evidence_text(sig), "session_pages": str(sig["session_pages"]),
+               "known": "yes" if enriched["known"] else "no"}
+    if enriched["known"]:
+        context.update(segment=str(profile.get("segment", "")), clv=f"{float(profile.get('clv') or 0.0):.2f}")
+        if profile.get("display_name"):
+            context["customer_name"] = profile["display_name"]
+    if sig["cart_value"]:
+        context["cart_value"] = f"{sig['cart_value']:.2f}"
+    return {
+        "decision_id": decision_id(sig["signal_id"]), "key": enriched["key"], "ts": sig["ts"],
+        "signal_id": sig["signal_id"], "signal": sig["signal"], "signal_ts": sig["ts"],
+        "visitor_id": sig["visitor_id"], "customer_id": sig["customer_id"], "known": enriched["known"],
+        "outcome": "no_action", "gate": None, "reason": "", "action_id": None, "channel": None, "skill": None,
+        "score": 0.0, "ttl_ms": 0, "rules_fired": [sig["rule_id"]], "features": features, "scores": {},
+        "context": context, "ruleset_version": f"{sig['ruleset_version']}/{actions.version}",
+    }
+
+
+def _stop(d: dict, outcome: str, gate: str, reason: str) -> dict:
+    d.update(outcome=outcome, gate=gate, reason=reason)
+    return d
+
+
+def decide(enriched: dict, ledger: dict | None, actions: ActionSet) -> Outcome:
+    ledger = new_ledger() if ledger is None else ledger
+    sig = enriched["signal"]
+    earlier = ledger["recent"].get(sig["signal_id"])
+    if earlier is not None:
+        return Outcome(earlier, ledger, replayed=True)
+    d = _base(enriched, actions)
+    decision = _gates(d, enriched, ledger, actions)
+    ledger["recent"][sig["signal_id"]] = decision
+    while len(ledger["recent"]) > RECENT_DECISIONS:
+        ledger["recent"].pop(next(iter(ledger["recent"])))
+    return Outcome(decision, ledger)
+
+
+def _gates(d: dict, enriched: dict, ledger: dict, actions: ActionSet) -> dict:
+    sig = enriched["signal"]
+    profile = enriched["profile"] or {}
+    why = sig["rule_description"] or sig["signal"]
+    candidates = actions.answering(sig["signal"])
+    if not candidates:
+        return _stop(d, "no_action", "no_matching_action", f"No action answers the signal {sig['signal']}.")
+    if profile.get("opted_out"):
+        return _stop(d, "suppressed", "opted_out", "The customer opted out of proactive contact.")
+    ctx = _context_for_expressions(enriched)
+    eligible = [a for a in candidates if evaluate(a.eligible, ctx)]
+    if not eligible:
+        return _stop(d, "no_action", "not_eligible",
+                     f"None of {', '.join(a.id for a in candidates)} is for this {'customer' if enriched['known'] else 'visitor'}.")
+    scored = []
+    for action in eligible:
+        channel = _channel(action, ctx, profile)
+        if channel is None:
+            continue
+        value = _value(action, ctx)
+        score = round((action.p_act - action.p_baseline) * value - actions.policy.cost(channel), 4)
+        d["scores"][action.id] = score
+        scored.append((score, -action.line, action, channel))
+    if not scored:
+        return _stop(d, "no_action", "no_channel", "Every channel of the eligible actions is opted out or not allowed.")
+    score, _, action, channel = max(scored, key=lambda t: (t[0], t[1]))
+    d.update(action_id=action.id, channel=channel, skill=action.skill, score=score, ttl_ms=action.ttl_ms)
+    d["context"]["message_template"] = action.message
+    if score <= 0:
+        return _stop(d, "no_action", "no_positive_uplift",
+                     f"Acting is not worth it: the best action, {action.id}, scores {score:.2f}.")
+    day = local_day(sig["ts"], profile.get("timezone"))
+    if ledger["day"] != day:
+        ledger["day"], ledger["offers_today"] = day, 0
+    cap = actions.policy.max_offers_per_day
+    if ledger["offers_today"] >= cap:
+        return _stop(d, "suppressed", "daily_cap", f"Already {ledger['offers_today']} offers today (cap {cap}).")
+    if in_control_group(d["key"], action.id, actions.policy.control_share):
+        return _stop(d, "control", "control_group",
+                     f"Held out in the control group of {action.id}; it would have scored {score:.2f}.")
+    ledger["offers_today"] += 1
+    ledger["last_offer_ts"] = sig["ts"]
+    d.update(outcome="act", gate=None,
+             reason=f"{why}: {action.description or action.id} by {channel} (expected incremental value {score:.2f}).")
+    return d

@@ -1,0 +1,1 @@
+"""Delivery: turns decisions to act into interactions on the right channel."""

@@ -1,0 +1,26 @@
+"""Decides how delivery runs on Faust: every decision to act becomes a Delivery with a channel header."""
+from __future__ import annotations
+
+from streams import topics
+from streams.app import Engine
+from streams.codec import DecodeError
+from streams.delivery.render import to_delivery
+
+STAGE = "delivery"
+
+
+def register(engine: Engine):
+    app = engine.app
+
+    @app.agent(engine.topic[topics.DECISIONS.name], name="deliver_decisions")
+    async def deliver_decisions(stream):
+        async for event in stream.events():
+            msg = event.message
+            try:
+                decision = engine.decode(topics.DECISIONS, msg.value)
+            except DecodeError as exc:
+                await engine.dead_letter(STAGE, msg, exc)
+                continue
+            delivery = to_delivery(decision)
+            if delivery is not None:
+                await engine.send(topics.DELIVERY, delivery["key"], delivery, headers={"channel": delivery["channel"]})

@@ -1,0 +1,1 @@
+"""Detection: business rules over the clickstream turn interactions into signals."""

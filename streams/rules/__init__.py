@@ -1,0 +1,1 @@
+"""Decides what counts as a valid rule file: YAML with line numbers, durations, safe expressions."""

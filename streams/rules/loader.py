@@ -1,0 +1,115 @@
+"""Decides how a YAML rule file is read: every mapping keeps its line, so errors can name it."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class RuleError(ValueError):
+    """A rule file is invalid. str() reads 'file:line: rule 'id': reason'."""
+
+    def __init__(self, file: str, line: int | None, reason: str, rule_id: str | None = None):
+        self.file, self.line, self.reason, self.rule_id = file, line, reason, rule_id
+        where = f"{file}:{line}" if line else file
+        who = f" rule '{rule_id}':" if rule_id else ""
+        super().__init__(f"{where}:{who} {reason}")
+
+
+class LineDict(dict):
+    """A YAML mapping that remembers the (1-based) line it started on."""
+
+    line: int = 0
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
+    loader.flatten_mapping(node)
+    out = LineDict()
+    out.line = node.start_mark.line + 1
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in out:
+            raise RuleError(loader.name, key_node.start_mark.line + 1, f"key {key!r} is given twice")
+        out[key] = loader.construct_object(value_node, deep=True)
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(text: str, file: str) -> Any:
+    loader = _Loader(text)
+    loader.name = file
+    try:
+        return loader.get_single_data()
+    except RuleError:
+        raise
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        raise RuleError(file, line, f"not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    finally:
+        loader.dispose()
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def duration_ms(value: Any, file: str, line: int, rule_id: str | None, what: str) -> int:
+    """'90s', '5m', '2h', '1d' or a number of seconds, as milliseconds."""
+    if isinstance(value, bool):
+        raise RuleError(file, line, f"{what} must be a duration like 5m, got {value!r}", rule_id)
+    if isinstance(value, (int, float)):
+        ms = int(value * 1000)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise RuleError(file, line, f"{what} must be a duration like 30s, 5m or 2h, got {value!r}", rule_id)
+        ms = int(float(m.group(1)) * _UNIT_MS[m.group(2)])
+    if ms <= 0:
+        raise RuleError(file, line, f"{what} must be longer than zero", rule_id)
+    return ms
+
+
+def line_of(node: Any, default: int) -> int:
+    return getattr(node, "line", 0) or default
+
+
+def check_keys(node: dict, allowed: set[str], required: set[str], file: str, rule_id: str | None, what: str) -> None:
+    line = line_of(node, 0)
+    unknown = sorted(set(node) - allowed)
+    if unknown:
+        raise RuleError(file, line, f"unknown key {unknown[0]!r} in {what} (allowed: {', '.join(sorted(allowed))})", rule_id)
+    missing = sorted(required - set(node))
+    if missing:
+        raise RuleError(file, line, f"{what} needs {missing[0]!r}", rule_id)
+
+
+def read_rule_file(path: Path) -> tuple[str, str]:
+    """The text of a rule file and the name errors should use for it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RuleError(str(path), None, f"cannot read: {exc}") from None
+    return text, _display_name(path)
+
+
+def _display_name(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    text: str

@@ -1,0 +1,76 @@
+"""Decides how the engine is configured: one typed settings object, read from the environment once, at the edge."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_BOOTSTRAP = "127.0.0.1:9092"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the engine cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str = LOCAL_BOOTSTRAP
+    # True when KAFKA_BOOTSTRAP_SERVERS named a cluster: then no local broker is started.
+    external_kafka: bool = False
+    topic_prefix: str = ""
+    partitions: int = 4
+    replication: int = 1
+    app_id: str = "engage"
+    data_dir: Path = REPO_ROOT / ".engage" / "state"
+    rules_dir: Path = REPO_ROOT / "rules"
+    schemas_dir: Path = REPO_ROOT / "schemas"
+    schema_registry_url: str | None = None
+    web_port: int = 6066
+    log_level: str = "info"
+    # Faust's commit interval: how much can be replayed after a crash.
+    commit_interval_s: float = 1.0
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+        prefix = env.get("ENGAGE_TOPIC_PREFIX", "")
+        if prefix and not all(c.isalnum() or c in "._-" for c in prefix):
+            raise SettingsError(f"ENGAGE_TOPIC_PREFIX may hold letters, digits, '.', '_' and '-' only, got {prefix!r}")
+        return cls(
+            bootstrap_servers=bootstrap or LOCAL_BOOTSTRAP,
+            external_kafka=bool(bootstrap),
+            topic_prefix=prefix,
+            partitions=_int(env, "ENGAGE_PARTITIONS", 4, minimum=1),
+            replication=_int(env, "ENGAGE_REPLICATION", 1, minimum=1),
+            app_id=env.get("ENGAGE_APP_ID", "") or "engage",
+            data_dir=Path(env.get("ENGAGE_DATA_DIR", "") or REPO_ROOT / ".engage" / "state"),
+            rules_dir=Path(env.get("ENGAGE_RULES_DIR", "") or REPO_ROOT / "rules"),
+            schemas_dir=Path(env.get("ENGAGE_SCHEMAS_DIR", "") or REPO_ROOT / "schemas"),
+            schema_registry_url=env.get("SCHEMA_REGISTRY_URL") or None,
+            web_port=_int(env, "ENGAGE_WEB_PORT", 6066, minimum=1),
+            log_level=env.get("ENGAGE_LOG_LEVEL", "") or "info",
+        )
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    def topic(self, name: str) -> str:
+        """The physical topic name for a contract name such as 'engage.events'."""
+        return f"{self.topic_prefix}{name}"
