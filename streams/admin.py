@@ -14,13 +14,16 @@ class KafkaUnavailable(RuntimeError):
     """No broker answered at the configured bootstrap servers."""
 
 
-def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+def admin_client(settings: Settings, quiet: bool = False) -> AdminClient:
+    conf = {"bootstrap.servers": settings.bootstrap_servers}
+    if quiet:  # refused connections are expected while a broker starts; wait_for_broker reports the outcome
+        conf["log_level"] = 0
+    return AdminClient(conf)
 
 
 def wait_for_broker(settings: Settings, timeout_s: float = 60.0) -> None:
     """Return once an admin call succeeds; raise KafkaUnavailable after timeout_s."""
-    admin = admin_client(settings)
+    admin = admin_client(settings, quiet=True)
     deadline = time.monotonic() + timeout_s
     last = None
     while time.monotonic() < deadline:

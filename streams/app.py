@@ -48,7 +48,7 @@ def build_app(settings: Settings) -> Engine:
     app = faust.App(
         settings.app_id,
         broker=_broker_url(settings.bootstrap_servers),
-        store="rocksdb://",  # rocksdict is picked as the driver when installed
+        store=settings.store_url,  # rocksdb://: rocksdict is picked as the driver when installed
         datadir=str(settings.data_dir),
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication,

@@ -14,6 +14,13 @@ class SettingsError(ValueError):
     """A setting has a value the engine cannot use."""
 
 
+# Kafka's Java clients, Kafka Connect and aiokafka (under Faust) place keys with murmur2;
+# librdkafka-based clients (confluent-kafka) default to CRC32. Stages join topics partition by
+# partition (a profile and a customer's signals must land on the same partition number), so every
+# producer of ours uses murmur2, and producers in other languages must too.
+PRODUCER_PARTITIONER = {"partitioner": "murmur2_random"}
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -40,6 +47,7 @@ class Settings:
     rules_dir: Path = REPO_ROOT / "rules"
     schemas_dir: Path = REPO_ROOT / "schemas"
     schema_registry_url: str | None = None
+    store_url: str = "rocksdb://"  # memory:// only in unit tests
     web_port: int = 6066
     log_level: str = "info"
     # Faust's commit interval: how much can be replayed after a crash.

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from streams import topics
-from streams.settings import Settings
+from streams.settings import PRODUCER_PARTITIONER, Settings
 
 FIRST_NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jo", "Kofi", "Lena", "Mo",
                "Nia", "Omar", "Pia", "Raj", "Sara", "Tomas", "Uma", "Vera", "Wen", "Yara", "Zoe"]
@@ -162,7 +162,7 @@ def run_simulator(settings: Settings, rate: float, duration_s: float | None, see
     codec = make_codec(SchemaStore(settings.schemas_dir), settings.schema_registry_url)
     stop = stop or threading.Event()
     traffic = Traffic(seed=seed, customers=customers)
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5, "acks": "all",
+    producer = Producer({**PRODUCER_PARTITIONER, "bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5, "acks": "all",
                          "enable.idempotence": True})
     t_prof, t_ev, t_out = (settings.topic(t.name) for t in (topics.PROFILES, topics.EVENTS, topics.OUTCOMES))
     for p in traffic.profiles:

@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 
 from streams import topics
-from streams.settings import Settings
+from streams.settings import PRODUCER_PARTITIONER, Settings
 
 SEEN_IDS = 100_000
 
@@ -70,7 +70,8 @@ def run_console(settings: Settings, stop: threading.Event | None = None, out=Non
                          "group.id": f"{settings.app_id}-console-adapter",
                          "auto.offset.reset": "earliest" if from_beginning else "latest",
                          "enable.auto.commit": False})
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "acks": "all", "enable.idempotence": True})
+    producer = Producer({**PRODUCER_PARTITIONER, "bootstrap.servers": settings.bootstrap_servers, "acks": "all",
+                         "enable.idempotence": True})
     t_delivery, t_out = settings.topic(topics.DELIVERY.name), settings.topic(topics.OUTCOMES.name)
     consumer.subscribe([t_delivery])
     seen, shown = SeenIds(), 0

@@ -1,0 +1,45 @@
+# The two commands a newcomer needs are `make run` and `make test`; everything else is for operators.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
+
+.PHONY: install run test test-unit test-integration bench kafka-up kafka-down topics clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+## run the whole loop: local Kafka (unless KAFKA_BOOTSTRAP_SERVERS), worker, simulator, console adapter
+run: install
+	@$(VENV)/bin/engage demo
+
+## run every test, the broker-backed ones included
+test: install
+	@$(PY) -m pytest -q
+
+test-unit: install
+	@$(PY) -m pytest -q tests/unit
+
+test-integration: install
+	@$(PY) -m pytest -q tests/integration
+
+## measure the pipeline; results go to bench/results/
+bench: install
+	@$(VENV)/bin/engage bench
+
+kafka-up: install
+	@$(VENV)/bin/engage broker up
+
+kafka-down: install
+	@$(VENV)/bin/engage broker down
+
+topics: install
+	@$(VENV)/bin/engage topics create
+
+clean: kafka-down
+	rm -rf .engage

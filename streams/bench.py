@@ -1,0 +1,214 @@
+"""Decides how the pipeline is measured: a fixed offered load, then a backlog, on a real broker and worker.
+
+Reports sustained events/s through detection, end-to-end latency from the event's time to the
+decision and delivery records (p50/p95/p99), the worker's CPU and peak memory, and µs per event
+spent in rule evaluation, into bench/results/ with the machine's description. Nothing here
+asserts a timing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+
+import psutil
+
+from streams import localkafka, topics
+from streams.admin import admin_client, ensure_topics, wait_for_broker
+from streams.demo import spawn, stop_process
+from streams.settings import REPO_ROOT, Settings
+
+RESULTS = REPO_ROOT / "bench" / "results"
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"host": platform.node(), "os": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(),
+            "faust": metadata.version("faust-streaming"), "aiokafka": metadata.version("aiokafka"),
+            "confluent_kafka": metadata.version("confluent-kafka"), "kafka_broker": "3.9.1 (local KRaft)"}
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(q * len(values)))], 1)
+
+
+def rule_eval_us(events: int = 20000) -> dict:
+    """µs per event in detect() with the default rules, over simulated traffic (no Kafka)."""
+    from streams.detection.engine import detect
+    from streams.detection.rules import load_detection
+    from streams.simulator import Traffic
+
+    rules = load_detection(REPO_ROOT / "rules" / "detection.yaml")
+    ts = iter(range(1_700_000_000_000, 1_800_000_000_000, 250))
+    evs = list(Traffic(seed=11, customers=200, now_ms=lambda: next(ts)).events(events))
+    runs = []
+    for _ in range(5):
+        state: dict = {}
+        t0 = time.perf_counter()
+        for ev in evs:
+            state[ev["visitor_id"]] = detect(state.get(ev["visitor_id"]), ev, rules).state
+        runs.append((time.perf_counter() - t0) / len(evs) * 1e6)
+    return {"rules": len(rules.rules), "events": events, "median_us_per_event": round(statistics.median(runs), 2),
+            "runs_us": [round(r, 2) for r in runs]}
+
+
+class Sampler(threading.Thread):
+    """Samples the worker's CPU seconds and the detection group's committed offset once a second."""
+
+    def __init__(self, pid: int, settings: Settings):
+        super().__init__(daemon=True)
+        self.proc = psutil.Process(pid)
+        self.settings = settings
+        self.stop = threading.Event()
+        self.samples: list[tuple[float, float, int]] = []  # (monotonic, cpu seconds, committed events)
+
+    def committed(self) -> int:
+        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+        admin = admin_client(self.settings)
+        topic = self.settings.topic(topics.EVENTS.name)
+        req = ConsumerGroupTopicPartitions(self.settings.app_id,
+                                           [TopicPartition(topic, p) for p in range(self.settings.partitions)])
+        res = admin.list_consumer_group_offsets([req])[self.settings.app_id].result()
+        return sum(max(tp.offset, 0) for tp in res.topic_partitions)
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                cpu = sum(self.proc.cpu_times()[:2])
+                self.samples.append((time.monotonic(), cpu, self.committed()))
+            except Exception:  # noqa: BLE001 - a missed sample is not worth stopping the bench
+                pass
+            self.stop.wait(1.0)
+
+    def peak_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+        return round(self.proc.memory_info().rss / 2**20, 1)
+
+
+def _wait_drained(sampler: Sampler, target: int, timeout_s: float) -> float | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sampler.samples and sampler.samples[-1][2] >= target:
+            return sampler.samples[-1][0]
+        time.sleep(0.5)
+    return None
+
+
+def _latencies(settings: Settings, spec: topics.TopicSpec, since_ms: int, until_ms: int) -> list[float]:
+    from confluent_kafka import Consumer
+
+    from streams.codec import SchemaStore, make_codec
+
+    codec = make_codec(SchemaStore(settings.schemas_dir), settings.schema_registry_url)
+    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"bench-read-{time.time_ns()}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([settings.topic(spec.name)])
+    out, idle_since = [], time.monotonic()
+    while time.monotonic() - idle_since < 5:
+        msg = c.poll(0.5)
+        if msg is None or msg.error():
+            continue
+        idle_since = time.monotonic()
+        rec = codec.decode(msg.topic(), spec.schema, msg.value())
+        if since_ms <= rec["signal_ts"] <= until_ms:
+            out.append(msg.timestamp()[1] - rec["signal_ts"])
+    c.close()
+    return out
+
+
+def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | None) -> dict:
+    from streams.simulator import run_simulator
+
+    run_id = time.strftime("%Y%m%d-%H%M%S")
+    work = Path(tempfile.mkdtemp(prefix="engage-bench-"))
+    settings = settings.with_(topic_prefix=f"bench-{run_id}.", app_id=f"engage-bench-{run_id}", data_dir=work / "state")
+    broker = localkafka.LocalBroker(port=19292, data_dir=work / "kafka")
+    started = False
+    if not settings.external_kafka:
+        print("[bench] starting a local Kafka broker ...", flush=True)
+        started = localkafka.up(broker)
+        settings = settings.with_(bootstrap_servers=broker.bootstrap)
+    wait_for_broker(settings, 60)
+    ensure_topics(settings)
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+           "ENGAGE_TOPIC_PREFIX": settings.topic_prefix, "ENGAGE_APP_ID": settings.app_id,
+           "ENGAGE_DATA_DIR": str(settings.data_dir), "ENGAGE_LOG_LEVEL": "warning"}
+    worker = spawn(["worker"], work / "worker.log", env=env)
+    result: dict = {"run": run_id, "machine": machine(), "partitions": settings.partitions}
+    try:
+        print("[bench] rule evaluation micro-benchmark ...", flush=True)
+        result["rule_evaluation"] = rule_eval_us()
+        sampler = Sampler(worker.pid, settings)
+        sampler.start()
+        print("[bench] warming up ...", flush=True)
+        warm = run_simulator(settings, rate=200, duration_s=None, seed=1, customers=500, react=False, count=1000, quiet=True)
+        if _wait_drained(sampler, warm, 120) is None:
+            raise RuntimeError(f"the worker did not process the warm-up; see {work / 'worker.log'}")
+        # Phase 1: fixed offered load
+        since = int(time.time() * 1000)
+        base = sampler.samples[-1]
+        print(f"[bench] offered load {rate:g} events/s for {duration_s:g} s ...", flush=True)
+        sent = run_simulator(settings, rate=rate, duration_s=duration_s, seed=2, customers=500, react=False, quiet=True)
+        t_end_send = time.monotonic()
+        until = int(time.time() * 1000)
+        drained = _wait_drained(sampler, warm + sent, 300)
+        end = sampler.samples[-1]
+        elapsed = (drained or end[0]) - base[0]
+        done = (end[2] if drained is None else warm + sent) - base[2]
+        result["fixed_load"] = {
+            "offered_events_per_s": rate, "events": sent, "send_seconds": round(t_end_send - base[0], 1),
+            "detection_events_per_s": round(done / elapsed, 1), "drained": drained is not None,
+            "lag_after_send_s": round((drained - t_end_send), 1) if drained else None,
+            "worker_cpu_percent_of_one_core": round((end[1] - base[1]) / (end[0] - base[0]) * 100, 1),
+        }
+        # Phase 2: backlog, as fast as the worker drains it
+        backlog = int(max(5000, rate * 10))
+        print(f"[bench] backlog of {backlog} events ...", flush=True)
+        base = sampler.samples[-1]
+        run_simulator(settings, rate=0, duration_s=None, seed=3, customers=500, react=False, count=backlog, quiet=True)
+        drained = _wait_drained(sampler, base[2] + backlog, 600)
+        end = sampler.samples[-1]
+        result["backlog"] = {"events": backlog, "drained": drained is not None,
+                             "detection_events_per_s": round((end[2] - base[2]) / ((drained or end[0]) - base[0]), 1),
+                             "worker_cpu_percent_of_one_core": round((end[1] - base[1]) / (end[0] - base[0]) * 100, 1)}
+        sampler.stop.set()
+        result["worker_peak_rss_mib"] = sampler.peak_rss_mib()
+        time.sleep(3)
+        for spec, name in ((topics.DECISIONS, "decision"), (topics.DELIVERY, "delivery")):
+            lat = _latencies(settings, spec, since, until)
+            # phase 1 only: later records are backlog, whose latency measures queueing, not the pipeline
+            result[f"latency_event_to_{name}_ms"] = {"records": len(lat), "p50": pct(lat, .5), "p95": pct(lat, .95),
+                                                      "p99": pct(lat, .99)}
+    finally:
+        stop_process(worker)
+        if started:
+            localkafka.down(broker)
+        shutil.rmtree(work, ignore_errors=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = out or RESULTS / f"bench-{run_id}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    print(f"[bench] written to {out}")
+    return result

@@ -1,0 +1,76 @@
+"""Decides how the whole loop runs on one machine: broker, worker, simulator and console adapter, stopped in order on Ctrl-C."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from streams import localkafka
+from streams.admin import ensure_topics, wait_for_broker
+from streams.settings import REPO_ROOT, Settings
+
+LOG_DIR = REPO_ROOT / ".engage" / "logs"
+
+
+def spawn(args: list[str], log: Path | None, env: dict | None = None) -> subprocess.Popen:
+    out = open(log, "ab") if log else None
+    # own process group: Ctrl-C reaches only the orchestrator, which stops children in order
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", *args], stdout=out, stderr=subprocess.STDOUT if out else None,
+                            stdin=subprocess.DEVNULL, start_new_session=True, env=env, cwd=REPO_ROOT)
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def run_demo(settings: Settings, rate: float, duration_s: float | None) -> int:
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    broker = localkafka.LocalBroker()
+    started_broker = False
+    procs: list[tuple[str, subprocess.Popen]] = []
+    try:
+        if settings.external_kafka:
+            print(f"[demo] using Kafka at {settings.bootstrap_servers}", flush=True)
+            wait_for_broker(settings, 30)
+        else:
+            print("[demo] starting Apache Kafka (KRaft) on 127.0.0.1:9092 ...", flush=True)
+            started_broker = localkafka.up(broker)
+        ensure_topics(settings)
+        print(f"[demo] topics ready; starting worker (log: {LOG_DIR / 'worker.log'})", flush=True)
+        procs.append(("worker", spawn(["worker"], LOG_DIR / "worker.log")))
+        procs.append(("console adapter", spawn(["adapter", "console"], None)))
+        time.sleep(2)
+        print(f"[demo] simulating {rate:g} events/s (log: {LOG_DIR / 'simulator.log'}); offers appear below. Ctrl-C stops everything.",
+              flush=True)
+        procs.append(("simulator", spawn(["simulate", "--rate", str(rate)], LOG_DIR / "simulator.log")))
+        deadline = time.monotonic() + duration_s if duration_s else None
+        while not stop.is_set():
+            if deadline and time.monotonic() >= deadline:
+                break
+            for name, proc in procs:
+                if proc.poll() is not None:
+                    print(f"[demo] the {name} stopped (exit {proc.returncode}); see {LOG_DIR}", flush=True)
+                    stop.set()
+            stop.wait(0.5)
+        return 0
+    finally:
+        print("\n[demo] stopping ...", flush=True)
+        for name, proc in reversed(procs):
+            stop_process(proc)
+        if started_broker:
+            localkafka.down(broker)
+        print("[demo] stopped: nothing left running.", flush=True)

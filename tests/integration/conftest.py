@@ -1,0 +1,272 @@
+"""Broker-backed fixtures: a real Kafka (KAFKA_BOOTSTRAP_SERVERS, else testcontainers when a Docker
+engine answers, else a local KRaft broker from Maven Central jars) and real worker processes."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+
+from streams.admin import ensure_topics
+from streams.settings import REPO_ROOT, Settings
+from tests.support import wire
+
+pytestmark = pytest.mark.integration
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:  # noqa: BLE001 - no engine, no socket, no permission: all mean "no Docker"
+        return False
+
+
+def _free_port_pair() -> int:
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+        if port < 65000:
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                    return port
+                except OSError:
+                    continue
+    raise RuntimeError("no free pair of ports on 127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory):
+    given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if given:
+        yield given
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("confluentinc/cp-kafka:7.7.1") as kafka:
+            yield kafka.get_bootstrap_server()
+        return
+    from streams import localkafka
+
+    broker = localkafka.LocalBroker(port=_free_port_pair(), data_dir=tmp_path_factory.mktemp("kafka"))
+    localkafka.up(broker)
+    try:
+        yield broker.bootstrap
+    finally:
+        localkafka.down(broker)
+
+
+@dataclass
+class Pipeline:
+    """One isolated deployment: its own topic prefix, consumer group and state folder."""
+
+    settings: Settings
+    workdir: Path
+    workers: list = field(default_factory=list)
+
+    @property
+    def env(self) -> dict:
+        return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
+                "ENGAGE_TOPIC_PREFIX": self.settings.topic_prefix, "ENGAGE_APP_ID": self.settings.app_id,
+                "ENGAGE_PARTITIONS": str(self.settings.partitions), "ENGAGE_LOG_LEVEL": "warning"}
+
+    def topic(self, name: str) -> str:
+        return self.settings.topic(name)
+
+    def start_worker(self, state_dir: str = "state") -> subprocess.Popen:
+        env = {**self.env, "ENGAGE_DATA_DIR": str(self.workdir / state_dir)}
+        log = open(self.workdir / f"worker-{len(self.workers)}.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, cwd=REPO_ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.workers.append(proc)
+        self.wait_until_assigned(proc)
+        return proc
+
+    def wait_until_assigned(self, proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
+        """The worker's consumer group is stable and holds every partition of the events topic."""
+        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"worker exited with {proc.returncode}: {self.logs()[-3000:]}")
+            try:
+                group = admin.describe_consumer_groups([self.settings.app_id])[self.settings.app_id].result(5)
+                assigned = {(tp.topic, tp.partition) for m in group.members for tp in m.assignment.topic_partitions}
+                if str(group.state).endswith("STABLE") and {
+                        (self.topic("engage.events"), p) for p in range(self.settings.partitions)} <= assigned:
+                    time.sleep(1.0)  # let Faust finish table recovery after the assignment
+                    return
+            except Exception:  # noqa: BLE001 - group not there yet
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"worker did not join within {timeout_s}s: {self.logs()[-3000:]}")
+
+    def wait_caught_up(self, topic: str, timeout_s: float = 30.0) -> None:
+        """The worker has committed every record now on `topic` (so it has processed them)."""
+        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+        name = self.topic(topic)
+        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
+        probe = Consumer({"bootstrap.servers": self.settings.bootstrap_servers, "group.id": f"probe-{uuid.uuid4().hex}"})
+        try:
+            ends = {p: probe.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1]
+                    for p in range(self.settings.partitions)}
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                req = ConsumerGroupTopicPartitions(self.settings.app_id, [TopicPartition(name, p) for p in ends])
+                res = admin.list_consumer_group_offsets([req])[self.settings.app_id].result(10)
+                if all(max(tp.offset, 0) >= ends[tp.partition] for tp in res.topic_partitions):
+                    return
+                time.sleep(0.3)
+        finally:
+            probe.close()
+        raise AssertionError(f"the worker did not catch up on {name} within {timeout_s}s")
+
+    def kill(self, proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            proc.wait(30)
+
+    def logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob("worker-*.log")))
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
+
+
+def make_pipeline(bootstrap: str, tmp_path: Path, partitions: int = 2) -> Pipeline:
+    tag = uuid.uuid4().hex[:8]
+    settings = Settings(bootstrap_servers=bootstrap, external_kafka=True, topic_prefix=f"t{tag}.",
+                        app_id=f"engage-test-{tag}", partitions=partitions, data_dir=tmp_path / "state")
+    ensure_topics(settings)
+    return Pipeline(settings=settings, workdir=tmp_path)
+
+
+@pytest.fixture
+def new_pipeline(kafka_bootstrap, tmp_path):
+    made = []
+
+    def make(partitions: int = 2) -> Pipeline:
+        p = make_pipeline(kafka_bootstrap, tmp_path / f"p{len(made)}", partitions)
+        p.workdir.mkdir(parents=True, exist_ok=True)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.stop()
+
+
+@pytest.fixture(scope="module")
+def pipeline(kafka_bootstrap, tmp_path_factory):
+    """A running worker shared by the scenarios of one module (each uses its own customers)."""
+    p = make_pipeline(kafka_bootstrap, tmp_path_factory.mktemp("pipeline"))
+    p.start_worker()
+    yield p
+    p.stop()
+
+
+class Producer_:
+    """Produces with confluent-kafka and the independent encoder, not with the code under test."""
+
+    def __init__(self, pipeline: Pipeline):
+        # murmur2: the partitioner of Kafka's Java clients, which the contract asks producers to use
+        self.p = Producer({"bootstrap.servers": pipeline.settings.bootstrap_servers, "acks": "all",
+                           "partitioner": "murmur2_random"})
+        self.pipeline = pipeline
+
+    def raw(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+        self.p.produce(self.pipeline.topic(topic), key=key, value=value)
+        self.p.flush(10)
+
+    def event(self, **kw) -> dict:
+        ev = wire.interaction(**kw)
+        self.raw("engage.events", ev["visitor_id"].encode(), wire.encode("Interaction", ev))
+        return ev
+
+    def profile(self, customer_id: str, **kw) -> dict:
+        prof = wire.profile(customer_id, int(time.time() * 1000), **kw)
+        self.raw("engage.profiles", customer_id.encode(), wire.encode("CustomerProfile", prof))
+        # a stream-table join sees a profile only once the worker has stored it
+        self.pipeline.wait_caught_up("engage.profiles")
+        return prof
+
+
+@pytest.fixture
+def produce(pipeline):
+    return Producer_(pipeline)
+
+
+class Reader:
+    """Reads a topic from the beginning and decodes with the independent decoder."""
+
+    def __init__(self, pipeline: Pipeline, topic: str, schema: str):
+        self.schema = schema
+        self.c = Consumer({"bootstrap.servers": pipeline.settings.bootstrap_servers,
+                           "group.id": f"reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
+                           "enable.auto.commit": False})
+        self.c.subscribe([pipeline.topic(topic)])
+        self.records: list[tuple[dict, dict]] = []  # (record, {key, headers})
+
+    def _poll(self, until: float) -> None:
+        while time.monotonic() < until:
+            msg = self.c.poll(0.2)
+            if msg is None:
+                return
+            if msg.error():
+                continue
+            meta = {"key": msg.key(), "headers": dict(msg.headers() or []), "timestamp": msg.timestamp()[1]}
+            self.records.append((wire.decode(self.schema, msg.value()), meta))
+
+    def wait_for(self, predicate, count: int = 1, timeout_s: float = 60.0) -> list[tuple[dict, dict]]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._poll(deadline)
+            found = [r for r in self.records if predicate(r[0])]
+            if len(found) >= count or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.2)
+
+    def settle(self, seconds: float) -> None:
+        """Keep reading for a while, to see that nothing more arrives."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self._poll(end)
+
+    def close(self):
+        self.c.close()
+
+
+@pytest.fixture
+def read(pipeline):
+    readers = []
+
+    def make(topic: str, schema: str, on: Pipeline | None = None) -> Reader:
+        r = Reader(on or pipeline, topic, schema)
+        readers.append(r)
+        return r
+
+    yield make
+    for r in readers:
+        r.close()

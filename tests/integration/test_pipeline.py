@@ -1,0 +1,135 @@
+"""The four stages end to end on a real broker, driven from outside with confluent-kafka."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from streams.decision.policy import in_control_group
+
+pytestmark = pytest.mark.integration
+CONTROL_SHARE = 0.10  # rules/actions.yaml
+
+
+def customer_outside_control(action_id: str) -> str:
+    while True:
+        cid = f"C-{uuid.uuid4().hex[:10]}"
+        if not in_control_group(cid, action_id, CONTROL_SHARE):
+            return cid
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def test_known_customer_searching_to_cancel_gets_a_delivery_with_the_reason(pipeline, produce, read):
+    # Given a high-value customer whose profile the CRM has published
+    cid = customer_outside_control("retention-callback")
+    produce.profile(cid, clv=2600.0, display_name="Ada")
+    deliveries = read("engage.delivery", "Delivery")
+    visitor = f"V-{uuid.uuid4().hex[:8]}"
+    t = now_ms()
+    # When they log in and search for how to cancel
+    produce.event(event_id=f"{visitor}-1", visitor_id=visitor, type_="login", ts=t, customer_id=cid, path="/account/login")
+    produce.event(event_id=f"{visitor}-2", visitor_id=visitor, type_="search", ts=t + 1000, customer_id=cid,
+                  path="/help/search", query="How do I cancel my contract?")
+    # Then a voice callback is delivered for them, with the reason and context for the agent
+    found = deliveries.wait_for(lambda d: d["customer_id"] == cid)
+    assert len(found) == 1, "expected one delivery"
+    d, meta = found[0]
+    assert d["channel"] == "voice_callback" and meta["headers"]["channel"] == b"voice_callback"
+    assert meta["key"] == cid.encode()
+    assert d["action_id"] == "retention-callback" and d["skill"] == "retention"
+    assert "cancel" in d["reason"].lower()
+    assert d["context"]["evidence"] == "search 'How do I cancel my contract?'"
+    assert d["context"]["clv"] == "2600.00" and d["context"]["segment"] == "gold"
+    assert d["message"].startswith("Hi Ada,")
+    assert d["expires_at"] - d["signal_ts"] == 15 * 60_000
+
+
+def test_unknown_visitor_gets_a_decision_but_no_crm_data(pipeline, produce, read):
+    # Given an anonymous visitor
+    decisions = read("engage.decisions", "Decision")
+    visitor = f"V-{uuid.uuid4().hex[:8]}"
+    # When they search to cancel
+    produce.event(event_id=f"{visitor}-1", visitor_id=visitor, type_="search", ts=now_ms(), query="cancel subscription")
+    # Then a decision is made for the visitor, keyed by visitor, without customer data
+    found = decisions.wait_for(lambda d: d["visitor_id"] == visitor)
+    assert len(found) == 1
+    d, meta = found[0]
+    assert meta["key"] == visitor.encode()
+    assert d["known"] is False and d["customer_id"] is None
+    assert "clv" not in d["context"] and "segment" not in d["context"]
+    assert d["signal"] == "cancel_intent" and d["rules_fired"] == ["cancel-intent"]
+    assert d["reason"]
+
+
+def test_garbage_and_wrong_schema_are_dead_lettered_and_the_next_event_still_flows(pipeline, produce, read):
+    dead = read("engage.deadletter", "DeadLetter")
+    decisions = read("engage.decisions", "Decision")
+    visitor = f"V-{uuid.uuid4().hex[:8]}"
+    garbage = b"\x00\xffthis is not avro" + uuid.uuid4().bytes
+    wrong = {"outcome_id": uuid.uuid4().hex, "key": visitor, "ts": now_ms(), "type": "shown", "delivery_id": None,
+             "decision_id": None, "action_id": None, "channel": None, "visitor_id": visitor, "customer_id": None,
+             "value": None, "source": "test"}
+    from tests.support import wire
+
+    # Given garbage bytes and a record of another schema on the events topic
+    produce.raw("engage.events", visitor.encode(), garbage)
+    produce.raw("engage.events", visitor.encode(), wire.encode("Outcome", wrong))
+    # When a valid event follows for the same visitor
+    produce.event(event_id=f"{visitor}-ok", visitor_id=visitor, type_="search", ts=now_ms(), query="terminate contract")
+    # Then both bad records are in the dead-letter topic, whole, with a reason
+    found = dead.wait_for(lambda r: r["key"] == visitor.encode(), count=2)
+    assert len(found) == 2
+    by_value = {r["value"]: r for r, _ in found}
+    assert "not Avro single-object encoding" in by_value[garbage]["error"]
+    wrong_bytes = wire.encode("Outcome", wrong)
+    assert "wrong schema: record is Outcome, expected Interaction" in by_value[wrong_bytes]["error"]
+    assert {r["stage"] for r, _ in found} == {"detection"}
+    assert all(r["topic"] == pipeline.topic("engage.events") and r["offset"] >= 0 for r, _ in found)
+    # And the valid event is still processed
+    assert decisions.wait_for(lambda d: d["visitor_id"] == visitor)
+
+
+def test_invalid_profile_is_dead_lettered(pipeline, produce, read):
+    dead = read("engage.deadletter", "DeadLetter")
+    from tests.support import wire
+
+    cid = f"C-{uuid.uuid4().hex[:8]}"
+    bad = wire.profile(cid, now_ms(), clv=-5.0)
+    produce.raw("engage.profiles", cid.encode(), wire.encode("CustomerProfile", bad))
+    found = dead.wait_for(lambda r: r["key"] == cid.encode())
+    assert found and found[0][0]["stage"] == "data" and "clv must not be negative" in found[0][0]["error"]
+
+
+def test_daily_cap_holds(pipeline, produce, read):
+    # Given a customer and the policy's cap of 2 offers a day
+    cid = customer_outside_control("retention-callback")
+    produce.profile(cid, clv=2600.0)
+    decisions = read("engage.decisions", "Decision")
+    deliveries = read("engage.delivery", "Delivery")
+    t = now_ms()
+    # When they search to cancel three times
+    for i in range(3):
+        visitor = f"V-{uuid.uuid4().hex[:8]}"  # three devices: the cap is per customer
+        produce.event(event_id=f"{visitor}-{i}", visitor_id=visitor, type_="search", ts=t + i * 1000, customer_id=cid,
+                      query="cancel my account")
+    # Then two offers go out and the third is suppressed by the daily cap
+    found = decisions.wait_for(lambda d: d["customer_id"] == cid, count=3)
+    outcomes = sorted(((d["signal_ts"], d["outcome"], d["gate"]) for d, _ in found))
+    assert [o[1:] for o in outcomes] == [("act", None), ("act", None), ("suppressed", "daily_cap")]
+    deliveries.settle(3)
+    assert len({d["delivery_id"] for d, _ in deliveries.records if d["customer_id"] == cid}) == 2
+
+
+def test_opted_out_customer_is_suppressed(pipeline, produce, read):
+    cid = customer_outside_control("retention-callback")
+    produce.profile(cid, clv=2600.0, opted_out=True)
+    decisions = read("engage.decisions", "Decision")
+    visitor = f"V-{uuid.uuid4().hex[:8]}"
+    produce.event(event_id=f"{visitor}-1", visitor_id=visitor, type_="search", ts=now_ms(), customer_id=cid,
+                  query="cancel")
+    found = decisions.wait_for(lambda d: d["customer_id"] == cid)
+    assert found and (found[0][0]["outcome"], found[0][0]["gate"]) == ("suppressed", "opted_out")
