@@ -32,8 +32,10 @@ def register(engine: Engine, rules: DetectionRuleSet):
                 continue
             if result.duplicate:
                 continue
-            visitor_to_state[ev["visitor_id"]] = result.state
             for signal in result.signals:
                 await engine.send(topics.SIGNALS, signal["visitor_id"], signal)
+            # State after the signals are acked: a crash in between replays the event against the old
+            # state and re-sends the same signal ids, instead of dropping the event as a duplicate.
+            visitor_to_state[ev["visitor_id"]] = result.state
 
     return detect_signals, visitor_to_state
