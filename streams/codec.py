@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -190,7 +191,8 @@ class RegistryCodec:
             for name in store.names()
         }
         self._deserializers = {
-            name: AvroDeserializer(self.client, json.dumps(store.json_by_name[name]))
+            # reader schema without logical types: timestamps stay epoch millis, as in the contract
+            name: AvroDeserializer(self.client, json.dumps(_without_logical_types(store.json_by_name[name])))
             for name in store.names()
         }
 
@@ -215,7 +217,18 @@ class RegistryCodec:
             raise DecodeError(f"cannot decode {name}: {type(exc).__name__}: {exc}") from exc
         if not isinstance(record, dict):
             raise DecodeError(f"record is not a {name}")
-        return record
+        return _as_millis(record)
+
+
+def _as_millis(value: Any) -> Any:
+    """The registry deserializer applies the writer's logical types; the contract wants epoch millis."""
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    if isinstance(value, dict):
+        return {k: _as_millis(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_millis(v) for v in value]
+    return value
 
 
 def make_codec(store: SchemaStore, registry_url: str | None):

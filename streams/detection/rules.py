@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 from streams.rules.expr import Compiled, ExprError, Names, compile_expr
-from streams.rules.loader import RuleError, check_keys, duration_ms, line_of, load_yaml, read_rule_file
+from streams.rules.loader import RuleError, check_keys, duration_ms, line_of, line_of_key, load_yaml, read_rule_file
 
 EVENT_FIELDS = ("event_id", "ts", "visitor_id", "customer_id", "channel", "type", "path", "query", "value", "attributes")
 SESSION_FIELDS = frozenset({"pages", "events", "duration_s", "returning", "searches"})
@@ -125,11 +125,11 @@ def _compile_rule(node, file: str) -> DetectionRule:
         if not isinstance(at_least, int) or isinstance(at_least, bool) or not 2 <= at_least <= 1000:
             raise RuleError(file, cline, f"at_least must be a whole number from 2 to 1000, got {at_least!r}", rule_id)
         return DetectionRule(**common, event_types=_event_types(count["event"], file, cline, rule_id),
-                             where=_where(count.get("where"), file, cline, rule_id), at_least=at_least,
+                             where=_where(count.get("where"), file, line_of_key(count, "where", cline), rule_id), at_least=at_least,
                              within_ms=duration_ms(count["within"], file, cline, rule_id, "within"))
     check_keys(when, {"event", "where"}, {"event"}, file, rule_id, "when")
     return DetectionRule(**common, event_types=_event_types(when["event"], file, wline, rule_id),
-                         where=_where(when.get("where"), file, wline, rule_id))
+                         where=_where(when.get("where"), file, line_of_key(when, "where", wline), rule_id))
 
 
 def compile_detection(text: str, file: str, name: str | None = None) -> DetectionRuleSet:

@@ -23,6 +23,8 @@ class LineDict(dict):
     """A YAML mapping that remembers the (1-based) line it started on."""
 
     line: int = 0
+    key_lines: dict
+
 
 
 class _Loader(yaml.SafeLoader):
@@ -33,11 +35,13 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
     loader.flatten_mapping(node)
     out = LineDict()
     out.line = node.start_mark.line + 1
+    out.key_lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         if key in out:
             raise RuleError(loader.name, key_node.start_mark.line + 1, f"key {key!r} is given twice")
         out[key] = loader.construct_object(value_node, deep=True)
+        out.key_lines[key] = key_node.start_mark.line + 1
     return out
 
 
@@ -81,6 +85,11 @@ def duration_ms(value: Any, file: str, line: int, rule_id: str | None, what: str
 
 def line_of(node: Any, default: int) -> int:
     return getattr(node, "line", 0) or default
+
+
+def line_of_key(node: Any, key: str, default: int) -> int:
+    """The line a key of a mapping is written on, so an error points at the very line."""
+    return getattr(node, "key_lines", {}).get(key) or line_of(node, default)
 
 
 def check_keys(node: dict, allowed: set[str], required: set[str], file: str, rule_id: str | None, what: str) -> None:
