@@ -44,7 +44,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = []
     for spec in topics.ALL:
-        name = topics.physical(settings, spec)
+        name = settings.topic(spec.name)
         if name in existing:
             continue
         config = {"cleanup.policy": "compact"} if spec.compacted else {}
@@ -61,7 +61,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
                     raise
     # wait until metadata shows them, so producers started right after do not race creation
     deadline = time.monotonic() + timeout_s
-    names = {topics.physical(settings, s) for s in topics.ALL}
+    names = {settings.topic(s.name) for s in topics.ALL}
     while time.monotonic() < deadline and not names <= set(admin.list_topics(timeout=5).topics):
         time.sleep(0.2)
     return created

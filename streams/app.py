@@ -7,7 +7,7 @@ import faust
 
 
 from streams import topics
-from streams.codec import SchemaStore, make_codec
+from streams.codec import DecodeError, SchemaStore, make_codec
 from streams.deadletter import dead_letter, log_dead_letter
 from streams.settings import Settings
 
@@ -22,16 +22,36 @@ class Engine:
     topic: dict = field(default_factory=dict)  # contract name -> faust topic
 
     def encode(self, spec: topics.TopicSpec, record: dict) -> bytes:
-        return self.codec.encode(topics.physical(self.settings, spec), spec.schema, record)
+        return self.codec.encode(self.settings.topic(spec.name), spec.schema, record)
 
     def decode(self, spec: topics.TopicSpec, data: bytes | None) -> dict:
-        return self.codec.decode(topics.physical(self.settings, spec), spec.schema, data)
+        return self.codec.decode(self.settings.topic(spec.name), spec.schema, data)
 
     async def send(self, spec: topics.TopicSpec, key: str, record: dict, headers: dict | None = None) -> None:
         """Send and wait for the broker's ack, so an offset is only committed after its outputs exist."""
         fut = await self.topic[spec.name].send(key=key.encode(), value=self.encode(spec, record),
                                                headers=[(k, v.encode()) for k, v in (headers or {}).items()])
         await fut
+
+    async def records(self, stream, spec: topics.TopicSpec, stage: str, check=None, tombstones: bool = False):
+        """Yield (message, record) for every record of `stream` that decodes and passes `check`.
+
+        A record that cannot be decoded, or that `check(message, record)` rejects with a
+        ValueError, goes to the dead-letter topic with the reason and the stream goes on.
+        """
+        async for event in stream.events():
+            msg = event.message
+            if tombstones and msg.value is None and msg.key is not None:
+                yield msg, None  # a compacted topic's delete marker
+                continue
+            try:
+                record = self.decode(spec, msg.value)
+                if check is not None:
+                    check(msg, record)
+            except (DecodeError, ValueError) as exc:
+                await self.dead_letter(stage, msg, exc)
+                continue
+            yield msg, record
 
     async def dead_letter(self, stage: str, message, error: Exception | str) -> None:
         record = dead_letter(stage, message.topic, message.partition, message.offset, message.key, message.value, error)
@@ -65,7 +85,7 @@ def build_app(settings: Settings) -> Engine:
     engine = Engine(settings=settings, app=app, codec=make_codec(SchemaStore(settings.schemas_dir),
                                                                   settings.schema_registry_url))
     for spec in topics.ALL:
-        engine.topic[spec.name] = app.topic(topics.physical(settings, spec), key_serializer="raw",
+        engine.topic[spec.name] = app.topic(settings.topic(spec.name), key_serializer="raw",
                                             value_serializer="raw", partitions=settings.partitions, internal=False)
     return engine
 

@@ -79,15 +79,15 @@ class Sampler(threading.Thread):
         self.settings = settings
         self.stop = threading.Event()
         self.samples: list[tuple[float, float, int]] = []  # (monotonic, cpu seconds, committed events)
+        self.admin = admin_client(settings)  # one client for the whole run, not one per sample
 
     def committed(self) -> int:
         from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
-        admin = admin_client(self.settings)
         topic = self.settings.topic(topics.EVENTS.name)
         req = ConsumerGroupTopicPartitions(self.settings.app_id,
                                            [TopicPartition(topic, p) for p in range(self.settings.partitions)])
-        res = admin.list_consumer_group_offsets([req])[self.settings.app_id].result()
+        res = self.admin.list_consumer_group_offsets([req])[self.settings.app_id].result()
         return sum(max(tp.offset, 0) for tp in res.topic_partitions)
 
     def run(self):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from streams.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -31,6 +30,3 @@ DEADLETTER = TopicSpec("engage.deadletter", "the original key", "DeadLetter")
 ALL = (EVENTS, PROFILES, AGENT_AVAILABILITY, RULES, SIGNALS, SIGNALS_BY_CUSTOMER, ENRICHED, DECISIONS, DELIVERY,
        OUTCOMES, DEADLETTER)
 
-
-def physical(settings: Settings, spec: TopicSpec) -> str:
-    return settings.topic(spec.name)

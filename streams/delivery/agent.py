@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from streams import topics
 from streams.app import Engine
-from streams.codec import DecodeError
 from streams.delivery.render import to_delivery
 
 STAGE = "delivery"
@@ -14,13 +13,9 @@ def register(engine: Engine):
 
     @app.agent(engine.topic[topics.DECISIONS.name], name="deliver_decisions")
     async def deliver_decisions(stream):
-        async for event in stream.events():
-            msg = event.message
-            try:
-                decision = engine.decode(topics.DECISIONS, msg.value)
-            except DecodeError as exc:
-                await engine.dead_letter(STAGE, msg, exc)
-                continue
+        async for _, decision in engine.records(stream, topics.DECISIONS, STAGE):
             delivery = to_delivery(decision)
             if delivery is not None:
                 await engine.send(topics.DELIVERY, delivery["key"], delivery, headers={"channel": delivery["channel"]})
+
+    return deliver_decisions

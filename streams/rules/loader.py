@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +116,3 @@ def _display_name(path: Path) -> str:
     except ValueError:
         return str(path)
 
-
-@dataclass(frozen=True)
-class Source:
-    name: str
-    text: str
