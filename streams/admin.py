@@ -48,7 +48,8 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
         if name in existing:
             continue
         config = {"cleanup.policy": "compact"} if spec.compacted else {}
-        wanted.append(NewTopic(name, num_partitions=settings.partitions,
+        config.update(dict(spec.config))
+        wanted.append(NewTopic(name, num_partitions=spec.partitions or settings.partitions,
                                replication_factor=settings.replication, config=config))
     created = []
     if wanted:

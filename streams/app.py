@@ -86,7 +86,8 @@ def build_app(settings: Settings) -> Engine:
                                                                   settings.schema_registry_url))
     for spec in topics.ALL:
         engine.topic[spec.name] = app.topic(settings.topic(spec.name), key_serializer="raw",
-                                            value_serializer="raw", partitions=settings.partitions, internal=False)
+                                            value_serializer="raw", partitions=spec.partitions or settings.partitions,
+                                            internal=False)
     return engine
 
 

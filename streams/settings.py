@@ -1,6 +1,7 @@
 """Decides how the engine is configured: one typed settings object, read from the environment once, at the edge."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +35,24 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def _duration_ms(env: Mapping[str, str], name: str, default_ms: int) -> int:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default_ms
+    number = raw.rstrip("smhd")
+    unit = raw[len(number):] or "s"
+    try:
+        value = float(number) * _UNIT_MS[unit]
+    except (ValueError, KeyError):
+        raise SettingsError(f"{name} must be a duration like 500ms, 5s, 10m, 2h or 30d, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise SettingsError(f"{name} must be a duration like 500ms, 5s, 10m, 2h or 30d, got {raw!r}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     bootstrap_servers: str = LOCAL_BOOTSTRAP
@@ -52,6 +71,11 @@ class Settings:
     log_level: str = "info"
     # Faust's commit interval: how much can be replayed after a crash.
     commit_interval_s: float = 1.0
+    # Detection time: how late an event may arrive and still cancel an absence, how long an idle
+    # visitor's state is kept, and how long a partition stays quiet before the wall clock moves it.
+    allowed_lateness_ms: int = 5_000
+    visitor_ttl_ms: int = 30 * 86_400_000
+    idle_tick_ms: int = 2_000
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -74,6 +98,9 @@ class Settings:
             schema_registry_url=env.get("SCHEMA_REGISTRY_URL") or None,
             web_port=_int(env, "ENGAGE_WEB_PORT", 6066, minimum=1),
             log_level=env.get("ENGAGE_LOG_LEVEL", "") or "info",
+            allowed_lateness_ms=_duration_ms(env, "ENGAGE_ALLOWED_LATENESS", 5_000),
+            visitor_ttl_ms=_duration_ms(env, "ENGAGE_VISITOR_TTL", 30 * 86_400_000),
+            idle_tick_ms=max(100, _duration_ms(env, "ENGAGE_IDLE_TICK", 2_000)),
         )
 
     def with_(self, **changes) -> "Settings":

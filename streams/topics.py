@@ -12,21 +12,29 @@ class TopicSpec:
     schema: str      # value schema under schemas/
     compacted: bool = False
     internal: bool = False  # engine-private, not part of the published contract
+    partitions: int | None = None  # None: the configured partition count
+    config: tuple[tuple[str, str], ...] = ()  # extra topic configuration
 
 
 EVENTS = TopicSpec("engage.events", "visitor_id", "Interaction")
 PROFILES = TopicSpec("engage.profiles", "customer_id", "CustomerProfile", compacted=True)
 AGENT_AVAILABILITY = TopicSpec("engage.agent-availability", "skill", "AgentAvailability", compacted=True)
-RULES = TopicSpec("engage.rules", "rule set name", "RuleSet", compacted=True)
+# One partition, so every worker reads every version in order; compaction waits 30 days, so
+# `engage rules history` and `rollback` see a month of versions.
+RULES = TopicSpec("engage.rules", "rule set name", "RuleSet", compacted=True, partitions=1,
+                  config=(("min.compaction.lag.ms", str(30 * 86_400_000)),))
 SIGNALS = TopicSpec("engage.signals", "visitor_id", "Signal")
 # Signals of known customers re-keyed by customer_id, co-partitioned with engage.profiles for the join.
 SIGNALS_BY_CUSTOMER = TopicSpec("engage.signals-by-customer", "customer_id", "Signal", internal=True)
+# Idle partitions' clock ticks for detection, co-partitioned with engage.events; kept one hour.
+DETECTION_TICKS = TopicSpec("engage.detection-ticks", "none (sent to the partition it is about)", "Tick", internal=True,
+                            config=(("retention.ms", "3600000"),))
 ENRICHED = TopicSpec("engage.enriched", "customer_id, else visitor_id", "EnrichedSignal")
 DECISIONS = TopicSpec("engage.decisions", "customer_id, else visitor_id", "Decision")
 DELIVERY = TopicSpec("engage.delivery", "customer_id, else visitor_id", "Delivery")
 OUTCOMES = TopicSpec("engage.outcomes", "customer_id, else visitor_id", "Outcome")
 DEADLETTER = TopicSpec("engage.deadletter", "the original key", "DeadLetter")
 
-ALL = (EVENTS, PROFILES, AGENT_AVAILABILITY, RULES, SIGNALS, SIGNALS_BY_CUSTOMER, ENRICHED, DECISIONS, DELIVERY,
+ALL = (EVENTS, PROFILES, AGENT_AVAILABILITY, RULES, SIGNALS, SIGNALS_BY_CUSTOMER, DETECTION_TICKS, ENRICHED, DECISIONS, DELIVERY,
        OUTCOMES, DEADLETTER)
 

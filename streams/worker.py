@@ -1,4 +1,4 @@
-"""Decides what one worker process runs: the four stages on one Faust app, with the rules from rules/."""
+"""Decides what one worker process runs: the four stages on one Faust app, with the rules from rules/ or engage.rules."""
 from __future__ import annotations
 
 from streams.app import Engine, build_app
@@ -7,16 +7,17 @@ from streams.decision import agent as decision_agent
 from streams.decision.actions import load_actions
 from streams.delivery import agent as delivery_agent
 from streams.detection import agent as detection_agent
+from streams.detection.rulebook import RuleBook
 from streams.detection.rules import load_detection
 from streams.settings import Settings
 
 
-def build_worker(settings: Settings) -> Engine:
+def build_worker(settings: Settings, book: RuleBook | None = None) -> Engine:
     """Build the app with every stage registered; raises RuleError if a rule file is invalid."""
-    detection_rules = load_detection(settings.rules_dir / "detection.yaml")
+    book = book or RuleBook(load_detection(settings.rules_dir / "detection.yaml"))
     actions = load_actions(settings.rules_dir / "actions.yaml")
     engine = build_app(settings)
-    detection_agent.register(engine, detection_rules)
+    detection_agent.register(engine, book)
     data_agent.register(engine)
     decision_agent.register(engine, actions)
     delivery_agent.register(engine)
@@ -27,10 +28,14 @@ def run_worker(settings: Settings) -> None:
     import faust
 
     from streams.admin import ensure_topics, wait_for_broker
+    from streams.detection.rulebook import start_following
 
-    engine = build_worker(settings)
+    # the file is the rule set until a version is published to engage.rules; then the latest valid one
+    book = RuleBook(load_detection(settings.rules_dir / "detection.yaml"))
+    engine = build_worker(settings, book)
     wait_for_broker(settings)
     ensure_topics(settings)
+    start_following(settings, book, engine.codec)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     worker = faust.Worker(engine.app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()

@@ -1,41 +1,84 @@
-"""Decides how detection runs on Faust: per-visitor state in RocksDB, signals out, bad records dead-lettered."""
+"""Decides how detection runs on Faust: per-visitor state and timer index in RocksDB, signals out, idle ticks.
+
+The agent reads engage.events and its own tick topic (co-partitioned), so timers of an idle
+partition fire on the worker that owns it, and table writes land in that partition's changelog.
+State is written only after the signals are acknowledged.
+"""
 from __future__ import annotations
 
 import logging
+import time
 
 from streams import topics
 from streams.app import Engine
-from streams.codec import DecodeError
-from streams.detection.engine import InvalidEvent, detect
-from streams.detection.rules import DetectionRuleSet
+from streams.detection.engine import InvalidEvent, validate_event
+from streams.detection.partition import Detector, Tx
+from streams.detection.rulebook import RuleBook
 
 log = logging.getLogger(__name__)
 STAGE = "detection"
 
 
-def register(engine: Engine, rules: DetectionRuleSet):
-    app = engine.app
-    visitor_to_state = app.Table("visitor_to_state", default=None, partitions=engine.settings.partitions,
-                                 key_type=str)
+def check_event(msg, ev: dict) -> None:
+    validate_event(ev)
+    if msg.key is None or msg.key.decode("utf-8", "replace") != ev["visitor_id"]:
+        raise InvalidEvent("the record key must be the visitor_id")
 
-    @app.agent(engine.topic[topics.EVENTS.name], name="detect_signals")
+
+def register(engine: Engine, book: RuleBook):
+    app, settings = engine.app, engine.settings
+    partitions = settings.partitions
+    visitor_to_state = app.Table("visitor_to_state", default=None, partitions=partitions, key_type=str)
+    partition_to_timers = app.Table("partition_to_timers", default=None, partitions=partitions, key_type=str)
+    detector = Detector(book.rules, lateness_ms=settings.allowed_lateness_ms, ttl_ms=settings.visitor_ttl_ms)
+    events_name = settings.topic(topics.EVENTS.name)
+    ticks_name = settings.topic(topics.DETECTION_TICKS.name)
+    channel = app.topic(events_name, ticks_name, key_serializer="raw", value_serializer="raw", partitions=partitions)
+    last_event_wall: dict[int, float] = {}  # partition -> when this process last processed one of its events
+    started = time.time()
+
+    @app.agent(channel, name="detect_signals")
     async def detect_signals(stream):
         async for event in stream.events():
             msg = event.message
+            tx = Tx(visitor_to_state, partition_to_timers)
             try:
-                ev = engine.decode(topics.EVENTS, msg.value)
-                if msg.key is None or msg.key.decode("utf-8", "replace") != ev["visitor_id"]:
-                    raise InvalidEvent("the record key must be the visitor_id")
-                result = detect(visitor_to_state.get(ev["visitor_id"]), ev, rules)
-            except (DecodeError, InvalidEvent) as exc:
+                if msg.topic == ticks_name:
+                    tick = engine.decode(topics.DETECTION_TICKS, msg.value)
+                    signals = detector.on_tick(tx, msg.partition, tick["watermark_ts"])
+                else:
+                    ev = engine.decode(topics.EVENTS, msg.value)
+                    check_event(msg, ev)
+                    last_event_wall[msg.partition] = time.time()
+                    signals = detector.on_event(tx, msg.partition, ev).signals
+            except ValueError as exc:  # DecodeError and InvalidEvent are ValueErrors
                 await engine.dead_letter(STAGE, msg, exc)
                 continue
-            if result.duplicate:
-                continue
-            for signal in result.signals:
+            for signal in signals:
                 await engine.send(topics.SIGNALS, signal["visitor_id"], signal)
             # State after the signals are acked: a crash in between replays the event against the old
             # state and re-sends the same signal ids, instead of dropping the event as a duplicate.
-            visitor_to_state[ev["visitor_id"]] = result.state
+            tx.apply()
 
-    return detect_signals, visitor_to_state
+    @app.timer(interval=settings.idle_tick_ms / 1000.0, name="tick_idle_partitions")
+    async def tick_idle_partitions():
+        """Move the clock of partitions that have nothing to read, so their deadlines still fire."""
+        now = time.time()
+        idle_s = settings.idle_tick_ms / 1000.0
+        for tp in list(app.consumer.assignment()):
+            if tp.topic != events_name:
+                continue
+            p = tp.partition
+            seen = last_event_wall.get(p, started)
+            if now - seen < idle_s:
+                continue
+            position = await app.consumer.position(tp)
+            if position is None or position < app.consumer.highwater(tp):
+                continue  # events are waiting: their own time will move the clock
+            max_ts = detector.max_ts.get(p)
+            watermark = int(max_ts + (now - seen) * 1000) if max_ts else int(now * 1000)
+            tick = {"partition": p, "wall_ts": int(now * 1000), "watermark_ts": watermark}
+            await engine.topic[topics.DETECTION_TICKS.name].send(value=engine.encode(topics.DETECTION_TICKS, tick),
+                                                                  partition=p)
+
+    return detect_signals, visitor_to_state, partition_to_timers, detector

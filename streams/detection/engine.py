@@ -1,8 +1,14 @@
 """Decides which signals one interaction raises for its visitor, given the visitor's state.
 
-Pure: `detect(state, event, rules)` returns the new state and the signals, so the same events
-with the same rules give the same signals on replay, and the logic is tested without Kafka.
-Event time (`ts`) drives sessions and windows.
+Pure: `detect(state, event, rules)` returns the new state and the signals; `fire_due(state, ...)`
+fires the visitor's timers (absence, dwell) whose deadline the event-time watermark has passed.
+The same events with the same rules give the same signals, in the same order, on replay.
+
+State per visitor (JSON, bounded): identity, the session (20 minutes idle ends it), the cart,
+recent event ids (duplicates are dropped), and per rule only what that rule needs: the events in
+a count window, the partial matches of a sequence, the current visit of a dwell section, the
+recent awaited events of an absence, plus pending timers. Each rule's state carries the rule's
+fingerprint: after a hot reload, the state of rules whose `when` did not change is kept.
 """
 from __future__ import annotations
 
@@ -11,11 +17,13 @@ import hashlib
 from dataclasses import dataclass
 
 from streams.detection.rules import DetectionRule, DetectionRuleSet
-from streams.rules.expr import evaluate
 
 SESSION_GAP_MS = 20 * 60_000  # 20 minutes idle ends a session
-SEEN_IDS = 64  # recent event ids kept per visitor to drop producer duplicates
-EVIDENCE_EVENTS = 10
+SEEN_IDS = 64                 # recent event ids kept per visitor to drop producer duplicates
+EVIDENCE_EVENTS = 10          # events kept as evidence in a signal
+SEQUENCE_BUFFER = 32          # candidate events kept per sequence rule
+ABSENT_SEEN = 8               # awaited events remembered per absence rule (for out-of-order arrival)
+MAX_TIMERS = 16               # pending timers per visitor; the oldest are dropped beyond this
 
 
 class InvalidEvent(ValueError):
@@ -41,8 +49,10 @@ def validate_event(ev: dict) -> None:
 
 
 def new_state() -> dict:
-    return {"customer_id": None, "session": None, "sessions": 0, "cart": {"value": 0.0, "items": 0},
-            "seen": [], "counts": {}, "fired": {}}
+    # c: customer id, n: sessions started, ses: current session, r: per-rule state, t: timers,
+    # f: rule -> session it fired in (once_per_session), x: deadline the timer index holds for us
+    return {"c": None, "n": 0, "ses": None, "cart": {"value": 0.0, "items": 0}, "seen": [], "last": 0,
+            "r": {}, "t": [], "f": {}, "x": None}
 
 
 def evidence_of(ev: dict) -> dict:
@@ -56,53 +66,202 @@ def signal_id(rule_id: str, visitor_id: str, event_id: str) -> str:
 
 def _advance_session(state: dict, ev: dict) -> dict:
     ts = ev["ts"]
-    session = state["session"]
+    session = state["ses"]
     if session is None or ts - session["last"] > SESSION_GAP_MS:
-        state["sessions"] += 1
+        state["n"] += 1
         session = {"id": f"{ev['visitor_id']}:{ts}", "start": ts, "last": ts, "pages": 0, "events": 0, "searches": 0}
-        state["session"] = session
-    session["last"] = max(session["last"], ts)
+        state["ses"] = session
+    elif ts < session["start"]:
+        session["start"] = ts  # a late event of this session
+    if ts > session["last"]:
+        session["last"] = ts
     session["events"] += 1
-    if ev["type"] == "page_view":
+    t = ev["type"]
+    if t == "page_view":
         session["pages"] += 1
-    elif ev["type"] == "search":
+    elif t == "search":
         session["searches"] += 1
     return session
 
 
 def _update_cart(state: dict, ev: dict) -> None:
-    cart = state["cart"]
-    if ev["type"] == "add_to_cart":
+    t = ev["type"]
+    if t == "add_to_cart":
+        cart = state["cart"]
         cart["items"] += 1
         cart["value"] = round(cart["value"] + (ev.get("value") or 0.0), 2)
-    elif ev["type"] in ("purchase", "cart_cleared"):
-        cart["items"], cart["value"] = 0, 0.0
+    elif t == "purchase" or t == "cart_cleared":
+        state["cart"] = {"value": 0.0, "items": 0}
 
 
-def _session_view(state: dict, session: dict) -> dict:
+def session_view(state: dict) -> dict:
     """What `session.*` and `cart.*` read in expressions."""
+    session = state["ses"] or {"pages": 0, "events": 0, "searches": 0, "start": 0, "last": 0}
     return {"pages": session["pages"], "events": session["events"], "searches": session["searches"],
             "duration_s": (session["last"] - session["start"]) / 1000.0,
-            "returning": state["sessions"] > 1, "cart": state["cart"]}
+            "returning": state["n"] > 1, "cart": state["cart"]}
 
 
-def _signal(rule: DetectionRule, rules: DetectionRuleSet, ev: dict, state: dict, session: dict, evidence: list[dict]) -> dict:
-    return {
-        "signal_id": signal_id(rule.id, ev["visitor_id"], ev["event_id"]),
-        "ts": ev["ts"],
-        "visitor_id": ev["visitor_id"],
-        "customer_id": state["customer_id"],
-        "session_id": session["id"],
-        "signal": rule.signal,
-        "rule_id": rule.id,
-        "rule_description": rule.description,
-        "ruleset_version": rules.version,
-        "priority": rule.priority,
-        "evidence": evidence[-EVIDENCE_EVENTS:],
-        "session_pages": session["pages"],
-        "session_events": session["events"],
-        "cart_value": float(state["cart"]["value"]),
-    }
+def _rule_state(state: dict, rule: DetectionRule) -> dict:
+    rs = state["r"].get(rule.id)
+    if rs is None or rs["h"] != rule.fingerprint:
+        rs = state["r"][rule.id] = {"h": rule.fingerprint}
+    return rs
+
+
+class _Run:
+    """One visitor's pass over an event or a timer: collects signals in order."""
+
+    __slots__ = ("state", "rules", "visitor_id", "signals")
+
+    def __init__(self, state: dict, rules: DetectionRuleSet, visitor_id: str):
+        self.state, self.rules, self.visitor_id, self.signals = state, rules, visitor_id, []
+
+    def fire(self, rule: DetectionRule, ts: int, cause_id: str, evidence: list[dict], ev: dict, view: dict) -> None:
+        state = self.state
+        session_id = state["ses"]["id"] if state["ses"] else ""
+        if rule.once_per_session and state["f"].get(rule.id) == session_id:
+            return
+        if rule.guard is not None:
+            try:
+                if not rule.guard.fn(ev, view):
+                    return
+            except (TypeError, ValueError, ZeroDivisionError, AttributeError):
+                return
+        if rule.once_per_session:
+            state["f"][rule.id] = session_id
+        self.signals.append({
+            "signal_id": signal_id(rule.id, self.visitor_id, cause_id),
+            "ts": ts,
+            "visitor_id": self.visitor_id,
+            "customer_id": state["c"],
+            "session_id": session_id,
+            "signal": rule.signal,
+            "rule_id": rule.id,
+            "rule_description": rule.description,
+            "ruleset_version": self.rules.version,
+            "priority": rule.priority,
+            "evidence": evidence[-EVIDENCE_EVENTS:],
+            "session_pages": view["pages"],
+            "session_events": view["events"],
+            "cart_value": float(state["cart"]["value"]),
+        })
+
+    def matched(self, rule: DetectionRule, rs: dict, ts: int, cause_id: str, evidence: list[dict], ev: dict,
+                view: dict) -> None:
+        """The rule's pattern is complete: fire now, or wait for the awaited event to stay away."""
+        if rule.absent is None:
+            self.fire(rule, ts, cause_id, evidence, ev, view)
+            return
+        deadline = ts + rule.absent_ms
+        if any(ts <= seen < deadline for seen in rs.get("a", ())):
+            return  # the awaited event already came (it arrived before the event that completed the pattern)
+        add_timer(self.state, [deadline, rule.id, rule.fingerprint, "absent", ts, cause_id, evidence[-EVIDENCE_EVENTS:]])
+
+
+def add_timer(state: dict, timer: list) -> None:
+    timers = state["t"]
+    bisect.insort(timers, timer, key=lambda t: (t[0], t[1], t[5]))
+    if len(timers) > MAX_TIMERS:
+        # keep the state bounded: the timer that would fire first is the oldest commitment
+        del timers[0]
+
+
+def _cancel_timers(state: dict, ev: dict, view: dict, rules: DetectionRuleSet) -> None:
+    ts = ev["ts"]
+    keep = []
+    for t in state["t"]:
+        rule = rules.by_id.get(t[1])
+        if rule is None or rule.fingerprint != t[2]:
+            continue  # the rule was removed or changed by a reload
+        if t[3] == "absent":
+            if t[4] <= ts < t[0] and rule.absent.test(ev, view):
+                continue  # the awaited event came in time
+        elif t[4] < ts < t[0] and not rule.steps[0].test(ev, view):
+            rs = state["r"].get(rule.id)
+            if rs is not None:
+                rs["in"] = None
+            continue  # left the section before dwelling long enough
+        keep.append(t)
+    state["t"] = keep
+
+
+def _count(run: _Run, rule: DetectionRule, rs: dict, ev: dict, view: dict) -> None:
+    entries = rs.setdefault("w", [])
+    ts = ev["ts"]
+    bisect.insort(entries, [ts, evidence_of(ev)], key=lambda e: e[0])
+    horizon = entries[-1][0] - rule.within_ms
+    if entries[0][0] <= horizon:
+        entries[:] = [e for e in entries if e[0] > horizon]
+    if len(entries) > rule.at_least:
+        del entries[:-rule.at_least]
+    if len(entries) >= rule.at_least:
+        evidence = [e[1] for e in entries]
+        entries.clear()  # fire once per burst; the next burst counts afresh
+        run.matched(rule, rs, ts, ev["event_id"], evidence, ev, view)
+
+
+def find_sequence(buffer: list, steps: int, within_ms: int) -> list | None:
+    """The earliest-starting match of steps 0..n-1 in time order within the window, or None.
+
+    `buffer` holds [ts, step mask, evidence] sorted by ts; other events may come between steps.
+    """
+    for i, first in enumerate(buffer):
+        if not first[1] & 1:
+            continue
+        chosen, step, limit = [first], 1, first[0] + within_ms
+        for entry in buffer[i + 1:]:
+            if entry[0] > limit:
+                break
+            if entry[1] >> step & 1:
+                chosen.append(entry)
+                step += 1
+                if step == steps:
+                    return chosen
+    return None
+
+
+def _sequence(run: _Run, rule: DetectionRule, rs: dict, ev: dict, view: dict) -> None:
+    mask = 0
+    for i, step in enumerate(rule.steps):
+        if step.test(ev, view):
+            mask |= 1 << i
+    if not mask:
+        return
+    buffer = rs.setdefault("b", [])
+    ts = ev["ts"]
+    bisect.insort(buffer, [ts, mask, evidence_of(ev)], key=lambda e: e[0])
+    horizon = buffer[-1][0] - rule.within_ms
+    if buffer[0][0] < horizon:
+        buffer[:] = [e for e in buffer if e[0] >= horizon]
+    if len(buffer) > SEQUENCE_BUFFER:
+        del buffer[:-SEQUENCE_BUFFER]
+    match = find_sequence(buffer, len(rule.steps), rule.within_ms)
+    if match is None:
+        return
+    last = match[-1][0]
+    buffer[:] = [e for e in buffer if e[0] > last]  # the matched events are used up
+    run.matched(rule, rs, last, ev["event_id"], [e[2] for e in match], ev, view)
+
+
+def _dwell(run: _Run, rule: DetectionRule, rs: dict, ev: dict, view: dict) -> None:
+    ts = ev["ts"]
+    if rule.steps[0].test(ev, view):
+        if rs.get("in") is None and ts >= rs.get("lo", 0):
+            rs["in"] = ts  # entered the section
+            add_timer(run.state, [ts + rule.dwell_ms, rule.id, rule.fingerprint, "dwell", ts, ev["event_id"],
+                                  [evidence_of(ev)]])
+    else:
+        rs["in"] = None
+        if ts > rs.get("lo", 0):
+            rs["lo"] = ts
+
+
+def _note_absent(rule: DetectionRule, rs: dict, ev: dict, view: dict) -> None:
+    if rule.absent.test(ev, view):
+        seen = rs.setdefault("a", [])
+        bisect.insort(seen, ev["ts"])
+        del seen[:-ABSENT_SEEN]
 
 
 def detect(state: dict | None, ev: dict, rules: DetectionRuleSet) -> Detection:
@@ -112,39 +271,72 @@ def detect(state: dict | None, ev: dict, rules: DetectionRuleSet) -> Detection:
     if ev["event_id"] in seen:
         return Detection(state, [], duplicate=True)
     seen.append(ev["event_id"])
-    del seen[:-SEEN_IDS]
+    if len(seen) > SEEN_IDS:
+        del seen[0]
     if ev.get("customer_id"):
         # identity stitching, first slice: once a visitor logs in, later events are theirs
-        state["customer_id"] = ev["customer_id"]
-    session = _advance_session(state, ev)
+        state["c"] = ev["customer_id"]
+    if ev["ts"] > state["last"]:
+        state["last"] = ev["ts"]
+    _advance_session(state, ev)
     _update_cart(state, ev)
-    view = _session_view(state, session)
-    signals = []
+    view = session_view(state)
+    if state["t"]:
+        _cancel_timers(state, ev, view, rules)
+    run = _Run(state, rules, ev["visitor_id"])
+    if state.get("v") != rules.version:
+        prune_state(state, rules)
+        state["v"] = rules.version
     for rule in rules.rules_for(ev["type"]):
-        if rule.once_per_session and state["fired"].get(rule.id) == session["id"]:
+        kind = rule.kind
+        if kind == "event" and rule.absent is None:  # the common case: no state at all
+            if rule.steps[0].test(ev, view):
+                run.fire(rule, ev["ts"], ev["event_id"], [evidence_of(ev)], ev, view)
             continue
-        if not evaluate(rule.where, ev, view):
-            continue
-        if rule.is_count:
-            entries = state["counts"].setdefault(rule.id, [])
-            bisect.insort(entries, [ev["ts"], evidence_of(ev)], key=lambda e: e[0])
-            horizon = ev["ts"] - rule.within_ms
-            entries[:] = [e for e in entries if e[0] > horizon][-rule.at_least:]
-            if len(entries) < rule.at_least:
-                continue
-            evidence = [e[1] for e in entries]
-            entries.clear()  # fire once per burst; the next burst counts afresh
+        rs = _rule_state(state, rule)
+        if rule.absent is not None:
+            _note_absent(rule, rs, ev, view)
+        if kind == "event":
+            if rule.steps[0].test(ev, view):
+                run.matched(rule, rs, ev["ts"], ev["event_id"], [evidence_of(ev)], ev, view)
+        elif kind == "count":
+            if rule.steps[0].test(ev, view):
+                _count(run, rule, rs, ev, view)
+        elif kind == "sequence":
+            _sequence(run, rule, rs, ev, view)
         else:
-            evidence = [evidence_of(ev)]
-        if rule.once_per_session:
-            state["fired"][rule.id] = session["id"]
-        signals.append(_signal(rule, rules, ev, state, session, evidence))
-    return Detection(state, signals)
+            _dwell(run, rule, rs, ev, view)
+    return Detection(state, run.signals)
+
+
+def fire_due(state: dict, visitor_id: str, watermark: int, rules: DetectionRuleSet) -> list[dict]:
+    """Fire the visitor's timers with a deadline at or before the watermark, oldest first."""
+    run = _Run(state, rules, visitor_id)
+    while state["t"] and state["t"][0][0] <= watermark:
+        deadline, rule_id, fingerprint, kind, start, cause_id, evidence = state["t"].pop(0)
+        rule = rules.by_id.get(rule_id)
+        if rule is None or rule.fingerprint != fingerprint:
+            continue
+        view = session_view(state)
+        ev = {**evidence[-1], "visitor_id": visitor_id, "customer_id": state["c"], "attributes": {}}
+        rs = _rule_state(state, rule)
+        if kind == "dwell":
+            rs["in"] = None  # the visit counted; a new one starts with the next entry
+            run.matched(rule, rs, deadline, f"{cause_id}:dwell", evidence, ev, view)
+        else:
+            run.fire(rule, deadline, f"{cause_id}:absent", evidence, ev, view)
+    return run.signals
+
+
+def next_deadline(state: dict, ttl_ms: int) -> int:
+    """When this visitor next needs the clock: its first timer, else when its state expires."""
+    expiry = state["last"] + ttl_ms
+    return min(state["t"][0][0], expiry) if state["t"] else expiry
 
 
 def prune_state(state: dict, rules: DetectionRuleSet) -> dict:
-    """Drop state of rules that no longer exist, so a visitor's state stays bounded."""
-    ids = {r.id for r in rules.rules}
-    state["counts"] = {k: v for k, v in state["counts"].items() if k in ids}
-    state["fired"] = {k: v for k, v in state["fired"].items() if k in ids}
+    """Drop state of rules that were removed or changed, so a visitor's state stays bounded."""
+    state["r"] = {k: v for k, v in state["r"].items() if k in rules.by_id and rules.by_id[k].fingerprint == v["h"]}
+    state["f"] = {k: v for k, v in state["f"].items() if k in rules.by_id}
+    state["t"] = [t for t in state["t"] if t[1] in rules.by_id and rules.by_id[t[1]].fingerprint == t[2]]
     return state

@@ -1,14 +1,17 @@
-"""Decides what a detection rule file means: validates it and compiles every rule once.
+"""Decides what a detection rule file means: validates it and compiles every rule once into fast tests.
 
-A rule is a single event with a condition, or a count of matching events within a sliding
-window. See rules/README.md for the language.
+A rule's `when` is one of: a single event (with `all`/`any`/`not` combinations), a `count` within
+a sliding window, a `sequence` of steps `within` a duration, a `dwell` (time in a section of the
+site), each optionally followed by `then_absent` (an awaited event that does not come in time)
+and guarded by a `where` over the session when it fires. See rules/README.md for the language.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
+from typing import Callable
 
 from streams.rules.expr import Compiled, ExprError, Names, compile_expr
 from streams.rules.loader import RuleError, check_keys, duration_ms, line_of, line_of_key, load_yaml, read_rule_file
@@ -23,7 +26,22 @@ DETECTION_NAMES = Names(
     fields={"session": SESSION_FIELDS, "cart": CART_FIELDS, "event": frozenset(EVENT_FIELDS)},
 )
 
-SIGNAL_NAME_OK = "abcdefghijklmnopqrstuvwxyz0123456789_"
+SIGNAL_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+MAX_STEPS = 10
+MAX_COUNT = 1000
+RULE_KEYS = {"id", "description", "when", "signal", "priority", "once_per_session"}
+CONDITION_KEYS = {"event", "where", "all", "any", "not"}
+
+Test = Callable[[dict, dict], bool]  # (event, session view) -> matches
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A test on one event (and the session): its type, an expression, or all/any/not of others."""
+
+    text: str            # how it reads, for messages and fingerprints
+    types: frozenset[str] | None  # event types it can match; None: any type
+    test: Test
 
 
 @dataclass(frozen=True)
@@ -32,17 +50,31 @@ class DetectionRule:
     signal: str
     description: str
     priority: int
-    event_types: frozenset[str] | None  # None: any event type
-    where: Compiled | None
-    # count rules: fire when at_least matching events fall within within_ms of each other
-    at_least: int = 1
-    within_ms: int = 0
+    kind: str                      # event | count | sequence | dwell
+    steps: tuple[Condition, ...]   # event/count/dwell: one; sequence: the steps in order
+    at_least: int = 1              # count: how many matching events
+    within_ms: int = 0             # count / sequence: the window
+    dwell_ms: int = 0              # dwell: how long in the section
+    absent: Condition | None = None  # then_absent: the awaited event ...
+    absent_ms: int = 0               # ... that must not come within this long
+    guard: Compiled | None = None  # where, checked when the rule fires
     once_per_session: bool = False
     line: int = 0
+    fingerprint: str = ""          # changes when what the rule matches changes; state survives otherwise
 
     @property
-    def is_count(self) -> bool:
-        return self.at_least > 1
+    def event_types(self) -> frozenset[str] | None:
+        """Event types this rule must see; None: every event."""
+        if self.kind == "dwell":
+            return None  # any event may end a visit to the section
+        conds = list(self.steps) + ([self.absent] if self.absent else [])
+        if any(c.types is None for c in conds):
+            return None
+        return frozenset().union(*(c.types for c in conds))
+
+    @property
+    def timed(self) -> bool:
+        return self.absent is not None or self.kind == "dwell"
 
 
 @dataclass
@@ -50,25 +82,41 @@ class DetectionRuleSet:
     name: str
     version: str
     rules: list[DetectionRule]
+    source: str = ""
+    by_id: dict[str, DetectionRule] = field(default_factory=dict)
     # rule index by event type, so an event only touches the rules that can care about it
-    by_type: dict[str, list[DetectionRule]] = field(default_factory=dict)
-    any_type: list[DetectionRule] = field(default_factory=list)
+    by_type: dict[str, tuple[DetectionRule, ...]] = field(default_factory=dict)
+    any_type: tuple[DetectionRule, ...] = ()
 
     def __post_init__(self):
+        self.by_id = {r.id: r for r in self.rules}
+        typed: dict[str, list[DetectionRule]] = {}
+        any_type = []
         for rule in self.rules:
-            if rule.event_types is None:
-                self.any_type.append(rule)
+            types = rule.event_types
+            if types is None:
+                any_type.append(rule)
             else:
-                for t in rule.event_types:
-                    self.by_type.setdefault(t, []).append(rule)
-        # preserve file order within each index list, so signal order is deterministic
+                for t in types:
+                    typed.setdefault(t, []).append(rule)
+        self.any_type = tuple(any_type)
+        # file order within each list, so the order of signals is deterministic
         order = {r.id: i for i, r in enumerate(self.rules)}
-        for t, rules in self.by_type.items():
-            rules.extend(r for r in self.any_type if r not in rules)
-            rules.sort(key=lambda r: order[r.id])
+        self.by_type = {t: tuple(sorted(rs + any_type, key=lambda r: order[r.id])) for t, rs in typed.items()}
 
-    def rules_for(self, event_type: str) -> list[DetectionRule]:
+    def rules_for(self, event_type: str) -> tuple[DetectionRule, ...]:
         return self.by_type.get(event_type, self.any_type)
+
+
+def _safe(compiled: Compiled) -> Test:
+    fn = compiled.fn
+
+    def test(ev, s):
+        try:
+            return bool(fn(ev, s))
+        except (TypeError, ValueError, ZeroDivisionError, AttributeError):
+            return False  # a missing value (None >= 100) makes the condition false
+    return test
 
 
 def _event_types(value, file, line, rule_id) -> frozenset[str] | None:
@@ -80,15 +128,116 @@ def _event_types(value, file, line, rule_id) -> frozenset[str] | None:
     return frozenset(items)
 
 
-def _where(text, file, line, rule_id) -> Compiled | None:
-    if text is None:
-        return None
+def _expr(text, file, line, rule_id, what="where") -> Compiled:
     if not isinstance(text, str):
-        raise RuleError(file, line, f"where must be an expression in quotes, got {text!r}", rule_id)
+        raise RuleError(file, line, f"{what} must be an expression in quotes, got {text!r}", rule_id)
     try:
         return compile_expr(text, DETECTION_NAMES)
     except ExprError as exc:
-        raise RuleError(file, line, f"where: {exc}", rule_id) from None
+        raise RuleError(file, line, f"{what}: {exc}", rule_id) from None
+
+
+def compile_condition(node, file: str, line: int, rule_id: str, what: str, extra: set[str] = frozenset()) -> Condition:
+    """One event condition: {event, where} or {all: [...]}, {any: [...]}, {not: {...}}; `extra` keys are the caller's."""
+    line = line_of(node, line)
+    if isinstance(node, str):  # shorthand: a bare event type
+        node = {"event": node}
+    if not isinstance(node, dict):
+        raise RuleError(file, line, f"{what} must be a mapping such as {{event: search, where: '...'}}", rule_id)
+    check_keys(node, CONDITION_KEYS | set(extra), set(), file, rule_id, what)
+    own = [k for k in ("event", "all", "any", "not") if k in node]
+    if len(own) > 1:
+        raise RuleError(file, line, f"{what} takes one of event, all, any or not, not {' and '.join(own)}", rule_id)
+    if not own and "where" not in node:
+        raise RuleError(file, line, f"{what} needs event, where, all, any or not", rule_id)
+    parts: list[Condition] = []
+    if "all" in node or "any" in node:
+        key = "all" if "all" in node else "any"
+        items = node[key]
+        kline = line_of_key(node, key, line)
+        if not isinstance(items, list) or not items:
+            raise RuleError(file, kline, f"{key} must be a list of conditions", rule_id)
+        subs = [compile_condition(item, file, kline, rule_id, f"{key} item") for item in items]
+        tests = tuple(c.test for c in subs)
+        if key == "all":
+            known = [c.types for c in subs if c.types is not None]
+            types = frozenset.intersection(*known) if known else None
+            test = (lambda ev, s: all(t(ev, s) for t in tests)) if len(tests) > 2 else \
+                (lambda ev, s, a=tests[0], b=tests[-1]: a(ev, s) and b(ev, s))
+        else:
+            types = None if any(c.types is None for c in subs) else frozenset().union(*(c.types for c in subs))
+            test = lambda ev, s: any(t(ev, s) for t in tests)  # noqa: E731
+        parts.append(Condition(f"{key}({', '.join(c.text for c in subs)})", types, test))
+    elif "not" in node:
+        sub = compile_condition(node["not"], file, line_of_key(node, "not", line), rule_id, "not")
+        inner = sub.test
+        parts.append(Condition(f"not({sub.text})", None, lambda ev, s: not inner(ev, s)))
+    elif "event" in node:
+        types = _event_types(node["event"], file, line_of_key(node, "event", line), rule_id)
+        if types is not None:
+            parts.append(Condition(f"event in {sorted(types)}", types,
+                                   (lambda ev, s, t=next(iter(types)): ev["type"] == t) if len(types) == 1
+                                   else (lambda ev, s, ts=types: ev["type"] in ts)))
+        else:
+            parts.append(Condition("any event", None, lambda ev, s: True))
+    if "where" in node:
+        compiled = _expr(node["where"], file, line_of_key(node, "where", line), rule_id)
+        parts.append(Condition(compiled.text, None, _safe(compiled)))
+    if len(parts) == 1:
+        return parts[0]
+    first, second = parts
+    # the type test is done by the rule index before a rule is evaluated, but kept so a condition
+    # nested in all/any/not or used as a step stays right on its own
+    return Condition(f"{first.text} where {second.text}", first.types,
+                     lambda ev, s, a=first.test, b=second.test: a(ev, s) and b(ev, s))
+
+
+def _positive_int(value, lo, hi, file, line, rule_id, what) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise RuleError(file, line, f"{what} must be a whole number from {lo} to {hi}, got {value!r}", rule_id)
+    return value
+
+
+def _fingerprint(rule_id: str, when) -> str:
+    return hashlib.sha256(json.dumps([rule_id, when], sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _compile_when(when: dict, wline: int, file: str, rule_id: str) -> dict:
+    """The kind-specific parts of a rule from its `when` mapping."""
+    trailing = {"then_absent", "where"}
+    if "count" in when:
+        check_keys(when, {"count"} | trailing, {"count"}, file, rule_id, "when")
+        count = when["count"]
+        cline = line_of(count, wline)
+        if not isinstance(count, dict):
+            raise RuleError(file, cline, "count must be a mapping with event, at_least and within", rule_id)
+        for key in ("at_least", "within"):
+            if key not in count:
+                raise RuleError(file, cline, f"count needs {key!r}", rule_id)
+        cond = compile_condition(count, file, cline, rule_id, "count", extra={"at_least", "within"})
+        return dict(kind="count", steps=(cond,),
+                    at_least=_positive_int(count["at_least"], 2, MAX_COUNT, file, line_of_key(count, "at_least", cline),
+                                           rule_id, "at_least"),
+                    within_ms=duration_ms(count["within"], file, line_of_key(count, "within", cline), rule_id, "within"))
+    if "sequence" in when:
+        check_keys(when, {"sequence", "within"} | trailing, {"sequence", "within"}, file, rule_id, "when")
+        steps = when["sequence"]
+        sline = line_of_key(when, "sequence", wline)
+        if not isinstance(steps, list) or not 2 <= len(steps) <= MAX_STEPS:
+            raise RuleError(file, sline, f"sequence must be a list of 2 to {MAX_STEPS} steps", rule_id)
+        return dict(kind="sequence",
+                    steps=tuple(compile_condition(s, file, sline, rule_id, f"sequence step {i + 1}") for i, s in enumerate(steps)),
+                    within_ms=duration_ms(when["within"], file, line_of_key(when, "within", wline), rule_id, "within"))
+    if "dwell" in when:
+        check_keys(when, {"dwell"} | trailing, {"dwell"}, file, rule_id, "when")
+        dwell = when["dwell"]
+        dline = line_of(dwell, wline)
+        if not isinstance(dwell, dict) or "at_least" not in dwell:
+            raise RuleError(file, dline, "dwell must be a mapping with the section (event, where) and at_least", rule_id)
+        return dict(kind="dwell", steps=(compile_condition(dwell, file, dline, rule_id, "dwell", extra={"at_least"}),),
+                    dwell_ms=duration_ms(dwell["at_least"], file, line_of_key(dwell, "at_least", dline), rule_id, "at_least"))
+    cond = compile_condition(when, file, wline, rule_id, "when", extra={"then_absent"})
+    return dict(kind="event", steps=(cond,))
 
 
 def _compile_rule(node, file: str) -> DetectionRule:
@@ -98,38 +247,31 @@ def _compile_rule(node, file: str) -> DetectionRule:
     rule_id = node.get("id")
     if not isinstance(rule_id, str) or not rule_id.strip():
         raise RuleError(file, line, "a rule needs an id (a short name)")
-    check_keys(node, {"id", "description", "when", "signal", "priority", "once_per_session"}, {"when", "signal"}, file, rule_id, "a rule")
+    check_keys(node, RULE_KEYS, {"when", "signal"}, file, rule_id, "a rule")
     signal = node["signal"]
-    if not isinstance(signal, str) or not signal or not all(c in SIGNAL_NAME_OK for c in signal):
-        raise RuleError(file, line, f"signal must be a lower_case_name, got {signal!r}", rule_id)
-    priority = node.get("priority", 50)
-    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 100:
-        raise RuleError(file, line, f"priority must be a whole number from 0 to 100, got {priority!r}", rule_id)
+    if not isinstance(signal, str) or not signal or not set(signal) <= SIGNAL_NAME_OK:
+        raise RuleError(file, line_of_key(node, "signal", line), f"signal must be a lower_case_name, got {signal!r}", rule_id)
+    priority = _positive_int(node.get("priority", 50), 0, 100, file, line_of_key(node, "priority", line), rule_id, "priority")
     once = node.get("once_per_session", False)
     if not isinstance(once, bool):
-        raise RuleError(file, line, "once_per_session must be true or false", rule_id)
+        raise RuleError(file, line_of_key(node, "once_per_session", line), "once_per_session must be true or false", rule_id)
     when = node["when"]
-    wline = line_of(when, line)
+    wline = line_of_key(node, "when", line)
     if not isinstance(when, dict):
         raise RuleError(file, wline, "when must be a mapping such as {event: search, where: '...'}", rule_id)
-    common = dict(id=rule_id, signal=signal, description=str(node.get("description", "")), priority=priority,
-                  once_per_session=once, line=line)
-    if "count" in when:
-        check_keys(when, {"count"}, {"count"}, file, rule_id, "when")
-        count = when["count"]
-        cline = line_of(count, wline)
-        if not isinstance(count, dict):
-            raise RuleError(file, cline, "count must be a mapping with event, at_least and within", rule_id)
-        check_keys(count, {"event", "where", "at_least", "within"}, {"event", "at_least", "within"}, file, rule_id, "count")
-        at_least = count["at_least"]
-        if not isinstance(at_least, int) or isinstance(at_least, bool) or not 2 <= at_least <= 1000:
-            raise RuleError(file, cline, f"at_least must be a whole number from 2 to 1000, got {at_least!r}", rule_id)
-        return DetectionRule(**common, event_types=_event_types(count["event"], file, cline, rule_id),
-                             where=_where(count.get("where"), file, line_of_key(count, "where", cline), rule_id), at_least=at_least,
-                             within_ms=duration_ms(count["within"], file, cline, rule_id, "within"))
-    check_keys(when, {"event", "where"}, {"event"}, file, rule_id, "when")
-    return DetectionRule(**common, event_types=_event_types(when["event"], file, wline, rule_id),
-                         where=_where(when.get("where"), file, line_of_key(when, "where", wline), rule_id))
+    parts = _compile_when(when, line_of(when, wline), file, rule_id)
+    if "then_absent" in when:
+        ta = when["then_absent"]
+        tline = line_of_key(when, "then_absent", wline)
+        if not isinstance(ta, dict) or "for" not in ta:
+            raise RuleError(file, tline, "then_absent must be a mapping with the awaited event and for, "
+                                         "e.g. {event: purchase, for: 3m}", rule_id)
+        parts["absent"] = compile_condition(ta, file, tline, rule_id, "then_absent", extra={"for"})
+        parts["absent_ms"] = duration_ms(ta["for"], file, line_of_key(ta, "for", tline), rule_id, "for")
+    if parts["kind"] != "event" and "where" in when:
+        parts["guard"] = _expr(when["where"], file, line_of_key(when, "where", wline), rule_id)
+    return DetectionRule(id=rule_id, signal=signal, description=str(node.get("description", "")), priority=priority,
+                         once_per_session=once, line=line, fingerprint=_fingerprint(rule_id, when), **parts)
 
 
 def compile_detection(text: str, file: str, name: str | None = None) -> DetectionRuleSet:
@@ -150,11 +292,9 @@ def compile_detection(text: str, file: str, name: str | None = None) -> Detectio
         seen[rule.id] = rule.line
         rules.append(rule)
     version = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return DetectionRuleSet(name=name or Path(file).stem, version=version, rules=rules)
+    return DetectionRuleSet(name=name or Path(file).stem, version=version, rules=rules, source=text)
 
 
 def load_detection(path: Path) -> DetectionRuleSet:
     text, file = read_rule_file(path)
     return compile_detection(text, file)
-
-

@@ -1,0 +1,86 @@
+"""Decides which detection rule set runs now: a published version replaces it only if it compiles.
+
+Every worker follows the compacted `engage.rules` topic from its beginning (one partition, so
+versions arrive in order). A version that fails validation is refused with its file, line and
+reason, and the running version stays.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+
+from streams import topics
+from streams.detection.rules import DetectionRuleSet, compile_detection
+from streams.rules.loader import RuleError
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+KIND = "detection"
+
+
+class RuleBook:
+    def __init__(self, rules: DetectionRuleSet):
+        self.current = rules
+        self.refused: list[tuple[str, str]] = []  # (version, reason)
+        self.applied: list[str] = [rules.version]
+
+    def rules(self) -> DetectionRuleSet:
+        return self.current
+
+    def offer(self, record: dict) -> bool:
+        """Switch to the published rule set in `record` if it is for detection and valid."""
+        if record.get("kind") != KIND or record["name"] != self.current.name:
+            return False
+        if record["version"] == self.current.version:
+            return False
+        try:
+            rules = compile_detection(record["source"], f"engage.rules:{record['name']}@{record['version']}",
+                                      name=record["name"])
+        except RuleError as exc:
+            self.refused.append((record["version"], str(exc)))
+            log.error("refused detection rules version %s, still running %s: %s", record["version"],
+                      self.current.version, exc)
+            return False
+        self.current = rules  # one reference swap: the agent reads it once per event
+        self.applied.append(rules.version)
+        log.warning("detection rules switched to version %s (%d rules)", rules.version, len(rules.rules))
+        return True
+
+
+def follow(settings: Settings, book: RuleBook, codec, stop: threading.Event, until_end: bool = False) -> None:
+    """Read engage.rules from its beginning and offer every version to `book`; with until_end, return at the end."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    name = settings.topic(topics.RULES.name)
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"{settings.app_id}-rules-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 3})
+    try:
+        consumer.assign([TopicPartition(name, 0, OFFSET_BEGINNING)])
+        end = consumer.get_watermark_offsets(TopicPartition(name, 0), timeout=10)[1] if until_end else None
+        position = 0
+        while not stop.is_set():
+            if until_end and position >= end:
+                return
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            position = msg.offset() + 1
+            if msg.value() is None:
+                continue
+            try:
+                record = codec.decode(name, topics.RULES.schema, msg.value())
+            except ValueError as exc:
+                log.error("engage.rules offset %d is not a RuleSet, ignored: %s", msg.offset(), exc)
+                continue
+            book.offer(record)
+    finally:
+        consumer.close()
+
+
+def start_following(settings: Settings, book: RuleBook, codec) -> threading.Event:
+    """Catch up with every published version now, then follow new ones in a background thread."""
+    stop = threading.Event()
+    follow(settings, book, codec, stop, until_end=True)
+    threading.Thread(target=follow, args=(settings, book, codec, stop), name="rules-follower", daemon=True).start()
+    return stop

@@ -1,0 +1,45 @@
+"""A partition of detection run in memory: the same Detector the agent runs, over dictionaries."""
+from __future__ import annotations
+
+from streams.detection.partition import Detector, Tx
+from streams.detection.rules import DetectionRuleSet, compile_detection
+from tests.support.wire import interaction
+
+T0 = 1_700_000_000_000
+S = 1000
+M = 60_000
+
+
+def rules(text: str) -> DetectionRuleSet:
+    return compile_detection(text, "test.yaml")
+
+
+class Partition:
+    def __init__(self, ruleset: DetectionRuleSet, lateness_ms: int = 0, ttl_ms: int = 30 * 86_400_000):
+        self.ruleset = ruleset
+        self.detector = Detector(lambda: self.ruleset, lateness_ms=lateness_ms, ttl_ms=ttl_ms)
+        self.visitors: dict = {}
+        self.timers: dict = {}
+        self.signals: list[dict] = []
+        self.n = 0
+
+    def event(self, type_: str, at: int, visitor: str = "v1", event_id: str | None = None, **kw) -> list[dict]:
+        """Given an event `at` ms after T0, when it is processed, then these signals come out."""
+        self.n += 1
+        ev = interaction(event_id=event_id or f"e{self.n}", visitor_id=visitor, type_=type_, ts=T0 + at, **kw)
+        tx = Tx(self.visitors, self.timers)
+        out = self.detector.on_event(tx, 0, ev).signals
+        tx.apply()
+        self.signals += out
+        return out
+
+    def tick(self, at: int) -> list[dict]:
+        tx = Tx(self.visitors, self.timers)
+        out = self.detector.on_tick(tx, 0, T0 + at)
+        tx.apply()
+        self.signals += out
+        return out
+
+    def fired(self) -> list[tuple[str, int]]:
+        """(rule id, ms after T0) of every signal so far."""
+        return [(s["rule_id"], s["ts"] - T0) for s in self.signals]

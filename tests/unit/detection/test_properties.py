@@ -1,0 +1,201 @@
+"""Property tests: the compiled evaluators agree with slow reference evaluators on random input."""
+from __future__ import annotations
+
+import itertools
+import re
+
+from hypothesis import given, settings, strategies as st
+
+from streams.detection.engine import find_sequence
+from streams.detection.rules import DETECTION_NAMES
+from streams.rules.expr import compile_expr, evaluate
+from tests.unit.detection.harness import S, Partition, rules
+
+# ---- expressions: a random tree, rendered as rule text, evaluated two ways -------------------
+
+FIELDS = {"value": "num", "query": "str", "path": "str", "session.pages": "num", "cart.value": "num"}
+WORDS = ["cancel", "help", "/pricing", "Plan", ""]
+
+
+def _leaf_num():
+    return st.one_of(st.sampled_from([f for f, k in FIELDS.items() if k == "num"]).map(lambda f: ("field", f)),
+                     st.integers(-5, 200).map(lambda n: ("const", n)))
+
+
+def _num_expr():
+    return st.recursive(_leaf_num(), lambda inner: st.tuples(st.sampled_from(["+", "-", "*"]), inner, inner)
+                        .map(lambda t: ("arith", *t)), max_leaves=3)
+
+
+def _str_field():
+    return st.sampled_from([f for f, k in FIELDS.items() if k == "str"])
+
+
+_atom = st.one_of(
+    st.tuples(st.sampled_from(["<", "<=", ">", ">=", "==", "!="]), _num_expr(), _num_expr()).map(lambda t: ("cmp", *t)),
+    st.tuples(st.sampled_from(["~", "startswith", "endswith", "contains"]), _str_field(), st.sampled_from(WORDS))
+    .map(lambda t: ("text", *t)),
+    st.tuples(_str_field(), st.lists(st.sampled_from(WORDS), min_size=1, max_size=3)).map(lambda t: ("in", *t)),
+)
+EXPRS = st.recursive(_atom, lambda inner: st.one_of(
+    st.tuples(st.sampled_from(["and", "or"]), inner, inner).map(lambda t: ("bool", *t)),
+    inner.map(lambda e: ("not", e))), max_leaves=6)
+
+
+def render(node) -> str:
+    kind = node[0]
+    if kind == "field":
+        return node[1]
+    if kind == "const":
+        return str(node[1])
+    if kind == "arith":
+        return f"({render(node[2])} {node[1]} {render(node[3])})"
+    if kind == "cmp":
+        return f"{render(node[2])} {node[1]} {render(node[3])}"
+    if kind == "text":
+        return f'{node[2]} {node[1]} "{node[3]}"'
+    if kind == "in":
+        return f"{node[1]} in [{', '.join(repr(w) for w in node[2])}]"
+    if kind == "bool":
+        return f"({render(node[2])}) {node[1]} ({render(node[3])})"
+    return f"not ({render(node[1])})"
+
+
+def reference(node, ev: dict, s: dict):
+    """A deliberately plain tree walk: Python semantics, TypeError from a missing value propagates."""
+    kind = node[0]
+    if kind == "field":
+        if "." in node[1]:
+            root, key = node[1].split(".")
+            return (s if root == "session" else s["cart"]).get(key)
+        return ev.get(node[1])
+    if kind == "const":
+        return node[1]
+    if kind == "arith":
+        a, b = reference(node[2], ev, s), reference(node[3], ev, s)
+        return {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b}[node[1]]()
+    if kind == "cmp":
+        a, b = reference(node[2], ev, s), reference(node[3], ev, s)
+        return {"<": lambda: a < b, "<=": lambda: a <= b, ">": lambda: a > b, ">=": lambda: a >= b,
+                "==": lambda: a == b, "!=": lambda: a != b}[node[1]]()
+    if kind == "text":
+        value, word = reference(("field", node[2]), ev, s), node[3]
+        if not isinstance(value, str):
+            return False
+        if node[1] == "~":
+            return re.search(word, value, re.IGNORECASE) is not None
+        low, w = value.lower(), word.lower()
+        return {"startswith": low.startswith(w), "endswith": low.endswith(w), "contains": w in low}[node[1]]
+    if kind == "in":
+        return reference(("field", node[1]), ev, s) in node[2]
+    if kind == "bool":
+        a = reference(node[2], ev, s)
+        if node[1] == "and":
+            return a and reference(node[3], ev, s)
+        return a or reference(node[3], ev, s)
+    return not reference(node[1], ev, s)
+
+
+maybe_num = st.one_of(st.none(), st.floats(-50, 500, allow_nan=False), st.integers(0, 20))
+maybe_str = st.one_of(st.none(), st.sampled_from(["How to CANCEL", "/pricing/biz", "help me", "plan", "", "/x"]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(EXPRS, maybe_num, maybe_str, maybe_str, maybe_num, maybe_num)
+def test_compiled_expression_agrees_with_the_reference_evaluator(tree, value, query, path, pages, cart_value):
+    ev = {"value": value, "query": query, "path": path}
+    s = {"pages": pages, "cart": {"value": cart_value}}
+    try:
+        expected = bool(reference(tree, ev, s))
+    except TypeError:
+        expected = False  # the language's rule: a comparison with a missing value is false
+    assert evaluate(compile_expr(render(tree), DETECTION_NAMES), ev, s) is expected
+
+
+# ---- sequences: the greedy matcher against every subsequence -------------------------------
+
+entries = st.lists(st.tuples(st.integers(0, 60), st.integers(1, 7)), max_size=12).map(
+    lambda xs: [[ts, mask, {"i": i}] for i, (ts, mask) in enumerate(sorted(xs, key=lambda x: x[0]))])
+
+
+def brute_force_match_exists(buffer, steps, within):
+    for combo in itertools.combinations(buffer, steps):
+        if all(combo[i][1] >> i & 1 for i in range(steps)) and combo[-1][0] - combo[0][0] <= within \
+                and all(combo[i][0] <= combo[i + 1][0] for i in range(steps - 1)):
+            return True
+    return False
+
+
+@settings(max_examples=500, deadline=None)
+@given(entries, st.integers(2, 3), st.integers(0, 30))
+def test_sequence_matcher_finds_a_match_exactly_when_one_exists(buffer, steps, within):
+    found = find_sequence(buffer, steps, within)
+    assert (found is not None) == brute_force_match_exists(buffer, steps, within)
+    if found:
+        assert [all(e[1] >> i & 1 for i, e in enumerate(found))] == [True]
+        assert found[-1][0] - found[0][0] <= within
+
+
+# ---- whole rules over random in-order streams, against a reference that rescans history -----
+
+STREAM = st.lists(st.tuples(st.sampled_from("abcx"), st.integers(0, 40)), min_size=1, max_size=40)
+
+
+def reference_count(types_and_gaps, at_least, within):
+    """Fires at event i when at least `at_least` 'a' events since the last firing lie within `within`."""
+    fired, since, t = [], 0, 0
+    times = []
+    for i, (kind, gap) in enumerate(types_and_gaps):
+        t += gap * S
+        times.append(t)
+        if kind != "a":
+            continue
+        window = [j for j in range(since, i + 1) if types_and_gaps[j][0] == "a" and times[i] - times[j] < within]
+        if len(window) >= at_least:
+            fired.append(i)
+            since = i + 1
+    return fired
+
+
+@settings(max_examples=300, deadline=None)
+@given(STREAM, st.integers(2, 4), st.integers(1, 60))
+def test_count_rule_agrees_with_the_reference(stream, at_least, within_s):
+    p = Partition(rules(f"- id: r\n  when: {{count: {{event: a, at_least: {at_least}, within: {within_s}s}}}}\n  signal: s\n"))
+    fired, t = [], 0
+    for i, (kind, gap) in enumerate(stream):
+        t += gap * S
+        if p.event(kind, t):
+            fired.append(i)
+    assert fired == reference_count(stream, at_least, within_s * S)
+
+
+def reference_sequence(stream, within):
+    """Fires at event i when a..b..c (in time order, within the window) exists among events after the last match."""
+    fired, consumed_until, t, times = [], -1, 0, []
+    for i, (kind, gap) in enumerate(stream):
+        t += gap * S
+        times.append(t)
+        if kind not in "abc":
+            continue
+        pool = [(times[j], stream[j][0]) for j in range(i + 1) if times[j] > consumed_until and stream[j][0] in "abc"
+                and times[j] >= times[i] - within]
+        best = None
+        for combo in itertools.combinations(pool, 3):
+            if [k for _, k in combo] == ["a", "b", "c"] and combo[2][0] - combo[0][0] <= within:
+                best = combo if best is None or combo[2][0] < best[2][0] else best
+        if best:
+            fired.append(i)
+            consumed_until = best[2][0]
+    return fired
+
+
+@settings(max_examples=300, deadline=None)
+@given(STREAM, st.integers(1, 80))
+def test_sequence_rule_agrees_with_the_reference(stream, within_s):
+    p = Partition(rules(f"- id: r\n  when: {{sequence: [a, b, c], within: {within_s}s}}\n  signal: s\n"))
+    fired, t = [], 0
+    for i, (kind, gap) in enumerate(stream):
+        t += gap * S
+        if p.event(kind, t):
+            fired.append(i)
+    assert fired == reference_sequence(stream, within_s * S)
