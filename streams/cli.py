@@ -1,6 +1,7 @@
 """Decides the `engage` command line: worker, simulator, adapters, topics, broker, rules, demo, bench.
 
-Bad arguments and known failures print one line and exit 2, never a traceback.
+Bad arguments and known failures print one line and exit 2, never a traceback; `rules validate`
+exits 1 when a file is invalid, like a linter.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ class CliError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not a usage dump
-        raise CliError(f"{self.prog}: {message} (see {self.prog} --help)")
+    def error(self, message):  # one line, not a usage dump; main() adds the leading "engage: "
+        sub = self.prog.partition(" ")[2]
+        raise CliError(f"{sub + ': ' if sub else ''}{message} (see {self.prog} --help)")
 
 
 def _positive(kind):
@@ -26,7 +28,8 @@ def _positive(kind):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
         if not math.isfinite(value) or value <= 0:
             raise argparse.ArgumentTypeError(f"must be a finite number greater than zero: {text!r}")
         return value

@@ -8,12 +8,20 @@ from streams.delivery.render import to_delivery
 STAGE = "delivery"
 
 
+def check_decision(msg, decision: dict) -> None:
+    """A decision to act must say what and where, or no adapter could deliver it."""
+    if decision["outcome"] == "act":
+        missing = [f for f in ("action_id", "channel") if not decision.get(f)]
+        if missing:
+            raise ValueError(f"a decision to act needs {' and '.join(missing)}")
+
+
 def register(engine: Engine):
     app = engine.app
 
     @app.agent(engine.topic[topics.DECISIONS.name], name="deliver_decisions")
     async def deliver_decisions(stream):
-        async for _, decision in engine.records(stream, topics.DECISIONS, STAGE):
+        async for _, decision in engine.records(stream, topics.DECISIONS, STAGE, check_decision):
             delivery = to_delivery(decision)
             if delivery is not None:
                 await engine.send(topics.DELIVERY, delivery["key"], delivery, headers={"channel": delivery["channel"]})

@@ -1,0 +1,179 @@
+"""The command line: a bad argument or setting prints one line to stderr and exits 2, never a traceback.
+
+Only commands that fail before touching Kafka are run here (argument parsing, settings, rule files).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from streams.cli import main
+from streams.decision.actions import load_actions
+from streams.settings import REPO_ROOT
+
+BAD_ACTIONS = """\
+policy:
+  max_offers_per_day: 2
+actions:
+  - id: pigeon-post
+    answers: [cancel_intent]
+    value: 10
+    uplift: {act: 0.2, baseline: 0.1}
+    channels:
+      - {channel: pigeon}
+    message: 'Hi {name}'
+    ttl: 5m
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    """Settings come from the environment: start every test from none of ours."""
+    for name in list(os.environ):
+        if name.startswith(("ENGAGE_", "KAFKA_", "SCHEMA_REGISTRY")):
+            monkeypatch.delenv(name)
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    out, err = capsys.readouterr()
+    return exit_.value.code, out, err
+
+
+def one_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got {lines!r}"
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ([], "the following arguments are required: command"),
+    (["simulate", "--rate", "-1"], "argument --rate: must be a finite number greater than zero: '-1'"),
+    (["simulate", "--rate", "0"], "argument --rate: must be a finite number greater than zero: '0'"),
+    (["simulate", "--rate", "nan"], "argument --rate: must be a finite number greater than zero: 'nan'"),
+    (["simulate", "--rate", "inf"], "argument --rate: must be a finite number greater than zero: 'inf'"),
+    (["simulate", "--duration", "-3"], "argument --duration: must be a finite number greater than zero: '-3'"),
+    (["simulate", "--rate", "abc"], "argument --rate: not a number: 'abc'"),
+    (["simulate", "--count", "ten"], "argument --count: not a whole number: 'ten'"),
+    (["simulate", "--bogus"], "unrecognized arguments: --bogus"),
+    (["adapter", "fax"], "argument kind: invalid choice: 'fax'"),
+    (["broker", "up", "--port", "-5"], "argument --port: must be a finite number greater than zero: '-5'"),
+])
+def test_a_bad_argument_prints_one_line_and_exits_2(argv, expected, monkeypatch, capsys):
+    # Given a command line with a mistake (and, should the parser ever let it through, no simulator
+    # or broker to start: this test must never reach Kafka)
+    import streams.localkafka
+    import streams.simulator
+
+    def must_not_run(*_, **__):
+        raise AssertionError("the bad argument was accepted")
+
+    monkeypatch.setattr(streams.simulator, "run_simulator", must_not_run)
+    monkeypatch.setattr(streams.localkafka, "up", must_not_run)
+    # When engage runs it
+    code, out, err = run_main(argv, capsys)
+    # Then it exits 2 with one line on stderr that says what is wrong and where to look
+    line = one_line(err)
+    assert code == 2
+    assert line.startswith("engage: ") and expected in line and "--help" in line
+    assert out == ""
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"ENGAGE_PARTITIONS": "zero"}, "engage: ENGAGE_PARTITIONS must be a whole number, got 'zero'"),
+    ({"ENGAGE_PARTITIONS": "0"}, "engage: ENGAGE_PARTITIONS must be at least 1, got 0"),
+    ({"ENGAGE_REPLICATION": "1.5"}, "engage: ENGAGE_REPLICATION must be a whole number, got '1.5'"),
+    ({"ENGAGE_TOPIC_PREFIX": "prod/"}, "engage: ENGAGE_TOPIC_PREFIX may hold letters, digits, '.', '_' and '-' only, "
+                                       "got 'prod/'"),
+    ({"ENGAGE_VISITOR_TTL": "soon"}, "engage: ENGAGE_VISITOR_TTL must be a duration like 500ms, 5s, 10m, 2h or 30d, "
+                                     "got 'soon'"),
+])
+def test_a_bad_setting_prints_one_line_and_exits_2(env, expected, monkeypatch, capsys):
+    # Given a bad setting in the environment
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # When a command that needs no broker runs (settings are read before any command)
+    code, out, err = run_main(["rules", "validate", str(REPO_ROOT / "rules" / "actions.yaml")], capsys)
+    # Then it exits 2 with the setting's name, value and the rule it breaks
+    assert code == 2
+    assert one_line(err) == expected
+    assert out == ""
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-5s"])
+def test_a_duration_setting_that_is_not_a_finite_positive_number_is_refused(value, monkeypatch, capsys):
+    # Given ENGAGE_VISITOR_TTL=nan (or inf, or negative); When any command runs
+    monkeypatch.setenv("ENGAGE_VISITOR_TTL", value)
+    code, out, err = run_main(["rules", "validate", str(REPO_ROOT / "rules" / "actions.yaml")], capsys)
+    # Then one line and exit 2, as for every other bad setting, not a ValueError's traceback
+    assert code == 2 and one_line(err).startswith("engage: ENGAGE_VISITOR_TTL ")
+    assert f"got {value!r}" in err and out == ""
+
+
+def test_rules_validate_names_file_line_rule_and_reason(tmp_path, monkeypatch, capsys):
+    # Given an actions file whose action asks for a channel that does not exist, on line 9
+    monkeypatch.chdir(tmp_path)  # errors name files relative to the working directory
+    (tmp_path / "actions.yaml").write_text(BAD_ACTIONS)  # the 'action' prefix picks the actions loader
+    # When it is validated
+    code, out, err = run_main(["rules", "validate", "actions.yaml"], capsys)
+    # Then one line says file:line, the rule and the reason
+    line = one_line(err)
+    assert line.startswith("invalid: actions.yaml:9: rule 'pigeon-post': unknown channel 'pigeon' (known: ")
+    assert out == ""
+    # A file that fails validation exits 1, like a linter; 2 is kept for bad arguments and settings.
+    assert code == 1
+
+
+def test_rules_validate_points_at_the_line_of_broken_yaml(tmp_path, monkeypatch, capsys):
+    # Given an actions file with a YAML syntax error: the flow mapping on line 7 is not closed
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "actions.yaml").write_text(BAD_ACTIONS.replace("{act: 0.2, baseline: 0.1}", "{act: 0.2, baseline: 0.1"))
+    # When it is validated
+    code, _, err = run_main(["rules", "validate", "actions.yaml"], capsys)
+    # Then the one line names the file and the line where the parser gave up (the next one), and says why
+    assert one_line(err) == "invalid: actions.yaml:8: not valid YAML: expected ',' or '}', but got ':'"
+    assert code == 1
+
+
+def test_rules_validate_reports_a_file_it_cannot_read(tmp_path, capsys):
+    # Given a path to no file; When it is validated; Then one line says it cannot be read
+    path = tmp_path / "actions-missing.yaml"
+    code, _, err = run_main(["rules", "validate", str(path)], capsys)
+    line = one_line(err)
+    assert line.startswith(f"invalid: {path}: cannot read:")
+    assert code == 1
+
+
+def test_rules_validate_accepts_the_shipped_actions(capsys):
+    # Given the repository's actions file; When validated; Then it is ok, on stdout, and exits 0
+    path = REPO_ROOT / "rules" / "actions.yaml"
+    code, out, err = run_main(["rules", "validate", str(path)], capsys)
+    assert code == 0 and err == ""
+    assert out.startswith("ok: ") and f"({len(load_actions(path).actions)} rules, version " in out
+
+
+def _engage(*args: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("ENGAGE_", "KAFKA_", "SCHEMA_REGISTRY"))}
+    return subprocess.run([sys.executable, "-m", "streams.cli", *args], cwd=REPO_ROOT, env={**environ, **env},
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("args, env, expected", [
+    (["frobnicate"], {}, "invalid choice: 'frobnicate'"),
+    (["simulate", "--rate", "-1"], {}, "argument --rate: must be a finite number greater than zero: '-1'"),
+    (["rules", "validate", "rules/actions.yaml"], {"ENGAGE_PARTITIONS": "zero"},
+     "ENGAGE_PARTITIONS must be a whole number, got 'zero'"),
+])
+def test_as_a_process_the_exit_code_is_2_and_stderr_one_line(args, env, expected):
+    # Given the real entry point in a fresh interpreter; When run with a mistake
+    proc = _engage(*args, **env)
+    # Then the process exits 2 and stderr holds one line, no traceback
+    assert proc.returncode == 2, proc.stderr
+    assert expected in one_line(proc.stderr)
+    assert proc.stdout == ""
