@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 from pathlib import Path
 
 from streams.settings import Settings, SettingsError
@@ -61,9 +62,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("action", choices=["up", "down", "status"])
     b.add_argument("--port", type=_positive(int), default=9092)
 
-    r = sub.add_parser("rules", help="work with rule files")
-    r.add_argument("action", choices=["validate"])
-    r.add_argument("paths", nargs="*", type=Path)
+    r = sub.add_parser("rules", help="validate, publish, roll back and backtest rule sets")
+    rs = r.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    rv = rs.add_parser("validate", help="check rule files; errors name file, line and reason")
+    rv.add_argument("paths", nargs="*", type=Path)
+    rp = rs.add_parser("publish", help="validate a detection rule file and publish it to running workers")
+    rp.add_argument("path", nargs="?", type=Path, default=None, help="default: rules/detection.yaml")
+    rp.add_argument("--author", default=None)
+    rh = rs.add_parser("history", help="the published versions, oldest first")
+    rh.add_argument("--name", default="detection")
+    rr = rs.add_parser("rollback", help="republish an earlier version (default: the one before the current)")
+    rr.add_argument("--to", dest="to_version", default=None, help="a version (or its first characters)")
+    rr.add_argument("--name", default="detection")
+    rr.add_argument("--author", default=None)
+    rb = rs.add_parser("backtest", help="what a rule file would have found in stored events (touches nothing live)")
+    rb.add_argument("--from", dest="from_", required=True, help="ISO time (UTC unless given), or 2h / 7d ago")
+    rb.add_argument("--to", default="now", help="ISO time, 'now' (default), or a time ago")
+    rb.add_argument("--file", type=Path, default=None, help="default: rules/detection.yaml")
+    rb.add_argument("--examples", type=_positive(int), default=3)
+    rb.add_argument("--json", action="store_true", help="print the report as JSON")
 
     d = sub.add_parser("demo", help="broker (unless KAFKA_BOOTSTRAP_SERVERS), worker, simulator and console adapter")
     d.add_argument("--rate", type=_positive(float), default=10.0)
@@ -94,6 +111,60 @@ def _rules_validate(settings: Settings, paths: list[Path]) -> int:
         n = len(getattr(rs, "rules", None) or getattr(rs, "actions", []))
         print(f"ok: {path} ({n} rules, version {rs.version})")
     return 1 if failed else 0
+
+
+def _rules(settings: Settings, args) -> int:
+    from streams.admin import ensure_topics, wait_for_broker
+    from streams.rules import registry
+
+    if args.action == "validate":
+        return _rules_validate(settings, args.paths)
+    if args.action == "backtest":
+        return _rules_backtest(settings, args)
+    wait_for_broker(settings, 15)
+    ensure_topics(settings)
+    if args.action == "publish":
+        from streams.rules.loader import read_rule_file
+
+        path = args.path or settings.rules_dir / "detection.yaml"
+        if path.stem.startswith("action"):
+            raise CliError("only detection rules are published to running workers; actions load when a worker starts")
+        text, file = read_rule_file(path)
+        record = registry.publish(settings, "detection", "detection", text, file, author=args.author)
+        print(f"published {record['name']} version {record['version']} by {record['author']}; running workers switch to it now")
+    elif args.action == "history":
+        versions = registry.history(settings, args.name)
+        if not versions:
+            print(f"nothing published for {args.name} yet: workers run {settings.rules_dir / (args.name + '.yaml')}")
+        for i, p in enumerate(versions):
+            r = p.record
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["ts"] / 1000))
+            mark = "  <- current" if i == len(versions) - 1 else ""
+            print(f"{p.offset:5}  {when} UTC  {r['version']}  {r['author'] or ''}{mark}")
+    else:
+        record = registry.rollback(settings, args.name, args.to_version, author=args.author)
+        print(f"rolled {args.name} back: version {record['version']} is current again ({record['author']})")
+    return 0
+
+
+def _rules_backtest(settings: Settings, args) -> int:
+    import json
+
+    from streams.admin import wait_for_broker
+    from streams.codec import SchemaStore, make_codec
+    from streams.detection.backtest import format_report, parse_time, read_events, run_backtest
+    from streams.detection.rules import load_detection
+
+    start, end = parse_time(args.from_), parse_time(args.to)
+    if end <= start:
+        raise CliError(f"--to ({args.to}) must be later than --from ({args.from_})")
+    rules = load_detection(args.file or settings.rules_dir / "detection.yaml")
+    wait_for_broker(settings, 15)
+    codec = make_codec(SchemaStore(settings.schemas_dir), settings.schema_registry_url)
+    report = run_backtest(read_events(settings, start, end, codec), rules, settings.allowed_lateness_ms, end_ts=end,
+                          examples=args.examples)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else format_report(report))
+    return 0
 
 
 def run(argv: list[str]) -> int:
@@ -139,7 +210,7 @@ def run(argv: list[str]) -> int:
             print(f"Kafka running on {broker.bootstrap}, pid {pid}" if pid else "Kafka not running")
             return 0 if pid else 3
     elif args.command == "rules":
-        return _rules_validate(settings, args.paths)
+        return _rules(settings, args)
     elif args.command == "demo":
         from streams.demo import run_demo
 
@@ -153,12 +224,14 @@ def run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     from streams.admin import KafkaUnavailable
+    from streams.detection.backtest import BacktestError
     from streams.localkafka import BrokerError
     from streams.rules.loader import RuleError
+    from streams.rules.registry import RegistryError
 
     try:
         code = run(sys.argv[1:] if argv is None else argv)
-    except (CliError, SettingsError, KafkaUnavailable, BrokerError, RuleError) as exc:
+    except (CliError, SettingsError, KafkaUnavailable, BrokerError, RuleError, RegistryError, BacktestError) as exc:
         print(f"engage: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

@@ -75,8 +75,10 @@ def register(engine: Engine, book: RuleBook):
             position = await app.consumer.position(tp)
             if position is None or position < app.consumer.highwater(tp):
                 continue  # events are waiting: their own time will move the clock
-            max_ts = detector.max_ts.get(p)
-            watermark = int(max_ts + (now - seen) * 1000) if max_ts else int(now * 1000)
+            # Nothing to read and nothing came for a while: the wall clock is the partition's time now.
+            # (A producer replaying history must not pause longer than ENGAGE_IDLE_TICK, or its
+            # pending deadlines fire by the wall clock.)
+            watermark = max(detector.max_ts.get(p, 0), int(now * 1000))
             tick = {"partition": p, "wall_ts": int(now * 1000), "watermark_ts": watermark}
             await engine.topic[topics.DETECTION_TICKS.name].send(value=engine.encode(topics.DETECTION_TICKS, tick),
                                                                   partition=p)

@@ -1,0 +1,130 @@
+"""Decides how rule sets are published: validated first, then written to the compacted engage.rules topic.
+
+The topic is the history: every published version (content-hashed, so equal sources have equal
+versions), with its time and author. Rolling back republishes an earlier version's source, so
+workers switch to it like to any other version and the history shows the rollback.
+"""
+from __future__ import annotations
+
+import getpass
+import time
+import uuid
+from dataclasses import dataclass
+
+from streams import topics
+from streams.codec import SchemaStore, make_codec
+from streams.settings import PRODUCER_PARTITIONER, Settings
+
+
+class RegistryError(ValueError):
+    """A publish, history or rollback request that cannot be done; the message says why."""
+
+
+@dataclass(frozen=True)
+class Published:
+    offset: int
+    record: dict
+
+
+def _codec(settings: Settings):
+    return make_codec(SchemaStore(settings.schemas_dir), settings.schema_registry_url)
+
+
+def compile_source(kind: str, text: str, file: str):
+    """Validate a source as the workers will; raises RuleError with file, line and reason."""
+    if kind == "detection":
+        from streams.detection.rules import compile_detection
+
+        return compile_detection(text, file)
+    from streams.decision.actions import compile_actions
+
+    return compile_actions(text, file)
+
+
+def history(settings: Settings, name: str | None = None, timeout_s: float = 10.0) -> list[Published]:
+    """Every version still on engage.rules (oldest first), for one rule set name or all."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    topic = settings.topic(topics.RULES.name)
+    codec = _codec(settings)
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"engage-rules-cli-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, "log_level": 3})
+    out: list[Published] = []
+    try:
+        tp = TopicPartition(topic, 0)
+        low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+        if high <= low:
+            return out
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            if msg.value() is not None:
+                try:
+                    record = codec.decode(topic, topics.RULES.schema, msg.value())
+                except ValueError:
+                    record = None
+                if record is not None and (name is None or record["name"] == name):
+                    out.append(Published(msg.offset(), record))
+            if msg.offset() + 1 >= high:
+                return out
+        raise RegistryError(f"could not read {topic} to its end within {timeout_s:.0f}s")
+    finally:
+        consumer.close()
+
+
+def current(settings: Settings, name: str) -> dict | None:
+    versions = history(settings, name)
+    return versions[-1].record if versions else None
+
+
+def publish(settings: Settings, kind: str, name: str, text: str, file: str, author: str | None = None,
+            note: str | None = None) -> dict:
+    """Validate and publish; returns the record. Raises RuleError (invalid) or RegistryError (nothing to do)."""
+    from confluent_kafka import Producer
+
+    ruleset = compile_source(kind, text, file)
+    latest = current(settings, name)
+    if latest is not None and latest["version"] == ruleset.version:
+        raise RegistryError(f"version {ruleset.version} of {name} is already the published one")
+    record = {"name": name, "kind": kind, "version": ruleset.version, "ts": int(time.time() * 1000), "source": text,
+              "author": (author or _whoami()) + (f" ({note})" if note else "")}
+    topic = settings.topic(topics.RULES.name)
+    producer = Producer({**PRODUCER_PARTITIONER, "bootstrap.servers": settings.bootstrap_servers, "acks": "all",
+                         "enable.idempotence": True})
+    errors: list = []
+    producer.produce(topic, key=name.encode(), value=_codec(settings).encode(topic, topics.RULES.schema, record),
+                     on_delivery=lambda err, _msg: errors.append(err) if err else None)
+    if producer.flush(15) or errors:
+        raise RegistryError(f"could not publish to {topic}: {errors[0] if errors else 'timed out'}")
+    return record
+
+
+def rollback(settings: Settings, name: str, to_version: str | None = None, author: str | None = None) -> dict:
+    """Republish an earlier version: the one named, else the last one that differs from the current."""
+    versions = [p.record for p in history(settings, name)]
+    if not versions:
+        raise RegistryError(f"nothing has been published for {name} yet")
+    now = versions[-1]
+    if to_version is None:
+        earlier = [r for r in versions if r["version"] != now["version"]]
+        if not earlier:
+            raise RegistryError(f"{name} has no earlier version than {now['version']} to roll back to")
+        target = earlier[-1]
+    else:
+        matches = [r for r in versions if r["version"].startswith(to_version)]
+        if not matches:
+            raise RegistryError(f"version {to_version} of {name} is not in the history "
+                                f"(known: {', '.join(dict.fromkeys(r['version'] for r in versions))})")
+        target = matches[-1]
+    return publish(settings, target["kind"], name, target["source"], f"engage.rules:{name}@{target['version']}",
+                   author=author, note=f"rollback from {now['version']}")
+
+
+def _whoami() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return "unknown"
