@@ -4,7 +4,7 @@ Records go in as raw bytes, exactly as they arrive from Kafka (`agent.put(key=..
 every send to an outbound topic is captured instead of produced, and decoded again with the
 contract's schema, so each test checks what a consumer of that topic would read.
 
-The detection agent is not covered here.
+The detection agent has its own: tests/unit/detection/test_agent.py.
 """
 from __future__ import annotations
 

@@ -1,0 +1,54 @@
+"""The detection agent on Faust's test context: raw bytes in, signals and dead letters captured, state after acks."""
+from __future__ import annotations
+
+from streams import topics
+from streams.detection import agent as detection_agent
+from streams.detection.rulebook import RuleBook
+from streams.detection.rules import load_detection
+from streams.settings import REPO_ROOT
+from tests.support import wire
+from tests.unit.test_agents import Stage, async_test, eventually
+
+T0 = 1_700_000_000_000
+
+
+def _stage(tmp_path):
+    st = Stage(tmp_path)
+    agent, visitors, timers, detector = detection_agent.register(st.engine, RuleBook(load_detection(REPO_ROOT / "rules" / "detection.yaml")))
+    st.without_changelog(visitors)
+    st.without_changelog(timers)
+    return st, agent, visitors
+
+
+def _event(i: int, type_: str, visitor: str = "v1", **kw) -> bytes:
+    return wire.encode("Interaction", wire.interaction(event_id=f"e{i}", visitor_id=visitor, type_=type_, ts=T0 + i * 1000, **kw))
+
+
+@async_test
+async def test_a_cancel_search_becomes_a_signal_keyed_by_visitor(tmp_path):
+    # Given the detection stage with the default rules
+    st, agent, visitors = _stage(tmp_path)
+    async with agent.test_context() as events:
+        # When a visitor searches for how to cancel
+        await events.put(key=b"v1", value=_event(1, "search", query="cancel my contract", path="/help/search"))
+        [(key, signal, _)] = await st.wait_out(topics.SIGNALS, 1)
+        await eventually(lambda: visitors.get("v1") is not None, "the visitor's state")
+    # Then one signal, keyed by the visitor, with the event as evidence and the rule set's version
+    assert key == b"v1" and signal["rule_id"] == "cancel-intent" and signal["evidence"][0]["event_id"] == "e1"
+    assert signal["ruleset_version"] == load_detection(REPO_ROOT / "rules" / "detection.yaml").version
+
+
+@async_test
+async def test_garbage_and_a_wrong_key_are_dead_lettered_and_the_next_event_is_processed(tmp_path):
+    st, agent, _ = _stage(tmp_path)
+    async with agent.test_context() as events:
+        # When garbage, then an event under another visitor's key, then a valid event arrive
+        await events.put(key=b"v1", value=b"\x00garbage")
+        await events.put(key=b"someone-else", value=_event(2, "search", query="cancel"))
+        await events.put(key=b"v1", value=_event(3, "search", query="cancel"))
+        [(_, signal, _)] = await st.wait_out(topics.SIGNALS, 1)
+        dead = await st.wait_out(topics.DEADLETTER, 2)
+    # Then both bad records are dead-lettered with their reason, and the valid one still raised its signal
+    assert [d["stage"] for _, d, _ in dead] == ["detection", "detection"]
+    assert "the record key must be the visitor_id" in dead[1][1]["error"]
+    assert signal["evidence"][0]["event_id"] == "e3"
