@@ -7,7 +7,7 @@ The same events with the same rules give the same signals, in the same order, on
 State per visitor (JSON, bounded): identity, the session (20 minutes idle ends it), the cart,
 recent event ids (duplicates are dropped), and per rule only what that rule needs: the events in
 a count window, the partial matches of a sequence, the current visit of a dwell section, the
-recent awaited events of an absence, plus pending timers. Each rule's state carries the rule's
+latest awaited event of an absence, plus pending timers. Each rule's state carries the rule's
 fingerprint: after a hot reload, the state of rules whose `when` did not change is kept.
 """
 from __future__ import annotations
@@ -22,7 +22,6 @@ SESSION_GAP_MS = 20 * 60_000  # 20 minutes idle ends a session
 SEEN_IDS = 64                 # recent event ids kept per visitor to drop producer duplicates
 EVIDENCE_EVENTS = 10          # events kept as evidence in a signal
 SEQUENCE_BUFFER = 32          # candidate events kept per sequence rule
-ABSENT_SEEN = 8               # awaited events remembered per absence rule (for out-of-order arrival)
 MAX_TIMERS = 16               # pending timers per visitor; the oldest are dropped beyond this
 
 
@@ -50,8 +49,9 @@ def validate_event(ev: dict) -> None:
 
 def new_state() -> dict:
     # c: customer id, n: sessions started, ses: current session, r: per-rule state, t: timers,
-    # f: rule -> session it fired in (once_per_session), x: deadline the timer index holds for us
-    return {"c": None, "n": 0, "ses": None, "cart": {"value": 0.0, "items": 0}, "seen": [], "last": 0,
+    # f: rule -> session it fired in (once_per_session), x: deadline the timer index holds for us,
+    # q: when the visitor was last queued for expiry (see partition.py)
+    return {"c": None, "n": 0, "ses": None, "cart": {"value": 0.0, "items": 0}, "seen": {}, "last": 0,
             "r": {}, "t": [], "f": {}, "x": None}
 
 
@@ -154,7 +154,7 @@ class _Run:
             self.fire(rule, ts, cause_id, evidence, ev, view)
             return
         deadline = ts + rule.absent_ms
-        if any(ts <= seen < deadline for seen in rs.get("a", ())):
+        if ts <= rs.get("a", 0) < deadline:
             return  # the awaited event already came (it arrived before the event that completed the pattern)
         add_timer(self.state, [deadline, rule.id, rule.fingerprint, "absent", ts, cause_id, evidence[-EVIDENCE_EVENTS:]])
 
@@ -178,9 +178,6 @@ def _cancel_timers(state: dict, ev: dict, view: dict, rules: DetectionRuleSet) -
             if t[4] <= ts < t[0] and rule.absent.test(ev, view):
                 continue  # the awaited event came in time
         elif t[4] < ts < t[0] and not rule.steps[0].test(ev, view):
-            rs = state["r"].get(rule.id)
-            if rs is not None:
-                rs["in"] = None
             continue  # left the section before dwelling long enough
         keep.append(t)
     state["t"] = keep
@@ -221,13 +218,9 @@ def find_sequence(buffer: list, steps: int, within_ms: int) -> list | None:
     return None
 
 
-def _sequence(run: _Run, rule: DetectionRule, rs: dict, ev: dict, view: dict) -> None:
-    mask = 0
-    for i, step in enumerate(rule.steps):
-        if step.test(ev, view):
-            mask |= 1 << i
-    if not mask:
-        return
+def _sequence(run: _Run, rule: DetectionRule, state: dict, ev: dict, view: dict, mask: int) -> None:
+    """`mask` has bit i set when the event matches step i."""
+    rs = _rule_state(state, rule)
     buffer = rs.setdefault("b", [])
     ts = ev["ts"]
     bisect.insort(buffer, [ts, mask, evidence_of(ev)], key=lambda e: e[0])
@@ -244,35 +237,37 @@ def _sequence(run: _Run, rule: DetectionRule, rs: dict, ev: dict, view: dict) ->
     run.matched(rule, rs, last, ev["event_id"], [e[2] for e in match], ev, view)
 
 
-def _dwell(run: _Run, rule: DetectionRule, rs: dict, ev: dict, view: dict) -> None:
+def _dwell(run: _Run, rule: DetectionRule, state: dict, ev: dict) -> None:
+    """An in-order event in the section starts a visit, unless one is on; its pending timer is the visit.
+
+    The first event outside the section cancels the timer (see _cancel_timers), so a dwell rule
+    only needs to see the events of its section, and holds no state of its own.
+    """
+    rule_id = rule.id
+    if any(t[1] == rule_id and t[3] == "dwell" for t in state["t"]):
+        return  # still in the section: the visit goes on
     ts = ev["ts"]
-    if rule.steps[0].test(ev, view):
-        if rs.get("in") is None and ts >= rs.get("lo", 0):
-            rs["in"] = ts  # entered the section
-            add_timer(run.state, [ts + rule.dwell_ms, rule.id, rule.fingerprint, "dwell", ts, ev["event_id"],
-                                  [evidence_of(ev)]])
-    else:
-        rs["in"] = None
-        if ts > rs.get("lo", 0):
-            rs["lo"] = ts
+    add_timer(state, [ts + rule.dwell_ms, rule_id, rule.fingerprint, "dwell", ts, ev["event_id"], [evidence_of(ev)]])
 
 
-def _note_absent(rule: DetectionRule, rs: dict, ev: dict, view: dict) -> None:
-    if rule.absent.test(ev, view):
-        seen = rs.setdefault("a", [])
-        bisect.insort(seen, ev["ts"])
-        del seen[:-ABSENT_SEEN]
+def _note_absent(rs: dict, ev: dict) -> None:
+    # the latest awaited event: one arriving before the event that completes the pattern, but later
+    # in event time, must still prevent the absence (out-of-order arrival)
+    if ev["ts"] > rs.get("a", 0):
+        rs["a"] = ev["ts"]
 
 
 def detect(state: dict | None, ev: dict, rules: DetectionRuleSet) -> Detection:
     validate_event(ev)
     state = new_state() if state is None else state
-    seen = state["seen"]
-    if ev["event_id"] in seen:
+    seen = state["seen"]  # event id -> 1, insertion-ordered: a dict, so the check is O(1)
+    event_id = ev["event_id"]
+    if event_id in seen:
         return Detection(state, [], duplicate=True)
-    seen.append(ev["event_id"])
+    seen[event_id] = 1
     if len(seen) > SEEN_IDS:
-        del seen[0]
+        del seen[next(iter(seen))]
+    in_order = ev["ts"] >= state["last"]
     if ev.get("customer_id"):
         # identity stitching, first slice: once a visitor logs in, later events are theirs
         state["c"] = ev["customer_id"]
@@ -285,27 +280,31 @@ def detect(state: dict | None, ev: dict, rules: DetectionRuleSet) -> Detection:
         _cancel_timers(state, ev, view, rules)
     run = _Run(state, rules, ev["visitor_id"])
     if state.get("v") != rules.version:
-        prune_state(state, rules)
+        if state["r"] or state["t"] or state["f"]:
+            prune_state(state, rules)
         state["v"] = rules.version
-    for rule in rules.rules_for(ev["type"]):
-        kind = rule.kind
-        if kind == "event" and rule.absent is None:  # the common case: no state at all
-            if rule.steps[0].test(ev, view):
-                run.fire(rule, ev["ts"], ev["event_id"], [evidence_of(ev)], ev, view)
-            continue
-        rs = _rule_state(state, rule)
-        if rule.absent is not None:
-            _note_absent(rule, rs, ev, view)
-        if kind == "event":
-            if rule.steps[0].test(ev, view):
-                run.matched(rule, rs, ev["ts"], ev["event_id"], [evidence_of(ev)], ev, view)
-        elif kind == "count":
-            if rule.steps[0].test(ev, view):
-                _count(run, rule, rs, ev, view)
-        elif kind == "sequence":
-            _sequence(run, rule, rs, ev, view)
-        else:
-            _dwell(run, rule, rs, ev, view)
+    # Rule state is only created when a rule's condition matches: most rules never hold any.
+    for rule, kind, test, absent, steps in rules.plans_for(ev["type"], ev.get("path")):
+        if absent is not None and absent(ev, view):
+            _note_absent(_rule_state(state, rule), ev)
+        if kind == 0:  # a single event
+            if test(ev, view):
+                if absent is None:
+                    run.fire(rule, ev["ts"], event_id, [evidence_of(ev)], ev, view)
+                else:
+                    run.matched(rule, _rule_state(state, rule), ev["ts"], event_id, [evidence_of(ev)], ev, view)
+        elif kind == 1:  # count
+            if test(ev, view):
+                _count(run, rule, _rule_state(state, rule), ev, view)
+        elif kind == 2:  # sequence
+            mask = 0
+            for i, step in enumerate(steps):
+                if step(ev, view):
+                    mask |= 1 << i
+            if mask:
+                _sequence(run, rule, state, ev, view, mask)
+        elif in_order and test(ev, view):  # dwell: an in-order event in the section
+            _dwell(run, rule, state, ev)
     return Detection(state, run.signals)
 
 
@@ -320,18 +319,11 @@ def fire_due(state: dict, visitor_id: str, watermark: int, rules: DetectionRuleS
         view = session_view(state)
         ev = {**evidence[-1], "visitor_id": visitor_id, "customer_id": state["c"], "attributes": {}}
         rs = _rule_state(state, rule)
-        if kind == "dwell":
-            rs["in"] = None  # the visit counted; a new one starts with the next entry
+        if kind == "dwell":  # the visit counted; a new one starts with the next event in the section
             run.matched(rule, rs, deadline, f"{cause_id}:dwell", evidence, ev, view)
         else:
             run.fire(rule, deadline, f"{cause_id}:absent", evidence, ev, view)
     return run.signals
-
-
-def next_deadline(state: dict, ttl_ms: int) -> int:
-    """When this visitor next needs the clock: its first timer, else when its state expires."""
-    expiry = state["last"] + ttl_ms
-    return min(state["t"][0][0], expiry) if state["t"] else expiry
 
 
 def prune_state(state: dict, rules: DetectionRuleSet) -> dict:

@@ -5,10 +5,12 @@ deadline (absence, dwell, state expiry) fires once the watermark passes it, so a
 that arrives out of order, but within the lateness, still cancels it. On an idle partition the
 worker sends itself ticks that move the watermark with the wall clock.
 
-Deadlines are indexed in a changelogged table, `partition_to_timers`, in buckets (a minute for
-rule timers, an hour for state expiry), so a restarted or moved partition resumes its timers:
-  "<p>:clock"        -> {"max": latest event time, "b": [[earliest deadline, bucket key], ...] sorted}
-  "<p>:m<n>" / ":h<n>" -> [[deadline, visitor_id], ...] sorted
+Deadlines live in a changelogged table, `partition_to_timers`, so a restarted or moved partition
+resumes its timers:
+  "<p>:clock" -> {"max": latest event time, "b": [[earliest deadline, bucket key], ...] sorted,
+                  "qh"/"qt": head and tail chunk of the expiry queue, "qn": time of its head entry}
+  "<p>:b<n>"  -> [[deadline, visitor_id], ...] sorted: rule timers due in one 10-second bucket
+  "<p>:q<n>"  -> [[activity time, visitor_id], ...]: a chunk of the expiry queue
 Pure over a `Tx` (buffered reads and writes), so the agent writes state only after its signals
 are acknowledged and the backtest runs the very same code over dictionaries.
 """
@@ -18,11 +20,12 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Callable
 
-from streams.detection.engine import Detection, detect, fire_due, next_deadline
+from streams.detection.engine import Detection, detect, fire_due
 from streams.detection.rules import DetectionRuleSet
 
-MINUTE_MS = 60_000
-HOUR_MS = 3_600_000
+BUCKET_MS = 10_000      # rule timers are indexed in 10-second buckets: small lists, few of them
+QUEUE_CHUNK = 100       # visitors per chunk of the expiry queue
+REQUEUE_MS = 3_600_000  # a visitor is (re)queued for expiry at most once an hour of its activity
 _MISSING = object()
 DELETE = None  # a write of None deletes the key
 
@@ -57,12 +60,21 @@ class Tx:
 
 
 class PartitionClock:
-    """The deadline index of one partition, read and written through a Tx."""
+    """The timer index and the expiry queue of one partition, read and written through a Tx.
+
+    Rule timers (absence, dwell) live in 10-second buckets; the clock record lists the buckets
+    with their earliest deadline, so checking for due timers costs nothing until one is due.
+    Expiry uses one TTL for every visitor, so it is a FIFO queue of (activity time, visitor) in
+    chunks of 100: a visitor is queued when first seen and again at most once an hour, and a
+    visitor reached at the queue's head is deleted only if it was idle for the whole TTL.
+    """
 
     def __init__(self, tx: Tx, partition: int):
         self.tx, self.p = tx, partition
         self.key = f"{partition}:clock"
-        self.clock = tx.get("t", self.key) or {"max": 0, "b": []}
+        # b: [[earliest deadline, bucket key]] sorted, bf: bucket key -> its entry in b;
+        # qh/qt: head and tail chunk of the expiry queue; qn: time of its head entry
+        self.clock = tx.get("t", self.key) or {"max": 0, "b": [], "bf": {}, "qh": 0, "qt": 0, "qn": None}
         self.dirty = False
 
     @property
@@ -71,22 +83,29 @@ class PartitionClock:
 
     def observe(self, ts: int) -> None:
         if ts > self.clock["max"]:
-            # kept in memory by the caller too; written whenever the clock is written anyway
-            self.clock = {**self.clock, "max": ts}
+            # kept in memory by the Detector too; written whenever the clock is written anyway
+            self.clock["max"] = ts
 
-    def schedule(self, visitor_id: str, deadline: int, expiry: bool) -> None:
-        size, tag = (HOUR_MS, "h") if expiry else (MINUTE_MS, "m")
-        bkey = f"{self.p}:{tag}{deadline // size}"
+    def _set(self, **changes) -> None:
+        self.clock.update(changes)
+        self.dirty = True
+
+    # -- rule timers -------------------------------------------------------------------------
+    def schedule(self, visitor_id: str, deadline: int) -> None:
+        bkey = f"{self.p}:b{deadline // BUCKET_MS}"
         entries = list(self.tx.get("t", bkey) or [])
         bisect.insort(entries, [deadline, visitor_id])
         self.tx.put("t", bkey, entries)
-        self._set_next(bkey, entries[0][0])
+        self._set_head(bkey, entries[0][0])
 
-    def _set_next(self, bkey: str, first: int | None) -> None:
-        heads = [h for h in self.clock["b"] if h[1] != bkey]
+    def _set_head(self, bkey: str, first: int | None) -> None:
+        heads, firsts = self.clock["b"], self.clock["bf"]
+        old = firsts.pop(bkey, None)
+        if old is not None:
+            del heads[bisect.bisect_left(heads, [old, bkey])]
         if first is not None:
             bisect.insort(heads, [first, bkey])
-        self.clock = {**self.clock, "b": heads}
+            firsts[bkey] = first
         self.dirty = True
 
     def next_due(self) -> int | None:
@@ -102,9 +121,46 @@ class PartitionClock:
             due.extend(entries[:cut])
             rest = entries[cut:]
             self.tx.put("t", bkey, rest or DELETE)
-            self._set_next(bkey, rest[0][0] if rest else None)
+            self._set_head(bkey, rest[0][0] if rest else None)
         due.sort()
         return [(d, v) for d, v in due]
+
+    # -- expiry queue ------------------------------------------------------------------------
+    def enqueue(self, visitor_id: str, ts: int) -> None:
+        tail = self.clock["qt"]
+        chunk = list(self.tx.get("t", f"{self.p}:q{tail}") or [])
+        if len(chunk) >= QUEUE_CHUNK:
+            tail += 1
+            chunk = []
+            self._set(qt=tail)
+        chunk.append([ts, visitor_id])
+        self.tx.put("t", f"{self.p}:q{tail}", chunk)
+        if self.clock["qn"] is None:
+            self._set(qn=ts)
+
+    def pop_idle(self, before: int, limit: int = 1000) -> list[tuple[int, str]]:
+        """Remove and return up to `limit` queue entries with activity time <= before, oldest first."""
+        out: list = []
+        while self.clock["qn"] is not None and self.clock["qn"] <= before and len(out) < limit:
+            head = self.clock["qh"]
+            key = f"{self.p}:q{head}"
+            chunk = self.tx.get("t", key) or []
+            n = 0
+            while n < len(chunk) and chunk[n][0] <= before and len(out) < limit:
+                out.append(tuple(chunk[n]))
+                n += 1
+            rest = chunk[n:]
+            if rest:
+                self.tx.put("t", key, rest)
+                self._set(qn=rest[0][0])
+            elif head < self.clock["qt"]:
+                self.tx.put("t", key, DELETE)
+                nxt = self.tx.get("t", f"{self.p}:q{head + 1}") or []
+                self._set(qh=head + 1, qn=nxt[0][0] if nxt else None)
+            else:
+                self.tx.put("t", key, DELETE)
+                self._set(qn=None)
+        return out
 
     def save(self) -> None:
         if self.dirty:
@@ -138,13 +194,17 @@ class Detector:
         signals = self._fire(tx, clock, clock.max_ts - self.lateness_ms, rules)
         visitor = ev["visitor_id"]
         result = detect(tx.get("v", visitor), ev, rules)
+        state = result.state
         if result.duplicate:
             # a replay after a crash may have lost the index entry but kept the state: re-arm it
-            result.state["x"] = None
-        self._schedule(clock, visitor, result.state)
-        tx.put("v", visitor, result.state)
+            state["x"] = None
+        self._schedule(clock, visitor, state)
+        if ev["ts"] >= state.get("q", 0) + REQUEUE_MS:
+            clock.enqueue(visitor, ev["ts"])
+            state["q"] = ev["ts"]
+        tx.put("v", visitor, state)
         clock.save()
-        return Detection(result.state, signals + result.signals, result.duplicate)
+        return Detection(state, signals + result.signals, result.duplicate)
 
     def on_tick(self, tx: Tx, partition: int, watermark_ts: int) -> list[dict]:
         """An idle partition's clock moved on with the wall clock: fire what is due."""
@@ -154,28 +214,43 @@ class Detector:
         return signals
 
     def _fire(self, tx: Tx, clock: PartitionClock, watermark: int, rules: DetectionRuleSet) -> list[dict]:
+        signals: list[dict] = []
         nxt = clock.next_due()
-        if nxt is None or nxt > watermark:
-            return []
-        signals = []
-        for deadline, visitor in clock.pop_due(watermark):
+        if nxt is not None and nxt <= watermark:
+            for deadline, visitor in clock.pop_due(watermark):
+                state = tx.get("v", visitor)
+                if state is None or state.get("x") != deadline:
+                    continue  # a stale entry: the visitor was rescheduled or is gone
+                fired = fire_due(state, visitor, watermark, rules)
+                self.stats["timer_signals"] += len(fired)
+                signals += fired
+                state["x"] = None
+                self._schedule(clock, visitor, state)
+                tx.put("v", visitor, state)
+        head = clock.clock["qn"]
+        if head is not None and head + self.ttl_ms <= watermark:
+            self._expire(tx, clock, watermark)
+        return signals
+
+    def _expire(self, tx: Tx, clock: PartitionClock, watermark: int) -> None:
+        for queued_at, visitor in clock.pop_idle(watermark - self.ttl_ms):
             state = tx.get("v", visitor)
-            if state is None or state.get("x") != deadline:
-                continue  # a stale entry: the visitor was rescheduled or is gone
-            fired = fire_due(state, visitor, watermark, rules)
-            self.stats["timer_signals"] += len(fired)
-            signals += fired
-            if not state["t"] and state["last"] + self.ttl_ms <= watermark:
+            if state is None or state.get("q") != queued_at:
+                continue  # gone already, or queued again later
+            if state["last"] + self.ttl_ms <= watermark and not state["t"]:
                 tx.put("v", visitor, DELETE)  # idle for longer than the TTL: forget the visitor
                 self.stats["expired_visitors"] += 1
                 continue
-            state["x"] = None
-            self._schedule(clock, visitor, state)
+            # active since it was queued (or a timer is still pending): check again one TTL after
+            again = max(state["last"], watermark - self.ttl_ms + 1)
+            clock.enqueue(visitor, again)
+            state["q"] = again
             tx.put("v", visitor, state)
-        return signals
 
     def _schedule(self, clock: PartitionClock, visitor: str, state: dict) -> None:
-        nd = next_deadline(state, self.ttl_ms)
-        if state.get("x") is None or nd < state["x"]:
-            clock.schedule(visitor, nd, expiry=not state["t"] or nd != state["t"][0][0])
-            state["x"] = nd
+        if not state["t"]:
+            return
+        first = state["t"][0][0]
+        if state.get("x") is None or first < state["x"]:
+            clock.schedule(visitor, first)
+            state["x"] = first

@@ -153,9 +153,21 @@ class _Compiler(ast.NodeTransformer):
                 self.fail(node, f"bad pattern {pattern.value!r}: {exc}")
             name = f"_rx{len(self.consts)}"
             self.consts[name] = rx
-            return ast.Call(func=ast.Name("_match", ast.Load()), args=[self.visit(node.left), ast.Name(name, ast.Load())], keywords=[])
+            left = self.visit(node.left)
+            if _simple(left):  # inline: isinstance(x, str) and _rx.search(x) is not None, no Python frame
+                return ast.BoolOp(op=ast.And(), values=[_is_str(left), ast.Compare(
+                    left=_call(ast.Attribute(value=ast.Name(name, ast.Load()), attr="search", ctx=ast.Load()), left),
+                    ops=[ast.IsNot()], comparators=[ast.Constant(None)])])
+            return _call(ast.Name("_match", ast.Load()), left, ast.Name(name, ast.Load()))
         if helper:
-            return ast.Call(func=ast.Name(helper, ast.Load()), args=[self.visit(node.left), self.visit(node.right)], keywords=[])
+            left, right = self.visit(node.left), self.visit(node.right)
+            if helper != "_contains" and _simple(left) and isinstance(right, ast.Constant) and isinstance(right.value, str):
+                # inline: isinstance(x, str) and x.lower().startswith("lit"): measured ~3x faster than the helper call
+                method = "startswith" if helper == "_startswith" else "endswith"
+                lowered = _call(ast.Attribute(value=left, attr="lower", ctx=ast.Load()))
+                return ast.BoolOp(op=ast.And(), values=[_is_str(left), _call(
+                    ast.Attribute(value=lowered, attr=method, ctx=ast.Load()), ast.Constant(right.value.lower()))])
+            return _call(ast.Name(helper, ast.Load()), left, right)
         if not isinstance(node.op, _ARITH):
             self.fail(node, f"operator {type(node.op).__name__} is not allowed")
         return ast.BinOp(left=self.visit(node.left), op=node.op, right=self.visit(node.right))
@@ -230,21 +242,63 @@ class _Compiler(ast.NodeTransformer):
         return ast.IfExp(test=self.visit(node.test), body=self.visit(node.body), orelse=self.visit(node.orelse))
 
 
+def _call(func: ast.expr, *args: ast.expr) -> ast.Call:
+    return ast.Call(func=func, args=list(args), keywords=[])
+
+
+def _simple(node: ast.AST) -> bool:
+    """A field read (ev["path"], s.get("pages")): cheap and side-effect free, so it may be read twice."""
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.value, ast.Name) and isinstance(node.slice, ast.Constant)
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+            and _simple_base(node.func.value))
+
+
+def _simple_base(node: ast.AST) -> bool:
+    return isinstance(node, ast.Name) or _simple(node)
+
+
+def _is_str(node: ast.expr) -> ast.Call:
+    return _call(ast.Name("_isinstance", ast.Load()), node, ast.Name("_str", ast.Load()))
+
+
 def _match(value, rx):
     return isinstance(value, str) and rx.search(value) is not None
 
 
 @dataclass(frozen=True)
 class Compiled:
+    """`fn` returns the expression's value; `test` is the null-safe predicate (a missing value makes it false)."""
+
     text: str
     fn: Callable[..., Any]
+    test: Callable[..., bool]
+    path_prefix: str | None = None  # the expression requires `path startswith <this>` (lower case)
 
     def __call__(self, *args):
         return self.fn(*args)
 
 
-def compile_expr(text: str, names: Names) -> Compiled:
-    """Compile an expression into a function of `names.args`; raises ExprError when not allowed."""
+_SAFE_ERRORS = ast.Tuple(elts=[ast.Name(n, ast.Load()) for n in ("TypeError", "ValueError", "ZeroDivisionError",
+                                                                   "AttributeError")], ctx=ast.Load())
+
+
+def _required_path_prefix(tree: ast.AST, names: Names) -> str | None:
+    """`path startswith "x"` as the whole expression or one of its top-level `and` terms, else None."""
+    terms = tree.values if isinstance(tree, ast.BoolOp) and isinstance(tree.op, ast.And) else [tree]
+    found = [t.right.value.lower() for t in terms
+             if isinstance(t, ast.BinOp) and isinstance(t.op, ast.LShift) and isinstance(t.left, ast.Name)
+             and names.roots.get(t.left.id) == ("ev", "path")
+             and isinstance(t.right, ast.Constant) and isinstance(t.right.value, str)]
+    return max(found, key=len) if found else None
+
+
+def compile_expr(text: str, names: Names, guard: ast.expr | None = None) -> Compiled:
+    """Compile an expression into functions of `names.args`; raises ExprError when not allowed.
+
+    `guard`, an already-safe AST over the same arguments (e.g. an event type check), is and-ed in
+    front of the predicate, so the whole condition is one Python call.
+    """
     if not isinstance(text, str) or not text.strip():
         raise ExprError("expression is empty")
     if len(text) > 2000:
@@ -256,29 +310,32 @@ def compile_expr(text: str, names: Names) -> Compiled:
         raise ExprError(f"cannot parse expression: {exc.msg}") from None
     compiler = _Compiler(names)
     body = compiler.visit(tree).body
-    lam = ast.Expression(
-        body=ast.Lambda(
-            args=ast.arguments(posonlyargs=[], args=[ast.arg(a) for a in names.args], kwonlyargs=[], kw_defaults=[], defaults=[]),
-            body=body,
-        )
-    )
-    ast.fix_missing_locations(lam)
-    code = compile(lam, "<rule expression>", "eval")
-    env: dict[str, Any] = {"__builtins__": {}, "_match": _match, "_startswith": _startswith,
-                           "_endswith": _endswith, "_contains": _contains}
+    arguments = ast.arguments(posonlyargs=[], args=[ast.arg(a) for a in names.args], kwonlyargs=[], kw_defaults=[],
+                              defaults=[])
+    predicate = _call(ast.Name("bool", ast.Load()), ast.BoolOp(op=ast.And(), values=[guard, body]) if guard else body)
+    # def _test(args): try: return bool(guard and body) except (TypeError, ...): return False
+    test_def = ast.FunctionDef(name="_test", args=arguments, decorator_list=[], returns=None, type_params=[], body=[
+        ast.Try(body=[ast.Return(predicate)],
+                handlers=[ast.ExceptHandler(type=_SAFE_ERRORS, name=None, body=[ast.Return(ast.Constant(False))])],
+                orelse=[], finalbody=[])])
+    module = ast.Module(body=[test_def, ast.Assign(targets=[ast.Name("_fn", ast.Store())],
+                                                   value=ast.Lambda(args=arguments, body=body))], type_ignores=[])
+    ast.fix_missing_locations(module)
+    code = compile(module, "<rule expression>", "exec")
+    env: dict[str, Any] = {"__builtins__": {}, "_match": _match, "_startswith": _startswith, "_endswith": _endswith,
+                           "_contains": _contains, "_isinstance": isinstance, "_str": str, "bool": bool,
+                           "TypeError": TypeError, "ValueError": ValueError, "ZeroDivisionError": ZeroDivisionError,
+                           "AttributeError": AttributeError}
     env.update({f"_fn_{k}": v for k, v in FUNCTIONS.items()})
     env.update(compiler.consts)
-    fn = eval(code, env)  # noqa: S307 - a code object built from a whitelisted AST, never raw text
-    return Compiled(text=text, fn=fn)
+    exec(code, env)  # noqa: S102 - a code object built from a whitelisted AST, never raw text
+    return Compiled(text=text, fn=env["_fn"], test=env["_test"], path_prefix=_required_path_prefix(tree.body, names))
 
 
 def evaluate(pred: Compiled | None, *args) -> bool:
     """True when the expression holds; a comparison with a missing value (None >= 100) is False."""
     if pred is None:
         return True
-    try:
-        return bool(pred.fn(*args))
-    except (TypeError, ValueError, ZeroDivisionError, AttributeError):
-        return False
+    return pred.test(*args)
 
 
