@@ -2,7 +2,7 @@
 
 Personas (seed 001: self-servers who buy on their own, visitors about to give up):
 browsers, self-servers, hesitating buyers, customers searching to cancel, customers locked out
-of their accounts, and visitors looking for help they cannot find.
+of their accounts, visitors looking for help they cannot find, and visitors stuck comparing plans.
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from streams.settings import PRODUCER_PARTITIONER, Settings
 FIRST_NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jo", "Kofi", "Lena", "Mo",
                "Nia", "Omar", "Pia", "Raj", "Sara", "Tomas", "Uma", "Vera", "Wen", "Yara", "Zoe"]
 TIMEZONES = ["Europe/London", "Europe/Paris", "America/New_York", "America/Chicago", "Asia/Singapore", "UTC"]
-PRODUCTS = ["/shop/phones/x200", "/shop/plans/unlimited", "/shop/tv/bundle", "/shop/broadband/fibre-900",
-            "/shop/accessories/charger"]
+PRICES = {"/shop/phones/x200": 999.0, "/shop/plans/unlimited": 45.0, "/shop/tv/bundle": 1299.0,
+          "/shop/broadband/fibre-900": 60.0, "/shop/accessories/charger": 25.0}
+PRODUCTS = list(PRICES)
 PERSONAS = {  # weight, knows the customer, how likely an offer turns into a conversion
     "browser": (30, False, 0.02),
     "self_server": (25, True, 0.90),
@@ -27,6 +28,7 @@ PERSONAS = {  # weight, knows the customer, how likely an offer turns into a con
     "cancel_searcher": (12, True, 0.35),
     "locked_out": (10, True, 0.55),
     "help_seeker": (8, False, 0.40),
+    "plan_comparer": (8, False, 0.25),
 }
 
 
@@ -66,7 +68,7 @@ def make_journey(rng: random.Random, n: int, customers: list[str]) -> Journey:
     customer = rng.choice(customers) if known and customers else None
     visitor = f"V{n:07d}"
     pages = [_step("page_view", rng.choice(["/", "/shop", "/offers"]))]
-    pages += [_step("page_view", rng.choice(PRODUCTS)) for _ in range(rng.randint(1, 4))]
+    pages += [_step("page_view", p, value=PRICES[p]) for p in (rng.choice(PRODUCTS) for _ in range(rng.randint(1, 4)))]
     if persona == "browser":
         steps = pages
     elif persona == "self_server":
@@ -87,6 +89,8 @@ def make_journey(rng: random.Random, n: int, customers: list[str]) -> Journey:
         steps = [_step("page_view", "/account/login")]
         steps += [_step("login_failed", "/account/login", customer=False) for _ in range(rng.randint(2, 3))]
         steps += [_step("page_view", "/account/password-reset", customer=False)]
+    elif persona == "plan_comparer":  # ends on the pricing pages, where they stall (dwell)
+        steps = [_step("page_view", "/"), _step("page_view", "/pricing"), _step("page_view", "/pricing/business")]
     else:  # help_seeker
         steps = [_step("page_view", "/help")]
         steps += [_step("search", "/help/search", query=q) for q in rng.sample(

@@ -60,6 +60,11 @@ def register(engine: Engine, book: RuleBook):
             # state and re-sends the same signal ids, instead of dropping the event as a duplicate.
             tx.apply()
 
+    @app.on_partitions_revoked.connect
+    async def forget_cached_clocks(app, revoked, **kwargs) -> None:  # noqa: ARG001 - Faust's signal signature
+        # another worker may own these partitions next and change their timers: read them afresh
+        detector.forget_partitions()
+
     @app.timer(interval=settings.idle_tick_ms / 1000.0, name="tick_idle_partitions")
     async def tick_idle_partitions():
         """Move the clock of partitions that have nothing to read, so their deadlines still fire."""

@@ -69,9 +69,12 @@ class PartitionClock:
     visitor reached at the queue's head is deleted only if it was idle for the whole TTL.
     """
 
-    def __init__(self, tx: Tx, partition: int):
+    def __init__(self, tx: Tx, partition: int, cached: dict | None = None):
         self.tx, self.p = tx, partition
         self.key = f"{partition}:clock"
+        if cached is not None:
+            self.clock, self.dirty = cached, False
+            return
         # b: [[earliest deadline, bucket key]] sorted, bf: bucket key -> its entry in b;
         # qh/qt: head and tail chunk of the expiry queue; qn: time of its head entry
         self.clock = tx.get("t", self.key) or {"max": 0, "b": [], "bf": {}, "qh": 0, "qt": 0, "qn": None}
@@ -176,10 +179,17 @@ class Detector:
     lateness_ms: int = 5_000
     ttl_ms: int = 30 * 86_400_000           # idle visitors' state expires after this long
     max_ts: dict = field(default_factory=dict)    # partition -> latest event time seen by this process
+    # partition -> its clock record, so it is not read and decoded for every event; written through
+    # to the table whenever it changes. Forget them whenever partitions may move (a rebalance).
+    clocks: dict = field(default_factory=dict)
     stats: dict = field(default_factory=lambda: {"late_events": 0, "expired_visitors": 0, "timer_signals": 0})
 
+    def forget_partitions(self) -> None:
+        self.clocks.clear()
+
     def _clock(self, tx: Tx, partition: int) -> PartitionClock:
-        clock = PartitionClock(tx, partition)
+        clock = PartitionClock(tx, partition, self.clocks.get(partition))
+        self.clocks[partition] = clock.clock
         clock.observe(self.max_ts.get(partition, 0))
         return clock
 
