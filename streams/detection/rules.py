@@ -29,7 +29,7 @@ DETECTION_NAMES = Names(
 
 SIGNAL_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 MAX_STEPS = 10
-MAX_COUNT = 1000
+MAX_COUNT = 100  # bounds a count rule's state: at most this many events per visitor
 RULE_KEYS = {"id", "description", "when", "signal", "priority", "once_per_session"}
 CONDITION_KEYS = {"event", "where", "all", "any", "not"}
 

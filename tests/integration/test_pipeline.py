@@ -118,8 +118,9 @@ def test_daily_cap_holds(pipeline, produce, read):
                       query="cancel my account")
     # Then two offers go out and the third is suppressed by the daily cap
     found = decisions.wait_for(lambda d: d["customer_id"] == cid, count=3)
-    outcomes = sorted(((d["signal_ts"], d["outcome"], d["gate"]) for d, _ in found))
-    assert [o[1:] for o in outcomes] == [("act", None), ("act", None), ("suppressed", "daily_cap")]
+    # (which of the three is suppressed depends on the order the three devices' partitions were read)
+    outcomes = sorted((d["outcome"], d["gate"] or "") for d, _ in found)
+    assert outcomes == [("act", ""), ("act", ""), ("suppressed", "daily_cap")]
     deliveries.settle(3)
     assert len({d["delivery_id"] for d, _ in deliveries.records if d["customer_id"] == cid}) == 2
 
