@@ -45,7 +45,7 @@ def register(engine: Engine, book: RuleBook):
             try:
                 if msg.topic == ticks_name:
                     tick = engine.decode(topics.DETECTION_TICKS, msg.value)
-                    signals = detector.on_tick(tx, msg.partition, tick["watermark_ts"])
+                    signals = detector.on_tick(tx, msg.partition, tick["idle_ms"])
                 else:
                     ev = engine.decode(topics.EVENTS, msg.value)
                     check_event(msg, ev)
@@ -80,11 +80,12 @@ def register(engine: Engine, book: RuleBook):
             position = await app.consumer.position(tp)
             if position is None or position < app.consumer.highwater(tp):
                 continue  # events are waiting: their own time will move the clock
-            # Nothing to read and nothing came for a while: the wall clock is the partition's time now.
-            # (A producer replaying history must not pause longer than ENGAGE_IDLE_TICK, or its
-            # pending deadlines fire by the wall clock.)
-            watermark = max(detector.max_ts.get(p, 0), int(now * 1000))
-            tick = {"partition": p, "wall_ts": int(now * 1000), "watermark_ts": watermark}
+            # Nothing to read and nothing came for a while: the partition's clock moves on from its
+            # latest event time at the wall clock's pace. (Not to the wall clock itself: a producer
+            # replaying history that pauses would otherwise fire its pending deadlines early.)
+            idle_ms = int((now - seen) * 1000)
+            tick = {"partition": p, "wall_ts": int(now * 1000), "idle_ms": idle_ms,
+                    "watermark_ts": detector.max_ts.get(p, 0) + idle_ms}
             await engine.topic[topics.DETECTION_TICKS.name].send(value=engine.encode(topics.DETECTION_TICKS, tick),
                                                                   partition=p)
 

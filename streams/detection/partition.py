@@ -3,7 +3,7 @@
 The watermark of a partition is the latest event time seen on it minus the allowed lateness: a
 deadline (absence, dwell, state expiry) fires once the watermark passes it, so an awaited event
 that arrives out of order, but within the lateness, still cancels it. On an idle partition the
-worker sends itself ticks that move the watermark with the wall clock.
+worker sends itself ticks: the partition's time moves on from its latest event at the wall clock's pace.
 
 Deadlines live in a changelogged table, `partition_to_timers`, so a restarted or moved partition
 resumes its timers:
@@ -216,10 +216,12 @@ class Detector:
         clock.save()
         return Detection(state, signals + result.signals, result.duplicate)
 
-    def on_tick(self, tx: Tx, partition: int, watermark_ts: int) -> list[dict]:
-        """An idle partition's clock moved on with the wall clock: fire what is due."""
+    def on_tick(self, tx: Tx, partition: int, idle_ms: int) -> list[dict]:
+        """The partition had nothing to read for `idle_ms`: its clock moves on from its latest event time."""
         clock = self._clock(tx, partition)
-        signals = self._fire(tx, clock, watermark_ts - self.lateness_ms, self.rules())
+        if clock.max_ts == 0:
+            return []  # no event yet: nothing can be pending
+        signals = self._fire(tx, clock, clock.max_ts + idle_ms - self.lateness_ms, self.rules())
         clock.save()
         return signals
 

@@ -132,6 +132,7 @@ def test_replaying_the_same_events_gives_identical_signals_and_the_backtest_agre
             p.p.produce(pipe.topic("engage.events"), key=ev["visitor_id"].encode(), value=wire.encode("Interaction", ev))
             p.p.poll(0)
         p.p.flush(10)
+        p.advance_clocks(t0 + 20 * 60_000)  # every partition's clock passes the last deadlines by event time
     # ... and the second only after all are stored (a replay from the beginning)
     replay.start_worker()
     out = {}
@@ -165,8 +166,23 @@ def test_replaying_the_same_events_gives_identical_signals_and_the_backtest_agre
     for s in out["replay"]:
         expected[s["rule_id"]] = expected.get(s["rule_id"], 0) + 1
     assert {k: v for k, v in fires.items() if v} == expected
-    assert report["events"] == len(events) and report["visitors"] == 30
+    assert report["events"] == len(events) + 2 and report["visitors"] == 30 + 2  # with the two clock events
     again = Reader(replay, "engage.signals", "Signal")
     again.settle(3)
     assert len(again.records) == len(out["replay"]), "the backtest must not write signals"
     again.close()
+
+
+def test_an_idle_partition_fires_a_dwell_by_the_wall_clock(pipeline, produce, read):
+    # Given a rule set whose dwell is 2 seconds, published to the running worker
+    signals = read("engage.signals", "Signal")
+    text = DEFAULT.replace("at_least: 60s", "at_least: 2s")
+    rules = registry.publish(pipeline.settings, "detection", "detection", text, "rules/fast-dwell.yaml", author="test")
+    wait_for_rule(Visitors(produce), signals, "cancel my plan", "cancel-intent")
+    # When a visitor opens the pricing page and then nothing at all happens on the site
+    visitor = f"V-{uuid.uuid4().hex[:8]}"
+    produce.event(event_id=f"{visitor}-1", visitor_id=visitor, type_="page_view", ts=now_ms(), path="/pricing")
+    # Then the dwell still fires: the idle partition's clock moves on with the wall clock
+    # (2 s dwell + 5 s allowed lateness + up to 2 s before the partition counts as idle)
+    found = signals.wait_for(lambda s: s["visitor_id"] == visitor and s["rule_id"] == "pricing-hesitation", timeout_s=40)
+    assert found and found[0][0]["ruleset_version"] == rules["version"]

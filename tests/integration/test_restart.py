@@ -45,7 +45,7 @@ def test_worker_killed_mid_stream_resumes_without_losing_signals(new_pipeline):
     detector, visitors, timers = Detector(lambda: rules), {}, {}
     tx = Tx(visitors, timers)
     signals = [s for ev in events for s in detector.on_event(tx, 0, ev).signals]
-    signals += detector.on_tick(tx, 0, events[-1]["ts"] + 86_400_000)
+    signals += detector.on_tick(tx, 0, 86_400_000)
     expected = {s["signal_id"] for s in signals}
     assert len(expected) >= 60, "the journeys should raise at least one signal per visitor"
 
@@ -63,6 +63,7 @@ def test_worker_killed_mid_stream_resumes_without_losing_signals(new_pipeline):
         produce.p.poll(0)
         time.sleep(0.002)
     produce.p.flush(10)
+    produce.advance_clocks(events[-1]["ts"] + 600_000)  # the last visitors' dwell timers fire by event time
     killer.join()
     assert first.poll() is not None
     # and a new worker starts with an empty state folder, so its tables must come from the changelogs
@@ -74,7 +75,9 @@ def test_worker_killed_mid_stream_resumes_without_losing_signals(new_pipeline):
         found = decisions.wait_for(lambda d: True, count=len(expected), timeout_s=120)
         decisions.settle(3)
         seen = {d["signal_id"] for d, _ in decisions.records}
-        assert seen == expected, f"missing {len(expected - seen)}, unexpected {len(seen - expected)}"
+        names = {s["signal_id"]: (s["rule_id"], s["visitor_id"], s["ts"]) for s in signals}
+        got = {d["signal_id"]: (d["signal"], d["visitor_id"], d["signal_ts"]) for d, _ in decisions.records}
+        assert seen == expected, f"missing {sorted(names[i] for i in expected - seen)}, unexpected {sorted(got[i] for i in seen - expected)}"
         # at-least-once may repeat a decision after the kill, but never with another content
         by_id: dict[str, dict] = {}
         for d, _ in decisions.records:

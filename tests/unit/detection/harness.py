@@ -34,8 +34,9 @@ class Partition:
         return out
 
     def tick(self, at: int) -> list[dict]:
+        """The partition idles until `at` ms after T0 (its clock moves on from its latest event)."""
         tx = Tx(self.visitors, self.timers)
-        out = self.detector.on_tick(tx, 0, T0 + at)
+        out = self.detector.on_tick(tx, 0, max(0, T0 + at - self.detector.max_ts.get(0, T0)))
         tx.apply()
         self.signals += out
         return out
