@@ -122,12 +122,8 @@ class _Run:
         session_id = state["ses"]["id"] if state["ses"] else ""
         if rule.once_per_session and state["f"].get(rule.id) == session_id:
             return
-        if rule.guard is not None:
-            try:
-                if not rule.guard.fn(ev, view):
-                    return
-            except (TypeError, ValueError, ZeroDivisionError, AttributeError):
-                return
+        if rule.guard is not None and not rule.guard.test(ev, view):
+            return
         if rule.once_per_session:
             state["f"][rule.id] = session_id
         self.signals.append({
@@ -237,7 +233,7 @@ def _sequence(run: _Run, rule: DetectionRule, state: dict, ev: dict, view: dict,
     run.matched(rule, rs, last, ev["event_id"], [e[2] for e in match], ev, view)
 
 
-def _dwell(run: _Run, rule: DetectionRule, state: dict, ev: dict) -> None:
+def _dwell(rule: DetectionRule, state: dict, ev: dict) -> None:
     """An in-order event in the section starts a visit, unless one is on; its pending timer is the visit.
 
     The first event outside the section cancels the timer (see _cancel_timers), so a dwell rule
@@ -304,7 +300,7 @@ def detect(state: dict | None, ev: dict, rules: DetectionRuleSet) -> Detection:
             if mask:
                 _sequence(run, rule, state, ev, view, mask)
         elif in_order and test(ev, view):  # dwell: an in-order event in the section
-            _dwell(run, rule, state, ev)
+            _dwell(rule, state, ev)
     return Detection(state, run.signals)
 
 

@@ -182,7 +182,6 @@ class Detector:
     # partition -> its clock record, so it is not read and decoded for every event; written through
     # to the table whenever it changes. Forget them whenever partitions may move (a rebalance).
     clocks: dict = field(default_factory=dict)
-    stats: dict = field(default_factory=lambda: {"late_events": 0, "expired_visitors": 0, "timer_signals": 0})
 
     def forget_partitions(self) -> None:
         self.clocks.clear()
@@ -197,8 +196,6 @@ class Detector:
         """Advance the partition's watermark to this event, fire what is due, then run the event's rules."""
         rules = self.rules()
         clock = self._clock(tx, partition)
-        if ev["ts"] < clock.max_ts - self.lateness_ms:
-            self.stats["late_events"] += 1  # still evaluated; only timers already fired cannot be undone
         clock.observe(ev["ts"])
         self.max_ts[partition] = clock.max_ts
         signals = self._fire(tx, clock, clock.max_ts - self.lateness_ms, rules)
@@ -233,9 +230,7 @@ class Detector:
                 state = tx.get("v", visitor)
                 if state is None or state.get("x") != deadline:
                     continue  # a stale entry: the visitor was rescheduled or is gone
-                fired = fire_due(state, visitor, watermark, rules)
-                self.stats["timer_signals"] += len(fired)
-                signals += fired
+                signals += fire_due(state, visitor, watermark, rules)
                 state["x"] = None
                 self._schedule(clock, visitor, state)
                 tx.put("v", visitor, state)
@@ -251,7 +246,6 @@ class Detector:
                 continue  # gone already, or queued again later
             if state["last"] + self.ttl_ms <= watermark and not state["t"]:
                 tx.put("v", visitor, DELETE)  # idle for longer than the TTL: forget the visitor
-                self.stats["expired_visitors"] += 1
                 continue
             # active since it was queued (or a timer is still pending): check again one TTL after
             again = max(state["last"], watermark - self.ttl_ms + 1)
