@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Iterable
 
 from streams import topics
-from streams.detection.engine import InvalidEvent, validate_event
+from streams.detection.engine import InvalidEvent
 from streams.detection.partition import Detector, Tx
 from streams.detection.rules import DetectionRuleSet
 from streams.settings import Settings
@@ -71,17 +71,17 @@ def run_backtest(events: Iterable[tuple[int, dict]], rules: DetectionRuleSet, la
                                                 for e in s["evidence"]]})
 
     for partition, ev in events:
+        tx = stores.setdefault(partition, Tx({}, {}))
         try:
-            validate_event(ev)
+            signals = detector.on_event(tx, partition, ev).signals
         except InvalidEvent:
             report.invalid += 1
             continue
-        tx = stores.setdefault(partition, Tx({}, {}))
         report.events += 1
         report.visitors.add(ev["visitor_id"])
         report.first_ts = ev["ts"] if report.first_ts is None else min(report.first_ts, ev["ts"])
         report.last_ts = ev["ts"] if report.last_ts is None else max(report.last_ts, ev["ts"])
-        record(detector.on_event(tx, partition, ev).signals)
+        record(signals)
         tx.apply()
     if end_ts is not None:  # the end of the range is the partitions' time: fire what was due by then
         for partition, tx in stores.items():

@@ -254,7 +254,7 @@ def _note_absent(rs: dict, ev: dict) -> None:
 
 
 def detect(state: dict | None, ev: dict, rules: DetectionRuleSet) -> Detection:
-    validate_event(ev)
+    """The event must be valid (Detector.on_event checks it with validate_event, once)."""
     state = new_state() if state is None else state
     seen = state["seen"]  # event id -> 1, insertion-ordered: a dict, so the check is O(1)
     event_id = ev["event_id"]

@@ -20,7 +20,7 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Callable
 
-from streams.detection.engine import Detection, detect, fire_due
+from streams.detection.engine import Detection, detect, fire_due, validate_event
 from streams.detection.rules import DetectionRuleSet
 
 BUCKET_MS = 10_000      # rule timers are indexed in 10-second buckets: small lists, few of them
@@ -193,7 +193,11 @@ class Detector:
         return clock
 
     def on_event(self, tx: Tx, partition: int, ev: dict) -> Detection:
-        """Advance the partition's watermark to this event, fire what is due, then run the event's rules."""
+        """Advance the partition's watermark to this event, fire what is due, then run the event's rules.
+
+        Raises InvalidEvent before anything is changed if the event breaks the contract.
+        """
+        validate_event(ev)
         rules = self.rules()
         clock = self._clock(tx, partition)
         clock.observe(ev["ts"])

@@ -1,7 +1,8 @@
 """Each construct of the rule language on hand-built event sequences: in order, out of order, late, expired."""
 import pytest
 
-from streams.detection.engine import MAX_TIMERS, SEEN_IDS, SEQUENCE_BUFFER, InvalidEvent, SESSION_GAP_MS, detect
+from streams.detection.engine import MAX_TIMERS, SEEN_IDS, SEQUENCE_BUFFER, InvalidEvent, SESSION_GAP_MS
+from streams.detection.partition import Tx
 from tests.unit.detection.harness import M, S, Partition, rules
 
 SINGLE = rules("""
@@ -243,8 +244,10 @@ def test_duplicate_event_ids_are_dropped():
 
 
 def test_event_breaking_the_contract_is_refused():
+    p = Partition(SINGLE)
     with pytest.raises(InvalidEvent, match="visitor_id is empty"):
-        detect(None, {"event_id": "e", "ts": 1, "visitor_id": "", "type": "x"}, SINGLE)
+        p.detector.on_event(Tx(p.visitors, p.timers), 0, {"event_id": "e", "ts": 1, "visitor_id": "", "type": "x"})
+    assert p.visitors == {} and p.timers == {} and p.detector.clocks == {}  # refused before anything changed
 
 
 def test_state_stays_bounded_under_a_flood_of_events():
