@@ -1,8 +1,8 @@
 """Decides how the engine is configured: one typed settings object, read from the environment once, at the edge."""
 from __future__ import annotations
 
-import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
@@ -35,22 +35,29 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(text: str, default_unit: str | None = None) -> int | None:
+    """'500ms', '30s', '5m', '2h', '1.5d' as milliseconds; a bare number takes `default_unit`.
+
+    None when the text is not such a duration. The one parser behind rule files, settings and the CLI.
+    """
+    m = _DURATION.match(text)
+    if not m or not (m.group(2) or default_unit):
+        return None
+    return int(float(m.group(1)) * _UNIT_MS[m.group(2) or default_unit])
 
 
 def _duration_ms(env: Mapping[str, str], name: str, default_ms: int) -> int:
     raw = (env.get(name) or "").strip()
     if not raw:
         return default_ms
-    number = raw.rstrip("smhd")
-    unit = raw[len(number):] or "s"
-    try:
-        value = float(number) * _UNIT_MS[unit]
-    except (ValueError, KeyError):
-        raise SettingsError(f"{name} must be a duration like 500ms, 5s, 10m, 2h or 30d, got {raw!r}") from None
-    if not math.isfinite(value) or value < 0:
+    value = parse_duration_ms(raw, default_unit="s")
+    if value is None:
         raise SettingsError(f"{name} must be a duration like 500ms, 5s, 10m, 2h or 30d, got {raw!r}")
-    return int(value)
+    return value
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from streams import topics
 from streams.detection.engine import InvalidEvent
 from streams.detection.partition import Detector, Tx
 from streams.detection.rules import DetectionRuleSet
-from streams.settings import Settings
+from streams.settings import Settings, parse_duration_ms
 
 
 class BacktestError(ValueError):
@@ -95,9 +95,9 @@ def parse_time(text: str, now_ms: int | None = None) -> int:
     text = text.strip()
     if text == "now":
         return now_ms
-    units = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-    if text[-1:] in units and text[:-1].replace(".", "", 1).isdigit():
-        return now_ms - int(float(text[:-1]) * units[text[-1]])
+    ago = parse_duration_ms(text)
+    if ago is not None:
+        return now_ms - ago
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:

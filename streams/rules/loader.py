@@ -1,11 +1,12 @@
 """Decides how a YAML rule file is read: every mapping keeps its line, so errors can name it."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from streams.settings import parse_duration_ms
 
 
 class RuleError(ValueError):
@@ -62,10 +63,6 @@ def load_yaml(text: str, file: str) -> Any:
         loader.dispose()
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-
-
 def duration_ms(value: Any, file: str, line: int, rule_id: str | None, what: str) -> int:
     """'90s', '5m', '2h', '1d' or a number of seconds, as milliseconds."""
     if isinstance(value, bool):
@@ -73,10 +70,9 @@ def duration_ms(value: Any, file: str, line: int, rule_id: str | None, what: str
     if isinstance(value, (int, float)):
         ms = int(value * 1000)
     else:
-        m = _DURATION.match(str(value))
-        if not m:
+        ms = parse_duration_ms(str(value))
+        if ms is None:
             raise RuleError(file, line, f"{what} must be a duration like 30s, 5m or 2h, got {value!r}", rule_id)
-        ms = int(float(m.group(1)) * _UNIT_MS[m.group(2)])
     if ms <= 0:
         raise RuleError(file, line, f"{what} must be longer than zero", rule_id)
     return ms
