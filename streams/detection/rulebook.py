@@ -48,24 +48,19 @@ class RuleBook:
         return True
 
 
-def follow(settings: Settings, book: RuleBook, codec, stop: threading.Event, until_end: bool = False) -> None:
-    """Read engage.rules from its beginning and offer every version to `book`; with until_end, return at the end."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+def follow(settings: Settings, book: RuleBook, codec, stop: threading.Event, start: int) -> None:
+    """Offer every version on engage.rules from offset `start` on to `book`, until `stop` is set."""
+    from confluent_kafka import Consumer, TopicPartition
 
     name = settings.topic(topics.RULES.name)
     consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"{settings.app_id}-rules-{uuid.uuid4().hex[:8]}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 3})
     try:
-        consumer.assign([TopicPartition(name, 0, OFFSET_BEGINNING)])
-        end = consumer.get_watermark_offsets(TopicPartition(name, 0), timeout=10)[1] if until_end else None
-        position = 0
+        consumer.assign([TopicPartition(name, 0, start)])
         while not stop.is_set():
-            if until_end and position >= end:
-                return
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
                 continue
-            position = msg.offset() + 1
             if msg.value() is None:
                 continue
             try:
@@ -80,7 +75,14 @@ def follow(settings: Settings, book: RuleBook, codec, stop: threading.Event, unt
 
 def start_following(settings: Settings, book: RuleBook, codec) -> threading.Event:
     """Catch up with every published version now, then follow new ones in a background thread."""
+    from confluent_kafka import OFFSET_BEGINNING
+
+    from streams.rules import registry
+
+    versions = registry.history(settings)
+    for published in versions:
+        book.offer(published.record)
+    start = versions[-1].offset + 1 if versions else OFFSET_BEGINNING
     stop = threading.Event()
-    follow(settings, book, codec, stop, until_end=True)
-    threading.Thread(target=follow, args=(settings, book, codec, stop), name="rules-follower", daemon=True).start()
+    threading.Thread(target=follow, args=(settings, book, codec, stop, start), name="rules-follower", daemon=True).start()
     return stop

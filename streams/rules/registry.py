@@ -7,6 +7,7 @@ workers switch to it like to any other version and the history shows the rollbac
 from __future__ import annotations
 
 import getpass
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from streams import topics
 from streams.codec import SchemaStore, make_codec
 from streams.settings import PRODUCER_PARTITIONER, Settings
+
+log = logging.getLogger(__name__)
 
 
 class RegistryError(ValueError):
@@ -64,7 +67,8 @@ def history(settings: Settings, name: str | None = None, timeout_s: float = 10.0
             if msg.value() is not None:
                 try:
                     record = codec.decode(topic, topics.RULES.schema, msg.value())
-                except ValueError:
+                except ValueError as exc:
+                    log.error("%s offset %d is not a RuleSet, ignored: %s", topic, msg.offset(), exc)
                     record = None
                 if record is not None and (name is None or record["name"] == name):
                     out.append(Published(msg.offset(), record))
