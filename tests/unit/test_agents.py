@@ -142,15 +142,25 @@ def decision(signal_id: str, outcome: str = "act", **over) -> dict:
 # ---- data ------------------------------------------------------------------------------------------
 
 
+def _data_stage(tmp_path):
+    """The data stage with its profile table's changelog captured: (stage, store, route, enrich, table)."""
+    st = Stage(tmp_path)
+    store, route, enrich, table = data_agent.register(st.engine)
+    st.without_changelog(table)
+    return st, store, route, enrich, table
+
+
+async def _store_profile(profiles, table, prof: dict) -> None:
+    await profiles.put(key=prof["customer_id"].encode(), value=wire.encode("CustomerProfile", prof))
+    await eventually(lambda: table.get(prof["customer_id"]) is not None, "the profile in the table")
+
+
 @async_test
 async def test_a_stored_profile_joins_the_customers_signal(tmp_path):
     # Given the data stage, and the CRM profile of C1 (platinum, CLV 3121.13) on engage.profiles
-    st = Stage(tmp_path)
-    store, _, enrich, table = data_agent.register(st.engine)
-    st.without_changelog(table)
+    st, store, _, enrich, table = _data_stage(tmp_path)
     async with store.test_context() as profiles, enrich.test_context() as signals:
-        await profiles.put(key=b"C1", value=wire.encode("CustomerProfile", profile()))
-        await eventually(lambda: table.get("C1") is not None, "the profile in the table")
+        await _store_profile(profiles, table, profile())
         # When a signal of C1 arrives on engage.signals-by-customer
         sig = signal("sig-1")
         await signals.put(key=b"C1", value=wire.encode("Signal", sig))
@@ -167,12 +177,9 @@ async def test_a_stored_profile_joins_the_customers_signal(tmp_path):
 @async_test
 async def test_a_tombstone_removes_the_profile(tmp_path):
     # Given C1's profile in the table
-    st = Stage(tmp_path)
-    store, _, enrich, table = data_agent.register(st.engine)
-    st.without_changelog(table)
+    st, store, _, enrich, table = _data_stage(tmp_path)
     async with store.test_context() as profiles, enrich.test_context() as signals:
-        await profiles.put(key=b"C1", value=wire.encode("CustomerProfile", profile()))
-        await eventually(lambda: table.get("C1") is not None, "the profile in the table")
+        await _store_profile(profiles, table, profile())
         # When a tombstone (key C1, no value) arrives: the customer was deleted
         await profiles.put(key=b"C1", value=None)
         await eventually(lambda: table.get("C1") is None, "the profile to be removed")
@@ -188,9 +195,7 @@ async def test_a_tombstone_removes_the_profile(tmp_path):
 @async_test
 async def test_a_profile_keyed_by_another_customer_is_dead_lettered(tmp_path):
     # Given the data stage
-    st = Stage(tmp_path)
-    store, _, _, table = data_agent.register(st.engine)
-    st.without_changelog(table)
+    st, store, _, _, table = _data_stage(tmp_path)
     async with store.test_context() as profiles:
         # When C1's profile arrives keyed by C2 (it would land on the wrong partition for the join)
         value = wire.encode("CustomerProfile", profile("C1"))
@@ -198,8 +203,7 @@ async def test_a_profile_keyed_by_another_customer_is_dead_lettered(tmp_path):
         # Then it goes, whole, to the dead-letter topic with the reason and where it came from
         [(key, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
         # And the stream goes on: the next, well-keyed profile is stored
-        await profiles.put(key=b"C3", value=wire.encode("CustomerProfile", profile("C3")))
-        await eventually(lambda: table.get("C3") is not None, "the next profile in the table")
+        await _store_profile(profiles, table, profile("C3"))
     assert key == b"C2"
     assert dead["stage"] == "data"
     assert dead["error"] == "ValueError: the record key must be the customer_id"
@@ -212,9 +216,7 @@ async def test_a_profile_keyed_by_another_customer_is_dead_lettered(tmp_path):
 @async_test
 async def test_a_profile_with_negative_clv_is_dead_lettered(tmp_path):
     # Given the data stage; When a profile with a negative lifetime value arrives
-    st = Stage(tmp_path)
-    store, _, _, table = data_agent.register(st.engine)
-    st.without_changelog(table)
+    st, store, _, _, table = _data_stage(tmp_path)
     async with store.test_context() as profiles:
         await profiles.put(key=b"C1", value=wire.encode("CustomerProfile", profile("C1", clv=-5.0)))
         [(_, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
@@ -226,9 +228,7 @@ async def test_a_profile_with_negative_clv_is_dead_lettered(tmp_path):
 @async_test
 async def test_route_signals_rekeys_customers_and_enriches_anonymous_visitors(tmp_path):
     # Given the data stage's router
-    st = Stage(tmp_path)
-    _, route, _, table = data_agent.register(st.engine)
-    st.without_changelog(table)
+    st, _, route, _, _ = _data_stage(tmp_path)
     async with route.test_context() as signals:
         # When a signal of known customer C1 (visitor v1) and one of anonymous visitor v9 arrive keyed by visitor
         known = signal("sig-k", visitor_id="v1", customer_id="C1")

@@ -141,6 +141,16 @@ def test_sequence_matcher_finds_a_match_exactly_when_one_exists(buffer, steps, w
 STREAM = st.lists(st.tuples(st.sampled_from("abcx"), st.integers(0, 40)), min_size=1, max_size=40)
 
 
+def firing_events(p: Partition, stream) -> list[int]:
+    """Indexes of the events of `stream` ((type, seconds since the previous event)) that raised a signal."""
+    fired, t = [], 0
+    for i, (kind, gap) in enumerate(stream):
+        t += gap * S
+        if p.event(kind, t):
+            fired.append(i)
+    return fired
+
+
 def reference_count(types_and_gaps, at_least, within):
     """Fires at event i when at least `at_least` 'a' events since the last firing lie within `within`."""
     fired, since, t = [], 0, 0
@@ -161,12 +171,7 @@ def reference_count(types_and_gaps, at_least, within):
 @given(STREAM, st.integers(2, 4), st.integers(1, 60))
 def test_count_rule_agrees_with_the_reference(stream, at_least, within_s):
     p = Partition(rules(f"- id: r\n  when: {{count: {{event: a, at_least: {at_least}, within: {within_s}s}}}}\n  signal: s\n"))
-    fired, t = [], 0
-    for i, (kind, gap) in enumerate(stream):
-        t += gap * S
-        if p.event(kind, t):
-            fired.append(i)
-    assert fired == reference_count(stream, at_least, within_s * S)
+    assert firing_events(p, stream) == reference_count(stream, at_least, within_s * S)
 
 
 def reference_sequence(stream, within):
@@ -193,9 +198,4 @@ def reference_sequence(stream, within):
 @given(STREAM, st.integers(1, 80))
 def test_sequence_rule_agrees_with_the_reference(stream, within_s):
     p = Partition(rules(f"- id: r\n  when: {{sequence: [a, b, c], within: {within_s}s}}\n  signal: s\n"))
-    fired, t = [], 0
-    for i, (kind, gap) in enumerate(stream):
-        t += gap * S
-        if p.event(kind, t):
-            fired.append(i)
-    assert fired == reference_sequence(stream, within_s * S)
+    assert firing_events(p, stream) == reference_sequence(stream, within_s * S)
