@@ -198,7 +198,7 @@ class Producer_:
 
     def raw(self, topic: str, key: bytes | None, value: bytes | None) -> None:
         self.p.produce(self.pipeline.topic(topic), key=key, value=value)
-        self.p.flush(10)
+        assert self.p.flush(30) == 0, "the test producer could not deliver every record"
 
     def event(self, **kw) -> dict:
         ev = wire.interaction(**kw)
@@ -213,7 +213,7 @@ class Producer_:
             ev = wire.interaction(event_id=f"{visitor}-0", visitor_id=visitor, type_="page_view", ts=ts, path="/")
             self.p.produce(self.pipeline.topic("engage.events"), key=visitor.encode(), value=wire.encode("Interaction", ev),
                            partition=p)
-        self.p.flush(10)
+        assert self.p.flush(30) == 0, "the test producer could not deliver every record"
 
     def profile(self, customer_id: str, **kw) -> dict:
         prof = wire.profile(customer_id, int(time.time() * 1000), **kw)

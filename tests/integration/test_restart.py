@@ -53,7 +53,7 @@ def test_worker_killed_mid_stream_resumes_without_losing_signals(new_pipeline):
     half = len(events) // 2
     for ev in events[:half]:
         produce.p.produce(pipe.topic("engage.events"), key=ev["visitor_id"].encode(), value=wire.encode("Interaction", ev))
-    produce.p.flush(10)
+    assert produce.p.flush(30) == 0, "the test producer could not deliver every event"
     time.sleep(2)
     # When the worker is killed (SIGKILL, no clean shutdown) mid-stream, while events keep coming,
     killer = threading.Thread(target=lambda: (time.sleep(0.3), pipe.kill(first)))
@@ -62,7 +62,7 @@ def test_worker_killed_mid_stream_resumes_without_losing_signals(new_pipeline):
         produce.p.produce(pipe.topic("engage.events"), key=ev["visitor_id"].encode(), value=wire.encode("Interaction", ev))
         produce.p.poll(0)
         time.sleep(0.002)
-    produce.p.flush(10)
+    assert produce.p.flush(30) == 0, "the test producer could not deliver every event"
     produce.advance_clocks(events[-1]["ts"] + 600_000)  # the last visitors' dwell timers fire by event time
     killer.join()
     assert first.poll() is not None
