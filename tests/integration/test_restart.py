@@ -72,7 +72,11 @@ def test_worker_killed_mid_stream_resumes_without_losing_signals(new_pipeline):
     # need the first worker's state), and none invented
     decisions = Reader(pipe, "engage.decisions", "Decision")
     try:
-        found = decisions.wait_for(lambda d: True, count=len(expected), timeout_s=120)
+        # wait for every expected signal id: a raw record count would stop early, since at-least-once
+        # repeats some decisions after the kill
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not expected <= {d["signal_id"] for d, _ in decisions.records}:
+            decisions.wait_for(lambda d: False, timeout_s=1)
         decisions.settle(3)
         seen = {d["signal_id"] for d, _ in decisions.records}
         names = {s["signal_id"]: (s["rule_id"], s["visitor_id"], s["ts"]) for s in signals}
