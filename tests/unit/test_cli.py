@@ -177,3 +177,16 @@ def test_as_a_process_the_exit_code_is_2_and_stderr_one_line(args, env, expected
     assert proc.returncode == 2, proc.stderr
     assert expected in one_line(proc.stderr)
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["rules", "backtest", "--from", "yesterday"], "not a time: 'yesterday'"),
+    (["rules", "backtest", "--from", "1h", "--to", "2h"], "--to (2h) must be later than --from (1h)"),
+    (["rules", "backtest"], "the following arguments are required: --from"),
+    (["rules", "rollback", "--nope"], "unrecognized arguments: --nope"),
+])
+def test_bad_rules_arguments_print_one_line_before_any_kafka_is_needed(argv, expected, capsys):
+    # Given no broker at all; When the rules command gets a time or argument it cannot use
+    code, _, err = run_main(argv, capsys)
+    # Then one line names the problem and the exit code is 2
+    assert code == 2 and expected in one_line(err)
