@@ -35,7 +35,6 @@ def register(engine: Engine, book: RuleBook):
     ticks_name = settings.topic(topics.DETECTION_TICKS.name)
     channel = app.topic(events_name, ticks_name, key_serializer="raw", value_serializer="raw", partitions=partitions)
     last_event_wall: dict[int, float] = {}  # partition -> when this process last processed one of its events
-    started = time.time()
 
     @app.agent(channel, name="detect_signals")
     async def detect_signals(stream):
@@ -74,8 +73,12 @@ def register(engine: Engine, book: RuleBook):
             if tp.topic != events_name:
                 continue
             p = tp.partition
-            seen = last_event_wall.get(p, started)
-            if now - seen < idle_s:
+            seen = last_event_wall.get(p)
+            # Only partitions this process has read an event of: asking the consumer for the position
+            # of a partition still in table recovery can make aiokafka resolve one behind Faust's back
+            # (suspected in lost events after a worker was killed). A restarted worker's idle
+            # partition therefore waits for its first event before its timers move on.
+            if seen is None or now - seen < idle_s:
                 continue
             position = await app.consumer.position(tp)
             if position is None or position < app.consumer.highwater(tp):
