@@ -78,6 +78,9 @@ def build_app(settings: Settings) -> Engine:
         # instead of stopping the stream.
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=settings.commit_interval_s,
+        broker_session_timeout=settings.session_timeout_ms / 1000.0,
+        # a third of the session, as Kafka advises (Faust's default is a fixed 3 s)
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_ms / 3000.0),
         producer_acks=-1,
         web_enabled=False,
         table_cleanup_interval=60.0,

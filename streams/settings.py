@@ -60,6 +60,14 @@ def _duration_ms(env: Mapping[str, str], name: str, default_ms: int) -> int:
     return value
 
 
+def _session_timeout(env: Mapping[str, str]) -> int:
+    value = _duration_ms(env, "ENGAGE_SESSION_TIMEOUT", 45_000)
+    # the broker refuses a session below group.min.session.timeout.ms (6 s by default)
+    if not 6_000 <= value <= 1_800_000:
+        raise SettingsError(f"ENGAGE_SESSION_TIMEOUT must be between 6s and 30m, got {env['ENGAGE_SESSION_TIMEOUT']!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     bootstrap_servers: str = LOCAL_BOOTSTRAP
@@ -78,6 +86,9 @@ class Settings:
     log_level: str = "info"
     # Faust's commit interval: how much can be replayed after a crash.
     commit_interval_s: float = 1.0
+    # How long the group waits for a worker that stopped answering (killed, frozen) before its
+    # partitions move to another: the longest pause in detection a dead worker causes.
+    session_timeout_ms: int = 45_000
     # Detection time: how late an event may arrive and still cancel an absence, how long an idle
     # visitor's state is kept, and how long a partition stays quiet before the wall clock moves it.
     allowed_lateness_ms: int = 5_000
@@ -108,6 +119,7 @@ class Settings:
             allowed_lateness_ms=_duration_ms(env, "ENGAGE_ALLOWED_LATENESS", 5_000),
             visitor_ttl_ms=_duration_ms(env, "ENGAGE_VISITOR_TTL", 30 * 86_400_000),
             idle_tick_ms=max(100, _duration_ms(env, "ENGAGE_IDLE_TICK", 2_000)),
+            session_timeout_ms=_session_timeout(env),
         )
 
     def with_(self, **changes) -> "Settings":

@@ -82,7 +82,11 @@ class Pipeline:
     def env(self) -> dict:
         return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
                 "ENGAGE_TOPIC_PREFIX": self.settings.topic_prefix, "ENGAGE_APP_ID": self.settings.app_id,
-                "ENGAGE_PARTITIONS": str(self.settings.partitions), "ENGAGE_LOG_LEVEL": "warning"}
+                "ENGAGE_PARTITIONS": str(self.settings.partitions),
+                # a killed worker's partitions move on after 10 s, not the default 45 s
+                "ENGAGE_SESSION_TIMEOUT": "10s",
+                # the workers' logs are kept in the test folder; ENGAGE_TEST_LOG_LEVEL=info shows rebalances
+                "ENGAGE_LOG_LEVEL": os.environ.get("ENGAGE_TEST_LOG_LEVEL", "warning")}
 
     def topic(self, name: str) -> str:
         return self.settings.topic(name)
@@ -135,6 +139,38 @@ class Pipeline:
         finally:
             probe.close()
         raise AssertionError(f"the worker did not catch up on {name} within {timeout_s}s")
+
+    def trace(self, needles: dict[str, str], topics: list[str]) -> str:
+        """Where each needle (an id written inside the records) is on `topics`, with the group's committed
+        offsets: a failing at-least-once test says at which stage a record stopped."""
+        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
+        lines = []
+        for topic in topics:
+            name = self.topic(topic)
+            c = Consumer({"bootstrap.servers": self.settings.bootstrap_servers, "group.id": f"trace-{uuid.uuid4().hex}",
+                          "enable.auto.commit": False})
+            try:
+                parts = [TopicPartition(name, p, 0) for p in range(self.settings.partitions)]
+                ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
+                req = ConsumerGroupTopicPartitions(self.settings.app_id, [TopicPartition(name, p) for p in ends])
+                committed = {tp.partition: tp.offset for tp in
+                             admin.list_consumer_group_offsets([req])[self.settings.app_id].result(10).topic_partitions}
+                lines.append(f"{topic}: end offsets {ends}, committed {committed}")
+                c.assign(parts)
+                left, deadline = sum(ends.values()), time.monotonic() + 30
+                while left > 0 and time.monotonic() < deadline:
+                    msg = c.poll(0.5)
+                    if msg is None or msg.error():
+                        continue
+                    left -= 1
+                    for label, needle in needles.items():
+                        if needle.encode() in (msg.value() or b""):
+                            lines.append(f"  {label} at {topic}[{msg.partition()}]@{msg.offset()}")
+            finally:
+                c.close()
+        return "\n".join(lines)
 
     def kill(self, proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
         if proc.poll() is None:

@@ -81,7 +81,13 @@ def test_worker_killed_mid_stream_resumes_without_losing_signals(new_pipeline):
         seen = {d["signal_id"] for d, _ in decisions.records}
         names = {s["signal_id"]: (s["rule_id"], s["visitor_id"], s["ts"]) for s in signals}
         got = {d["signal_id"]: (d["signal"], d["visitor_id"], d["signal_ts"]) for d, _ in decisions.records}
-        assert seen == expected, f"missing {sorted(names[i] for i in expected - seen)}, unexpected {sorted(got[i] for i in seen - expected)}"
+        if seen != expected:
+            lost = {f"signal {names[i]}": i for i in expected - seen}
+            lost |= {f"its event {names[i][1]}-{names[i][2]}": f"{names[i][1]}-{names[i][2]}" for i in expected - seen}
+            where = pipe.trace(lost, ["engage.events", "engage.signals", "engage.signals-by-customer",
+                                      "engage.enriched", "engage.decisions"])
+            pytest.fail(f"missing {sorted(names[i] for i in expected - seen)}, "
+                        f"unexpected {sorted(got[i] for i in seen - expected)}\n{where}\n{pipe.logs()[-4000:]}")
         # at-least-once may repeat a decision after the kill, but never with another content
         by_id: dict[str, dict] = {}
         for d, _ in decisions.records:

@@ -93,6 +93,7 @@ def test_a_bad_argument_prints_one_line_and_exits_2(argv, expected, monkeypatch,
                                        "got 'prod/'"),
     ({"ENGAGE_VISITOR_TTL": "soon"}, "engage: ENGAGE_VISITOR_TTL must be a duration like 500ms, 5s, 10m, 2h or 30d, "
                                      "got 'soon'"),
+    ({"ENGAGE_SESSION_TIMEOUT": "2s"}, "engage: ENGAGE_SESSION_TIMEOUT must be between 6s and 30m, got '2s'"),
 ])
 def test_a_bad_setting_prints_one_line_and_exits_2(env, expected, monkeypatch, capsys):
     # Given a bad setting in the environment
