@@ -1,15 +1,20 @@
 """Decides how the Faust app is built: broker, RocksDB state, raw bytes on the wire, topics, codec."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import traceback
 from dataclasses import dataclass, field
 
 import faust
-
 
 from streams import topics
 from streams.codec import DecodeError, SchemaStore, make_codec
 from streams.deadletter import dead_letter, log_dead_letter
 from streams.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,9 +58,46 @@ class Engine:
                 continue
             yield msg, record
 
-    async def dead_letter(self, stage: str, message, error: Exception | str) -> None:
+    @contextlib.asynccontextmanager
+    async def guard(self, stage: str, message):
+        """Process one record; if that raises, dead-letter the record with the reason and go on.
+
+        A ValueError is bad input. Anything else is a fault of ours on this record: Faust would
+        restart the agent and ack, so lose, the record; kept on the dead-letter topic, it can be
+        replayed once the fault is fixed. Only cancellation (shutdown, rebalance) passes through.
+        """
+        try:
+            yield
+            await self.state_handed_over()
+        except asyncio.CancelledError:
+            raise
+        except ValueError as exc:
+            await self.dead_letter(stage, message, exc)
+        except Exception as exc:  # noqa: BLE001 - see above: any fault, one record, not the stream
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            # The log gets the type and place only: the exception's text may quote the record, which
+            # may be personal data. The dead-letter record, which holds the record anyway, gets it all.
+            log.error("fault at %s on %s[%d]@%d: %s at %s:%d", stage, message.topic, message.partition,
+                      message.offset, type(exc).__name__, where.filename, where.lineno)
+            await self.dead_letter(stage, message, f"fault in {stage}: {type(exc).__name__}: {exc}", logged=True)
+
+    async def state_handed_over(self) -> None:
+        """Wait until every table write made so far has left Faust's producer buffer for the Kafka client.
+
+        A record is acked (its offset may be committed) once its agent asks for the next one. Faust's
+        commit flushes the Kafka client, but its own buffer of changelog writes only until 100 ms pass
+        without progress (ProducerBuffer.flush_atmost): on a busy loop it can commit offsets whose state
+        is still in memory, and a worker killed then restores older state than its offsets say (a count
+        that straddles the kill comes back short). Once handed over, the commit's flush covers them.
+        """
+        buffer = self.app.producer.buffer
+        while buffer.size:
+            await buffer.flush()
+
+    async def dead_letter(self, stage: str, message, error: Exception | str, logged: bool = False) -> None:
         record = dead_letter(stage, message.topic, message.partition, message.offset, message.key, message.value, error)
-        log_dead_letter(record)
+        if not logged:
+            log_dead_letter(record)
         fut = await self.topic[topics.DEADLETTER.name].send(key=message.key, value=self.encode(topics.DEADLETTER, record))
         await fut
 

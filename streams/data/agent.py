@@ -22,25 +22,28 @@ def register(engine: Engine):
     @app.agent(engine.topic[topics.PROFILES.name], name="store_profiles")
     async def store_profiles(stream):
         async for msg, profile in engine.records(stream, topics.PROFILES, STAGE, _check_profile, tombstones=True):
-            if profile is None:
-                customer_to_profile.pop(msg.key.decode("utf-8", "replace"), None)  # the customer was deleted
-            else:
-                customer_to_profile[profile["customer_id"]] = profile
+            async with engine.guard(STAGE, msg):
+                if profile is None:
+                    customer_to_profile.pop(msg.key.decode("utf-8", "replace"), None)  # the customer was deleted
+                else:
+                    customer_to_profile[profile["customer_id"]] = profile
 
     @app.agent(engine.topic[topics.SIGNALS.name], name="route_signals")
     async def route_signals(stream):
-        async for _, signal in engine.records(stream, topics.SIGNALS, STAGE):
-            if signal["customer_id"]:
-                # re-key so the join happens on the partition that holds this customer's profile
-                await engine.send(topics.SIGNALS_BY_CUSTOMER, signal["customer_id"], signal)
-            else:
-                enriched = enrich(signal, None)
-                await engine.send(topics.ENRICHED, enriched["key"], enriched)
+        async for msg, signal in engine.records(stream, topics.SIGNALS, STAGE):
+            async with engine.guard(STAGE, msg):
+                if signal["customer_id"]:
+                    # re-key so the join happens on the partition that holds this customer's profile
+                    await engine.send(topics.SIGNALS_BY_CUSTOMER, signal["customer_id"], signal)
+                else:
+                    enriched = enrich(signal, None)
+                    await engine.send(topics.ENRICHED, enriched["key"], enriched)
 
     @app.agent(engine.topic[topics.SIGNALS_BY_CUSTOMER.name], name="enrich_signals")
     async def enrich_signals(stream):
-        async for _, signal in engine.records(stream, topics.SIGNALS_BY_CUSTOMER, STAGE):
-            enriched = enrich(signal, customer_to_profile.get(signal["customer_id"]))
-            await engine.send(topics.ENRICHED, enriched["key"], enriched)
+        async for msg, signal in engine.records(stream, topics.SIGNALS_BY_CUSTOMER, STAGE):
+            async with engine.guard(STAGE, msg):
+                enriched = enrich(signal, customer_to_profile.get(signal["customer_id"]))
+                await engine.send(topics.ENRICHED, enriched["key"], enriched)
 
     return store_profiles, route_signals, enrich_signals, customer_to_profile

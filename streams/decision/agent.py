@@ -16,11 +16,14 @@ def register(engine: Engine, actions: ActionSet):
 
     @app.agent(engine.topic[topics.ENRICHED.name], name="decide_actions")
     async def decide_actions(stream):
-        async for _, enriched in engine.records(stream, topics.ENRICHED, STAGE):
-            key = enriched["key"]
-            result = decide(enriched, customer_to_contacts.get(key), actions)
-            if not result.replayed:
-                customer_to_contacts[key] = result.ledger
-            await engine.send(topics.DECISIONS, key, result.decision)
+        async for msg, enriched in engine.records(stream, topics.ENRICHED, STAGE):
+            async with engine.guard(STAGE, msg):
+                key = enriched["key"]
+                result = decide(enriched, customer_to_contacts.get(key), actions)
+                # The ledger first: it records the decision itself, so a replay after a crash re-sends
+                # the very same decision (same time, same gates) instead of deciding again.
+                if not result.replayed:
+                    customer_to_contacts[key] = result.ledger
+                await engine.send(topics.DECISIONS, key, result.decision)
 
     return decide_actions, customer_to_contacts

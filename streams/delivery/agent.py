@@ -21,9 +21,11 @@ def register(engine: Engine):
 
     @app.agent(engine.topic[topics.DECISIONS.name], name="deliver_decisions")
     async def deliver_decisions(stream):
-        async for _, decision in engine.records(stream, topics.DECISIONS, STAGE, check_decision):
-            delivery = to_delivery(decision)
-            if delivery is not None:
-                await engine.send(topics.DELIVERY, delivery["key"], delivery, headers={"channel": delivery["channel"]})
+        async for msg, decision in engine.records(stream, topics.DECISIONS, STAGE, check_decision):
+            async with engine.guard(STAGE, msg):
+                delivery = to_delivery(decision)
+                if delivery is not None:
+                    await engine.send(topics.DELIVERY, delivery["key"], delivery,
+                                      headers={"channel": delivery["channel"]})
 
     return deliver_decisions

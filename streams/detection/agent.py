@@ -41,7 +41,7 @@ def register(engine: Engine, book: RuleBook):
         async for event in stream.events():
             msg = event.message
             tx = Tx(visitor_to_state, partition_to_timers)
-            try:
+            async with engine.guard(STAGE, msg):  # DecodeError and InvalidEvent are ValueErrors: bad input
                 if msg.topic == ticks_name:
                     tick = engine.decode(topics.DETECTION_TICKS, msg.value)
                     signals = detector.on_tick(tx, msg.partition, tick["idle_ms"])
@@ -50,14 +50,11 @@ def register(engine: Engine, book: RuleBook):
                     check_event(msg, ev)
                     last_event_wall[msg.partition] = time.time()
                     signals = detector.on_event(tx, msg.partition, ev).signals
-            except ValueError as exc:  # DecodeError and InvalidEvent are ValueErrors
-                await engine.dead_letter(STAGE, msg, exc)
-                continue
-            for signal in signals:
-                await engine.send(topics.SIGNALS, signal["visitor_id"], signal)
-            # State after the signals are acked: a crash in between replays the event against the old
-            # state and re-sends the same signal ids, instead of dropping the event as a duplicate.
-            tx.apply()
+                for signal in signals:
+                    await engine.send(topics.SIGNALS, signal["visitor_id"], signal)
+                # State after the signals are acked: a crash in between replays the event against the old
+                # state and re-sends the same signal ids, instead of dropping the event as a duplicate.
+                tx.apply()
 
     @app.on_partitions_revoked.connect
     async def forget_cached_clocks(app, revoked, **kwargs) -> None:  # noqa: ARG001 - Faust's signal signature

@@ -421,3 +421,34 @@ async def test_a_decision_to_act_without_a_channel_is_dead_lettered_and_the_next
     # Then the first is dead-lettered with the reason and the agent went on with the second
     assert "needs channel" in dead["error"] and dead["stage"] == "delivery"
     assert [d["decision_id"] for _, d, _ in out] == [decision_id("sig-good")]
+
+
+@async_test
+async def test_a_fault_on_one_record_dead_letters_it_and_the_stage_goes_on(tmp_path, monkeypatch, caplog):
+    # Given the decision stage with a fault of ours that only one signal triggers
+    real_decide = decision_agent.decide
+
+    def faulty(enriched_signal, ledger, actions):
+        if enriched_signal["signal"]["signal_id"] == "sig-boom":
+            raise KeyError("secret-visitor-detail")
+        return real_decide(enriched_signal, ledger, actions)
+
+    monkeypatch.setattr(decision_agent, "decide", faulty)
+    st, decide, _ = _decision_stage(tmp_path)
+    async with decide.test_context() as enriched_in:
+        # When that signal arrives, then another one
+        boom = signal("sig-boom", visitor_id="v8", customer_id=None)
+        sent = await enriched_in.put(key=b"v8", value=st.engine.encode(topics.ENRICHED, enriched(boom, None)))
+        ok = signal("sig-ok", visitor_id="v8", customer_id=None)
+        await enriched_in.put(key=b"v8", value=st.engine.encode(topics.ENRICHED, enriched(ok, None)))
+        [(_, d, _)] = await st.wait_out(topics.DECISIONS, 1)
+        [(_, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
+    # Then the faulty record is kept whole on the dead-letter topic, named as a fault, not lost to a
+    # restarted agent; the next signal is decided; and the log names the fault without its text
+    assert dead["stage"] == "decision" and dead["offset"] == sent.message.offset
+    assert dead["value"] == st.engine.encode(topics.ENRICHED, enriched(boom, None))
+    assert dead["error"] == "fault in decision: KeyError: 'secret-visitor-detail'"
+    assert d["signal_id"] == "sig-ok"
+    faults = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fault at decision")]
+    assert faults and "KeyError at" in faults[0]
+    assert not [r for r in caplog.records if "secret-visitor-detail" in r.getMessage()]
