@@ -44,6 +44,20 @@ def compile_source(kind: str, text: str, file: str):
     return compile_actions(text, file)
 
 
+def _watermarks(consumer, tp, deadline: float) -> tuple[int, int]:
+    """The partition's watermarks, waiting out retriable errors: a topic created a moment ago has no
+    leader yet (NOT_LEADER_FOR_PARTITION), and a worker started with the broker reads it right away."""
+    from confluent_kafka import KafkaException
+
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=max(0.1, deadline - time.monotonic()))
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or time.monotonic() >= deadline:
+                raise RegistryError(f"cannot read {tp.topic}: {exc.args[0].str()}") from None
+            time.sleep(0.2)
+
+
 def history(settings: Settings, name: str | None = None, timeout_s: float = 10.0) -> list[Published]:
     """Every version still on engage.rules (oldest first), for one rule set name or all."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
@@ -54,12 +68,11 @@ def history(settings: Settings, name: str | None = None, timeout_s: float = 10.0
                          "enable.auto.commit": False, "log_level": 3})
     out: list[Published] = []
     try:
-        tp = TopicPartition(topic, 0)
-        low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        low, high = _watermarks(consumer, TopicPartition(topic, 0), deadline)
         if high <= low:
             return out
         consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is None or msg.error():
