@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import faust
 
-from streams import topics
+from streams import faust_fixes, topics
 from streams.codec import DecodeError, SchemaStore, make_codec
 from streams.deadletter import dead_letter, log_dead_letter
 from streams.settings import Settings
@@ -107,6 +107,7 @@ def _broker_url(bootstrap: str) -> str:
 
 
 def build_app(settings: Settings) -> Engine:
+    faust_fixes.apply()  # stream partitions sought before they resume: see the module
     app = faust.App(
         settings.app_id,
         broker=_broker_url(settings.bootstrap_servers),

@@ -38,6 +38,13 @@ def run_worker(settings: Settings) -> None:
     start_following(settings, book, engine.codec)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     worker = _make_worker_class()(engine.app, loglevel=settings.log_level, quiet=True)
+
+    @engine.app.task
+    async def report_on_sigusr1():
+        from streams import diagnose
+
+        diagnose.install(engine.app)
+
     worker.execute_from_commandline()
 
 

@@ -85,7 +85,7 @@ def test_worker_killed_mid_stream_resumes_without_losing_signals(new_pipeline):
             lost = {f"signal {names[i]}": i for i in expected - seen}
             lost |= {f"its event {names[i][1]}-{names[i][2]}": f"{names[i][1]}-{names[i][2]}" for i in expected - seen}
             where = pipe.trace(lost, ["engage.events", "engage.signals", "engage.signals-by-customer",
-                                      "engage.enriched", "engage.decisions"])
+                                      "engage.enriched", "engage.decisions", "engage.deadletter"])
             pytest.fail(f"missing {sorted(names[i] for i in expected - seen)}, "
                         f"unexpected {sorted(got[i] for i in seen - expected)}\n{where}\n{pipe.logs()[-4000:]}")
         # at-least-once may repeat a decision after the kill, but never with another content

@@ -1,0 +1,103 @@
+"""Decides which Faust defects the engine corrects at start-up, and corrects them: stream partitions are
+sought to their committed offsets before they are resumed.
+
+faust-streaming 0.15.3 (`Recovery.on_recovery_completed` and `Recovery._resume_streams`) resumes the
+stream partitions and only then seeks them to the committed offsets. Flow is already on during table
+recovery, so records fetched in between are processed, then the seek goes back, and Faust's own offset
+bookkeeping (the last read offset, gaps, acks) sees them out of order: records re-fetched below the
+last read offset are dropped, never acked, and the partition's commit stops there for good; or
+duplicated acks make it crawl one offset per commit. Seen here in the restart test: a worker that
+restored its tables from the changelogs skipped 7 events of one partition and never committed past
+them (the ordering PR faust-streaming#217 meant to establish: seek, then resume).
+
+Each method is replaced only while the installed Faust still resumes before it seeks, so an upgrade
+that fixes it upstream switches this off by itself.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def _resumes_before_seeking(fn) -> bool:
+    source = inspect.getsource(fn)
+    resume, seek = source.find("consumer.resume_partitions("), source.find("consumer.perform_seek()")
+    return 0 <= resume < seek
+
+
+async def _resume_streams(self, generation_id: int = 0) -> None:
+    """Faust 0.15.3's Recovery._resume_streams, with the seek before the resume."""
+    app = self.app
+    consumer = app.consumer
+    await app.on_rebalance_complete.send()
+    assignment = consumer.assignment()
+    if app.consumer_generation_id != generation_id:
+        self.log.warning("Recovery rebalancing again")
+        return
+    if assignment:
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    else:
+        self.log.info("Resuming streams with empty assignment")
+    self.completed.set()
+    self.log.info("Resuming flow...")
+    app.flow_control.resume()
+    consumer.resume_flow()
+    await app._fetcher.maybe_start()
+    self.tables.on_actives_ready()
+    self.tables.on_standbys_ready()
+    app.on_rebalance_end()
+    self.log.info("Worker ready")
+
+
+async def on_recovery_completed(self, generation_id: int = 0) -> None:
+    """Faust 0.15.3's Recovery.on_recovery_completed, with the seek before the resume."""
+    import asyncio
+
+    app = self.app
+    consumer = app.consumer
+    self.log.info("Restore complete!")
+    await app.on_rebalance_complete.send()
+    self._set_recovery_ended()
+    callback_coros = [asyncio.ensure_future(table.on_recovery_completed(self.actives_for_table[table],
+                                                                         self.standbys_for_table[table]))
+                      for table in self.tables.values()]
+    if callback_coros:
+        await asyncio.wait(callback_coros)
+    assignment = consumer.assignment()
+    if app.consumer_generation_id != generation_id:
+        self.log.warning(f"Recovery rebalancing again app id {app.consumer_generation_id} param {generation_id}")
+        return
+    if assignment:
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+    consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    self.completed.set()
+    app.flow_control.resume()
+    consumer.resume_flow()
+    await app._fetcher.maybe_start()
+    self.tables.on_actives_ready()
+    if not app.assignor.assigned_standbys():
+        self.tables.on_standbys_ready()
+    app.on_rebalance_end()
+    self.log.info("Worker ready")
+
+
+def apply() -> list[str]:
+    """Correct what the installed Faust still gets wrong; returns the names of the methods replaced."""
+    from faust.tables.recovery import Recovery
+
+    replaced = []
+    for name, fixed in (("_resume_streams", _resume_streams), ("on_recovery_completed", on_recovery_completed)):
+        current = getattr(Recovery, name)
+        if current is fixed:
+            replaced.append(name)
+        elif _resumes_before_seeking(current):
+            setattr(Recovery, name, fixed)
+            replaced.append(name)
+    if replaced:
+        log.debug("Faust recovery: stream partitions are sought before they resume (%s)", ", ".join(replaced))
+    return replaced

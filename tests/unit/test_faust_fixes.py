@@ -1,0 +1,73 @@
+"""Faust's recovery must seek stream partitions to their committed offsets before it resumes them."""
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from faust.tables.recovery import Recovery
+
+from streams import faust_fixes
+
+
+class FakeConsumer:
+    """Records the order of the calls recovery makes."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def assignment(self):
+        return {"events-0", "changelog-0"}
+
+    def resume_partitions(self, tps):
+        self.calls.append(("resume", sorted(tps)))
+
+    async def perform_seek(self):
+        await asyncio.sleep(0)  # fetching could happen here, were the partitions already resumed
+        self.calls.append(("seek",))
+
+    def resume_flow(self):
+        self.calls.append(("flow",))
+
+
+def _recovery(calls):
+    async def noop(*_, **__):
+        return None
+
+    async def wait(coro, timeout=None):
+        await coro
+
+    app = SimpleNamespace(consumer=FakeConsumer(calls), consumer_generation_id=0,
+                          conf=SimpleNamespace(broker_request_timeout=1.0),
+                          on_rebalance_complete=SimpleNamespace(send=noop),
+                          flow_control=SimpleNamespace(resume=lambda: calls.append(("flow-control",))),
+                          _fetcher=SimpleNamespace(maybe_start=noop), on_rebalance_end=lambda: None,
+                          assignor=SimpleNamespace(assigned_standbys=lambda: []))
+    log = SimpleNamespace(info=lambda *a: None, warning=lambda *a: None, dev=lambda *a: None)
+    tables = SimpleNamespace(on_actives_ready=lambda: None, on_standbys_ready=lambda: None, values=lambda: [])
+    return SimpleNamespace(app=app, log=log, tables=tables, _wait=wait, completed=SimpleNamespace(set=lambda: None),
+                           _is_changelog_tp=lambda tp: tp.startswith("changelog"), _set_recovery_ended=lambda: None,
+                           actives_for_table={}, standbys_for_table={})
+
+
+def test_the_fix_is_in_place_for_the_installed_faust():
+    # Given the engine's start-up corrections; When they are applied (build_app does)
+    faust_fixes.apply()
+    # Then both recovery paths are the corrected ones (or Faust no longer resumes before seeking)
+    for name in ("_resume_streams", "on_recovery_completed"):
+        method = getattr(Recovery, name)
+        assert method is getattr(faust_fixes, name) or not faust_fixes._resumes_before_seeking(method)
+
+
+def test_after_restoring_tables_stream_partitions_are_sought_before_they_resume():
+    # Given a recovery that has restored the tables of an assignment of one stream and one changelog partition
+    calls: list = []
+    # When it completes
+    asyncio.run(Recovery.on_recovery_completed(_recovery(calls)))
+    # Then the stream partition is sought to its committed offset before it is resumed, and only it
+    assert calls.index(("seek",)) < calls.index(("resume", ["events-0"]))
+
+
+def test_without_tables_to_restore_stream_partitions_are_sought_before_they_resume():
+    calls: list = []
+    asyncio.run(Recovery._resume_streams(_recovery(calls)))
+    assert calls.index(("seek",)) < calls.index(("resume", ["events-0"])) < calls.index(("flow-control",))
