@@ -27,6 +27,19 @@ def _resumes_before_seeking(fn) -> bool:
     return 0 <= resume < seek
 
 
+def _forget_acks(consumer, tps) -> None:
+    """Acks counted before the seek are of records that come again from the committed offset.
+
+    Between a revocation (which clears them) and the queues being emptied, agents ack the queued
+    records they skip; left in place, those acks would let the next commit pass records re-delivered
+    but not yet processed (the head-gap check in `Consumer._new_offset` only holds back gaps over one).
+    """
+    for tp in tps:
+        consumer._acked.pop(tp, None)
+        consumer._acked_index.pop(tp, None)
+        consumer._gap.pop(tp, None)
+
+
 async def _resume_streams(self, generation_id: int = 0) -> None:
     """Faust 0.15.3's Recovery._resume_streams, with the seek before the resume."""
     app = self.app
@@ -37,9 +50,11 @@ async def _resume_streams(self, generation_id: int = 0) -> None:
         self.log.warning("Recovery rebalancing again")
         return
     if assignment:
+        streams = {tp for tp in assignment if not self._is_changelog_tp(tp)}
+        _forget_acks(consumer, streams)
         self.log.info("Seek stream partitions to committed offsets.")
         await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
-        consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+        consumer.resume_partitions(streams)
     else:
         self.log.info("Resuming streams with empty assignment")
     self.completed.set()
@@ -71,10 +86,12 @@ async def on_recovery_completed(self, generation_id: int = 0) -> None:
     if app.consumer_generation_id != generation_id:
         self.log.warning(f"Recovery rebalancing again app id {app.consumer_generation_id} param {generation_id}")
         return
+    streams = {tp for tp in assignment if not self._is_changelog_tp(tp)}
     if assignment:
+        _forget_acks(consumer, streams)
         self.log.info("Seek stream partitions to committed offsets.")
         await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
-    consumer.resume_partitions({tp for tp in assignment if not self._is_changelog_tp(tp)})
+    consumer.resume_partitions(streams)
     self.completed.set()
     app.flow_control.resume()
     consumer.resume_flow()

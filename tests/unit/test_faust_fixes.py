@@ -14,6 +14,8 @@ class FakeConsumer:
 
     def __init__(self, calls):
         self.calls = calls
+        # an ack of a queued record skipped after the revocation, and a gap, both from before the seek
+        self._acked, self._acked_index, self._gap = {"events-0": [7]}, {"events-0": {7}}, {"events-0": object()}
 
     def assignment(self):
         return {"events-0", "changelog-0"}
@@ -23,7 +25,7 @@ class FakeConsumer:
 
     async def perform_seek(self):
         await asyncio.sleep(0)  # fetching could happen here, were the partitions already resumed
-        self.calls.append(("seek",))
+        self.calls.append(("seek", dict(self._acked)))
 
     def resume_flow(self):
         self.calls.append(("flow",))
@@ -63,11 +65,12 @@ def test_after_restoring_tables_stream_partitions_are_sought_before_they_resume(
     calls: list = []
     # When it completes
     asyncio.run(Recovery.on_recovery_completed(_recovery(calls)))
-    # Then the stream partition is sought to its committed offset before it is resumed, and only it
-    assert calls.index(("seek",)) < calls.index(("resume", ["events-0"]))
+    # Then the stream partition is sought to its committed offset before it is resumed, and only it,
+    # with the acks counted before the seek forgotten (its records come again from the committed offset)
+    assert calls.index(("seek", {})) < calls.index(("resume", ["events-0"]))
 
 
 def test_without_tables_to_restore_stream_partitions_are_sought_before_they_resume():
     calls: list = []
     asyncio.run(Recovery._resume_streams(_recovery(calls)))
-    assert calls.index(("seek",)) < calls.index(("resume", ["events-0"])) < calls.index(("flow-control",))
+    assert calls.index(("seek", {})) < calls.index(("resume", ["events-0"])) < calls.index(("flow-control",))
