@@ -68,7 +68,6 @@ class Engine:
         """
         try:
             yield
-            await self.state_handed_over()
         except asyncio.CancelledError:
             raise
         except ValueError as exc:
@@ -80,19 +79,6 @@ class Engine:
             log.error("fault at %s on %s[%d]@%d: %s at %s:%d", stage, message.topic, message.partition,
                       message.offset, type(exc).__name__, where.filename, where.lineno)
             await self.dead_letter(stage, message, f"fault in {stage}: {type(exc).__name__}: {exc}", logged=True)
-
-    async def state_handed_over(self) -> None:
-        """Wait until every table write made so far has left Faust's producer buffer for the Kafka client.
-
-        A record is acked (its offset may be committed) once its agent asks for the next one. Faust's
-        commit flushes the Kafka client, but its own buffer of changelog writes only until 100 ms pass
-        without progress (ProducerBuffer.flush_atmost): on a busy loop it can commit offsets whose state
-        is still in memory, and a worker killed then restores older state than its offsets say (a count
-        that straddles the kill comes back short). Once handed over, the commit's flush covers them.
-        """
-        buffer = self.app.producer.buffer
-        while buffer.size:
-            await buffer.flush()
 
     async def dead_letter(self, stage: str, message, error: Exception | str, logged: bool = False) -> None:
         record = dead_letter(stage, message.topic, message.partition, message.offset, message.key, message.value, error)

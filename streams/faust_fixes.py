@@ -1,5 +1,6 @@
 """Decides which Faust defects the engine corrects at start-up, and corrects them: stream partitions are
-sought to their committed offsets before they are resumed.
+sought to their committed offsets before they are resumed, and a commit flushes every table write made
+before it.
 
 faust-streaming 0.15.3 (`Recovery.on_recovery_completed` and `Recovery._resume_streams`) resumes the
 stream partitions and only then seeks them to the committed offsets. Flow is already on during table
@@ -10,11 +11,19 @@ duplicated acks make it crawl one offset per commit. Seen here in the restart te
 restored its tables from the changelogs skipped 7 events of one partition and never committed past
 them (the ordering PR faust-streaming#217 meant to establish: seek, then resume).
 
-Each method is replaced only while the installed Faust still resumes before it seeks, so an upgrade
-that fixes it upstream switches this off by itself.
+Faust's commit flushes its producer buffer (table changelog writes) first, but `ProducerBuffer.flush`
+gives up once 100 ms pass without a write handed to the Kafka client (`flush_atmost`), and then the
+offsets are committed anyway: on a busy worker, offsets ahead of their state. A worker killed then
+restores older state than its offsets say (a count that straddles the kill comes back short). The
+corrected flush waits until every write queued before it was handed over; writes queued while it
+waits are the next commit's.
+
+Each method is replaced only while the installed Faust still has the defect (checked in its source),
+so an upgrade that fixes it upstream switches the correction off by itself.
 """
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 
@@ -70,8 +79,6 @@ async def _resume_streams(self, generation_id: int = 0) -> None:
 
 async def on_recovery_completed(self, generation_id: int = 0) -> None:
     """Faust 0.15.3's Recovery.on_recovery_completed, with the seek before the resume."""
-    import asyncio
-
     app = self.app
     consumer = app.consumer
     self.log.info("Restore complete!")
@@ -103,6 +110,54 @@ async def on_recovery_completed(self, generation_id: int = 0) -> None:
     self.log.info("Worker ready")
 
 
+# -- producer buffer: a flush hands over everything queued before it ---------------------------------
+def _gives_up_after_a_pause(flush_atmost) -> bool:
+    source = inspect.getsource(flush_atmost)
+    return "except asyncio.TimeoutError:" in source and "return flushed_messages" in source
+
+
+def _make_buffer_methods(original_put, original_flush):
+    def put(self, fut) -> None:
+        self.engage_queued = getattr(self, "engage_queued", 0) + 1
+        original_put(self, fut)
+
+    async def _send_pending(self, fut) -> None:
+        try:
+            await fut.message.channel.publish_message(fut, wait=False)
+        finally:
+            # one task sends, in queue order: a count says how many of the queued writes are handed over
+            self.engage_handed = getattr(self, "engage_handed", 0) + 1
+
+    async def flush(self) -> None:
+        if self.app is None or self.app.conf.producer_threaded:
+            await original_flush(self)  # another queue, not counted here
+            return
+        target = getattr(self, "engage_queued", 0)
+        while getattr(self, "engage_handed", 0) < target:
+            if self.state != "running":
+                raise RuntimeError("Cannot flush: Producer not Running")  # as Faust's own flush
+            self.message_sent.clear()
+            try:
+                await asyncio.wait_for(self.message_sent.wait(), timeout=0.1)
+            except asyncio.TimeoutError:
+                pass  # a wake-up that may have come between the check and the clear: look again
+
+    return put, _send_pending, flush
+
+
+def _fix_producer_buffer() -> list[str]:
+    from faust.transport.producer import ProducerBuffer
+
+    if getattr(ProducerBuffer, "engage_fixed", False):
+        return ["ProducerBuffer.flush"]
+    if not _gives_up_after_a_pause(ProducerBuffer.flush_atmost):
+        return []
+    put, send_pending, flush = _make_buffer_methods(ProducerBuffer.put, ProducerBuffer.flush)
+    ProducerBuffer.put, ProducerBuffer._send_pending, ProducerBuffer.flush = put, send_pending, flush
+    ProducerBuffer.engage_fixed = True
+    return ["ProducerBuffer.flush"]
+
+
 def apply() -> list[str]:
     """Correct what the installed Faust still gets wrong; returns the names of the methods replaced."""
     from faust.tables.recovery import Recovery
@@ -115,6 +170,7 @@ def apply() -> list[str]:
         elif _resumes_before_seeking(current):
             setattr(Recovery, name, fixed)
             replaced.append(name)
+    replaced += _fix_producer_buffer()
     if replaced:
         log.debug("Faust recovery: stream partitions are sought before they resume (%s)", ", ".join(replaced))
     return replaced

@@ -74,3 +74,43 @@ def test_without_tables_to_restore_stream_partitions_are_sought_before_they_resu
     calls: list = []
     asyncio.run(Recovery._resume_streams(_recovery(calls)))
     assert calls.index(("seek", {})) < calls.index(("resume", ["events-0"])) < calls.index(("flow-control",))
+
+
+def test_a_commits_flush_waits_for_every_table_write_queued_before_it_even_when_the_client_is_slow():
+    # Given Faust's producer buffer holding three table writes, each taking 250 ms to hand to the Kafka
+    # client (a busy worker); Faust's own flush gave up after 100 ms without progress
+    from faust.transport.producer import ProducerBuffer
+
+    faust_fixes.apply()
+    handed: list[str] = []
+
+    class SlowChannel:
+        async def publish_message(self, fut, wait=False):
+            await asyncio.sleep(0.25)
+            handed.append(fut.name)
+
+    def write(name):
+        return SimpleNamespace(name=name, message=SimpleNamespace(channel=SlowChannel()))
+
+    async def scenario():
+        buffer = ProducerBuffer()
+        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+        await buffer.start()
+        try:
+            for name in ("a", "b", "c"):
+                buffer.put(write(name))
+            # When a commit flushes, and another write is queued while it waits
+            flushing = asyncio.ensure_future(buffer.flush())
+            await asyncio.sleep(0.05)
+            buffer.put(write("later"))
+            await flushing
+            # Then the flush returned once the three earlier writes were handed over, not before
+            at_return = list(handed)
+            await buffer.flush()
+            return at_return
+        finally:
+            await buffer.stop()
+
+    at_return = asyncio.run(scenario())
+    assert at_return == ["a", "b", "c"]
+    assert handed == ["a", "b", "c", "later"]
