@@ -34,7 +34,8 @@ def register(engine: Engine, book: RuleBook):
     events_name = settings.topic(topics.EVENTS.name)
     ticks_name = settings.topic(topics.DETECTION_TICKS.name)
     channel = app.topic(events_name, ticks_name, key_serializer="raw", value_serializer="raw", partitions=partitions)
-    last_event_wall: dict[int, float] = {}  # partition -> when this process last processed one of its events
+    # partition -> when this process last processed one of its events, else when it was assigned the partition
+    last_event_wall: dict[int, float] = {}
 
     @app.agent(channel, name="detect_signals")
     async def detect_signals(stream):
@@ -60,10 +61,25 @@ def register(engine: Engine, book: RuleBook):
     async def forget_cached_clocks(app, revoked, **kwargs) -> None:  # noqa: ARG001 - Faust's signal signature
         # another worker may own these partitions next and change their timers: read them afresh
         detector.forget_partitions()
+        for tp in revoked:
+            if tp.topic == events_name:
+                last_event_wall.pop(tp.partition, None)
+
+    @app.on_partitions_assigned.connect
+    async def count_idle_from_assignment(app, assigned, **kwargs) -> None:  # noqa: ARG001
+        # A partition taken over (after a restart, or from another worker) may hold pending timers and
+        # get no event for long: its idle time counts from now, which never runs its clock ahead of the
+        # real one (it was idle at least that long).
+        now = time.time()
+        for tp in assigned:
+            if tp.topic == events_name:
+                last_event_wall.setdefault(tp.partition, now)
 
     @app.timer(interval=settings.idle_tick_ms / 1000.0, name="tick_idle_partitions")
     async def tick_idle_partitions():
         """Move the clock of partitions that have nothing to read, so their deadlines still fire."""
+        if not app.tables.recovery.completed.is_set():
+            return  # tables still restoring: the clocks are not there yet, and positions not sought
         now = time.time()
         idle_s = settings.idle_tick_ms / 1000.0
         for tp in list(app.consumer.assignment()):
@@ -71,10 +87,6 @@ def register(engine: Engine, book: RuleBook):
                 continue
             p = tp.partition
             seen = last_event_wall.get(p)
-            # Only partitions this process has read an event of: asking the consumer for the position
-            # of a partition still in table recovery can make aiokafka resolve one behind Faust's back
-            # (suspected in lost events after a worker was killed). A restarted worker's idle
-            # partition therefore waits for its first event before its timers move on.
             if seen is None or now - seen < idle_s:
                 continue
             position = await app.consumer.position(tp)

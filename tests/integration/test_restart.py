@@ -10,6 +10,7 @@ import pytest
 
 from streams.detection.partition import Detector, Tx
 from streams.detection.rules import load_detection
+from streams.rules import registry
 from streams.settings import REPO_ROOT
 from tests.integration.conftest import Producer_, Reader
 from tests.support import wire
@@ -97,3 +98,29 @@ def test_worker_killed_mid_stream_resumes_without_losing_signals(new_pipeline):
         pipe.wait_caught_up("engage.events")
     finally:
         decisions.close()
+
+
+def test_a_restarted_worker_fires_the_pending_dwell_of_an_idle_partition(new_pipeline):
+    # Given a worker whose rules make the pricing-page dwell 2 seconds (published before it starts)
+    pipe = new_pipeline(partitions=2)
+    text = (REPO_ROOT / "rules" / "detection.yaml").read_text().replace("at_least: 60s", "at_least: 2s")
+    registry.publish(pipe.settings, "detection", "detection", text, "rules/fast-dwell.yaml", author="test")
+    first = pipe.start_worker(state_dir="state-a")
+    # and a visitor who opened the pricing page, an event the worker has processed and committed
+    visitor = f"V-{uuid.uuid4().hex[:8]}"
+    Producer_(pipe).event(event_id=f"{visitor}-1", visitor_id=visitor, type_="page_view", ts=int(time.time() * 1000),
+                          path="/pricing")
+    pipe.wait_caught_up("engage.events")
+    # When the worker is killed before the dwell is due (2 s, plus 5 s allowed lateness) and a new one,
+    # with an empty state folder, takes the partitions over, and nothing more happens on the site
+    pipe.kill(first)
+    pipe.start_worker(state_dir="state-b")
+    # Then the dwell fires all the same: the new worker moves its idle partitions' clocks on with the
+    # wall clock, though it has read no event of them yet
+    signals = Reader(pipe, "engage.signals", "Signal")
+    try:
+        found = signals.wait_for(lambda s: s["visitor_id"] == visitor and s["rule_id"] == "pricing-hesitation",
+                                 timeout_s=60)
+        assert found, f"no dwell signal after the restart\n{pipe.logs()[-3000:]}"
+    finally:
+        signals.close()
