@@ -51,6 +51,11 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
         config.update(dict(spec.config))
         wanted.append(NewTopic(name, num_partitions=spec.partitions or settings.partitions,
                                replication_factor=settings.replication, config=config))
+    for table in topics.TABLES:
+        name = topics.changelog(settings.app_id, table)
+        if name not in existing:
+            wanted.append(NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication,
+                                   config={"cleanup.policy": "compact"}))
     created = []
     if wanted:
         for name, fut in admin.create_topics(wanted, operation_timeout=timeout_s).items():
@@ -62,7 +67,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
                     raise
     # wait until metadata shows them, so producers started right after do not race creation
     deadline = time.monotonic() + timeout_s
-    names = {settings.topic(s.name) for s in topics.ALL}
+    names = {settings.topic(s.name) for s in topics.ALL} | {topics.changelog(settings.app_id, t) for t in topics.TABLES}
     while time.monotonic() < deadline and not names <= set(admin.list_topics(timeout=5).topics):
         time.sleep(0.2)
     return created

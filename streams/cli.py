@@ -196,6 +196,9 @@ def run(argv: list[str]) -> int:
             for spec in topics.ALL:
                 print(f"{settings.topic(spec.name):40} key={spec.key:28} value={spec.schema}"
                       + (" compacted" if spec.compacted else ""))
+            for table in topics.TABLES:
+                print(f"{topics.changelog(settings.app_id, table):40} key={'table key':28} value=JSON compacted "
+                      f"(the {table} table's changelog)")
     elif args.command == "broker":
         from streams import localkafka
 

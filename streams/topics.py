@@ -38,3 +38,18 @@ DEADLETTER = TopicSpec("engage.deadletter", "the original key", "DeadLetter")
 ALL = (EVENTS, PROFILES, AGENT_AVAILABILITY, RULES, SIGNALS, SIGNALS_BY_CUSTOMER, DETECTION_TICKS, ENRICHED, DECISIONS, DELIVERY,
        OUTCOMES, DEADLETTER)
 
+# The state tables, each with a compacted changelog topic named by Faust "<app id>-<table>-changelog",
+# partitioned like the stream it is updated from. They are created with the topics above, before a
+# worker joins its group: a changelog that Faust creates itself as it starts can be missing from the
+# group's first metadata, and its table then refuses every write (PartitionsMismatch) until the next
+# rebalance (seen in `make run`: every decision dead-lettered).
+VISITOR_TO_STATE = "visitor_to_state"
+PARTITION_TO_TIMERS = "partition_to_timers"
+CUSTOMER_TO_PROFILE = "customer_to_profile"
+CUSTOMER_TO_CONTACTS = "customer_to_contacts"
+TABLES = (VISITOR_TO_STATE, PARTITION_TO_TIMERS, CUSTOMER_TO_PROFILE, CUSTOMER_TO_CONTACTS)
+
+
+def changelog(app_id: str, table: str) -> str:
+    return f"{app_id}-{table}-changelog"
+

@@ -16,7 +16,7 @@ def _check_profile(msg, profile: dict) -> None:
 
 def register(engine: Engine):
     app = engine.app
-    customer_to_profile = app.Table("customer_to_profile", default=None, partitions=engine.settings.partitions,
+    customer_to_profile = app.Table(topics.CUSTOMER_TO_PROFILE, default=None, partitions=engine.settings.partitions,
                                     key_type=str)  # values are JSON (Faust's default for untyped tables)
 
     @app.agent(engine.topic[topics.PROFILES.name], name="store_profiles")

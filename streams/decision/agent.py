@@ -11,7 +11,7 @@ STAGE = "decision"
 
 def register(engine: Engine, actions: ActionSet):
     app = engine.app
-    customer_to_contacts = app.Table("customer_to_contacts", default=None, partitions=engine.settings.partitions,
+    customer_to_contacts = app.Table(topics.CUSTOMER_TO_CONTACTS, default=None, partitions=engine.settings.partitions,
                                      key_type=str)  # values are JSON (Faust's default for untyped tables)
 
     @app.agent(engine.topic[topics.ENRICHED.name], name="decide_actions")

@@ -28,8 +28,8 @@ def check_event(msg, ev: dict) -> None:
 def register(engine: Engine, book: RuleBook):
     app, settings = engine.app, engine.settings
     partitions = settings.partitions
-    visitor_to_state = app.Table("visitor_to_state", default=None, partitions=partitions, key_type=str)
-    partition_to_timers = app.Table("partition_to_timers", default=None, partitions=partitions, key_type=str)
+    visitor_to_state = app.Table(topics.VISITOR_TO_STATE, default=None, partitions=partitions, key_type=str)
+    partition_to_timers = app.Table(topics.PARTITION_TO_TIMERS, default=None, partitions=partitions, key_type=str)
     detector = Detector(book.rules, lateness_ms=settings.allowed_lateness_ms, ttl_ms=settings.visitor_ttl_ms)
     events_name = settings.topic(topics.EVENTS.name)
     ticks_name = settings.topic(topics.DETECTION_TICKS.name)

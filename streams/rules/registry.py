@@ -47,13 +47,17 @@ def compile_source(kind: str, text: str, file: str):
 def _watermarks(consumer, tp, deadline: float) -> tuple[int, int]:
     """The partition's watermarks, waiting out retriable errors: a topic created a moment ago has no
     leader yet (NOT_LEADER_FOR_PARTITION), and a worker started with the broker reads it right away."""
-    from confluent_kafka import KafkaException
+    from confluent_kafka import KafkaError, KafkaException
 
+    # librdkafka does not flag these as retriable here, yet they pass as soon as the leader is elected
+    settling = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART,
+                KafkaError._TIMED_OUT}
     while True:
         try:
             return consumer.get_watermark_offsets(tp, timeout=max(0.1, deadline - time.monotonic()))
         except KafkaException as exc:
-            if not exc.args[0].retriable() or time.monotonic() >= deadline:
+            err = exc.args[0]
+            if not (err.retriable() or err.code() in settling) or time.monotonic() >= deadline:
                 raise RegistryError(f"cannot read {tp.topic}: {exc.args[0].str()}") from None
             time.sleep(0.2)
 

@@ -134,3 +134,23 @@ def test_opted_out_customer_is_suppressed(pipeline, produce, read):
                   query="cancel")
     found = decisions.wait_for(lambda d: d["customer_id"] == cid)
     assert found and (found[0][0]["outcome"], found[0][0]["gate"]) == ("suppressed", "opted_out")
+
+
+def test_every_tables_changelog_is_created_with_the_topics_before_the_worker_joins(kafka_bootstrap, tmp_path):
+    # Given a new deployment's settings; When its topics are created (`engage topics create`, or a worker starting)
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    from streams import topics
+    from tests.integration.conftest import make_pipeline
+
+    pipe = make_pipeline(kafka_bootstrap, tmp_path, partitions=3)
+    # Then each table's changelog exists already, compacted, partitioned like the streams it is updated from
+    # (a changelog Faust creates as the worker starts can miss the group's first metadata)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    md = admin.list_topics(timeout=10)
+    for table in topics.TABLES:
+        name = topics.changelog(pipe.settings.app_id, table)
+        assert len(md.topics[name].partitions) == 3, name
+        config = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, name)])
+        [(_, fut)] = config.items()
+        assert fut.result(10)["cleanup.policy"].value == "compact", name

@@ -23,8 +23,9 @@ class Consumer:
 
 
 def test_a_partition_without_a_leader_yet_is_waited_for():
-    # Given a topic created a moment ago: its partition has no leader for the first two requests
-    no_leader = KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION, retriable=True)
+    # Given a topic created a moment ago: its partition has no leader for the first two requests (which
+    # librdkafka reports as not retriable)
+    no_leader = KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION, retriable=False)
     consumer = Consumer(no_leader, no_leader)
     # When the worker reads the rule history's watermarks; Then it gets them once the leader is there
     assert _watermarks(consumer, TopicPartition("engage.rules", 0), time.monotonic() + 5) == (0, 3)
