@@ -59,12 +59,13 @@ class Engine:
             yield msg, record
 
     @contextlib.asynccontextmanager
-    async def guard(self, stage: str, message):
+    async def guard(self, stage: str, message, on_fault=None):
         """Process one record; if that raises, dead-letter the record with the reason and go on.
 
         A ValueError is bad input. Anything else is a fault of ours on this record: Faust would
         restart the agent and ack, so lose, the record; kept on the dead-letter topic, it can be
-        replayed once the fault is fixed. Only cancellation (shutdown, rebalance) passes through.
+        replayed once the fault is fixed. `on_fault()` then drops what the stage caches in memory,
+        which the half-done record may have changed. Only cancellation (shutdown, rebalance) passes.
         """
         try:
             yield
@@ -78,6 +79,8 @@ class Engine:
             # may be personal data. The dead-letter record, which holds the record anyway, gets it all.
             log.error("fault at %s on %s[%d]@%d: %s at %s:%d", stage, message.topic, message.partition,
                       message.offset, type(exc).__name__, where.filename, where.lineno)
+            if on_fault is not None:
+                on_fault()
             await self.dead_letter(stage, message, f"fault in {stage}: {type(exc).__name__}: {exc}", logged=True)
 
     async def dead_letter(self, stage: str, message, error: Exception | str, logged: bool = False) -> None:

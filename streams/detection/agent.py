@@ -42,7 +42,8 @@ def register(engine: Engine, book: RuleBook):
         async for event in stream.events():
             msg = event.message
             tx = Tx(visitor_to_state, partition_to_timers)
-            async with engine.guard(STAGE, msg):  # DecodeError and InvalidEvent are ValueErrors: bad input
+            # DecodeError and InvalidEvent are ValueErrors (bad input); after a fault, clocks are read afresh
+            async with engine.guard(STAGE, msg, on_fault=detector.forget_partitions):
                 if msg.topic == ticks_name:
                     tick = engine.decode(topics.DETECTION_TICKS, msg.value)
                     signals = detector.on_tick(tx, msg.partition, tick["idle_ms"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from streams import topics
 from streams.detection import agent as detection_agent
+from streams.detection import partition
 from streams.detection.rulebook import RuleBook
 from streams.detection.rules import load_detection
 from streams.settings import REPO_ROOT
@@ -52,3 +53,32 @@ async def test_garbage_and_a_wrong_key_are_dead_lettered_and_the_next_event_is_p
     assert [d["stage"] for _, d, _ in dead] == ["detection", "detection"]
     assert "the record key must be the visitor_id" in dead[1][1]["error"]
     assert signal["evidence"][0]["event_id"] == "e3"
+
+
+@async_test
+async def test_a_fault_mid_event_dead_letters_it_and_forgets_the_cached_clocks(tmp_path, monkeypatch):
+    # Given the detection stage, whose rule engine has a fault on one visitor's events
+    real_detect = partition.detect
+
+    def faulty(state, ev, rules):
+        if ev["visitor_id"] == "v-boom":
+            raise RuntimeError("bug")
+        return real_detect(state, ev, rules)
+
+    monkeypatch.setattr(partition, "detect", faulty)
+    st = Stage(tmp_path)
+    agent, visitors, timers, detector = detection_agent.register(
+        st.engine, RuleBook(load_detection(REPO_ROOT / "rules" / "detection.yaml")))
+    st.without_changelog(visitors)
+    st.without_changelog(timers)
+    async with agent.test_context() as events:
+        # When that visitor's event arrives, after its partition's clock was moved on in memory
+        await events.put(key=b"v-boom", value=_event(1, "search", visitor="v-boom", query="cancel"))
+        [(_, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
+        # Then it is dead-lettered as a fault, its visitor has no state, and the half-moved clock is forgotten
+        assert dead["error"] == "fault in detection: RuntimeError: bug" and visitors.get("v-boom") is None
+        assert detector.clocks == {}
+        # And the next visitor's event is still detected
+        await events.put(key=b"v1", value=_event(2, "search", query="cancel"))
+        [(_, signal, _)] = await st.wait_out(topics.SIGNALS, 1)
+    assert signal["visitor_id"] == "v1"
