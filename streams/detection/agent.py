@@ -36,6 +36,7 @@ def register(engine: Engine, book: RuleBook):
     channel = app.topic(events_name, ticks_name, key_serializer="raw", value_serializer="raw", partitions=partitions)
     # partition -> when this process last processed one of its events, else when it was assigned the partition
     last_event_wall: dict[int, float] = {}
+    first_offset_logged: set[int] = set()  # partitions whose first event since assignment was logged
 
     @app.agent(channel, name="detect_signals")
     async def detect_signals(stream):
@@ -50,6 +51,9 @@ def register(engine: Engine, book: RuleBook):
                 else:
                     ev = engine.decode(topics.EVENTS, msg.value)
                     check_event(msg, ev)
+                    if msg.partition not in first_offset_logged:
+                        first_offset_logged.add(msg.partition)
+                        log.info("detection: first event of %s[%d] at offset %d", msg.topic, msg.partition, msg.offset)
                     last_event_wall[msg.partition] = time.time()
                     signals = detector.on_event(tx, msg.partition, ev).signals
                 for signal in signals:
@@ -65,6 +69,7 @@ def register(engine: Engine, book: RuleBook):
         for tp in revoked:
             if tp.topic == events_name:
                 last_event_wall.pop(tp.partition, None)
+                first_offset_logged.discard(tp.partition)
 
     @app.on_partitions_assigned.connect
     async def count_idle_from_assignment(app, assigned, **kwargs) -> None:  # noqa: ARG001

@@ -91,17 +91,17 @@ class Pipeline:
     def topic(self, name: str) -> str:
         return self.settings.topic(name)
 
-    def start_worker(self, state_dir: str = "state") -> subprocess.Popen:
+    def start_worker(self, state_dir: str = "state", members: int = 1) -> subprocess.Popen:
         env = {**self.env, "ENGAGE_DATA_DIR": str(self.workdir / state_dir)}
         log = open(self.workdir / f"worker-{len(self.workers)}.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, cwd=REPO_ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.workers.append(proc)
-        self.wait_until_assigned(proc)
+        self.wait_until_assigned(proc, members)
         return proc
 
-    def wait_until_assigned(self, proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
-        """The worker's consumer group is stable and holds every partition of the events topic."""
+    def wait_until_assigned(self, proc: subprocess.Popen, members: int = 1, timeout_s: float = 90.0) -> None:
+        """The worker's consumer group is stable, has `members` members, and holds every partition of the events topic."""
         admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -110,7 +110,7 @@ class Pipeline:
             try:
                 group = admin.describe_consumer_groups([self.settings.app_id])[self.settings.app_id].result(5)
                 assigned = {(tp.topic, tp.partition) for m in group.members for tp in m.assignment.topic_partitions}
-                if str(group.state).endswith("STABLE") and {
+                if str(group.state).endswith("STABLE") and len(group.members) >= members and {
                         (self.topic("engage.events"), p) for p in range(self.settings.partitions)} <= assigned:
                     time.sleep(1.0)  # let Faust finish table recovery after the assignment
                     return

@@ -8,32 +8,13 @@ import uuid
 
 import pytest
 
-from streams.detection.partition import Detector, Tx
-from streams.detection.rules import load_detection
 from streams.rules import registry
 from streams.settings import REPO_ROOT
 from tests.integration.conftest import Producer_, Reader
+from tests.integration.journeys import assert_all_decided, implied_signals, journey_events, wait_for_decisions
 from tests.support import wire
 
 pytestmark = pytest.mark.integration
-
-
-def journey_events(rng: random.Random, n_visitors: int, t0: int) -> list[dict]:
-    """Interleaved visitors, each with failed logins and a cancel search, in event-time order."""
-    per_visitor = []
-    for v in range(n_visitors):
-        vid = f"V-{uuid.uuid4().hex[:6]}-{v}"
-        steps = [("page_view", "/", None), ("login_failed", "/account/login", None),
-                 ("page_view", "/pricing", None), ("login_failed", "/account/login", None),
-                 ("search", "/help/search", rng.choice(["cancel my plan", "roaming", "terminate"]))]
-        per_visitor.append([(vid, s) for s in steps])
-    events, t = [], t0
-    while any(per_visitor):
-        queue = rng.choice([q for q in per_visitor if q])
-        vid, (type_, path, query) = queue.pop(0)
-        t += rng.randint(50, 2000)
-        events.append(wire.interaction(event_id=f"{vid}-{t}", visitor_id=vid, type_=type_, ts=t, path=path, query=query))
-    return events
 
 
 def test_worker_killed_mid_stream_resumes_without_losing_signals(new_pipeline):
@@ -41,12 +22,7 @@ def test_worker_killed_mid_stream_resumes_without_losing_signals(new_pipeline):
     pipe = new_pipeline(partitions=2)
     first = pipe.start_worker(state_dir="state-a")
     events = journey_events(random.Random(5), 60, int(time.time() * 1000) - 600_000)
-    rules = load_detection(REPO_ROOT / "rules" / "detection.yaml")
-    # what the pure engine implies: the same Detector over dictionaries, its clock run to the end
-    detector, visitors, timers = Detector(lambda: rules), {}, {}
-    tx = Tx(visitors, timers)
-    signals = [s for ev in events for s in detector.on_event(tx, 0, ev).signals]
-    signals += detector.on_tick(tx, 0, 86_400_000)
+    signals = implied_signals(events)
     expected = {s["signal_id"] for s in signals}
     assert len(expected) >= 60, "the journeys should raise at least one signal per visitor"
 
@@ -75,20 +51,8 @@ def test_worker_killed_mid_stream_resumes_without_losing_signals(new_pipeline):
     try:
         # wait for every expected signal id: a raw record count would stop early, since at-least-once
         # repeats some decisions after the kill
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not expected <= {d["signal_id"] for d, _ in decisions.records}:
-            decisions.wait_for(lambda d: False, timeout_s=1)
-        decisions.settle(3)
-        seen = {d["signal_id"] for d, _ in decisions.records}
-        names = {s["signal_id"]: (s["rule_id"], s["visitor_id"], s["ts"]) for s in signals}
-        got = {d["signal_id"]: (d["signal"], d["visitor_id"], d["signal_ts"]) for d, _ in decisions.records}
-        if seen != expected:
-            lost = {f"signal {names[i]}": i for i in expected - seen}
-            lost |= {f"its event {names[i][1]}-{names[i][2]}": f"{names[i][1]}-{names[i][2]}" for i in expected - seen}
-            where = pipe.trace(lost, ["engage.events", "engage.signals", "engage.signals-by-customer",
-                                      "engage.enriched", "engage.decisions", "engage.deadletter"])
-            pytest.fail(f"missing {sorted(names[i] for i in expected - seen)}, "
-                        f"unexpected {sorted(got[i] for i in seen - expected)}\n{where}\n{pipe.logs()[-4000:]}")
+        wait_for_decisions(decisions, expected)
+        assert_all_decided(pipe, signals, decisions)
         # at-least-once may repeat a decision after the kill, but never with another content
         by_id: dict[str, dict] = {}
         for d, _ in decisions.records:

@@ -1,0 +1,65 @@
+"""Visitors' journeys for the broker tests that stop, add and kill workers, and what the rules imply for them."""
+from __future__ import annotations
+
+import random
+import time
+import uuid
+
+import pytest
+
+from streams.detection.partition import Detector, Tx
+from streams.detection.rules import load_detection
+from streams.settings import REPO_ROOT
+from tests.support import wire
+
+
+def journey_events(rng: random.Random, n_visitors: int, t0: int) -> list[dict]:
+    """Interleaved visitors, each with failed logins and a cancel search, in event-time order."""
+    per_visitor = []
+    for v in range(n_visitors):
+        vid = f"V-{uuid.uuid4().hex[:6]}-{v}"
+        steps = [("page_view", "/", None), ("login_failed", "/account/login", None),
+                 ("page_view", "/pricing", None), ("login_failed", "/account/login", None),
+                 ("search", "/help/search", rng.choice(["cancel my plan", "roaming", "terminate"]))]
+        per_visitor.append([(vid, s) for s in steps])
+    events, t = [], t0
+    while any(per_visitor):
+        queue = rng.choice([q for q in per_visitor if q])
+        vid, (type_, path, query) = queue.pop(0)
+        t += rng.randint(50, 2000)
+        events.append(wire.interaction(event_id=f"{vid}-{t}", visitor_id=vid, type_=type_, ts=t, path=path, query=query))
+    return events
+
+
+def implied_signals(events: list[dict]) -> list[dict]:
+    """What the pure engine implies: the same Detector over dictionaries, its clock run to the end."""
+    rules = load_detection(REPO_ROOT / "rules" / "detection.yaml")
+    detector = Detector(lambda: rules)
+    tx = Tx({}, {})
+    signals = [s for ev in events for s in detector.on_event(tx, 0, ev).signals]
+    return signals + detector.on_tick(tx, 0, 86_400_000)
+
+
+def wait_for_decisions(decisions, expected: set[str], timeout_s: float = 120) -> None:
+    """Read until every expected signal id has a decision (a raw count would stop early: at-least-once
+    repeats some decisions after a worker dies), then a little longer, to see nothing else comes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not expected <= {d["signal_id"] for d, _ in decisions.records}:
+        decisions.wait_for(lambda d: False, timeout_s=1)
+    decisions.settle(3)
+
+
+def assert_all_decided(pipe, signals: list[dict], decisions) -> None:
+    """Every implied signal has a decision and no other signal has: else say where each lost one stopped."""
+    expected = {s["signal_id"] for s in signals}
+    seen = {d["signal_id"] for d, _ in decisions.records}
+    if seen == expected:
+        return
+    names = {s["signal_id"]: (s["rule_id"], s["visitor_id"], s["ts"]) for s in signals}
+    got = {d["signal_id"]: (d["signal"], d["visitor_id"], d["signal_ts"]) for d, _ in decisions.records}
+    lost = {f"signal {names[i]}": i for i in expected - seen}
+    lost |= {f"its event {names[i][1]}-{names[i][2]}": f"{names[i][1]}-{names[i][2]}" for i in expected - seen}
+    where = pipe.trace(lost, ["engage.events", "engage.signals", "engage.signals-by-customer", "engage.enriched",
+                              "engage.decisions", "engage.deadletter"])
+    pytest.fail(f"missing {sorted(names[i] for i in expected - seen)}, "
+                f"unexpected {sorted(got[i] for i in seen - expected)}\n{where}\n{pipe.logs()[-4000:]}")
