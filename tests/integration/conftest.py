@@ -241,6 +241,15 @@ class Producer_:
         self.raw("engage.events", ev["visitor_id"].encode(), wire.encode("Interaction", ev))
         return ev
 
+    def events(self, events: list[dict], pause_s: float = 0.0) -> None:
+        """Produce interactions keyed by visitor, `pause_s` apart, and check every one was delivered."""
+        for ev in events:
+            self.p.produce(self.pipeline.topic("engage.events"), key=ev["visitor_id"].encode(),
+                           value=wire.encode("Interaction", ev))
+            self.p.poll(0)
+            time.sleep(pause_s)
+        assert self.p.flush(30) == 0, "the test producer could not deliver every event"
+
     def advance_clocks(self, ts: int) -> None:
         """A page view at `ts` on every partition of engage.events, so every partition's event-time clock
         passes the deadlines before it (rather than waiting for the idle ticks' wall-clock pace)."""

@@ -40,7 +40,7 @@ def implied_signals(events: list[dict]) -> list[dict]:
     return signals + detector.on_tick(tx, 0, 86_400_000)
 
 
-def wait_for_decisions(decisions, expected: set[str], timeout_s: float = 120) -> None:
+def _wait_for_decisions(decisions, expected: set[str], timeout_s: float = 120) -> None:
     """Read until every expected signal id has a decision (a raw count would stop early: at-least-once
     repeats some decisions after a worker dies), then a little longer, to see nothing else comes."""
     deadline = time.monotonic() + timeout_s
@@ -49,7 +49,7 @@ def wait_for_decisions(decisions, expected: set[str], timeout_s: float = 120) ->
     decisions.settle(3)
 
 
-def assert_all_decided(pipe, signals: list[dict], decisions) -> None:
+def _assert_all_decided(pipe, signals: list[dict], decisions) -> None:
     """Every implied signal has a decision and no other signal has: else say where each lost one stopped."""
     expected = {s["signal_id"] for s in signals}
     seen = {d["signal_id"] for d, _ in decisions.records}
@@ -63,3 +63,21 @@ def assert_all_decided(pipe, signals: list[dict], decisions) -> None:
                               "engage.decisions", "engage.deadletter"])
     pytest.fail(f"missing {sorted(names[i] for i in expected - seen)}, "
                 f"unexpected {sorted(got[i] for i in seen - expected)}\n{where}\n{pipe.logs()[-4000:]}")
+
+
+def assert_every_signal_decided_once(pipe, signals: list[dict]) -> None:
+    """Every signal the rules imply is decided and none is invented; a decision repeated by at-least-once
+    delivery is the same decision; and the workers have committed every event (no partition stuck)."""
+    from tests.integration.conftest import Reader
+
+    decisions = Reader(pipe, "engage.decisions", "Decision")
+    try:
+        _wait_for_decisions(decisions, {s["signal_id"] for s in signals})
+        _assert_all_decided(pipe, signals, decisions)
+        by_id: dict[str, dict] = {}
+        for d, _ in decisions.records:
+            assert by_id.setdefault(d["decision_id"], d) == d
+        pipe.wait_caught_up("engage.events")
+    finally:
+        decisions.close()
+

@@ -11,8 +11,7 @@ import pytest
 from streams.rules import registry
 from streams.settings import REPO_ROOT
 from tests.integration.conftest import Producer_, Reader
-from tests.integration.journeys import assert_all_decided, implied_signals, journey_events, wait_for_decisions
-from tests.support import wire
+from tests.integration.journeys import assert_every_signal_decided_once, implied_signals, journey_events
 
 pytestmark = pytest.mark.integration
 
@@ -28,40 +27,22 @@ def test_worker_killed_mid_stream_resumes_without_losing_signals(new_pipeline):
 
     produce = Producer_(pipe)
     half = len(events) // 2
-    for ev in events[:half]:
-        produce.p.produce(pipe.topic("engage.events"), key=ev["visitor_id"].encode(), value=wire.encode("Interaction", ev))
-    assert produce.p.flush(30) == 0, "the test producer could not deliver every event"
+    produce.events(events[:half])
     time.sleep(2)
     # When the worker is killed (SIGKILL, no clean shutdown) mid-stream, while events keep coming,
     killer = threading.Thread(target=lambda: (time.sleep(0.3), pipe.kill(first)))
     killer.start()
-    for ev in events[half:]:
-        produce.p.produce(pipe.topic("engage.events"), key=ev["visitor_id"].encode(), value=wire.encode("Interaction", ev))
-        produce.p.poll(0)
-        time.sleep(0.002)
-    assert produce.p.flush(30) == 0, "the test producer could not deliver every event"
+    produce.events(events[half:], pause_s=0.002)
     produce.advance_clocks(events[-1]["ts"] + 600_000)  # the last visitors' dwell timers fire by event time
     killer.join()
     assert first.poll() is not None
     # and a new worker starts with an empty state folder, so its tables must come from the changelogs
     pipe.start_worker(state_dir="state-b")
     # Then every signal the rules imply is decided: none lost (the counts that straddle the kill
-    # need the first worker's state), and none invented
-    decisions = Reader(pipe, "engage.decisions", "Decision")
-    try:
-        # wait for every expected signal id: a raw record count would stop early, since at-least-once
-        # repeats some decisions after the kill
-        wait_for_decisions(decisions, expected)
-        assert_all_decided(pipe, signals, decisions)
-        # at-least-once may repeat a decision after the kill, but never with another content
-        by_id: dict[str, dict] = {}
-        for d, _ in decisions.records:
-            assert by_id.setdefault(d["decision_id"], d) == d
-        # and the new worker commits every event: a partition whose commit is stuck behind records it
-        # skipped (Faust resuming partitions before seeking them) would replay them all after the next crash
-        pipe.wait_caught_up("engage.events")
-    finally:
-        decisions.close()
+    # need the first worker's state), none invented, a decision at-least-once repeats is the same one,
+    # and the new worker commits every event: a partition whose commit is stuck behind records it
+    # skipped (Faust resuming partitions before seeking them) would replay them all after the next crash
+    assert_every_signal_decided_once(pipe, signals)
 
 
 def test_a_restarted_worker_fires_the_pending_dwell_of_an_idle_partition(new_pipeline):
