@@ -57,10 +57,18 @@ def _forget_acks(consumer, tps) -> None:
         consumer._gap.pop(tp, None)
 
 
-def _log_sought(consumer, tps) -> None:
-    # where each stream partition resumes: Faust only says that it seeks
-    log.info("stream partitions resume at %s", ", ".join(
-        f"{tp.topic}[{tp.partition}]@{consumer._read_offset.get(tp)}" for tp in sorted(tps)))
+async def _seek_then_resume(self, consumer, assignment) -> None:
+    """The correction itself: stream partitions, still paused, are sought to their committed offsets
+    (acks counted before the seek forgotten), and only then resumed."""
+    streams = {tp for tp in assignment if not self._is_changelog_tp(tp)}
+    if assignment:
+        _forget_acks(consumer, streams)
+        self.log.info("Seek stream partitions to committed offsets.")
+        await self._wait(consumer.perform_seek(), timeout=self.app.conf.broker_request_timeout)
+        # where each stream partition resumes: Faust only says that it seeks
+        log.info("stream partitions resume at %s", ", ".join(
+            f"{tp.topic}[{tp.partition}]@{consumer._read_offset.get(tp)}" for tp in sorted(streams)))
+    consumer.resume_partitions(streams)
 
 
 async def _resume_streams(self, generation_id: int = 0) -> None:
@@ -72,14 +80,8 @@ async def _resume_streams(self, generation_id: int = 0) -> None:
     if app.consumer_generation_id != generation_id:
         self.log.warning("Recovery rebalancing again")
         return
-    if assignment:
-        streams = {tp for tp in assignment if not self._is_changelog_tp(tp)}
-        _forget_acks(consumer, streams)
-        self.log.info("Seek stream partitions to committed offsets.")
-        await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
-        _log_sought(consumer, streams)
-        consumer.resume_partitions(streams)
-    else:
+    await _seek_then_resume(self, consumer, assignment)
+    if not assignment:
         self.log.info("Resuming streams with empty assignment")
     self.completed.set()
     self.log.info("Resuming flow...")
@@ -108,13 +110,7 @@ async def on_recovery_completed(self, generation_id: int = 0) -> None:
     if app.consumer_generation_id != generation_id:
         self.log.warning(f"Recovery rebalancing again app id {app.consumer_generation_id} param {generation_id}")
         return
-    streams = {tp for tp in assignment if not self._is_changelog_tp(tp)}
-    if assignment:
-        _forget_acks(consumer, streams)
-        self.log.info("Seek stream partitions to committed offsets.")
-        await self._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
-        _log_sought(consumer, streams)
-    consumer.resume_partitions(streams)
+    await _seek_then_resume(self, consumer, assignment)
     self.completed.set()
     app.flow_control.resume()
     consumer.resume_flow()
@@ -226,31 +222,25 @@ async def getmany(self, timeout: float):
             self.log.warning(f"exception performing seek when flow not active {ex}")
 
 
-def _fix_getmany() -> list[str]:
-    from faust.transport.consumer import Consumer
-
-    if Consumer.getmany is getmany:
-        return ["Consumer.getmany"]
-    if not _drops_undelivered(Consumer.getmany):
-        return []
-    Consumer.getmany = getmany
-    return ["Consumer.getmany"]
+def _replace(owner, name: str, fixed, defective) -> list[str]:
+    """Put `fixed` in place of owner.name if the installed method is `defective`; the name if it is in place."""
+    current = getattr(owner, name)
+    if current is not fixed:
+        if not defective(current):
+            return []
+        setattr(owner, name, fixed)
+    return [f"{owner.__name__}.{name}"]
 
 
 def apply() -> list[str]:
     """Correct what the installed Faust still gets wrong; returns the names of the methods replaced."""
     from faust.tables.recovery import Recovery
+    from faust.transport.consumer import Consumer
 
-    replaced = []
-    for name, fixed in (("_resume_streams", _resume_streams), ("on_recovery_completed", on_recovery_completed)):
-        current = getattr(Recovery, name)
-        if current is fixed:
-            replaced.append(name)
-        elif _resumes_before_seeking(current):
-            setattr(Recovery, name, fixed)
-            replaced.append(name)
+    replaced = _replace(Recovery, "_resume_streams", _resume_streams, _resumes_before_seeking)
+    replaced += _replace(Recovery, "on_recovery_completed", on_recovery_completed, _resumes_before_seeking)
     replaced += _fix_producer_buffer()
-    replaced += _fix_getmany()
+    replaced += _replace(Consumer, "getmany", getmany, _drops_undelivered)
     if replaced:
-        log.debug("Faust recovery: stream partitions are sought before they resume (%s)", ", ".join(replaced))
+        log.debug("Faust defects corrected: %s", ", ".join(replaced))
     return replaced
