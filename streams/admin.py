@@ -38,27 +38,31 @@ def wait_for_broker(settings: Settings, timeout_s: float = 60.0) -> None:
                            + (f" ({last})" if last else ""))
 
 
+def _wanted_topics(settings: Settings) -> dict[str, NewTopic]:
+    """Every topic the engine needs, by name: the contract's topics and the tables' changelogs."""
+    wanted = {}
+    for spec in topics.ALL:
+        config = {"cleanup.policy": "compact"} if spec.compacted else {}
+        config.update(dict(spec.config))
+        name = settings.topic(spec.name)
+        wanted[name] = NewTopic(name, num_partitions=spec.partitions or settings.partitions,
+                                replication_factor=settings.replication, config=config)
+    for table in topics.TABLES:
+        name = topics.changelog(settings.app_id, table)
+        wanted[name] = NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication,
+                                config={"cleanup.policy": "compact"})
+    return wanted
+
+
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Create every missing topic; returns the names created. Existing topics are left alone."""
     admin = admin_client(settings)
     existing = set(admin.list_topics(timeout=timeout_s).topics)
-    wanted = []
-    for spec in topics.ALL:
-        name = settings.topic(spec.name)
-        if name in existing:
-            continue
-        config = {"cleanup.policy": "compact"} if spec.compacted else {}
-        config.update(dict(spec.config))
-        wanted.append(NewTopic(name, num_partitions=spec.partitions or settings.partitions,
-                               replication_factor=settings.replication, config=config))
-    for table in topics.TABLES:
-        name = topics.changelog(settings.app_id, table)
-        if name not in existing:
-            wanted.append(NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication,
-                                   config={"cleanup.policy": "compact"}))
+    wanted = _wanted_topics(settings)
+    missing = [topic for name, topic in wanted.items() if name not in existing]
     created = []
-    if wanted:
-        for name, fut in admin.create_topics(wanted, operation_timeout=timeout_s).items():
+    if missing:
+        for name, fut in admin.create_topics(missing, operation_timeout=timeout_s).items():
             try:
                 fut.result()
                 created.append(name)
@@ -67,7 +71,6 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
                     raise
     # wait until metadata shows them, so producers started right after do not race creation
     deadline = time.monotonic() + timeout_s
-    names = {settings.topic(s.name) for s in topics.ALL} | {topics.changelog(settings.app_id, t) for t in topics.TABLES}
-    while time.monotonic() < deadline and not names <= set(admin.list_topics(timeout=5).topics):
+    while time.monotonic() < deadline and not set(wanted) <= set(admin.list_topics(timeout=5).topics):
         time.sleep(0.2)
     return created
