@@ -60,7 +60,7 @@ def kafka_bootstrap(tmp_path_factory):
         with KafkaContainer("confluentinc/cp-kafka:7.7.1") as kafka:
             yield kafka.get_bootstrap_server()
         return
-    from streams import localkafka
+    from streams.tools import localkafka
 
     broker = localkafka.LocalBroker(port=_free_port_pair(), data_dir=tmp_path_factory.mktemp("kafka"))
     localkafka.up(broker)

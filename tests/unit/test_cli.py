@@ -68,14 +68,14 @@ def one_line(err: str) -> str:
 def test_a_bad_argument_prints_one_line_and_exits_2(argv, expected, monkeypatch, capsys):
     # Given a command line with a mistake (and, should the parser ever let it through, no simulator
     # or broker to start: this test must never reach Kafka)
-    import streams.localkafka
-    import streams.simulator
+    import streams.tools.localkafka
+    import streams.tools.simulator
 
     def must_not_run(*_, **__):
         raise AssertionError("the bad argument was accepted")
 
-    monkeypatch.setattr(streams.simulator, "run_simulator", must_not_run)
-    monkeypatch.setattr(streams.localkafka, "up", must_not_run)
+    monkeypatch.setattr(streams.tools.simulator, "run_simulator", must_not_run)
+    monkeypatch.setattr(streams.tools.localkafka, "up", must_not_run)
     # When engage runs it
     code, out, err = run_main(argv, capsys)
     # Then it exits 2 with one line on stderr that says what is wrong and where to look

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from streams import topics
-from streams.settings import PRODUCER_PARTITIONER, Settings
+from streams import clients, topics
+from streams.settings import Settings
 
 FIRST_NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jo", "Kofi", "Lena", "Mo",
                "Nia", "Omar", "Pia", "Raj", "Sara", "Tomas", "Uma", "Vera", "Wen", "Yara", "Zoe"]
@@ -159,15 +159,10 @@ def run_simulator(settings: Settings, rate: float, duration_s: float | None, see
                   react: bool = True, count: int | None = None, stop: threading.Event | None = None,
                   quiet: bool = False) -> int:
     """Produce profiles, then events at `rate` per second; answer deliveries with outcomes. Returns events sent."""
-    from confluent_kafka import Consumer, Producer
-
-    from streams.codec import SchemaStore, make_codec
-
-    codec = make_codec(SchemaStore(settings.schemas_dir), settings.schema_registry_url)
+    codec = clients.codec(settings)
     stop = stop or threading.Event()
     traffic = Traffic(seed=seed, customers=customers)
-    producer = Producer({**PRODUCER_PARTITIONER, "bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5, "acks": "all",
-                         "enable.idempotence": True})
+    producer = clients.producer(settings, **{"linger.ms": 5})
     t_prof, t_ev, t_out = (settings.topic(t.name) for t in (topics.PROFILES, topics.EVENTS, topics.OUTCOMES))
     for p in traffic.profiles:
         producer.produce(t_prof, key=p["customer_id"].encode(), value=codec.encode(t_prof, "CustomerProfile", p))
@@ -176,8 +171,8 @@ def run_simulator(settings: Settings, rate: float, duration_s: float | None, see
     reactor = None
     if react:
         def react_loop():
-            consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
-                                 "group.id": f"{settings.app_id}-simulated-customers", "auto.offset.reset": "latest"})
+            consumer = clients.consumer(settings, f"{settings.app_id}-simulated-customers", offset_reset="latest",
+                                        auto_commit=True, log_level=None)
             consumer.subscribe([settings.topic(topics.DELIVERY.name)])
             try:
                 while not stop.is_set():

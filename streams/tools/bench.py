@@ -20,10 +20,11 @@ from pathlib import Path
 
 import psutil
 
-from streams import localkafka, topics
-from streams.admin import admin_client, ensure_topics, wait_for_broker
-from streams.demo import spawn, stop_process
+from streams import clients, topics
+from streams.admin import ensure_topics, wait_for_broker
 from streams.settings import REPO_ROOT, Settings
+from streams.tools import localkafka
+from streams.tools.procs import spawn, stop_process
 
 RESULTS = REPO_ROOT / "bench" / "results"
 
@@ -106,10 +107,11 @@ def rule_eval_us(events: int = 20000, runs: int = 7) -> dict:
     session, count windows, sequence buffers, timers, evidence, signals);
     `with_timers`: the Detector the agent runs (plus watermark, timer index, expiry queue), over dicts.
     """
-    from streams.detection.engine import detect, new_state, session_view
-    from streams.detection.partition import Detector, Tx
+    from streams.detection.detector import Detector
+    from streams.detection.partition import Tx
     from streams.detection.rules import compile_detection, load_detection
-    from streams.simulator import Traffic
+    from streams.detection.visitor import detect, new_state, session_view
+    from streams.tools.simulator import Traffic
 
     ts = iter(range(1_700_000_000_000, 1_800_000_000_000, 250))
     evs = list(Traffic(seed=11, customers=200, now_ms=lambda: next(ts)).events(events))
@@ -161,7 +163,7 @@ class Sampler(threading.Thread):
         self.settings = settings
         self.stop = threading.Event()
         self.samples: list[tuple[float, float, int]] = []  # (monotonic, cpu seconds, committed events)
-        self.admin = admin_client(settings)  # one client for the whole run, not one per sample
+        self.admin = clients.admin(settings)  # one client for the whole run, not one per sample
 
     def committed(self) -> int:
         from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
@@ -204,14 +206,11 @@ def _latencies(settings: Settings, spec: topics.TopicSpec, since_ms: int, until_
     Reads by assignment, to the end offsets taken first, so no group join can cut the read short;
     decisions also fill `signal_of` (decision id -> signal name).
     """
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-    from streams.codec import SchemaStore, make_codec
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
     name = settings.topic(spec.name)
-    codec = make_codec(SchemaStore(settings.schemas_dir), settings.schema_registry_url)
-    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"bench-read-{time.time_ns()}",
-                  "enable.auto.commit": False})
+    codec = clients.codec(settings)
+    c = clients.consumer(settings, clients.throwaway_group("bench-read"), log_level=None)
     ends = {p: c.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1] for p in range(settings.partitions)}
     c.assign([TopicPartition(name, p, OFFSET_BEGINNING) for p, end in ends.items() if end > 0])
     remaining = {p for p, end in ends.items() if end > 0}
@@ -232,7 +231,7 @@ def _latencies(settings: Settings, spec: topics.TopicSpec, since_ms: int, until_
 
 
 def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | None) -> dict:
-    from streams.simulator import run_simulator
+    from streams.tools.simulator import run_simulator
 
     run_id = time.strftime("%Y%m%d-%H%M%S")
     work = Path(tempfile.mkdtemp(prefix="engage-bench-"))
@@ -287,9 +286,9 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
                              "detection_events_per_s": round((end[2] - base[2]) / ((drained or end[0]) - base[0]), 1),
                              "worker_cpu_percent_of_one_core": round((end[1] - base[1]) / (end[0] - base[0]) * 100, 1)}
         # Phase 3: the same backlog drained with 50 rules, published to the running worker (hot reload)
-        from streams.rules import registry
+        from streams.detection import registry
 
-        registry.publish(settings, "detection", "detection", fifty_rules(), "bench:fifty.yaml", author="bench")
+        registry.publish(settings, "detection", fifty_rules(), "bench:fifty.yaml", author="bench")
         time.sleep(3)  # the worker's rules follower polls twice a second
         print(f"[bench] backlog of {backlog} events with 50 rules ...", flush=True)
         base = sampler.samples[-1]

@@ -1,37 +1,17 @@
 """Decides how the whole loop runs on one machine: broker, worker, simulator and console adapter, stopped in order on Ctrl-C."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
-from streams import localkafka
 from streams.admin import ensure_topics, wait_for_broker
 from streams.settings import REPO_ROOT, Settings
+from streams.tools import localkafka
+from streams.tools.procs import spawn, stop_process
 
 LOG_DIR = REPO_ROOT / ".engage" / "logs"
-
-
-def spawn(args: list[str], log: Path | None, env: dict | None = None) -> subprocess.Popen:
-    out = open(log, "ab") if log else None
-    # own process group: Ctrl-C reaches only the orchestrator, which stops children in order
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", *args], stdout=out, stderr=subprocess.STDOUT if out else None,
-                            stdin=subprocess.DEVNULL, start_new_session=True, env=env, cwd=REPO_ROOT)
-
-
-def stop_process(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
 
 
 def run_demo(settings: Settings, rate: float, duration_s: float | None) -> int:

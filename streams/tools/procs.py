@@ -1,0 +1,30 @@
+"""Decides how the tools run engine processes: each `engage` subcommand in its own process group, stopped in order."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from streams.settings import REPO_ROOT
+
+
+def spawn(args: list[str], log: Path | None, env: dict | None = None) -> subprocess.Popen:
+    """Start `engage <args>`, its output appended to `log` (or this terminal when None)."""
+    out = open(log, "ab") if log else None
+    # own process group: Ctrl-C reaches only the orchestrator, which stops children in order
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", *args], stdout=out, stderr=subprocess.STDOUT if out else None,
+                            stdin=subprocess.DEVNULL, start_new_session=True, env=env, cwd=REPO_ROOT)
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    """SIGTERM the process group, SIGKILL it after `timeout_s`."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
