@@ -4,9 +4,9 @@ from __future__ import annotations
 import time
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import NewTopic
 
-from streams import topics
+from streams import clients, topics
 from streams.settings import Settings
 
 
@@ -14,16 +14,10 @@ class KafkaUnavailable(RuntimeError):
     """No broker answered at the configured bootstrap servers."""
 
 
-def admin_client(settings: Settings, quiet: bool = False) -> AdminClient:
-    conf = {"bootstrap.servers": settings.bootstrap_servers}
-    if quiet:  # refused connections are expected while a broker starts; wait_for_broker reports the outcome
-        conf["log_level"] = 0
-    return AdminClient(conf)
-
-
 def wait_for_broker(settings: Settings, timeout_s: float = 60.0) -> None:
     """Return once an admin call succeeds; raise KafkaUnavailable after timeout_s."""
-    admin = admin_client(settings, quiet=True)
+    # quiet: refused connections are expected while a broker starts; this reports the outcome
+    admin = clients.admin(settings, quiet=True)
     deadline = time.monotonic() + timeout_s
     last = None
     while time.monotonic() < deadline:
@@ -56,7 +50,7 @@ def _wanted_topics(settings: Settings) -> dict[str, NewTopic]:
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Create every missing topic; returns the names created. Existing topics are left alone."""
-    admin = admin_client(settings)
+    admin = clients.admin(settings)
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = _wanted_topics(settings)
     missing = [topic for name, topic in wanted.items() if name not in existing]

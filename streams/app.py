@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import faust
 
-from streams import faust_fixes, topics
-from streams.codec import DecodeError, SchemaStore, make_codec
+from streams import clients, faust_fixes, topics
+from streams.codec import DecodeError
 from streams.deadletter import dead_letter, log_dead_letter
 from streams.settings import Settings
 
@@ -91,15 +91,11 @@ class Engine:
         await fut
 
 
-def _broker_url(bootstrap: str) -> str:
-    return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(",") if h.strip())
-
-
 def build_app(settings: Settings) -> Engine:
     faust_fixes.apply()  # stream partitions sought before they resume: see the module
     app = faust.App(
         settings.app_id,
-        broker=_broker_url(settings.bootstrap_servers),
+        **clients.faust_broker(settings),  # brokers and SASL/TLS credentials, as every other client
         store=settings.store_url,  # rocksdb://: rocksdict is picked as the driver when installed
         datadir=str(settings.data_dir),
         topic_partitions=settings.partitions,
@@ -117,8 +113,7 @@ def build_app(settings: Settings) -> Engine:
         web_enabled=False,
         table_cleanup_interval=60.0,
     )
-    engine = Engine(settings=settings, app=app, codec=make_codec(SchemaStore(settings.schemas_dir),
-                                                                  settings.schema_registry_url))
+    engine = Engine(settings=settings, app=app, codec=clients.codec(settings))
     for spec in topics.ALL:
         engine.topic[spec.name] = app.topic(settings.topic(spec.name), key_serializer="raw",
                                             value_serializer="raw", partitions=spec.partitions or settings.partitions,

@@ -230,6 +230,3 @@ def _as_millis(value: Any) -> Any:
         return [_as_millis(v) for v in value]
     return value
 
-
-def make_codec(store: SchemaStore, registry_url: str | None):
-    return RegistryCodec(store, registry_url) if registry_url else SingleObjectCodec(store)

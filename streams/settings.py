@@ -15,13 +15,6 @@ class SettingsError(ValueError):
     """A setting has a value the engine cannot use."""
 
 
-# Kafka's Java clients, Kafka Connect and aiokafka (under Faust) place keys with murmur2;
-# librdkafka-based clients (confluent-kafka) default to CRC32. Stages join topics partition by
-# partition (a profile and a customer's signals must land on the same partition number), so every
-# producer of ours uses murmur2, and producers in other languages must too.
-PRODUCER_PARTITIONER = {"partitioner": "murmur2_random"}
-
-
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -68,9 +61,74 @@ def _session_timeout(env: Mapping[str, str]) -> int:
     return value
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+# the mechanisms both client libraries take from a user name and password alone (librdkafka under
+# confluent-kafka, aiokafka under Faust); GSSAPI and OAUTHBEARER need more than settings can say
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How every client of the engine authenticates to the cluster and encrypts its connections."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)  # never in a log or a repr
+    ssl_ca_location: Path | None = None           # CA bundle that signed the brokers' certificates
+    ssl_certificate_location: Path | None = None  # client certificate (mutual TLS)
+    ssl_key_location: Path | None = None
+    ssl_key_password: str | None = field(default=None, repr=False)
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def ssl(self) -> bool:
+        return self.protocol.endswith("SSL")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "KafkaSecurity":
+        def text(name: str) -> str | None:
+            return (env.get(name) or "").strip() or None
+
+        def file(name: str) -> Path | None:
+            raw = text(name)
+            if raw is not None and not Path(raw).is_file():
+                raise SettingsError(f"{name} names no readable file: {raw!r}")
+            return Path(raw) if raw else None
+
+        protocol = (text("KAFKA_SECURITY_PROTOCOL") or "PLAINTEXT").upper()
+        if protocol not in SECURITY_PROTOCOLS:
+            raise SettingsError(f"KAFKA_SECURITY_PROTOCOL must be one of {', '.join(SECURITY_PROTOCOLS)}, got {protocol!r}")
+        security = cls(protocol=protocol, sasl_mechanism=(text("KAFKA_SASL_MECHANISM") or "").upper() or None,
+                       sasl_username=text("KAFKA_SASL_USERNAME"), sasl_password=env.get("KAFKA_SASL_PASSWORD") or None,
+                       ssl_ca_location=file("KAFKA_SSL_CA_LOCATION"),
+                       ssl_certificate_location=file("KAFKA_SSL_CERTIFICATE_LOCATION"),
+                       ssl_key_location=file("KAFKA_SSL_KEY_LOCATION"), ssl_key_password=env.get("KAFKA_SSL_KEY_PASSWORD") or None)
+        if security.sasl:
+            if security.sasl_mechanism is None:
+                security = replace(security, sasl_mechanism="PLAIN")
+            if security.sasl_mechanism not in SASL_MECHANISMS:
+                raise SettingsError(f"KAFKA_SASL_MECHANISM must be one of {', '.join(SASL_MECHANISMS)}, "
+                                    f"got {security.sasl_mechanism!r}")
+            if not (security.sasl_username and security.sasl_password):
+                raise SettingsError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+        elif security.sasl_mechanism or security.sasl_username or security.sasl_password:
+            raise SettingsError(f"KAFKA_SASL_* is set but KAFKA_SECURITY_PROTOCOL is {protocol}: "
+                                "use SASL_SSL (or SASL_PLAINTEXT on a trusted network)")
+        if not security.ssl and (security.ssl_ca_location or security.ssl_certificate_location or security.ssl_key_location):
+            raise SettingsError(f"KAFKA_SSL_* is set but KAFKA_SECURITY_PROTOCOL is {protocol}: use SSL or SASL_SSL")
+        if bool(security.ssl_certificate_location) != bool(security.ssl_key_location):
+            raise SettingsError("KAFKA_SSL_CERTIFICATE_LOCATION and KAFKA_SSL_KEY_LOCATION go together (mutual TLS)")
+        return security
+
+
 @dataclass(frozen=True)
 class Settings:
     bootstrap_servers: str = LOCAL_BOOTSTRAP
+    security: KafkaSecurity = KafkaSecurity()
     # True when KAFKA_BOOTSTRAP_SERVERS named a cluster: then no local broker is started.
     external_kafka: bool = False
     topic_prefix: str = ""
@@ -82,7 +140,6 @@ class Settings:
     schemas_dir: Path = REPO_ROOT / "schemas"
     schema_registry_url: str | None = None
     store_url: str = "rocksdb://"  # memory:// only in unit tests
-    web_port: int = 6066
     log_level: str = "info"
     # Faust's commit interval: how much can be replayed after a crash.
     commit_interval_s: float = 1.0
@@ -94,7 +151,6 @@ class Settings:
     allowed_lateness_ms: int = 5_000
     visitor_ttl_ms: int = 30 * 86_400_000
     idle_tick_ms: int = 2_000
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -106,6 +162,7 @@ class Settings:
         return cls(
             bootstrap_servers=bootstrap or LOCAL_BOOTSTRAP,
             external_kafka=bool(bootstrap),
+            security=KafkaSecurity.from_env(env),
             topic_prefix=prefix,
             partitions=_int(env, "ENGAGE_PARTITIONS", 4, minimum=1),
             replication=_int(env, "ENGAGE_REPLICATION", 1, minimum=1),
@@ -114,7 +171,6 @@ class Settings:
             rules_dir=Path(env.get("ENGAGE_RULES_DIR", "") or REPO_ROOT / "rules"),
             schemas_dir=Path(env.get("ENGAGE_SCHEMAS_DIR", "") or REPO_ROOT / "schemas"),
             schema_registry_url=env.get("SCHEMA_REGISTRY_URL") or None,
-            web_port=_int(env, "ENGAGE_WEB_PORT", 6066, minimum=1),
             log_level=env.get("ENGAGE_LOG_LEVEL", "") or "info",
             allowed_lateness_ms=_duration_ms(env, "ENGAGE_ALLOWED_LATENESS", 5_000),
             visitor_ttl_ms=_duration_ms(env, "ENGAGE_VISITOR_TTL", 30 * 86_400_000),

@@ -10,8 +10,9 @@ import threading
 import time
 from collections import OrderedDict
 
-from streams import topics
-from streams.settings import PRODUCER_PARTITIONER, Settings
+from streams import clients, topics
+from streams.codec import DecodeError
+from streams.settings import Settings
 
 SEEN_IDS = 100_000
 
@@ -59,19 +60,12 @@ def outcome_for(d: dict, kind: str, now_ms: int) -> dict:
 
 def run_console(settings: Settings, stop: threading.Event | None = None, out=None, from_beginning: bool = False,
                 max_deliveries: int | None = None) -> int:
-    from confluent_kafka import Consumer, Producer
-
-    from streams.codec import DecodeError, SchemaStore, make_codec
-
     out = out or sys.stdout
     stop = stop or threading.Event()
-    codec = make_codec(SchemaStore(settings.schemas_dir), settings.schema_registry_url)
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
-                         "group.id": f"{settings.app_id}-console-adapter",
-                         "auto.offset.reset": "earliest" if from_beginning else "latest",
-                         "enable.auto.commit": False})
-    producer = Producer({**PRODUCER_PARTITIONER, "bootstrap.servers": settings.bootstrap_servers, "acks": "all",
-                         "enable.idempotence": True})
+    codec = clients.codec(settings)
+    consumer = clients.consumer(settings, f"{settings.app_id}-console-adapter",
+                                offset_reset="earliest" if from_beginning else "latest", log_level=None)
+    producer = clients.producer(settings)
     t_delivery, t_out = settings.topic(topics.DELIVERY.name), settings.topic(topics.OUTCOMES.name)
     consumer.subscribe([t_delivery])
     seen, shown = SeenIds(), 0
