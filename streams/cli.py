@@ -115,7 +115,7 @@ def _rules_validate(settings: Settings, paths: list[Path]) -> int:
 
 def _rules(settings: Settings, args) -> int:
     from streams.admin import ensure_topics, wait_for_broker
-    from streams.rules import registry
+    from streams.detection import registry
 
     if args.action == "validate":
         return _rules_validate(settings, args.paths)
@@ -130,7 +130,7 @@ def _rules(settings: Settings, args) -> int:
         if path.stem.startswith("action"):
             raise CliError("only detection rules are published to running workers; actions load when a worker starts")
         text, file = read_rule_file(path)
-        record = registry.publish(settings, "detection", "detection", text, file, author=args.author)
+        record = registry.publish(settings, "detection", text, file, author=args.author)
         print(f"published {record['name']} version {record['version']} by {record['author']}; running workers switch to it now")
     elif args.action == "history":
         versions = registry.history(settings, args.name)
@@ -150,8 +150,8 @@ def _rules(settings: Settings, args) -> int:
 def _rules_backtest(settings: Settings, args) -> int:
     import json
 
+    from streams import clients
     from streams.admin import wait_for_broker
-    from streams.codec import SchemaStore, make_codec
     from streams.detection.backtest import format_report, parse_time, read_events, run_backtest
     from streams.detection.rules import load_detection
 
@@ -160,7 +160,7 @@ def _rules_backtest(settings: Settings, args) -> int:
         raise CliError(f"--to ({args.to}) must be later than --from ({args.from_})")
     rules = load_detection(args.file or settings.rules_dir / "detection.yaml")
     wait_for_broker(settings, 15)
-    codec = make_codec(SchemaStore(settings.schemas_dir), settings.schema_registry_url)
+    codec = clients.codec(settings)
     report = run_backtest(read_events(settings, start, end, codec), rules, settings.allowed_lateness_ms, end_ts=end,
                           examples=args.examples)
     print(json.dumps(report.as_dict(), indent=2) if args.json else format_report(report))
@@ -175,7 +175,7 @@ def run(argv: list[str]) -> int:
 
         run_worker(settings)
     elif args.command == "simulate":
-        from streams.simulator import run_simulator
+        from streams.tools.simulator import run_simulator
 
         n = run_simulator(settings, args.rate, args.duration, args.seed, args.customers, react=not args.no_react,
                           count=args.count)
@@ -200,7 +200,7 @@ def run(argv: list[str]) -> int:
                 print(f"{topics.changelog(settings.app_id, table):40} key={'table key':28} value=JSON compacted "
                       f"(the {table} table's changelog)")
     elif args.command == "broker":
-        from streams import localkafka
+        from streams.tools import localkafka
 
         broker = localkafka.LocalBroker(port=args.port)
         if args.action == "up":
@@ -215,11 +215,11 @@ def run(argv: list[str]) -> int:
     elif args.command == "rules":
         return _rules(settings, args)
     elif args.command == "demo":
-        from streams.demo import run_demo
+        from streams.tools.demo import run_demo
 
         return run_demo(settings, rate=args.rate, duration_s=args.duration)
     elif args.command == "bench":
-        from streams.bench import run_bench
+        from streams.tools.bench import run_bench
 
         run_bench(settings, rate=args.rate, duration_s=args.duration, out=args.out)
     return 0
@@ -228,9 +228,9 @@ def run(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> None:
     from streams.admin import KafkaUnavailable
     from streams.detection.backtest import BacktestError
-    from streams.localkafka import BrokerError
+    from streams.tools.localkafka import BrokerError
     from streams.rules.loader import RuleError
-    from streams.rules.registry import RegistryError
+    from streams.detection.registry import RegistryError
 
     try:
         code = run(sys.argv[1:] if argv is None else argv)

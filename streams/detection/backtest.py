@@ -6,14 +6,14 @@ with a throwaway consumer: no live state, no consumer group offsets and no outpu
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable
 
-from streams import topics
-from streams.detection.engine import InvalidEvent
-from streams.detection.partition import Detector, Tx
+from streams import clients, topics
+from streams.detection.visitor import InvalidEvent
+from streams.detection.detector import Detector
+from streams.detection.partition import Tx
 from streams.detection.rules import DetectionRuleSet
 from streams.settings import Settings, parse_duration_ms
 
@@ -109,11 +109,10 @@ def parse_time(text: str, now_ms: int | None = None) -> int:
 
 def read_events(settings: Settings, from_ms: int, to_ms: int, codec, timeout_s: float = 30.0):
     """Yield (partition, Interaction) with from_ms <= ts < to_ms, partition by partition, without a consumer group."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
     topic = settings.topic(topics.EVENTS.name)
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"engage-backtest-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False, "log_level": 3})
+    consumer = clients.consumer(settings, clients.throwaway_group("engage-backtest"))
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if meta is None or meta.error is not None:

@@ -1,4 +1,4 @@
-"""Decides how rule sets are published: validated first, then written to the compacted engage.rules topic.
+"""Decides how detection rule sets are published: validated first, then written to the compacted engage.rules topic.
 
 The topic is the history: every published version (content-hashed, so equal sources have equal
 versions), with its time and author. Rolling back republishes an earlier version's source, so
@@ -9,14 +9,14 @@ from __future__ import annotations
 import getpass
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 
-from streams import topics
-from streams.codec import SchemaStore, make_codec
-from streams.settings import PRODUCER_PARTITIONER, Settings
+from streams import clients, topics
+from streams.detection.rules import DetectionRuleSet, compile_detection
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+KIND = "detection"  # the RuleSet record's `kind`: what the workers' rule books take
 
 
 class RegistryError(ValueError):
@@ -27,21 +27,6 @@ class RegistryError(ValueError):
 class Published:
     offset: int
     record: dict
-
-
-def _codec(settings: Settings):
-    return make_codec(SchemaStore(settings.schemas_dir), settings.schema_registry_url)
-
-
-def compile_source(kind: str, text: str, file: str):
-    """Validate a source as the workers will; raises RuleError with file, line and reason."""
-    if kind == "detection":
-        from streams.detection.rules import compile_detection
-
-        return compile_detection(text, file)
-    from streams.decision.actions import compile_actions
-
-    return compile_actions(text, file)
 
 
 def _watermarks(consumer, tp, deadline: float) -> tuple[int, int]:
@@ -64,12 +49,11 @@ def _watermarks(consumer, tp, deadline: float) -> tuple[int, int]:
 
 def history(settings: Settings, name: str | None = None, timeout_s: float = 10.0) -> list[Published]:
     """Every version still on engage.rules (oldest first), for one rule set name or all."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
     topic = settings.topic(topics.RULES.name)
-    codec = _codec(settings)
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"engage-rules-cli-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False, "log_level": 3})
+    codec = clients.codec(settings)
+    consumer = clients.consumer(settings, clients.throwaway_group("engage-rules-cli"))
     out: list[Published] = []
     try:
         deadline = time.monotonic() + timeout_s
@@ -101,22 +85,22 @@ def current(settings: Settings, name: str) -> dict | None:
     return versions[-1].record if versions else None
 
 
-def publish(settings: Settings, kind: str, name: str, text: str, file: str, author: str | None = None,
+def publish(settings: Settings, name: str, text: str, file: str, author: str | None = None,
             note: str | None = None) -> dict:
-    """Validate and publish; returns the record. Raises RuleError (invalid) or RegistryError (nothing to do)."""
-    from confluent_kafka import Producer
+    """Validate as the workers will and publish; returns the record.
 
-    ruleset = compile_source(kind, text, file)
+    Raises RuleError (invalid: file, line and reason) or RegistryError (nothing to do, or Kafka refused).
+    """
+    ruleset: DetectionRuleSet = compile_detection(text, file)
     latest = current(settings, name)
     if latest is not None and latest["version"] == ruleset.version:
         raise RegistryError(f"version {ruleset.version} of {name} is already the published one")
-    record = {"name": name, "kind": kind, "version": ruleset.version, "ts": int(time.time() * 1000), "source": text,
+    record = {"name": name, "kind": KIND, "version": ruleset.version, "ts": int(time.time() * 1000), "source": text,
               "author": (author or _whoami()) + (f" ({note})" if note else "")}
     topic = settings.topic(topics.RULES.name)
-    producer = Producer({**PRODUCER_PARTITIONER, "bootstrap.servers": settings.bootstrap_servers, "acks": "all",
-                         "enable.idempotence": True})
+    producer = clients.producer(settings)
     errors: list = []
-    producer.produce(topic, key=name.encode(), value=_codec(settings).encode(topic, topics.RULES.schema, record),
+    producer.produce(topic, key=name.encode(), value=clients.codec(settings).encode(topic, topics.RULES.schema, record),
                      on_delivery=lambda err, _msg: errors.append(err) if err else None)
     if producer.flush(15) or errors:
         raise RegistryError(f"could not publish to {topic}: {errors[0] if errors else 'timed out'}")
@@ -140,7 +124,7 @@ def rollback(settings: Settings, name: str, to_version: str | None = None, autho
             raise RegistryError(f"version {to_version} of {name} is not in the history "
                                 f"(known: {', '.join(dict.fromkeys(r['version'] for r in versions))})")
         target = matches[-1]
-    return publish(settings, target["kind"], name, target["source"], f"engage.rules:{name}@{target['version']}",
+    return publish(settings, name, target["source"], f"engage.rules:{name}@{target['version']}",
                    author=author, note=f"rollback from {now['version']}")
 
 

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
 
-from streams import topics
+from streams import clients, topics
+from streams.detection import registry
 from streams.detection.rules import DetectionRuleSet, compile_detection
 from streams.rules.loader import RuleError
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-KIND = "detection"
 
 
 class RuleBook:
@@ -30,7 +29,7 @@ class RuleBook:
 
     def offer(self, record: dict) -> bool:
         """Switch to the published rule set in `record` if it is for detection and valid."""
-        if record.get("kind") != KIND or record["name"] != self.current.name:
+        if record.get("kind") != registry.KIND or record["name"] != self.current.name:
             return False
         if record["version"] == self.current.version:
             return False
@@ -50,11 +49,10 @@ class RuleBook:
 
 def follow(settings: Settings, book: RuleBook, codec, stop: threading.Event, start: int) -> None:
     """Offer every version on engage.rules from offset `start` on to `book`, until `stop` is set."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import TopicPartition
 
     name = settings.topic(topics.RULES.name)
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"{settings.app_id}-rules-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest", "log_level": 3})
+    consumer = clients.consumer(settings, clients.throwaway_group(f"{settings.app_id}-rules"))
     try:
         consumer.assign([TopicPartition(name, 0, start)])
         while not stop.is_set():
@@ -76,8 +74,6 @@ def follow(settings: Settings, book: RuleBook, codec, stop: threading.Event, sta
 def start_following(settings: Settings, book: RuleBook, codec) -> threading.Event:
     """Catch up with every published version now, then follow new ones in a background thread."""
     from confluent_kafka import OFFSET_BEGINNING
-
-    from streams.rules import registry
 
     versions = registry.history(settings)
     for published in versions:

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from confluent_kafka import Producer
 
-from streams.rules import registry
+from streams.detection import registry
 from streams.settings import REPO_ROOT
 from tests.integration.conftest import Producer_, Reader
 from tests.support import wire
@@ -59,13 +59,13 @@ def test_published_versions_switch_live_a_bad_one_is_refused_and_rollback_restor
     visitors, signals = Visitors(produce), read("engage.signals", "Signal")
     settings = pipeline.settings
     # Given version 1 (the default file) is published and a visitor is halfway through login-trouble
-    v1 = registry.publish(settings, "detection", "detection", DEFAULT, "rules/detection.yaml", author="test")
+    v1 = registry.publish(settings, "detection", DEFAULT, "rules/detection.yaml", author="test")
     first = wait_for_rule(visitors, signals, "cancel my plan", "cancel-intent")
     assert first["ruleset_version"] == v1["version"]
     halfway = f"V-{uuid.uuid4().hex[:8]}"
     visitors.failed_login(halfway)
     # When version 2 is published, without restarting the worker
-    v2 = registry.publish(settings, "detection", "detection", V2, "rules/detection-v2.yaml", author="test")
+    v2 = registry.publish(settings, "detection", V2, "rules/detection-v2.yaml", author="test")
     refund = wait_for_rule(visitors, signals, "I want a refund", "refund-intent")
     # Then signals record the new version, the removed rule is silent, and the unchanged rule kept its state
     assert refund["ruleset_version"] == v2["version"] != v1["version"]
@@ -79,7 +79,7 @@ def test_published_versions_switch_live_a_bad_one_is_refused_and_rollback_restor
 
     # When a version that fails validation reaches the topic (written around the CLI, which refuses it)
     with pytest.raises(Exception, match="where:"):
-        registry.publish(settings, "detection", "detection", BROKEN, "rules/broken.yaml")
+        registry.publish(settings, "detection", BROKEN, "rules/broken.yaml")
     raw = Producer({"bootstrap.servers": settings.bootstrap_servers, "partitioner": "murmur2_random"})
     raw.produce(pipeline.topic("engage.rules"), key=b"detection", value=wire.encode("RuleSet", {
         "name": "detection", "kind": "detection", "version": "broken000000", "ts": now_ms(), "source": BROKEN, "author": "x"}))
@@ -177,7 +177,7 @@ def test_an_idle_partition_fires_a_dwell_by_the_wall_clock(pipeline, produce, re
     # Given a rule set whose dwell is 2 seconds, published to the running worker
     signals = read("engage.signals", "Signal")
     text = DEFAULT.replace("at_least: 60s", "at_least: 2s")
-    rules = registry.publish(pipeline.settings, "detection", "detection", text, "rules/fast-dwell.yaml", author="test")
+    rules = registry.publish(pipeline.settings, "detection", text, "rules/fast-dwell.yaml", author="test")
     wait_for_rule(Visitors(produce), signals, "cancel my plan", "cancel-intent")
     # When a visitor opens the pricing page and then nothing at all happens on the site
     visitor = f"V-{uuid.uuid4().hex[:8]}"

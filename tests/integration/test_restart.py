@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from streams.rules import registry
+from streams.detection import registry
 from streams.settings import REPO_ROOT
 from tests.integration.conftest import Producer_, Reader
 from tests.integration.journeys import assert_every_signal_decided_once, implied_signals, journey_events
@@ -49,7 +49,7 @@ def test_a_restarted_worker_fires_the_pending_dwell_of_an_idle_partition(new_pip
     # Given a worker whose rules make the pricing-page dwell 2 seconds (published before it starts)
     pipe = new_pipeline(partitions=2)
     text = (REPO_ROOT / "rules" / "detection.yaml").read_text().replace("at_least: 60s", "at_least: 2s")
-    registry.publish(pipe.settings, "detection", "detection", text, "rules/fast-dwell.yaml", author="test")
+    registry.publish(pipe.settings, "detection", text, "rules/fast-dwell.yaml", author="test")
     first = pipe.start_worker(state_dir="state-a")
     # and a visitor who opened the pricing page, an event the worker has processed and committed
     visitor = f"V-{uuid.uuid4().hex[:8]}"

@@ -6,7 +6,7 @@ import time
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from streams.rules.registry import RegistryError, _watermarks
+from streams.detection.registry import RegistryError, _watermarks
 
 
 class Consumer:
