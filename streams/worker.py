@@ -25,8 +25,6 @@ def build_worker(settings: Settings, book: RuleBook | None = None) -> Engine:
 
 
 def run_worker(settings: Settings) -> None:
-    import faust
-
     from streams.admin import ensure_topics, wait_for_broker
     from streams.detection.rulebook import start_following
 

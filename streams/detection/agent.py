@@ -11,9 +11,11 @@ import time
 
 from streams import topics
 from streams.app import Engine
-from streams.detection.engine import InvalidEvent
-from streams.detection.partition import Detector, Tx
+from streams.detection.detector import Detector
+from streams.detection.idle import IdlePartitions
+from streams.detection.partition import Tx
 from streams.detection.rulebook import RuleBook
+from streams.detection.visitor import InvalidEvent
 
 log = logging.getLogger(__name__)
 STAGE = "detection"
@@ -34,9 +36,7 @@ def register(engine: Engine, book: RuleBook):
     events_name = settings.topic(topics.EVENTS.name)
     ticks_name = settings.topic(topics.DETECTION_TICKS.name)
     channel = app.topic(events_name, ticks_name, key_serializer="raw", value_serializer="raw", partitions=partitions)
-    # partition -> when this process last processed one of its events, else when it was assigned the partition
-    last_event_wall: dict[int, float] = {}
-    first_offset_logged: set[int] = set()  # partitions whose first event since assignment was logged
+    idle = IdlePartitions(settings.idle_tick_ms / 1000.0)
 
     @app.agent(channel, name="detect_signals")
     async def detect_signals(stream):
@@ -51,10 +51,8 @@ def register(engine: Engine, book: RuleBook):
                 else:
                     ev = engine.decode(topics.EVENTS, msg.value)
                     check_event(msg, ev)
-                    if msg.partition not in first_offset_logged:
-                        first_offset_logged.add(msg.partition)
+                    if idle.saw_event(msg.partition, time.time()):
                         log.info("detection: first event of %s[%d] at offset %d", msg.topic, msg.partition, msg.offset)
-                    last_event_wall[msg.partition] = time.time()
                     signals = detector.on_event(tx, msg.partition, ev).signals
                 for signal in signals:
                     await engine.send(topics.SIGNALS, signal["visitor_id"], signal)
@@ -66,20 +64,11 @@ def register(engine: Engine, book: RuleBook):
     async def forget_cached_clocks(app, revoked, **kwargs) -> None:  # noqa: ARG001 - Faust's signal signature
         # another worker may own these partitions next and change their timers: read them afresh
         detector.forget_partitions()
-        for tp in revoked:
-            if tp.topic == events_name:
-                last_event_wall.pop(tp.partition, None)
-                first_offset_logged.discard(tp.partition)
+        idle.revoked(tp.partition for tp in revoked if tp.topic == events_name)
 
     @app.on_partitions_assigned.connect
     async def count_idle_from_assignment(app, assigned, **kwargs) -> None:  # noqa: ARG001
-        # A partition taken over (after a restart, or from another worker) may hold pending timers and
-        # get no event for long: its idle time counts from now, which never runs its clock ahead of the
-        # real one (it was idle at least that long).
-        now = time.time()
-        for tp in assigned:
-            if tp.topic == events_name:
-                last_event_wall.setdefault(tp.partition, now)
+        idle.assigned((tp.partition for tp in assigned if tp.topic == events_name), time.time())
 
     @app.timer(interval=settings.idle_tick_ms / 1000.0, name="tick_idle_partitions")
     async def tick_idle_partitions():
@@ -87,13 +76,12 @@ def register(engine: Engine, book: RuleBook):
         if not app.tables.recovery.completed.is_set():
             return  # tables still restoring: the clocks are not there yet, and positions not sought
         now = time.time()
-        idle_s = settings.idle_tick_ms / 1000.0
         for tp in list(app.consumer.assignment()):
             if tp.topic != events_name:
                 continue
             p = tp.partition
-            seen = last_event_wall.get(p)
-            if seen is None or now - seen < idle_s:
+            idle_ms = idle.idle_ms(p, now)
+            if idle_ms is None:
                 continue
             position = await app.consumer.position(tp)
             if position is None or position < app.consumer.highwater(tp):
@@ -101,7 +89,6 @@ def register(engine: Engine, book: RuleBook):
             # Nothing to read and nothing came for a while: the partition's clock moves on from its
             # latest event time at the wall clock's pace. (Not to the wall clock itself: a producer
             # replaying history that pauses would otherwise fire its pending deadlines early.)
-            idle_ms = int((now - seen) * 1000)
             tick = {"partition": p, "wall_ts": int(now * 1000), "idle_ms": idle_ms,
                     "watermark_ts": detector.max_ts.get(p, 0) + idle_ms}
             await engine.topic[topics.DETECTION_TICKS.name].send(value=engine.encode(topics.DETECTION_TICKS, tick),

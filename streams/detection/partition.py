@@ -1,13 +1,9 @@
-"""Decides when timers fire on one partition: an event-time watermark, an index of visitors' deadlines, idle ticks.
-
-The watermark of a partition is the latest event time seen on it minus the allowed lateness: a
-deadline (absence, dwell, state expiry) fires once the watermark passes it, so an awaited event
-that arrives out of order, but within the lateness, still cancels it. On an idle partition the
-worker sends itself ticks: the partition's time moves on from its latest event at the wall clock's pace.
+"""Decides where a partition's deadlines are kept: the timer index and expiry queue of one partition, over buffered writes.
 
 Deadlines live in a changelogged table, `partition_to_timers`, so a restarted or moved partition
-resumes its timers:
+resumes its timers (the clock record's keys are named in state.py):
   "<p>:clock" -> {"max": latest event time, "b": [[earliest deadline, bucket key], ...] sorted,
+                  "bf": bucket key -> its earliest deadline,
                   "qh"/"qt": head and tail chunk of the expiry queue, "qn": time of its head entry}
   "<p>:b<n>"  -> [[deadline, visitor_id], ...] sorted: rule timers due in one 10-second bucket
   "<p>:q<n>"  -> [[activity time, visitor_id], ...]: a chunk of the expiry queue
@@ -17,24 +13,23 @@ are acknowledged and the backtest runs the very same code over dictionaries.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
-from typing import Callable
 
-from streams.detection.engine import Detection, detect, fire_due, validate_event
-from streams.detection.rules import DetectionRuleSet
+from streams.detection.state import BUCKET_FIRST, BUCKET_HEADS, CLOCK_MAX_TS, QUEUE_HEAD, QUEUE_NEXT, QUEUE_TAIL
 
 BUCKET_MS = 10_000      # rule timers are indexed in 10-second buckets: small lists, few of them
 QUEUE_CHUNK = 100       # visitors per chunk of the expiry queue
 REQUEUE_MS = 3_600_000  # a visitor is (re)queued for expiry at most once an hour of its activity
 _MISSING = object()
 DELETE = None  # a write of None deletes the key
+VISITORS = "visitors"  # the Tx's name for visitor_to_state
+INDEX = "index"        # the Tx's name for partition_to_timers
 
 
 class Tx:
-    """Reads through to two stores (visitor state, timer index), buffers writes until `writes()` is applied."""
+    """Reads through to two stores (VISITORS: visitor state, INDEX: timer index), buffers writes until applied."""
 
     def __init__(self, visitors, timers):
-        self.stores = {"v": visitors, "t": timers}
+        self.stores = {VISITORS: visitors, INDEX: timers}
         self.pending: dict[tuple[str, str], object] = {}
 
     def get(self, store: str, key: str):
@@ -75,34 +70,38 @@ class PartitionClock:
         if cached is not None:
             self.clock, self.dirty = cached, False
             return
-        # b: [[earliest deadline, bucket key]] sorted, bf: bucket key -> its entry in b;
-        # qh/qt: head and tail chunk of the expiry queue; qn: time of its head entry
-        self.clock = tx.get("t", self.key) or {"max": 0, "b": [], "bf": {}, "qh": 0, "qt": 0, "qn": None}
+        self.clock = tx.get(INDEX, self.key) or {CLOCK_MAX_TS: 0, BUCKET_HEADS: [], BUCKET_FIRST: {}, QUEUE_HEAD: 0,
+                                                 QUEUE_TAIL: 0, QUEUE_NEXT: None}
         self.dirty = False
 
     @property
     def max_ts(self) -> int:
-        return self.clock["max"]
+        return self.clock[CLOCK_MAX_TS]
+
+    @property
+    def queue_next(self) -> int | None:
+        """Activity time of the expiry queue's first entry, None when the queue is empty."""
+        return self.clock[QUEUE_NEXT]
 
     def observe(self, ts: int) -> None:
-        if ts > self.clock["max"]:
+        if ts > self.clock[CLOCK_MAX_TS]:
             # kept in memory by the Detector too; written whenever the clock is written anyway
-            self.clock["max"] = ts
+            self.clock[CLOCK_MAX_TS] = ts
 
-    def _set(self, **changes) -> None:
-        self.clock.update(changes)
+    def _set(self, key: str, value) -> None:
+        self.clock[key] = value
         self.dirty = True
 
     # -- rule timers -------------------------------------------------------------------------
     def schedule(self, visitor_id: str, deadline: int) -> None:
         bkey = f"{self.p}:b{deadline // BUCKET_MS}"
-        entries = list(self.tx.get("t", bkey) or [])
+        entries = list(self.tx.get(INDEX, bkey) or [])
         bisect.insort(entries, [deadline, visitor_id])
-        self.tx.put("t", bkey, entries)
+        self.tx.put(INDEX, bkey, entries)
         self._set_head(bkey, entries[0][0])
 
     def _set_head(self, bkey: str, first: int | None) -> None:
-        heads, firsts = self.clock["b"], self.clock["bf"]
+        heads, firsts = self.clock[BUCKET_HEADS], self.clock[BUCKET_FIRST]
         old = firsts.pop(bkey, None)
         if old is not None:
             del heads[bisect.bisect_left(heads, [old, bkey])]
@@ -112,155 +111,64 @@ class PartitionClock:
         self.dirty = True
 
     def next_due(self) -> int | None:
-        return self.clock["b"][0][0] if self.clock["b"] else None
+        heads = self.clock[BUCKET_HEADS]
+        return heads[0][0] if heads else None  # [earliest deadline, bucket key] of the first bucket
 
     def pop_due(self, watermark: int) -> list[tuple[int, str]]:
         """Remove and return (deadline, visitor) with deadline <= watermark, in deadline order."""
         due: list = []
-        while self.clock["b"] and self.clock["b"][0][0] <= watermark:
-            bkey = self.clock["b"][0][1]
-            entries = self.tx.get("t", bkey) or []
+        heads = self.clock[BUCKET_HEADS]
+        while heads and heads[0][0] <= watermark:
+            bkey = heads[0][1]
+            entries = self.tx.get(INDEX, bkey) or []
             cut = bisect.bisect_right(entries, [watermark, "\U0010ffff"])
             due.extend(entries[:cut])
             rest = entries[cut:]
-            self.tx.put("t", bkey, rest or DELETE)
-            self._set_head(bkey, rest[0][0] if rest else None)
+            self.tx.put(INDEX, bkey, rest or DELETE)
+            self._set_head(bkey, rest[0][0] if rest else None)  # entries are [deadline, visitor]
         due.sort()
-        return [(d, v) for d, v in due]
+        return [(deadline, visitor) for deadline, visitor in due]
 
     # -- expiry queue ------------------------------------------------------------------------
     def enqueue(self, visitor_id: str, ts: int) -> None:
-        tail = self.clock["qt"]
-        chunk = list(self.tx.get("t", f"{self.p}:q{tail}") or [])
+        tail = self.clock[QUEUE_TAIL]
+        chunk = list(self.tx.get(INDEX, f"{self.p}:q{tail}") or [])
         if len(chunk) >= QUEUE_CHUNK:
             tail += 1
             chunk = []
-            self._set(qt=tail)
+            self._set(QUEUE_TAIL, tail)
         chunk.append([ts, visitor_id])
-        self.tx.put("t", f"{self.p}:q{tail}", chunk)
-        if self.clock["qn"] is None:
-            self._set(qn=ts)
+        self.tx.put(INDEX, f"{self.p}:q{tail}", chunk)
+        if self.clock[QUEUE_NEXT] is None:
+            self._set(QUEUE_NEXT, ts)
 
     def pop_idle(self, before: int, limit: int = 1000) -> list[tuple[int, str]]:
         """Remove and return up to `limit` queue entries with activity time <= before, oldest first."""
         out: list = []
-        while self.clock["qn"] is not None and self.clock["qn"] <= before and len(out) < limit:
-            head = self.clock["qh"]
+        clock = self.clock
+        while clock[QUEUE_NEXT] is not None and clock[QUEUE_NEXT] <= before and len(out) < limit:
+            head = clock[QUEUE_HEAD]
             key = f"{self.p}:q{head}"
-            chunk = self.tx.get("t", key) or []
+            chunk = self.tx.get(INDEX, key) or []  # [[activity time, visitor], ...]
             n = 0
             while n < len(chunk) and chunk[n][0] <= before and len(out) < limit:
                 out.append(tuple(chunk[n]))
                 n += 1
             rest = chunk[n:]
             if rest:
-                self.tx.put("t", key, rest)
-                self._set(qn=rest[0][0])
-            elif head < self.clock["qt"]:
-                self.tx.put("t", key, DELETE)
-                nxt = self.tx.get("t", f"{self.p}:q{head + 1}") or []
-                self._set(qh=head + 1, qn=nxt[0][0] if nxt else None)
+                self.tx.put(INDEX, key, rest)
+                self._set(QUEUE_NEXT, rest[0][0])
+            elif head < clock[QUEUE_TAIL]:
+                self.tx.put(INDEX, key, DELETE)
+                nxt = self.tx.get(INDEX, f"{self.p}:q{head + 1}") or []
+                self._set(QUEUE_HEAD, head + 1)
+                self._set(QUEUE_NEXT, nxt[0][0] if nxt else None)
             else:
-                self.tx.put("t", key, DELETE)
-                self._set(qn=None)
+                self.tx.put(INDEX, key, DELETE)
+                self._set(QUEUE_NEXT, None)
         return out
 
     def save(self) -> None:
         if self.dirty:
-            self.tx.put("t", self.key, self.clock)
+            self.tx.put(INDEX, self.key, self.clock)
             self.dirty = False
-
-
-@dataclass
-class Detector:
-    """Detection for the partitions one worker owns: events in, signals out, timers kept."""
-
-    rules: Callable[[], DetectionRuleSet]   # the current rule set (hot reload swaps it)
-    lateness_ms: int = 5_000
-    ttl_ms: int = 30 * 86_400_000           # idle visitors' state expires after this long
-    max_ts: dict = field(default_factory=dict)    # partition -> latest event time seen by this process
-    # partition -> its clock record, so it is not read and decoded for every event; written through
-    # to the table whenever it changes. Forget them whenever partitions may move (a rebalance).
-    clocks: dict = field(default_factory=dict)
-
-    def forget_partitions(self) -> None:
-        self.clocks.clear()
-
-    def _clock(self, tx: Tx, partition: int) -> PartitionClock:
-        clock = PartitionClock(tx, partition, self.clocks.get(partition))
-        self.clocks[partition] = clock.clock
-        clock.observe(self.max_ts.get(partition, 0))
-        return clock
-
-    def on_event(self, tx: Tx, partition: int, ev: dict) -> Detection:
-        """Advance the partition's watermark to this event, fire what is due, then run the event's rules.
-
-        Raises InvalidEvent before anything is changed if the event breaks the contract.
-        """
-        validate_event(ev)
-        rules = self.rules()
-        clock = self._clock(tx, partition)
-        clock.observe(ev["ts"])
-        self.max_ts[partition] = clock.max_ts
-        signals = self._fire(tx, clock, clock.max_ts - self.lateness_ms, rules)
-        visitor = ev["visitor_id"]
-        result = detect(tx.get("v", visitor), ev, rules)
-        state = result.state
-        if result.duplicate:
-            # a replay after a crash may have lost the index entry but kept the state: re-arm it
-            state["x"] = None
-        self._schedule(clock, visitor, state)
-        if ev["ts"] >= state.get("q", 0) + REQUEUE_MS:
-            clock.enqueue(visitor, ev["ts"])
-            state["q"] = ev["ts"]
-        tx.put("v", visitor, state)
-        clock.save()
-        return Detection(state, signals + result.signals, result.duplicate)
-
-    def on_tick(self, tx: Tx, partition: int, idle_ms: int) -> list[dict]:
-        """The partition had nothing to read for `idle_ms`: its clock moves on from its latest event time."""
-        clock = self._clock(tx, partition)
-        if clock.max_ts == 0:
-            return []  # no event yet: nothing can be pending
-        signals = self._fire(tx, clock, clock.max_ts + idle_ms - self.lateness_ms, self.rules())
-        clock.save()
-        return signals
-
-    def _fire(self, tx: Tx, clock: PartitionClock, watermark: int, rules: DetectionRuleSet) -> list[dict]:
-        signals: list[dict] = []
-        nxt = clock.next_due()
-        if nxt is not None and nxt <= watermark:
-            for deadline, visitor in clock.pop_due(watermark):
-                state = tx.get("v", visitor)
-                if state is None or state.get("x") != deadline:
-                    continue  # a stale entry: the visitor was rescheduled or is gone
-                signals += fire_due(state, visitor, watermark, rules)
-                state["x"] = None
-                self._schedule(clock, visitor, state)
-                tx.put("v", visitor, state)
-        head = clock.clock["qn"]
-        if head is not None and head + self.ttl_ms <= watermark:
-            self._expire(tx, clock, watermark)
-        return signals
-
-    def _expire(self, tx: Tx, clock: PartitionClock, watermark: int) -> None:
-        for queued_at, visitor in clock.pop_idle(watermark - self.ttl_ms):
-            state = tx.get("v", visitor)
-            if state is None or state.get("q") != queued_at:
-                continue  # gone already, or queued again later
-            if state["last"] + self.ttl_ms <= watermark and not state["t"]:
-                tx.put("v", visitor, DELETE)  # idle for longer than the TTL: forget the visitor
-                continue
-            # active since it was queued (or a timer is still pending): check again one TTL after
-            again = max(state["last"], watermark - self.ttl_ms + 1)
-            clock.enqueue(visitor, again)
-            state["q"] = again
-            tx.put("v", visitor, state)
-
-    def _schedule(self, clock: PartitionClock, visitor: str, state: dict) -> None:
-        if not state["t"]:
-            return
-        first = state["t"][0][0]
-        if state.get("x") is None or first < state["x"]:
-            clock.schedule(visitor, first)
-            state["x"] = first

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from streams.detection.state import RuleKind
 from streams.rules.expr import Compiled, ExprError, Names, compile_expr
 from streams.rules.loader import RuleError, check_keys, duration_ms, line_of, line_of_key, load_yaml, read_rule_file
 
@@ -52,7 +53,7 @@ class DetectionRule:
     signal: str
     description: str
     priority: int
-    kind: str                      # event | count | sequence | dwell
+    kind: RuleKind
     steps: tuple[Condition, ...]   # event/count/dwell: one; sequence: the steps in order
     at_least: int = 1              # count: how many matching events
     within_ms: int = 0             # count / sequence: the window
@@ -74,7 +75,7 @@ class DetectionRule:
 
     @property
     def timed(self) -> bool:
-        return self.absent is not None or self.kind == "dwell"
+        return self.absent is not None or self.kind == RuleKind.DWELL
 
 
 @dataclass
@@ -108,7 +109,7 @@ class DetectionRuleSet:
 
     def plans_for(self, event_type: str, path: str | None) -> tuple[tuple, ...]:
         """The rules an event of this type and path can concern, in file order, as
-        (rule, kind code, first step's test, awaited event's test or None, all steps' tests).
+        (rule, RuleKind, first step's test, awaited event's test or None, all steps' tests).
 
         Indexed by type and by the first characters of the path, since most rules of a real rule
         set name a section of the site (`path startswith "/shop/tv"`): with 50 rules an event
@@ -118,16 +119,13 @@ class DetectionRuleSet:
         key = (event_type, path[:PATH_KEY].lower() if isinstance(path, str) else None)
         hit = self._for_event.get(key)
         if hit is None:
-            hit = tuple((r, KIND_CODES[r.kind], r.steps[0].test, r.absent.test if r.absent else None,
+            hit = tuple((r, r.kind, r.steps[0].test, r.absent.test if r.absent else None,
                          tuple(c.test for c in r.steps))
                         for r in self.by_type.get(event_type, self.any_type) if _may_concern(r, key[0], key[1]))
             if len(self._for_event) >= 10_000:  # bounded whatever paths producers send
                 self._for_event.clear()
             self._for_event[key] = hit
         return hit
-
-
-KIND_CODES = {"event": 0, "count": 1, "sequence": 2, "dwell": 3}
 
 
 PATH_KEY = 4  # characters of the path the rule index looks at
@@ -248,7 +246,7 @@ def _compile_when(when: dict, wline: int, file: str, rule_id: str) -> dict:
             if key not in count:
                 raise RuleError(file, cline, f"count needs {key!r}", rule_id)
         cond = compile_condition(count, file, cline, rule_id, "count", extra={"at_least", "within"})
-        return dict(kind="count", steps=(cond,),
+        return dict(kind=RuleKind.COUNT, steps=(cond,),
                     at_least=_positive_int(count["at_least"], 2, MAX_COUNT, file, line_of_key(count, "at_least", cline),
                                            rule_id, "at_least"),
                     within_ms=duration_ms(count["within"], file, line_of_key(count, "within", cline), rule_id, "within"))
@@ -258,7 +256,7 @@ def _compile_when(when: dict, wline: int, file: str, rule_id: str) -> dict:
         sline = line_of_key(when, "sequence", wline)
         if not isinstance(steps, list) or not 2 <= len(steps) <= MAX_STEPS:
             raise RuleError(file, sline, f"sequence must be a list of 2 to {MAX_STEPS} steps", rule_id)
-        return dict(kind="sequence",
+        return dict(kind=RuleKind.SEQUENCE,
                     steps=tuple(compile_condition(s, file, sline, rule_id, f"sequence step {i + 1}") for i, s in enumerate(steps)),
                     within_ms=duration_ms(when["within"], file, line_of_key(when, "within", wline), rule_id, "within"))
     if "dwell" in when:
@@ -267,10 +265,10 @@ def _compile_when(when: dict, wline: int, file: str, rule_id: str) -> dict:
         dline = line_of(dwell, wline)
         if not isinstance(dwell, dict) or "at_least" not in dwell:
             raise RuleError(file, dline, "dwell must be a mapping with the section (event, where) and at_least", rule_id)
-        return dict(kind="dwell", steps=(compile_condition(dwell, file, dline, rule_id, "dwell", extra={"at_least"}),),
+        return dict(kind=RuleKind.DWELL, steps=(compile_condition(dwell, file, dline, rule_id, "dwell", extra={"at_least"}),),
                     dwell_ms=duration_ms(dwell["at_least"], file, line_of_key(dwell, "at_least", dline), rule_id, "at_least"))
     cond = compile_condition(when, file, wline, rule_id, "when", extra={"then_absent"})
-    return dict(kind="event", steps=(cond,))
+    return dict(kind=RuleKind.EVENT, steps=(cond,))
 
 
 def _compile_rule(node, file: str) -> DetectionRule:
@@ -301,7 +299,7 @@ def _compile_rule(node, file: str) -> DetectionRule:
                                          "e.g. {event: purchase, for: 3m}", rule_id)
         parts["absent"] = compile_condition(ta, file, tline, rule_id, "then_absent", extra={"for"})
         parts["absent_ms"] = duration_ms(ta["for"], file, line_of_key(ta, "for", tline), rule_id, "for")
-    if parts["kind"] != "event" and "where" in when:
+    if parts["kind"] != RuleKind.EVENT and "where" in when:
         parts["guard"] = _expr(when["where"], file, line_of_key(when, "where", wline), rule_id)
     return DetectionRule(id=rule_id, signal=signal, description=str(node.get("description", "")), priority=priority,
                          once_per_session=once, line=line, fingerprint=_fingerprint(rule_id, when), **parts)

@@ -8,21 +8,27 @@ State per visitor (JSON, bounded): identity, the session (20 minutes idle ends i
 recent event ids (duplicates are dropped), and per rule only what that rule needs: the events in
 a count window, the partial matches of a sequence, the current visit of a dwell section, the
 latest awaited event of an absence, plus pending timers. Each rule's state carries the rule's
-fingerprint: after a hot reload, the state of rules whose `when` did not change is kept.
+fingerprint: after a hot reload, the state of rules whose `when` did not change is kept. The
+stored keys are short and named in state.py.
 """
 from __future__ import annotations
 
 import bisect
 import hashlib
 from dataclasses import dataclass
+from operator import itemgetter
 
 from streams.detection.rules import DetectionRule, DetectionRuleSet
+from streams.detection.state import (ABSENT, AT, AWAITED, BUFFER, BUFFER_EVIDENCE, CART, CUSTOMER, DWELL, FINGERPRINT,
+                                     FIRED, INDEXED, LAST_TS, RULES, RULESET, SEEN, SESSION, SESSIONS, STEP_MASK, TIMERS,
+                                     WINDOW, WINDOW_EVIDENCE, RuleKind, Timer, timer_order)
 
 SESSION_GAP_MS = 20 * 60_000  # 20 minutes idle ends a session
 SEEN_IDS = 64                 # recent event ids kept per visitor to drop producer duplicates
 EVIDENCE_EVENTS = 10          # events kept as evidence in a signal
 SEQUENCE_BUFFER = 32          # candidate events kept per sequence rule
 MAX_TIMERS = 16               # pending timers per visitor; the oldest are dropped beyond this
+EVENT, COUNT, SEQUENCE = RuleKind.EVENT, RuleKind.COUNT, RuleKind.SEQUENCE  # globals: the per-event loop reads them
 
 
 class InvalidEvent(ValueError):
@@ -48,11 +54,17 @@ def validate_event(ev: dict) -> None:
 
 
 def new_state() -> dict:
-    # c: customer id, n: sessions started, ses: current session, r: per-rule state, t: timers,
-    # f: rule -> session it fired in (once_per_session), x: deadline the timer index holds for us,
-    # q: when the visitor was last queued for expiry (see partition.py)
-    return {"c": None, "n": 0, "ses": None, "cart": {"value": 0.0, "items": 0}, "seen": {}, "last": 0,
-            "r": {}, "t": [], "f": {}, "x": None}
+    """A visitor never seen before (the keys are named in state.py)."""
+    return {CUSTOMER: None, SESSIONS: 0, SESSION: None, CART: {"value": 0.0, "items": 0}, SEEN: {}, LAST_TS: 0,
+            RULES: {}, TIMERS: [], FIRED: {}, INDEXED: None}
+
+
+def restored(state: dict) -> dict:
+    """The state as the code reads it: timers read back from JSON are lists, made Timers again."""
+    timers = state[TIMERS]
+    if timers and type(timers[0]) is not Timer:
+        state[TIMERS] = [Timer(*t) for t in timers]
+    return state
 
 
 def evidence_of(ev: dict) -> dict:
@@ -66,11 +78,11 @@ def signal_id(rule_id: str, visitor_id: str, event_id: str) -> str:
 
 def _advance_session(state: dict, ev: dict) -> dict:
     ts = ev["ts"]
-    session = state["ses"]
+    session = state[SESSION]
     if session is None or ts - session["last"] > SESSION_GAP_MS:
-        state["n"] += 1
+        state[SESSIONS] += 1
         session = {"id": f"{ev['visitor_id']}:{ts}", "start": ts, "last": ts, "pages": 0, "events": 0, "searches": 0}
-        state["ses"] = session
+        state[SESSION] = session
     elif ts < session["start"]:
         session["start"] = ts  # a late event of this session
     if ts > session["last"]:
@@ -87,25 +99,25 @@ def _advance_session(state: dict, ev: dict) -> dict:
 def _update_cart(state: dict, ev: dict) -> None:
     t = ev["type"]
     if t == "add_to_cart":
-        cart = state["cart"]
+        cart = state[CART]
         cart["items"] += 1
         cart["value"] = round(cart["value"] + (ev.get("value") or 0.0), 2)
     elif t == "purchase" or t == "cart_cleared":
-        state["cart"] = {"value": 0.0, "items": 0}
+        state[CART] = {"value": 0.0, "items": 0}
 
 
 def session_view(state: dict) -> dict:
     """What `session.*` and `cart.*` read in expressions."""
-    session = state["ses"] or {"pages": 0, "events": 0, "searches": 0, "start": 0, "last": 0}
+    session = state[SESSION] or {"pages": 0, "events": 0, "searches": 0, "start": 0, "last": 0}
     return {"pages": session["pages"], "events": session["events"], "searches": session["searches"],
             "duration_s": (session["last"] - session["start"]) / 1000.0,
-            "returning": state["n"] > 1, "cart": state["cart"]}
+            "returning": state[SESSIONS] > 1, "cart": state[CART]}
 
 
 def _rule_state(state: dict, rule: DetectionRule) -> dict:
-    rs = state["r"].get(rule.id)
-    if rs is None or rs["h"] != rule.fingerprint:
-        rs = state["r"][rule.id] = {"h": rule.fingerprint}
+    rs = state[RULES].get(rule.id)
+    if rs is None or rs[FINGERPRINT] != rule.fingerprint:
+        rs = state[RULES][rule.id] = {FINGERPRINT: rule.fingerprint}
     return rs
 
 
@@ -119,18 +131,18 @@ class _Run:
 
     def fire(self, rule: DetectionRule, ts: int, cause_id: str, evidence: list[dict], ev: dict, view: dict) -> None:
         state = self.state
-        session_id = state["ses"]["id"] if state["ses"] else ""
-        if rule.once_per_session and state["f"].get(rule.id) == session_id:
+        session_id = state[SESSION]["id"] if state[SESSION] else ""
+        if rule.once_per_session and state[FIRED].get(rule.id) == session_id:
             return
         if rule.guard is not None and not rule.guard.test(ev, view):
             return
         if rule.once_per_session:
-            state["f"][rule.id] = session_id
+            state[FIRED][rule.id] = session_id
         self.signals.append({
             "signal_id": signal_id(rule.id, self.visitor_id, cause_id),
             "ts": ts,
             "visitor_id": self.visitor_id,
-            "customer_id": state["c"],
+            "customer_id": state[CUSTOMER],
             "session_id": session_id,
             "signal": rule.signal,
             "rule_id": rule.id,
@@ -140,7 +152,7 @@ class _Run:
             "evidence": evidence[-EVIDENCE_EVENTS:],
             "session_pages": view["pages"],
             "session_events": view["events"],
-            "cart_value": float(state["cart"]["value"]),
+            "cart_value": float(state[CART]["value"]),
         })
 
     def matched(self, rule: DetectionRule, rs: dict, ts: int, cause_id: str, evidence: list[dict], ev: dict,
@@ -150,14 +162,14 @@ class _Run:
             self.fire(rule, ts, cause_id, evidence, ev, view)
             return
         deadline = ts + rule.absent_ms
-        if ts <= rs.get("a", 0) < deadline:
+        if ts <= rs.get(AWAITED, 0) < deadline:
             return  # the awaited event already came (it arrived before the event that completed the pattern)
-        add_timer(self.state, [deadline, rule.id, rule.fingerprint, "absent", ts, cause_id, evidence[-EVIDENCE_EVENTS:]])
+        add_timer(self.state, Timer(deadline, rule.id, rule.fingerprint, ABSENT, ts, cause_id, evidence[-EVIDENCE_EVENTS:]))
 
 
-def add_timer(state: dict, timer: list) -> None:
-    timers = state["t"]
-    bisect.insort(timers, timer, key=lambda t: (t[0], t[1], t[5]))
+def add_timer(state: dict, timer: Timer) -> None:
+    timers = state[TIMERS]
+    bisect.insort(timers, timer, key=timer_order)
     if len(timers) > MAX_TIMERS:
         # keep the state bounded: the timer that would fire first is the oldest commitment
         del timers[0]
@@ -166,30 +178,33 @@ def add_timer(state: dict, timer: list) -> None:
 def _cancel_timers(state: dict, ev: dict, view: dict, rules: DetectionRuleSet) -> None:
     ts = ev["ts"]
     keep = []
-    for t in state["t"]:
-        rule = rules.by_id.get(t[1])
-        if rule is None or rule.fingerprint != t[2]:
+    for t in state[TIMERS]:
+        rule = rules.by_id.get(t.rule_id)
+        if rule is None or rule.fingerprint != t.fingerprint:
             continue  # the rule was removed or changed by a reload
-        if t[3] == "absent":
-            if t[4] <= ts < t[0] and rule.absent.test(ev, view):
+        if t.kind == ABSENT:
+            if t.start <= ts < t.deadline and rule.absent.test(ev, view):
                 continue  # the awaited event came in time
-        elif t[4] < ts < t[0] and not rule.steps[0].test(ev, view):
+        elif t.start < ts < t.deadline and not rule.steps[0].test(ev, view):
             continue  # left the section before dwelling long enough
         keep.append(t)
-    state["t"] = keep
+    state[TIMERS] = keep
+
+
+_at = itemgetter(AT)
 
 
 def _count(run: _Run, rule: DetectionRule, rs: dict, ev: dict, view: dict) -> None:
-    entries = rs.setdefault("w", [])
+    entries = rs.setdefault(WINDOW, [])
     ts = ev["ts"]
-    bisect.insort(entries, [ts, evidence_of(ev)], key=lambda e: e[0])
-    horizon = entries[-1][0] - rule.within_ms
-    if entries[0][0] <= horizon:
-        entries[:] = [e for e in entries if e[0] > horizon]
+    bisect.insort(entries, [ts, evidence_of(ev)], key=_at)
+    horizon = entries[-1][AT] - rule.within_ms
+    if entries[0][AT] <= horizon:
+        entries[:] = [e for e in entries if e[AT] > horizon]
     if len(entries) > rule.at_least:
         del entries[:-rule.at_least]
     if len(entries) >= rule.at_least:
-        evidence = [e[1] for e in entries]
+        evidence = [e[WINDOW_EVIDENCE] for e in entries]
         entries.clear()  # fire once per burst; the next burst counts afresh
         run.matched(rule, rs, ts, ev["event_id"], evidence, ev, view)
 
@@ -200,13 +215,13 @@ def find_sequence(buffer: list, steps: int, within_ms: int) -> list | None:
     `buffer` holds [ts, step mask, evidence] sorted by ts; other events may come between steps.
     """
     for i, first in enumerate(buffer):
-        if not first[1] & 1:
+        if not first[STEP_MASK] & 1:
             continue
-        chosen, step, limit = [first], 1, first[0] + within_ms
+        chosen, step, limit = [first], 1, first[AT] + within_ms
         for entry in buffer[i + 1:]:
-            if entry[0] > limit:
+            if entry[AT] > limit:
                 break
-            if entry[1] >> step & 1:
+            if entry[STEP_MASK] >> step & 1:
                 chosen.append(entry)
                 step += 1
                 if step == steps:
@@ -217,20 +232,20 @@ def find_sequence(buffer: list, steps: int, within_ms: int) -> list | None:
 def _sequence(run: _Run, rule: DetectionRule, state: dict, ev: dict, view: dict, mask: int) -> None:
     """`mask` has bit i set when the event matches step i."""
     rs = _rule_state(state, rule)
-    buffer = rs.setdefault("b", [])
+    buffer = rs.setdefault(BUFFER, [])
     ts = ev["ts"]
-    bisect.insort(buffer, [ts, mask, evidence_of(ev)], key=lambda e: e[0])
-    horizon = buffer[-1][0] - rule.within_ms
-    if buffer[0][0] < horizon:
-        buffer[:] = [e for e in buffer if e[0] >= horizon]
+    bisect.insort(buffer, [ts, mask, evidence_of(ev)], key=_at)
+    horizon = buffer[-1][AT] - rule.within_ms
+    if buffer[0][AT] < horizon:
+        buffer[:] = [e for e in buffer if e[AT] >= horizon]
     if len(buffer) > SEQUENCE_BUFFER:
         del buffer[:-SEQUENCE_BUFFER]
     match = find_sequence(buffer, len(rule.steps), rule.within_ms)
     if match is None:
         return
-    last = match[-1][0]
-    buffer[:] = [e for e in buffer if e[0] > last]  # the matched events are used up
-    run.matched(rule, rs, last, ev["event_id"], [e[2] for e in match], ev, view)
+    last = match[-1][AT]
+    buffer[:] = [e for e in buffer if e[AT] > last]  # the matched events are used up
+    run.matched(rule, rs, last, ev["event_id"], [e[BUFFER_EVIDENCE] for e in match], ev, view)
 
 
 def _dwell(rule: DetectionRule, state: dict, ev: dict) -> None:
@@ -240,59 +255,59 @@ def _dwell(rule: DetectionRule, state: dict, ev: dict) -> None:
     only needs to see the events of its section, and holds no state of its own.
     """
     rule_id = rule.id
-    if any(t[1] == rule_id and t[3] == "dwell" for t in state["t"]):
+    if any(t.rule_id == rule_id and t.kind == DWELL for t in state[TIMERS]):
         return  # still in the section: the visit goes on
     ts = ev["ts"]
-    add_timer(state, [ts + rule.dwell_ms, rule_id, rule.fingerprint, "dwell", ts, ev["event_id"], [evidence_of(ev)]])
+    add_timer(state, Timer(ts + rule.dwell_ms, rule_id, rule.fingerprint, DWELL, ts, ev["event_id"], [evidence_of(ev)]))
 
 
 def _note_absent(rs: dict, ev: dict) -> None:
     # the latest awaited event: one arriving before the event that completes the pattern, but later
     # in event time, must still prevent the absence (out-of-order arrival)
-    if ev["ts"] > rs.get("a", 0):
-        rs["a"] = ev["ts"]
+    if ev["ts"] > rs.get(AWAITED, 0):
+        rs[AWAITED] = ev["ts"]
 
 
 def detect(state: dict | None, ev: dict, rules: DetectionRuleSet) -> Detection:
     """The event must be valid (Detector.on_event checks it with validate_event, once)."""
-    state = new_state() if state is None else state
-    seen = state["seen"]  # event id -> 1, insertion-ordered: a dict, so the check is O(1)
+    state = new_state() if state is None else restored(state)
+    seen = state[SEEN]  # event id -> 1, insertion-ordered: a dict, so the check is O(1)
     event_id = ev["event_id"]
     if event_id in seen:
         return Detection(state, [], duplicate=True)
     seen[event_id] = 1
     if len(seen) > SEEN_IDS:
         del seen[next(iter(seen))]
-    in_order = ev["ts"] >= state["last"]
+    in_order = ev["ts"] >= state[LAST_TS]
     if ev.get("customer_id"):
         # identity stitching, first slice: once a visitor logs in, later events are theirs
-        state["c"] = ev["customer_id"]
-    if ev["ts"] > state["last"]:
-        state["last"] = ev["ts"]
+        state[CUSTOMER] = ev["customer_id"]
+    if ev["ts"] > state[LAST_TS]:
+        state[LAST_TS] = ev["ts"]
     _advance_session(state, ev)
     _update_cart(state, ev)
     view = session_view(state)
-    if state["t"]:
+    if state[TIMERS]:
         _cancel_timers(state, ev, view, rules)
     run = _Run(state, rules, ev["visitor_id"])
-    if state.get("v") != rules.version:
-        if state["r"] or state["t"] or state["f"]:
+    if state.get(RULESET) != rules.version:
+        if state[RULES] or state[TIMERS] or state[FIRED]:
             prune_state(state, rules)
-        state["v"] = rules.version
+        state[RULESET] = rules.version
     # Rule state is only created when a rule's condition matches: most rules never hold any.
     for rule, kind, test, absent, steps in rules.plans_for(ev["type"], ev.get("path")):
         if absent is not None and absent(ev, view):
             _note_absent(_rule_state(state, rule), ev)
-        if kind == 0:  # a single event
+        if kind == EVENT:
             if test(ev, view):
                 if absent is None:
                     run.fire(rule, ev["ts"], event_id, [evidence_of(ev)], ev, view)
                 else:
                     run.matched(rule, _rule_state(state, rule), ev["ts"], event_id, [evidence_of(ev)], ev, view)
-        elif kind == 1:  # count
+        elif kind == COUNT:
             if test(ev, view):
                 _count(run, rule, _rule_state(state, rule), ev, view)
-        elif kind == 2:  # sequence
+        elif kind == SEQUENCE:
             mask = 0
             for i, step in enumerate(steps):
                 if step(ev, view):
@@ -306,25 +321,28 @@ def detect(state: dict | None, ev: dict, rules: DetectionRuleSet) -> Detection:
 
 def fire_due(state: dict, visitor_id: str, watermark: int, rules: DetectionRuleSet) -> list[dict]:
     """Fire the visitor's timers with a deadline at or before the watermark, oldest first."""
+    restored(state)
     run = _Run(state, rules, visitor_id)
-    while state["t"] and state["t"][0][0] <= watermark:
-        deadline, rule_id, fingerprint, kind, start, cause_id, evidence = state["t"].pop(0)
-        rule = rules.by_id.get(rule_id)
-        if rule is None or rule.fingerprint != fingerprint:
+    timers = state[TIMERS]
+    while timers and timers[0].deadline <= watermark:
+        timer = timers.pop(0)
+        rule = rules.by_id.get(timer.rule_id)
+        if rule is None or rule.fingerprint != timer.fingerprint:
             continue
         view = session_view(state)
-        ev = {**evidence[-1], "visitor_id": visitor_id, "customer_id": state["c"], "attributes": {}}
+        ev = {**timer.evidence[-1], "visitor_id": visitor_id, "customer_id": state[CUSTOMER], "attributes": {}}
         rs = _rule_state(state, rule)
-        if kind == "dwell":  # the visit counted; a new one starts with the next event in the section
-            run.matched(rule, rs, deadline, f"{cause_id}:dwell", evidence, ev, view)
+        if timer.kind == DWELL:  # the visit counted; a new one starts with the next event in the section
+            run.matched(rule, rs, timer.deadline, f"{timer.cause_id}:dwell", timer.evidence, ev, view)
         else:
-            run.fire(rule, deadline, f"{cause_id}:absent", evidence, ev, view)
+            run.fire(rule, timer.deadline, f"{timer.cause_id}:absent", timer.evidence, ev, view)
     return run.signals
 
 
 def prune_state(state: dict, rules: DetectionRuleSet) -> dict:
     """Drop state of rules that were removed or changed, so a visitor's state stays bounded."""
-    state["r"] = {k: v for k, v in state["r"].items() if k in rules.by_id and rules.by_id[k].fingerprint == v["h"]}
-    state["f"] = {k: v for k, v in state["f"].items() if k in rules.by_id}
-    state["t"] = [t for t in state["t"] if t[1] in rules.by_id and rules.by_id[t[1]].fingerprint == t[2]]
+    by_id = rules.by_id
+    state[RULES] = {k: v for k, v in state[RULES].items() if k in by_id and by_id[k].fingerprint == v[FINGERPRINT]}
+    state[FIRED] = {k: v for k, v in state[FIRED].items() if k in by_id}
+    state[TIMERS] = [t for t in state[TIMERS] if t.rule_id in by_id and by_id[t.rule_id].fingerprint == t.fingerprint]
     return state

@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from streams.detection.partition import Detector, Tx
+from streams.detection.detector import Detector
+from streams.detection.partition import Tx
 from streams.detection.rules import load_detection
 from streams.settings import REPO_ROOT
 from tests.support import wire

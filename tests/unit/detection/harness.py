@@ -1,7 +1,8 @@
 """A partition of detection run in memory: the same Detector the agent runs, over dictionaries."""
 from __future__ import annotations
 
-from streams.detection.partition import Detector, Tx
+from streams.detection.detector import Detector
+from streams.detection.partition import Tx
 from streams.detection.rules import DetectionRuleSet, compile_detection
 from tests.support.wire import interaction
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from streams import topics
 from streams.detection import agent as detection_agent
-from streams.detection import partition
+from streams.detection import detector as detector_module
 from streams.detection.rulebook import RuleBook
 from streams.detection.rules import load_detection
 from streams.settings import REPO_ROOT
@@ -58,14 +58,14 @@ async def test_garbage_and_a_wrong_key_are_dead_lettered_and_the_next_event_is_p
 @async_test
 async def test_a_fault_mid_event_dead_letters_it_and_forgets_the_cached_clocks(tmp_path, monkeypatch):
     # Given the detection stage, whose rule engine has a fault on one visitor's events
-    real_detect = partition.detect
+    real_detect = detector_module.detect
 
     def faulty(state, ev, rules):
         if ev["visitor_id"] == "v-boom":
             raise RuntimeError("bug")
         return real_detect(state, ev, rules)
 
-    monkeypatch.setattr(partition, "detect", faulty)
+    monkeypatch.setattr(detector_module, "detect", faulty)
     st = Stage(tmp_path)
     agent, visitors, timers, detector = detection_agent.register(
         st.engine, RuleBook(load_detection(REPO_ROOT / "rules" / "detection.yaml")))

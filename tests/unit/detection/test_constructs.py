@@ -1,8 +1,9 @@
 """Each construct of the rule language on hand-built event sequences: in order, out of order, late, expired."""
 import pytest
 
-from streams.detection.engine import MAX_TIMERS, SEEN_IDS, SEQUENCE_BUFFER, InvalidEvent, SESSION_GAP_MS
 from streams.detection.partition import Tx
+from streams.detection.state import BUFFER, RULES, SEEN, TIMERS, WINDOW
+from streams.detection.visitor import MAX_TIMERS, SEEN_IDS, SEQUENCE_BUFFER, SESSION_GAP_MS, InvalidEvent
 from tests.unit.detection.harness import M, S, Partition, rules
 
 SINGLE = rules("""
@@ -266,10 +267,10 @@ def test_state_stays_bounded_under_a_flood_of_events():
     for i in range(3000):
         p.event("a" if i % 3 else "b", i * S)
     state = p.visitors["v1"]
-    assert len(state["seen"]) == SEEN_IDS
-    assert len(state["r"]["seq"]["b"]) <= SEQUENCE_BUFFER
-    assert len(state["r"]["cnt"]["w"]) < 5
-    assert len(state["t"]) <= MAX_TIMERS
+    assert len(state[SEEN]) == SEEN_IDS
+    assert len(state[RULES]["seq"][BUFFER]) <= SEQUENCE_BUFFER
+    assert len(state[RULES]["cnt"][WINDOW]) < 5
+    assert len(state[TIMERS]) <= MAX_TIMERS
 
 
 def test_idle_visitors_state_expires_after_the_ttl():

@@ -6,7 +6,7 @@ import re
 
 from hypothesis import given, settings, strategies as st
 
-from streams.detection.engine import find_sequence
+from streams.detection.visitor import find_sequence
 from streams.detection.rules import DETECTION_NAMES
 from streams.rules.expr import compile_expr, evaluate
 from tests.unit.detection.harness import S, Partition, rules

@@ -84,7 +84,7 @@ def rules_from(text):
 
 def test_the_default_rule_set_covers_the_seed_examples():
     ruleset = load_detection(REPO_ROOT / "rules" / "detection.yaml")
-    kinds = {(r.signal, r.kind, r.absent is not None) for r in ruleset.rules}
+    kinds = {(r.signal, r.kind.name.lower(), r.absent is not None) for r in ruleset.rules}
     assert {("cancel_intent", "event", False), ("login_trouble", "count", False), ("cart_at_risk", "sequence", True),
             ("pricing_hesitation", "dwell", False), ("not_finding_answers", "count", True),
             ("high_value_browsing", "count", False)} <= kinds

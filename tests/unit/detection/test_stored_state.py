@@ -51,3 +51,17 @@ def test_state_written_before_goes_on_firing_the_pending_timers():
     assert [s["rule_id"] for s in p.event("login_failed", 4 * M + S, visitor="v2")] == ["login-trouble"]
     # And a duplicate of a stored event id is still dropped
     assert p.event("page_view", 5 * M, visitor="v3", path="/pricing/plans", event_id="e8") == []
+
+
+def test_the_tables_json_codec_stores_named_state_as_the_same_json():
+    # Given today's state of the journeys (timers are Timer tuples in memory)
+    from faust.serializers import codecs
+
+    p = Partition(RULES)
+    journeys(p)
+    # When Faust's table codec (json) writes and reads it, then the stored form is the fixture's
+    json_codec = codecs.get_codec("json")
+    stored = json.loads(FIXTURE.read_text())["state"]
+    for table, records in (("visitors", p.visitors), ("timers", p.timers)):
+        for key, value in records.items():
+            assert json_codec.loads(json_codec.dumps(value)) == stored[table][key], (table, key)
