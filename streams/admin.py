@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import NewTopic
 
 from streams import clients, topics
@@ -15,14 +15,27 @@ class KafkaUnavailable(RuntimeError):
 
 
 def wait_for_broker(settings: Settings, timeout_s: float = 60.0) -> None:
-    """Return once an admin call succeeds; raise KafkaUnavailable after timeout_s."""
+    """Return once an admin call succeeds; raise KafkaUnavailable after timeout_s, or at once if the
+    brokers refuse the credentials (that does not pass by waiting)."""
+    refused: list = []
+
+    def on_error(err) -> None:
+        if err.code() == KafkaError._AUTHENTICATION:
+            refused.append(err)
+
     # quiet: refused connections are expected while a broker starts; this reports the outcome
-    admin = clients.admin(settings, quiet=True)
+    admin = clients.admin(settings, quiet=True, error_cb=on_error)
     deadline = time.monotonic() + timeout_s
     last = None
     while time.monotonic() < deadline:
+        admin.poll(0)  # serves error_cb
+        if refused:
+            sec = settings.security
+            raise KafkaUnavailable(f"the brokers at {settings.bootstrap_servers} refused user {sec.sasl_username!r} "
+                                   f"({sec.protocol}, {sec.sasl_mechanism}): {refused[0].str()}")
         try:
-            md = admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            # short calls, so a refusal of the credentials (reported between them) stops the wait soon
+            md = admin.list_topics(timeout=min(2.0, max(0.5, deadline - time.monotonic())))
             if md.brokers:
                 return
         except KafkaException as exc:

@@ -58,11 +58,11 @@ def producer(settings: Settings, **extra: Any):
                      **extra})
 
 
-def admin(settings: Settings, quiet: bool = False):
+def admin(settings: Settings, quiet: bool = False, **extra: Any):
     """An AdminClient; `quiet` silences librdkafka's own logging (refused connections while a broker starts)."""
     from confluent_kafka.admin import AdminClient
 
-    conf = librdkafka_config(settings)
+    conf = {**librdkafka_config(settings), **extra}
     if quiet:
         conf["log_level"] = 0
     return AdminClient(conf)

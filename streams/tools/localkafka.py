@@ -28,12 +28,31 @@ class BrokerError(RuntimeError):
 
 @dataclass(frozen=True)
 class LocalBroker:
-    port: int = 9092
+    port: int = 9092  # the controller listens on port + 1
     data_dir: Path = REPO_ROOT / ".engage" / "kafka"
+    # (user name, password) pairs: when given, a SASL_PLAINTEXT listener (mechanism PLAIN) on port + 2
+    # takes them, so clients' authentication settings can be tried without a cluster of one's own
+    sasl_users: tuple[tuple[str, str], ...] = ()
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str | None:
+        return f"127.0.0.1:{self.port + 2}" if self.sasl_users else None
+
+    def properties(self, template: str) -> str:
+        """The broker's server.properties, from the template."""
+        sasl_listener, sasl_config = "", ""
+        if self.sasl_users:
+            sasl_listener = f",SASL_PLAINTEXT://{self.sasl_bootstrap}"
+            users = " ".join(f'user_{name}="{password}"' for name, password in self.sasl_users)
+            sasl_config = ("sasl.enabled.mechanisms=PLAIN\n"
+                           "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+                           f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};\n")
+        return template.format(port=self.port, controller_port=self.port + 1, log_dirs=self.data_dir / "logs",
+                               sasl_listener=sasl_listener, sasl_config=sasl_config)
 
     @property
     def pid_file(self) -> Path:
@@ -82,8 +101,7 @@ def up(broker: LocalBroker, timeout_s: float = 90.0) -> bool:
     broker.data_dir.mkdir(parents=True, exist_ok=True)
     logs = broker.data_dir / "logs"
     props = broker.data_dir / "server.properties"
-    template = (KAFKA_DIR / "server.properties.template").read_text()
-    props.write_text(template.format(port=broker.port, controller_port=broker.port + 1, log_dirs=logs))
+    props.write_text(broker.properties((KAFKA_DIR / "server.properties.template").read_text()))
     if not (logs / "meta.properties").exists():
         fmt = subprocess.run(_java("kafka.tools.StorageTool", "format", "--ignore-formatted", "-t", str(uuid.uuid4()),
                                    "-c", str(props)), capture_output=True, text=True)

@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
 from streams.admin import ensure_topics
-from streams.settings import REPO_ROOT, Settings
+from streams.settings import REPO_ROOT, KafkaSecurity, Settings
 from tests.support import wire
 
 pytestmark = pytest.mark.integration
@@ -33,41 +33,66 @@ def _docker_answers() -> bool:
         return False
 
 
-def _free_port_pair() -> int:
+def _free_ports(n: int) -> int:
+    """The first of `n` consecutive free ports on 127.0.0.1."""
     for _ in range(50):
         with socket.socket() as a:
             a.bind(("127.0.0.1", 0))
             port = a.getsockname()[1]
-        if port < 65000:
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", port + 1))
-                    return port
-                except OSError:
-                    continue
-    raise RuntimeError("no free pair of ports on 127.0.0.1")
+        if port + n > 65000:
+            continue
+        taken = []
+        try:
+            for i in range(1, n):
+                b = socket.socket()
+                taken.append(b)
+                b.bind(("127.0.0.1", port + i))
+            return port
+        except OSError:
+            continue
+        finally:
+            for b in taken:
+                b.close()
+    raise RuntimeError(f"no {n} free consecutive ports on 127.0.0.1")
+
+
+@dataclass(frozen=True)
+class KafkaUnderTest:
+    bootstrap: str
+    # the environment that makes every client authenticate on the broker's SASL listener; None when the
+    # broker was given (KAFKA_BOOTSTRAP_SERVERS) or is a container, whose listeners are not ours to set
+    sasl_env: dict | None = None
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory):
+def kafka(tmp_path_factory):
     given = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if given:
-        yield given
+        yield KafkaUnderTest(given)
         return
     if _docker_answers():
         from testcontainers.kafka import KafkaContainer
 
-        with KafkaContainer("confluentinc/cp-kafka:7.7.1") as kafka:
-            yield kafka.get_bootstrap_server()
+        with KafkaContainer("confluentinc/cp-kafka:7.7.1") as container:
+            yield KafkaUnderTest(container.get_bootstrap_server())
         return
     from streams.tools import localkafka
 
-    broker = localkafka.LocalBroker(port=_free_port_pair(), data_dir=tmp_path_factory.mktemp("kafka"))
+    user, password = "engage-test", uuid.uuid4().hex
+    broker = localkafka.LocalBroker(port=_free_ports(3), data_dir=tmp_path_factory.mktemp("kafka"),
+                                    sasl_users=((user, password),))
     localkafka.up(broker)
     try:
-        yield broker.bootstrap
+        yield KafkaUnderTest(broker.bootstrap, {"KAFKA_BOOTSTRAP_SERVERS": broker.sasl_bootstrap,
+                                           "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "PLAIN",
+                                           "KAFKA_SASL_USERNAME": user, "KAFKA_SASL_PASSWORD": password})
     finally:
         localkafka.down(broker)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka) -> str:
+    return kafka.bootstrap
 
 
 @dataclass
@@ -77,10 +102,21 @@ class Pipeline:
     settings: Settings
     workdir: Path
     workers: list = field(default_factory=list)
+    security_env: dict = field(default_factory=dict)  # KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* for the workers
+
+    @property
+    def client_conf(self) -> dict:
+        """How the test's own clients connect: written out here, not taken from the code under test."""
+        conf = {"bootstrap.servers": self.settings.bootstrap_servers}
+        if self.security_env:
+            env = self.security_env
+            conf.update({"security.protocol": env["KAFKA_SECURITY_PROTOCOL"], "sasl.mechanisms": env["KAFKA_SASL_MECHANISM"],
+                         "sasl.username": env["KAFKA_SASL_USERNAME"], "sasl.password": env["KAFKA_SASL_PASSWORD"]})
+        return conf
 
     @property
     def env(self) -> dict:
-        return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
+        return {**os.environ, **self.security_env, "KAFKA_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
                 "ENGAGE_TOPIC_PREFIX": self.settings.topic_prefix, "ENGAGE_APP_ID": self.settings.app_id,
                 "ENGAGE_PARTITIONS": str(self.settings.partitions),
                 # a killed worker's partitions move on after 10 s, not the default 45 s
@@ -102,7 +138,7 @@ class Pipeline:
 
     def wait_until_assigned(self, proc: subprocess.Popen, members: int = 1, timeout_s: float = 90.0) -> None:
         """The worker's consumer group is stable, has `members` members, and holds every partition of the events topic."""
-        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
+        admin = AdminClient(self.client_conf)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -124,8 +160,8 @@ class Pipeline:
         from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
         name = self.topic(topic)
-        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
-        probe = Consumer({"bootstrap.servers": self.settings.bootstrap_servers, "group.id": f"probe-{uuid.uuid4().hex}"})
+        admin = AdminClient(self.client_conf)
+        probe = Consumer({**self.client_conf, "group.id": f"probe-{uuid.uuid4().hex}"})
         try:
             ends = {p: probe.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1]
                     for p in range(self.settings.partitions)}
@@ -145,11 +181,11 @@ class Pipeline:
         offsets: a failing at-least-once test says at which stage a record stopped."""
         from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
-        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
+        admin = AdminClient(self.client_conf)
         lines = []
         for topic in topics:
             name = self.topic(topic)
-            c = Consumer({"bootstrap.servers": self.settings.bootstrap_servers, "group.id": f"trace-{uuid.uuid4().hex}",
+            c = Consumer({**self.client_conf, "group.id": f"trace-{uuid.uuid4().hex}",
                           "enable.auto.commit": False})
             try:
                 parts = [TopicPartition(name, p, 0) for p in range(self.settings.partitions)]
@@ -191,20 +227,22 @@ class Pipeline:
                     proc.wait(10)
 
 
-def make_pipeline(bootstrap: str, tmp_path: Path, partitions: int = 2) -> Pipeline:
+def make_pipeline(bootstrap: str, tmp_path: Path, partitions: int = 2, security_env: dict | None = None) -> Pipeline:
+    """An isolated deployment on `bootstrap`; with `security_env`, every client of it authenticates (SASL)."""
     tag = uuid.uuid4().hex[:8]
     settings = Settings(bootstrap_servers=bootstrap, external_kafka=True, topic_prefix=f"t{tag}.",
-                        app_id=f"engage-test-{tag}", partitions=partitions, data_dir=tmp_path / "state")
+                        app_id=f"engage-test-{tag}", partitions=partitions, data_dir=tmp_path / "state",
+                        security=KafkaSecurity.from_env(security_env or {}))
     ensure_topics(settings)
-    return Pipeline(settings=settings, workdir=tmp_path)
+    return Pipeline(settings=settings, workdir=tmp_path, security_env=dict(security_env or {}))
 
 
 @pytest.fixture
 def new_pipeline(kafka_bootstrap, tmp_path):
     made = []
 
-    def make(partitions: int = 2) -> Pipeline:
-        p = make_pipeline(kafka_bootstrap, tmp_path / f"p{len(made)}", partitions)
+    def make(partitions: int = 2, bootstrap: str | None = None, security_env: dict | None = None) -> Pipeline:
+        p = make_pipeline(bootstrap or kafka_bootstrap, tmp_path / f"p{len(made)}", partitions, security_env)
         p.workdir.mkdir(parents=True, exist_ok=True)
         made.append(p)
         return p
@@ -228,8 +266,7 @@ class Producer_:
 
     def __init__(self, pipeline: Pipeline):
         # murmur2: the partitioner of Kafka's Java clients, which the contract asks producers to use
-        self.p = Producer({"bootstrap.servers": pipeline.settings.bootstrap_servers, "acks": "all",
-                           "partitioner": "murmur2_random"})
+        self.p = Producer({**pipeline.client_conf, "acks": "all", "partitioner": "murmur2_random"})
         self.pipeline = pipeline
 
     def raw(self, topic: str, key: bytes | None, value: bytes | None) -> None:
@@ -278,8 +315,7 @@ class Reader:
 
     def __init__(self, pipeline: Pipeline, topic: str, schema: str):
         self.schema = schema
-        self.c = Consumer({"bootstrap.servers": pipeline.settings.bootstrap_servers,
-                           "group.id": f"reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
+        self.c = Consumer({**pipeline.client_conf, "group.id": f"reader-{uuid.uuid4().hex}", "auto.offset.reset": "earliest",
                            "enable.auto.commit": False})
         self.c.subscribe([pipeline.topic(topic)])
         self.records: list[tuple[dict, dict]] = []  # (record, {key, headers})

@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from dataclasses import dataclass
 
 import pytest
 
@@ -11,6 +12,7 @@ from streams.detection.detector import Detector
 from streams.detection.partition import Tx
 from streams.detection.rules import load_detection
 from streams.settings import REPO_ROOT
+from tests.integration.conftest import Producer_
 from tests.support import wire
 
 
@@ -30,6 +32,21 @@ def journey_events(rng: random.Random, n_visitors: int, t0: int) -> list[dict]:
         t += rng.randint(50, 2000)
         events.append(wire.interaction(event_id=f"{vid}-{t}", visitor_id=vid, type_=type_, ts=t, path=path, query=query))
     return events
+
+
+@dataclass
+class Stream:
+    """Journeys to produce to a pipeline, the signals the rules imply for them, and the producer."""
+
+    events: list[dict]
+    signals: list[dict]
+    produce: Producer_
+
+
+def stream_of_journeys(pipe, seed: int, n_visitors: int) -> Stream:
+    """`n_visitors` seeded journeys that began ten minutes ago, to produce to `pipe`."""
+    events = journey_events(random.Random(seed), n_visitors, int(time.time() * 1000) - 600_000)
+    return Stream(events, implied_signals(events), Producer_(pipe))
 
 
 def implied_signals(events: list[dict]) -> list[dict]:

@@ -102,7 +102,7 @@ def test_published_versions_switch_live_a_bad_one_is_refused_and_rollback_restor
 
 def journeys(n: int, t0: int) -> list[dict]:
     """Visitors who hesitate on pricing, stall at checkout, search to cancel, fail to log in."""
-    events, t = [], t0
+    events = []
     for i in range(n):
         v = f"V-{uuid.uuid4().hex[:6]}-{i}"
         steps = [("page_view", "/pricing", None, None), ("add_to_cart", "/shop/tv", None, 120.0),

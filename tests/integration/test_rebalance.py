@@ -5,15 +5,12 @@ past unprocessed records, #606): this is where they would show.
 """
 from __future__ import annotations
 
-import random
 import signal
 import threading
-import time
 
 import pytest
 
-from tests.integration.conftest import Producer_
-from tests.integration.journeys import assert_every_signal_decided_once, implied_signals, journey_events
+from tests.integration.journeys import assert_every_signal_decided_once, stream_of_journeys
 
 pytestmark = pytest.mark.integration
 
@@ -22,9 +19,8 @@ def test_a_worker_joining_then_another_leaving_mid_stream_loses_nothing_and_leav
     # Given one worker processing a stream of 80 visitors' journeys (400 events) on 4 partitions
     pipe = new_pipeline(partitions=4)
     first = pipe.start_worker(state_dir="state-a")
-    events = journey_events(random.Random(11), 80, int(time.time() * 1000) - 600_000)
-    signals = implied_signals(events)
-    produce = Producer_(pipe)
+    stream = stream_of_journeys(pipe, seed=11, n_visitors=80)
+    events, signals, produce = stream.events, stream.signals, stream.produce
     third = len(events) // 3
     produce.events(events[:third], pause_s=0.002)
     # When a second worker joins while events keep coming: half the partitions, and their tables, move to it

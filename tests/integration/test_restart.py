@@ -1,7 +1,6 @@
 """A worker killed mid-stream resumes from its committed offsets and its changelogged state."""
 from __future__ import annotations
 
-import random
 import threading
 import time
 import uuid
@@ -11,7 +10,7 @@ import pytest
 from streams.detection import registry
 from streams.settings import REPO_ROOT
 from tests.integration.conftest import Producer_, Reader
-from tests.integration.journeys import assert_every_signal_decided_once, implied_signals, journey_events
+from tests.integration.journeys import assert_every_signal_decided_once, stream_of_journeys
 
 pytestmark = pytest.mark.integration
 
@@ -20,12 +19,10 @@ def test_worker_killed_mid_stream_resumes_without_losing_signals(new_pipeline):
     # Given a worker processing a stream of 60 visitors' journeys (300 events)
     pipe = new_pipeline(partitions=2)
     first = pipe.start_worker(state_dir="state-a")
-    events = journey_events(random.Random(5), 60, int(time.time() * 1000) - 600_000)
-    signals = implied_signals(events)
-    expected = {s["signal_id"] for s in signals}
-    assert len(expected) >= 60, "the journeys should raise at least one signal per visitor"
+    stream = stream_of_journeys(pipe, seed=5, n_visitors=60)
+    events, signals, produce = stream.events, stream.signals, stream.produce
+    assert len({s["signal_id"] for s in signals}) >= 60, "the journeys should raise at least one signal per visitor"
 
-    produce = Producer_(pipe)
     half = len(events) // 2
     produce.events(events[:half])
     time.sleep(2)

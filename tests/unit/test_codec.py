@@ -1,9 +1,8 @@
 """Wire format: Avro single-object encoding, checked against the spec's reference fingerprint."""
 import json
-import subprocess
 
 import pytest
-from fastavro.schema import parse_schema, to_parsing_canonical_form
+from fastavro.schema import parse_schema
 
 from streams.codec import DecodeError, EncodeError, RegistryCodec, SchemaStore, SingleObjectCodec
 from streams.settings import REPO_ROOT

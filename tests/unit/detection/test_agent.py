@@ -8,7 +8,7 @@ from streams.detection.rulebook import RuleBook
 from streams.detection.rules import load_detection
 from streams.settings import REPO_ROOT
 from tests.support import wire
-from tests.unit.test_agents import Stage, async_test, eventually
+from tests.support.stage import Stage, async_test, eventually
 
 T0 = 1_700_000_000_000
 

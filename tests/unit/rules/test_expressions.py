@@ -1,5 +1,4 @@
 """Rule expressions: what reads like a sentence compiles, what is outside the whitelist is refused with a reason."""
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st

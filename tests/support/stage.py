@@ -1,0 +1,130 @@
+"""Agents on Faust's test context: no broker, tables in memory, every outbound send captured.
+
+Records go in as raw bytes, exactly as they arrive from Kafka (`agent.put(key=..., value=...)`);
+every send to an outbound topic is captured instead of produced, and decoded again with the
+contract's schema, so each test checks what a consumer of that topic would read.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+from types import SimpleNamespace
+from unittest.mock import AsyncMock, MagicMock
+
+from streams import topics
+from streams.app import build_app
+from streams.decision.actions import load_actions
+from streams.decision.policy import decision_id
+from streams.settings import REPO_ROOT, Settings
+from tests.support import wire
+
+ACTIONS = load_actions(REPO_ROOT / "rules" / "actions.yaml")
+T0 = 1_700_000_000_000  # 2023-11-14 22:13 UTC, the same day in Europe/London
+TEST_TIMEOUT_S = 10.0
+WAIT_S = 2.0
+_STAGES: list["Stage"] = []  # closed after each test
+
+
+def async_test(fn):
+    """Run an async test on a fresh event loop (pytest-asyncio is not a dependency)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), TEST_TIMEOUT_S))
+        finally:
+            while _STAGES:
+                _STAGES.pop().close()
+
+    return run
+
+
+async def eventually(condition, what: str, timeout: float = WAIT_S) -> None:
+    """Wait until `condition()` holds: the agent body runs after `put` returns, on the same loop."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.001)
+
+
+class Stage:
+    """An engine with its outbound topics and table changelogs captured instead of produced."""
+
+    def __init__(self, tmp_path):
+        _STAGES.append(self)
+        self.engine = build_app(Settings(store_url="memory://", data_dir=tmp_path / "state"))
+        self.sent: list[tuple[str, bytes | None, bytes | None, dict]] = []  # topic, key, value, headers
+        self.changelog = MagicMock(return_value=SimpleNamespace(message=SimpleNamespace(partition=0)))
+        for name, topic in self.engine.topic.items():
+            topic.send = AsyncMock(side_effect=self._capture(name))
+
+    def close(self) -> None:
+        """Iterating a stream creates the app's Kafka consumer, never started, whose thread owns
+        an event loop of its own; close it so no loop or socket is left for the GC to warn about."""
+        thread = getattr(getattr(self.engine.app, "_consumer", None), "_thread", None)
+        loop = getattr(thread, "thread_loop", None)
+        if loop is not None and not loop.is_running():
+            loop.close()
+
+    def _capture(self, name: str):
+        async def send(key=None, value=None, headers=None, **_):
+            self.sent.append((name, key, value, dict(headers or [])))
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(None)  # the broker's ack, already there
+            return fut
+
+        return send
+
+    def without_changelog(self, table):
+        """Table writes go to a changelog topic through the producer; record them instead."""
+        table.send_changelog = self.changelog
+        return table
+
+    def out(self, spec: topics.TopicSpec) -> list[tuple[bytes | None, dict, dict]]:
+        """(key, decoded record, headers) of everything sent to `spec`, in order."""
+        return [(key, self.engine.decode(spec, value), headers)
+                for name, key, value, headers in self.sent if name == spec.name]
+
+    async def wait_out(self, spec: topics.TopicSpec, n: int) -> list[tuple[bytes | None, dict, dict]]:
+        await eventually(lambda: sum(1 for s in self.sent if s[0] == spec.name) >= n, f"{n} record(s) on {spec.name}")
+        return self.out(spec)
+
+
+# ---- records ---------------------------------------------------------------------------------------
+
+
+def signal(signal_id: str, visitor_id: str = "v1", customer_id: str | None = "C1", name: str = "cancel_intent",
+           ts: int = T0, **over) -> dict:
+    s = {"signal_id": signal_id, "ts": ts, "visitor_id": visitor_id, "customer_id": customer_id, "session_id": "s1",
+         "signal": name, "rule_id": "cancel-intent", "rule_description": "Searched for how to cancel or leave",
+         "ruleset_version": "r1", "priority": 80,
+         "evidence": [{"event_id": "e1", "ts": ts, "type": "search", "channel": "web", "path": None,
+                       "query": "terminate contract early", "value": None}],
+         "session_pages": 3, "session_events": 4, "cart_value": 0.0}
+    s.update(over)
+    return s
+
+
+def profile(customer_id: str = "C1", **over) -> dict:
+    return wire.profile(customer_id, T0 - 86_400_000, **{"display_name": "Sara", "segment": "platinum",
+                                                          "clv": 3121.13, **over})
+
+
+def enriched(sig: dict, prof: dict | None) -> dict:
+    return {"key": sig["customer_id"] or sig["visitor_id"], "known": prof is not None, "signal": sig, "profile": prof}
+
+
+def decision(signal_id: str, outcome: str = "act", **over) -> dict:
+    d = {"decision_id": decision_id(signal_id), "key": "C1", "ts": T0 + 5, "signal_id": signal_id,
+         "signal": "cancel_intent", "signal_ts": T0, "visitor_id": "v1", "customer_id": "C1", "known": True,
+         "outcome": outcome, "gate": None, "reason": "Searched for how to cancel or leave: call back.",
+         "action_id": "retention-callback", "channel": "voice_callback", "skill": "retention", "score": 181.5,
+         "ttl_ms": 900_000, "rules_fired": ["cancel-intent"], "features": {"clv": 3121.13},
+         "scores": {"retention-callback": 181.5},
+         "context": {"customer_name": "Sara", "segment": "platinum",
+                     "message_template": "Hi {name}, before you go: one of our specialists can call you back."},
+         "ruleset_version": "r1/x"}
+    d.update(over)
+    return d

@@ -1,0 +1,143 @@
+"""The decision stage's agent on Faust's test context: decisions, caps, replays, bad input and faults."""
+from __future__ import annotations
+
+import pytest
+
+from streams import topics
+from streams.decision import agent as decision_agent
+from streams.decision.policy import decision_id, in_control_group
+from tests.support.stage import ACTIONS, T0, Stage, async_test, enriched, profile, signal
+
+
+def _decision_stage(tmp_path):
+    st = Stage(tmp_path)
+    decide, table = decision_agent.register(st.engine, ACTIONS)
+    st.without_changelog(table)
+    return st, decide, table
+
+
+@async_test
+async def test_a_matching_signal_yields_a_decision_to_act(tmp_path):
+    # Given C1 (platinum, CLV 3121.13, consent) who is not in the control group of the best action
+    assert not in_control_group("C1", "retention-callback", ACTIONS.policy.control_share)
+    st, decide, table = _decision_stage(tmp_path)
+    async with decide.test_context() as enriched_in:
+        # When C1's cancel_intent arrives enriched with the profile
+        sig = signal("sig-1")
+        await enriched_in.put(key=b"C1", value=st.engine.encode(topics.ENRICHED, enriched(sig, profile())))
+        [(key, d, _)] = await st.wait_out(topics.DECISIONS, 1)
+    # Then the retention call back by voice wins: (0.35 - 0.10) x 0.3 x 3121.13 - 6.0
+    assert key == b"C1"
+    assert d["outcome"] == "act" and d["gate"] is None
+    assert d["action_id"] == "retention-callback" and d["channel"] == "voice_callback" and d["skill"] == "retention"
+    assert d["score"] == pytest.approx(round(0.25 * 0.3 * 3121.13 - 6.0, 4))
+    assert d["scores"]["retention-chat"] == pytest.approx(round(0.12 * 0.2 * 3121.13 - 2.0, 4))
+    assert "save-offer-web" not in d["scores"]  # for anonymous visitors only
+    assert d["decision_id"] == decision_id("sig-1") and d["signal_id"] == "sig-1" and d["ttl_ms"] == 900_000
+    assert d["reason"].startswith("Searched for how to cancel or leave: Offer a call back from the retention team "
+                                  "by voice_callback")
+    assert d["context"]["customer_name"] == "Sara" and d["context"]["message_template"].startswith("Hi {name}")
+    # And the contact ledger counts the offer
+    assert table.get("C1")["offers_today"] == 1
+
+
+@async_test
+async def test_beyond_the_daily_cap_the_customer_gets_no_offer(tmp_path):
+    # Given the policy's cap of 2 offers a day, and C1 outside the control group
+    cap = ACTIONS.policy.max_offers_per_day
+    assert cap == 2 and not in_control_group("C1", "retention-callback", ACTIONS.policy.control_share)
+    st, decide, _ = _decision_stage(tmp_path)
+    async with decide.test_context() as enriched_in:
+        # When C1 shows cancel intent three times in one day
+        for i in range(cap + 1):
+            sig = signal(f"sig-{i}", ts=T0 + i * 60_000)
+            await enriched_in.put(key=b"C1", value=st.engine.encode(topics.ENRICHED, enriched(sig, profile())))
+        out = await st.wait_out(topics.DECISIONS, cap + 1)
+    # Then the first two are offers and the third is held back by the cap, with the cap's reason
+    assert [d["outcome"] for _, d, _ in out] == ["act", "act", "suppressed"]
+    third = out[-1][1]
+    assert third["gate"] == "daily_cap"
+    assert third["reason"] == "Already 2 offers today (cap 2)."
+    assert third["signal_id"] == "sig-2"
+
+
+@async_test
+async def test_a_redelivered_signal_gets_the_same_decision_and_is_not_counted_twice(tmp_path):
+    # Given C1 already got an offer for sig-1
+    st, decide, table = _decision_stage(tmp_path)
+    async with decide.test_context() as enriched_in:
+        value = st.engine.encode(topics.ENRICHED, enriched(signal("sig-1"), profile()))
+        await enriched_in.put(key=b"C1", value=value)
+        await st.wait_out(topics.DECISIONS, 1)
+        # When the very same signal is delivered again (a replay after a crash)
+        await enriched_in.put(key=b"C1", value=value)
+        out = await st.wait_out(topics.DECISIONS, 2)
+    # Then the same decision is sent again and the cap still counts one offer
+    assert out[0][1] == out[1][1]
+    assert table.get("C1")["offers_today"] == 1
+
+
+@async_test
+async def test_garbage_is_dead_lettered_and_the_next_record_still_gets_a_decision(tmp_path):
+    # Given the decision stage
+    st, decide, _ = _decision_stage(tmp_path)
+    async with decide.test_context() as enriched_in:
+        # When garbage bytes arrive, followed by a valid enriched signal of an anonymous visitor
+        garbage = await enriched_in.put(key=b"v7", value=b"not avro at all")
+        sig = signal("sig-anon", visitor_id="v7", customer_id=None)
+        await enriched_in.put(key=b"v7", value=st.engine.encode(topics.ENRICHED, enriched(sig, None)))
+        [(key, d, _)] = await st.wait_out(topics.DECISIONS, 1)
+        [(dkey, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
+    # Then the garbage is kept, whole, on the dead-letter topic with the reason
+    assert dkey == b"v7" and dead["key"] == b"v7" and dead["value"] == b"not avro at all"
+    assert dead["stage"] == "decision" and dead["topic"] == "engage.enriched"
+    assert dead["offset"] == garbage.message.offset
+    assert dead["error"].startswith("DecodeError: not Avro single-object encoding: expected marker C3 01")
+    # And the valid record still gets its Decision: the web message for anonymous visitors
+    assert key == b"v7" and d["signal_id"] == "sig-anon" and d["known"] is False
+    assert d["action_id"] == "save-offer-web" and d["channel"] == "web_message"
+
+
+@async_test
+async def test_a_signal_no_action_answers_gets_a_no_action_decision(tmp_path):
+    # Given the decision stage; When a signal no action answers arrives
+    st, decide, _ = _decision_stage(tmp_path)
+    async with decide.test_context() as enriched_in:
+        sig = signal("sig-x", name="price_check")
+        await enriched_in.put(key=b"C1", value=st.engine.encode(topics.ENRICHED, enriched(sig, profile())))
+        [(_, d, _)] = await st.wait_out(topics.DECISIONS, 1)
+    # Then every signal still gets a Decision, saying why nothing is done
+    assert d["outcome"] == "no_action" and d["gate"] == "no_matching_action"
+    assert d["reason"] == "No action answers the signal price_check."
+    assert d["action_id"] is None and d["channel"] is None
+
+
+@async_test
+async def test_a_fault_on_one_record_dead_letters_it_and_the_stage_goes_on(tmp_path, monkeypatch, caplog):
+    # Given the decision stage with a fault of ours that only one signal triggers
+    real_decide = decision_agent.decide
+
+    def faulty(enriched_signal, ledger, actions):
+        if enriched_signal["signal"]["signal_id"] == "sig-boom":
+            raise KeyError("secret-visitor-detail")
+        return real_decide(enriched_signal, ledger, actions)
+
+    monkeypatch.setattr(decision_agent, "decide", faulty)
+    st, decide, _ = _decision_stage(tmp_path)
+    async with decide.test_context() as enriched_in:
+        # When that signal arrives, then another one
+        boom = signal("sig-boom", visitor_id="v8", customer_id=None)
+        sent = await enriched_in.put(key=b"v8", value=st.engine.encode(topics.ENRICHED, enriched(boom, None)))
+        ok = signal("sig-ok", visitor_id="v8", customer_id=None)
+        await enriched_in.put(key=b"v8", value=st.engine.encode(topics.ENRICHED, enriched(ok, None)))
+        [(_, d, _)] = await st.wait_out(topics.DECISIONS, 1)
+        [(_, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
+    # Then the faulty record is kept whole on the dead-letter topic, named as a fault, not lost to a
+    # restarted agent; the next signal is decided; and the log names the fault without its text
+    assert dead["stage"] == "decision" and dead["offset"] == sent.message.offset
+    assert dead["value"] == st.engine.encode(topics.ENRICHED, enriched(boom, None))
+    assert dead["error"] == "fault in decision: KeyError: 'secret-visitor-detail'"
+    assert d["signal_id"] == "sig-ok"
+    faults = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fault at decision")]
+    assert faults and "KeyError at" in faults[0]
+    assert not [r for r in caplog.records if "secret-visitor-detail" in r.getMessage()]
