@@ -25,6 +25,11 @@ VISITORS = "visitors"  # the Tx's name for visitor_to_state
 INDEX = "index"        # the Tx's name for partition_to_timers
 
 
+def _earliest(pairs: list) -> int | None:
+    """The time of the first [time, key] pair of a sorted list (bucket heads, bucket entries, queue chunks)."""
+    return pairs[0][0] if pairs else None
+
+
 class Tx:
     """Reads through to two stores (VISITORS: visitor state, INDEX: timer index), buffers writes until applied."""
 
@@ -98,7 +103,7 @@ class PartitionClock:
         entries = list(self.tx.get(INDEX, bkey) or [])
         bisect.insort(entries, [deadline, visitor_id])
         self.tx.put(INDEX, bkey, entries)
-        self._set_head(bkey, entries[0][0])
+        self._set_head(bkey, _earliest(entries))
 
     def _set_head(self, bkey: str, first: int | None) -> None:
         heads, firsts = self.clock[BUCKET_HEADS], self.clock[BUCKET_FIRST]
@@ -111,21 +116,20 @@ class PartitionClock:
         self.dirty = True
 
     def next_due(self) -> int | None:
-        heads = self.clock[BUCKET_HEADS]
-        return heads[0][0] if heads else None  # [earliest deadline, bucket key] of the first bucket
+        return _earliest(self.clock[BUCKET_HEADS])
 
     def pop_due(self, watermark: int) -> list[tuple[int, str]]:
         """Remove and return (deadline, visitor) with deadline <= watermark, in deadline order."""
         due: list = []
         heads = self.clock[BUCKET_HEADS]
-        while heads and heads[0][0] <= watermark:
-            bkey = heads[0][1]
+        while heads and _earliest(heads) <= watermark:
+            _, bkey = heads[0]
             entries = self.tx.get(INDEX, bkey) or []
             cut = bisect.bisect_right(entries, [watermark, "\U0010ffff"])
             due.extend(entries[:cut])
             rest = entries[cut:]
             self.tx.put(INDEX, bkey, rest or DELETE)
-            self._set_head(bkey, rest[0][0] if rest else None)  # entries are [deadline, visitor]
+            self._set_head(bkey, _earliest(rest))
         due.sort()
         return [(deadline, visitor) for deadline, visitor in due]
 
@@ -151,18 +155,21 @@ class PartitionClock:
             key = f"{self.p}:q{head}"
             chunk = self.tx.get(INDEX, key) or []  # [[activity time, visitor], ...]
             n = 0
-            while n < len(chunk) and chunk[n][0] <= before and len(out) < limit:
-                out.append(tuple(chunk[n]))
+            while n < len(chunk) and len(out) < limit:
+                queued_at, visitor = chunk[n]
+                if queued_at > before:
+                    break
+                out.append((queued_at, visitor))
                 n += 1
             rest = chunk[n:]
             if rest:
                 self.tx.put(INDEX, key, rest)
-                self._set(QUEUE_NEXT, rest[0][0])
+                self._set(QUEUE_NEXT, _earliest(rest))
             elif head < clock[QUEUE_TAIL]:
                 self.tx.put(INDEX, key, DELETE)
                 nxt = self.tx.get(INDEX, f"{self.p}:q{head + 1}") or []
                 self._set(QUEUE_HEAD, head + 1)
-                self._set(QUEUE_NEXT, nxt[0][0] if nxt else None)
+                self._set(QUEUE_NEXT, _earliest(nxt))
             else:
                 self.tx.put(INDEX, key, DELETE)
                 self._set(QUEUE_NEXT, None)
