@@ -11,6 +11,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+from confluent_kafka import KafkaException
+
 from streams import clients, topics
 from streams.detection.rules import DetectionRuleSet, compile_detection
 from streams.settings import Settings
@@ -100,10 +102,16 @@ def publish(settings: Settings, name: str, text: str, file: str, author: str | N
     topic = settings.topic(topics.RULES.name)
     producer = clients.producer(settings)
     errors: list = []
-    producer.produce(topic, key=name.encode(), value=clients.codec(settings).encode(topic, topics.RULES.schema, record),
-                     on_delivery=lambda err, _msg: errors.append(err) if err else None)
+    value = clients.codec(settings).encode(topic, topics.RULES.schema, record)
+    try:
+        producer.produce(topic, key=name.encode(), value=value,
+                         on_delivery=lambda err, _msg: errors.append(err) if err else None)
+    except KafkaException as exc:  # e.g. larger than the producer's message.max.bytes
+        raise RegistryError(f"could not publish to {topic}: {exc.args[0].str()} ({len(value):,} bytes)") from None
     if producer.flush(15) or errors:
-        raise RegistryError(f"could not publish to {topic}: {errors[0] if errors else 'timed out'}")
+        reason = errors[0].str() if errors else "timed out"
+        raise RegistryError(f"could not publish to {topic}: {reason} ({len(value):,} bytes; the topic's "
+                            "max.message.bytes must allow it)")
     return record
 
 

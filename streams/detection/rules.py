@@ -31,6 +31,9 @@ DETECTION_NAMES = Names(
 SIGNAL_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 MAX_STEPS = 10
 MAX_COUNT = 100  # bounds a count rule's state: at most this many events per visitor
+MAX_RULES = 500  # rules in one file: detection runs the ones an event concerns on every event
+MAX_CONDITION_DEPTH = 6  # all/any/not nested in each other
+MAX_CONDITION_ITEMS = 32  # conditions in one all/any
 RULE_KEYS = {"id", "description", "when", "signal", "priority", "once_per_session"}
 CONDITION_KEYS = {"event", "where", "all", "any", "not"}
 
@@ -156,9 +159,12 @@ def _expr(text, file, line, rule_id, what="where", guard: ast.expr | None = None
         raise RuleError(file, line, f"{what}: {exc}", rule_id) from None
 
 
-def compile_condition(node, file: str, line: int, rule_id: str, what: str, extra: set[str] = frozenset()) -> Condition:
+def compile_condition(node, file: str, line: int, rule_id: str, what: str, extra: set[str] = frozenset(),
+                      depth: int = 0) -> Condition:
     """One event condition: {event, where} or {all: [...]}, {any: [...]}, {not: {...}}; `extra` keys are the caller's."""
     line = line_of(node, line)
+    if depth > MAX_CONDITION_DEPTH:
+        raise RuleError(file, line, f"all/any/not are nested more than {MAX_CONDITION_DEPTH} deep", rule_id)
     if isinstance(node, str):  # shorthand: a bare event type
         node = {"event": node}
     if not isinstance(node, dict):
@@ -176,7 +182,9 @@ def compile_condition(node, file: str, line: int, rule_id: str, what: str, extra
         kline = line_of_key(node, key, line)
         if not isinstance(items, list) or not items:
             raise RuleError(file, kline, f"{key} must be a list of conditions", rule_id)
-        subs = [compile_condition(item, file, kline, rule_id, f"{key} item") for item in items]
+        if len(items) > MAX_CONDITION_ITEMS:
+            raise RuleError(file, kline, f"{key} lists {len(items)} conditions; at most {MAX_CONDITION_ITEMS}", rule_id)
+        subs = [compile_condition(item, file, kline, rule_id, f"{key} item", depth=depth + 1) for item in items]
         tests = tuple(c.test for c in subs)
         if key == "all":
             known = [c.types for c in subs if c.types is not None]
@@ -191,7 +199,7 @@ def compile_condition(node, file: str, line: int, rule_id: str, what: str, extra
             test = lambda ev, s: any(t(ev, s) for t in tests)  # noqa: E731
         parts.append(Condition(f"{key}({', '.join(c.text for c in subs)})", types, test, prefix))
     elif "not" in node:
-        sub = compile_condition(node["not"], file, line_of_key(node, "not", line), rule_id, "not")
+        sub = compile_condition(node["not"], file, line_of_key(node, "not", line), rule_id, "not", depth=depth + 1)
         inner = sub.test
         parts.append(Condition(f"not({sub.text})", None, lambda ev, s: not inner(ev, s)))
     elif "event" in node or "where" in node:
@@ -315,6 +323,8 @@ def compile_detection(text: str, file: str, name: str | None = None) -> Detectio
         items = doc
     if not isinstance(items, list) or not items:
         raise RuleError(file, 1, "a detection file is a list of rules (or a mapping with 'rules:')")
+    if len(items) > MAX_RULES:
+        raise RuleError(file, line_of(items[MAX_RULES], 1), f"the file has {len(items)} rules; at most {MAX_RULES}")
     rules, seen = [], {}
     for node in items:
         rule = _compile_rule(node, file)

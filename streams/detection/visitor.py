@@ -42,6 +42,14 @@ class Detection:
     duplicate: bool = False
 
 
+# The longest text each field may hold: rules run on every event, and what they read must be
+# bounded for their work to be (a producer's 1 MB query would cost every pattern a megabyte).
+FIELD_LIMITS = {"event_id": 256, "visitor_id": 256, "customer_id": 256, "channel": 64, "type": 64, "path": 2048,
+                "query": 1024}
+MAX_ATTRIBUTES = 64            # entries in `attributes`
+MAX_ATTRIBUTE_CHARS = 1024     # characters of one attribute's key or value
+
+
 def validate_event(ev: dict) -> None:
     if not ev.get("event_id"):
         raise InvalidEvent("event_id is empty")
@@ -51,6 +59,16 @@ def validate_event(ev: dict) -> None:
         raise InvalidEvent("type is empty")
     if ev.get("ts", 0) <= 0:
         raise InvalidEvent(f"ts must be epoch milliseconds, got {ev.get('ts')}")
+    for name, limit in FIELD_LIMITS.items():
+        value = ev.get(name)
+        if value is not None and len(value) > limit:
+            raise InvalidEvent(f"{name} has {len(value):,} characters; at most {limit:,}")
+    attributes = ev.get("attributes") or {}
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise InvalidEvent(f"attributes has {len(attributes)} entries; at most {MAX_ATTRIBUTES}")
+    for key, value in attributes.items():
+        if len(key) > MAX_ATTRIBUTE_CHARS or len(value) > MAX_ATTRIBUTE_CHARS:
+            raise InvalidEvent(f"an attribute's key or value has more than {MAX_ATTRIBUTE_CHARS:,} characters")
 
 
 def new_state() -> dict:

@@ -8,6 +8,10 @@ import yaml
 
 from streams.settings import parse_duration_ms
 
+# A rule file is published whole as one record of engage.rules and compiled by every worker: it
+# must fit a Kafka message (1 MB by default) with room to spare, and compile in bounded time.
+MAX_FILE_BYTES = 256 * 1024
+
 
 class RuleError(ValueError):
     """A rule file is invalid. str() reads 'file:line: rule 'id': reason'."""
@@ -28,7 +32,13 @@ class LineDict(dict):
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    def compose_node(self, parent, index):
+        # An alias repeats a node without repeating its text: a few lines can stand for billions of
+        # nodes ("billion laughs"). Rule files have no need of them.
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise RuleError(self.name, mark.line + 1, "YAML aliases (*name) are not allowed in rule files")
+        return super().compose_node(parent, index)
 
 
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
@@ -49,12 +59,18 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 
 
 def load_yaml(text: str, file: str) -> Any:
+    size = len(text.encode("utf-8", "replace"))
+    if size > MAX_FILE_BYTES:
+        raise RuleError(file, None, f"the file is {size:,} bytes; a rule file may have at most {MAX_FILE_BYTES:,}: "
+                                    "split it or remove rules")
     loader = _Loader(text)
     loader.name = file
     try:
         return loader.get_single_data()
     except RuleError:
         raise
+    except RecursionError:
+        raise RuleError(file, None, "the YAML is nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None

@@ -282,3 +282,17 @@ def test_idle_visitors_state_expires_after_the_ttl():
     assert set(p.visitors) == {"v2", "v3"}
     p.tick(200 * M)
     assert p.visitors == {}
+
+
+@pytest.mark.parametrize("field, size, reason", [
+    ("query", 1025, "query has 1,025 characters; at most 1,024"),
+    ("path", 5000, "path has 5,000 characters; at most 2,048"),
+    ("event_id", 300, "event_id has 300 characters; at most 256"),
+])
+def test_an_event_with_an_oversize_field_is_refused_before_any_rule_reads_it(field, size, reason):
+    # Given a partition with a rule on the query; when an event carries an oversize field
+    p = Partition(SINGLE)
+    with pytest.raises(InvalidEvent) as refused:
+        p.event("search", 0, **{"query": "cancel", field: "x" * size} if field != "event_id" else {"event_id": "e" * size})
+    # Then it is refused with the reason (the agent dead-letters it) and nothing was stored
+    assert str(refused.value) == reason and p.visitors == {}

@@ -2,7 +2,7 @@
 import pytest
 
 from streams.detection.rulebook import RuleBook
-from streams.detection.rules import load_detection
+from streams.detection.rules import compile_detection, load_detection
 from streams.rules.loader import RuleError
 from streams.settings import REPO_ROOT
 from tests.unit.detection.harness import M, S, Partition, rules
@@ -88,3 +88,24 @@ def test_the_default_rule_set_covers_the_seed_examples():
     assert {("cancel_intent", "event", False), ("login_trouble", "count", False), ("cart_at_risk", "sequence", True),
             ("pricing_hesitation", "dwell", False), ("not_finding_answers", "count", True),
             ("high_value_browsing", "count", False)} <= kinds
+
+
+def _rule(i: int, when: str = "{event: search}") -> str:
+    return f"- id: r{i}\n  when: {when}\n  signal: s{i}\n"
+
+
+@pytest.mark.parametrize("text, where, reason", [
+    ("base: &b [{event: search}]\n" + "".join(f"l{i}: &l{i} [*{'b' if i == 0 else f'l{i-1}'}, *{'b' if i == 0 else f'l{i-1}'}]\n"
+                                             for i in range(30)), "x.yaml:2:", "YAML aliases (*name) are not allowed"),
+    ("".join(_rule(i) for i in range(501)), "x.yaml:1501:", "the file has 501 rules; at most 500"),
+    ("# " + "x" * 300_000 + "\n" + _rule(1), "x.yaml:", "a rule file may have at most 262,144"),
+    (_rule(1, "{all: [{all: [{all: [{all: [{all: [{all: [{all: [{all: [{event: search}]}]}]}]}]}]}]}]}"), "x.yaml:2: rule 'r1':",
+     "all/any/not are nested more than 6 deep"),
+    (_rule(1, "{any: [" + ", ".join(["{event: search}"] * 33) + "]}"), "x.yaml:2: rule 'r1':", "any lists 33 conditions; at most 32"),
+    ("[" * 5000 + "]" * 5000, "x.yaml:", "nested too deeply"),
+])
+def test_oversize_rule_files_are_refused_with_file_line_and_reason(text, where, reason):
+    # Given a rule file a careless or hostile author wrote; when it is validated, then one line says where and why
+    with pytest.raises(RuleError) as refused:
+        compile_detection(text, "x.yaml")
+    assert str(refused.value).startswith(where) and reason in str(refused.value), str(refused.value)
