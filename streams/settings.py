@@ -151,6 +151,10 @@ class Settings:
     allowed_lateness_ms: int = 5_000
     visitor_ttl_ms: int = 30 * 86_400_000
     idle_tick_ms: int = 2_000
+    # How far an event's time may be ahead of the wall clock, and behind it: beyond, it is dead-lettered
+    # and moves no clock (one event dated years ahead would fire every pending deadline of its partition).
+    max_event_ahead_ms: int = 10 * 60_000
+    max_event_age_ms: int = 30 * 86_400_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -175,6 +179,8 @@ class Settings:
             allowed_lateness_ms=_duration_ms(env, "ENGAGE_ALLOWED_LATENESS", 5_000),
             visitor_ttl_ms=_duration_ms(env, "ENGAGE_VISITOR_TTL", 30 * 86_400_000),
             idle_tick_ms=max(100, _duration_ms(env, "ENGAGE_IDLE_TICK", 2_000)),
+            max_event_ahead_ms=_duration_ms(env, "ENGAGE_MAX_EVENT_AHEAD", 10 * 60_000),
+            max_event_age_ms=_duration_ms(env, "ENGAGE_MAX_EVENT_AGE", 30 * 86_400_000),
             session_timeout_ms=_session_timeout(env),
         )
 

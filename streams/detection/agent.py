@@ -32,7 +32,8 @@ def register(engine: Engine, book: RuleBook):
     partitions = settings.partitions
     visitor_to_state = app.Table(topics.VISITOR_TO_STATE, default=None, partitions=partitions, key_type=str)
     partition_to_timers = app.Table(topics.PARTITION_TO_TIMERS, default=None, partitions=partitions, key_type=str)
-    detector = Detector(book.rules, lateness_ms=settings.allowed_lateness_ms, ttl_ms=settings.visitor_ttl_ms)
+    detector = Detector(book.rules, lateness_ms=settings.allowed_lateness_ms, ttl_ms=settings.visitor_ttl_ms,
+                        max_ahead_ms=settings.max_event_ahead_ms, max_age_ms=settings.max_event_age_ms)
     events_name = settings.topic(topics.EVENTS.name)
     ticks_name = settings.topic(topics.DETECTION_TICKS.name)
     channel = app.topic(events_name, ticks_name, key_serializer="raw", value_serializer="raw", partitions=partitions)

@@ -7,13 +7,21 @@ worker sends itself ticks: the partition's time moves on from its latest event a
 """
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from streams.detection.partition import DELETE, REQUEUE_MS, VISITORS, PartitionClock, Tx
 from streams.detection.rules import DetectionRuleSet
-from streams.detection.state import INDEXED, LAST_TS, QUEUED, TIMERS
-from streams.detection.visitor import Detection, detect, fire_due, validate_event
+from streams.detection.state import CLOCK_MAX_TS, INDEXED, LAST_TS, QUEUED, TIMERS
+from streams.detection.visitor import Detection, InvalidEvent, detect, fire_due, validate_event
+
+log = logging.getLogger(__name__)
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
 
 
 @dataclass
@@ -27,15 +35,43 @@ class Detector:
     # partition -> its clock record, so it is not read and decoded for every event; written through
     # to the table whenever it changes. Forget them whenever partitions may move (a rebalance).
     clocks: dict = field(default_factory=dict)
+    # event times accepted around the wall clock (None: any; the backtest and tests replay history)
+    max_ahead_ms: int | None = None
+    max_age_ms: int | None = None
+    wall_ms: Callable[[], int] = _wall_ms
 
     def forget_partitions(self) -> None:
         self.clocks.clear()
 
     def _clock(self, tx: Tx, partition: int) -> PartitionClock:
-        clock = PartitionClock(tx, partition, self.clocks.get(partition))
+        cached = self.clocks.get(partition)
+        clock = PartitionClock(tx, partition, cached)
+        if cached is None and self.max_ahead_ms is not None:
+            self._distrust_future(clock, partition)
         self.clocks[partition] = clock.clock
         clock.observe(self.max_ts.get(partition, 0))
         return clock
+
+    def _distrust_future(self, clock: PartitionClock, partition: int) -> None:
+        """A clock stored ahead of the wall clock (by a release that accepted any event time) is set back to it."""
+        now = self.wall_ms()
+        if clock.max_ts > now + self.max_ahead_ms:
+            log.warning("detection: partition %d's clock was %.0f days ahead of the wall clock; set back to it",
+                        partition, (clock.max_ts - now) / 86_400_000)
+            clock._set(CLOCK_MAX_TS, now)
+            self.max_ts[partition] = now
+
+    def check_time(self, ev: dict) -> None:
+        """Refuse an event dated too far ahead of the wall clock or too far behind it, before it moves any clock."""
+        if self.max_ahead_ms is None and self.max_age_ms is None:
+            return
+        now, ts = self.wall_ms(), ev["ts"]
+        if self.max_ahead_ms is not None and ts > now + self.max_ahead_ms:
+            raise InvalidEvent(f"ts is {(ts - now) / 1000:,.0f} s ahead of the wall clock; at most "
+                               f"{self.max_ahead_ms / 1000:,.0f} s (ENGAGE_MAX_EVENT_AHEAD)")
+        if self.max_age_ms is not None and ts < now - self.max_age_ms:
+            raise InvalidEvent(f"ts is {(now - ts) / 86_400_000:,.1f} days old; at most "
+                               f"{self.max_age_ms / 86_400_000:,.1f} (ENGAGE_MAX_EVENT_AGE)")
 
     def on_event(self, tx: Tx, partition: int, ev: dict) -> Detection:
         """Advance the partition's watermark to this event, fire what is due, then run the event's rules.
@@ -43,6 +79,7 @@ class Detector:
         Raises InvalidEvent before anything is changed if the event breaks the contract.
         """
         validate_event(ev)
+        self.check_time(ev)
         rules = self.rules()
         clock = self._clock(tx, partition)
         clock.observe(ev["ts"])

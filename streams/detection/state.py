@@ -47,6 +47,9 @@ class Timer(NamedTuple):
     start: int         # absence: when the pattern completed; dwell: when the visit began
     cause_id: str      # event id the signal id derives from
     evidence: list     # events shown with the signal
+    # the session view when the timer was set (visitor.snapshot): what its `where` and signal read.
+    # Timers written before it existed have 7 fields and read the session at firing.
+    view: dict | None = None
 
 
 ABSENT = "absent"

@@ -125,11 +125,22 @@ def _update_cart(state: dict, ev: dict) -> None:
 
 
 def session_view(state: dict) -> dict:
-    """What `session.*` and `cart.*` read in expressions."""
-    session = state[SESSION] or {"pages": 0, "events": 0, "searches": 0, "start": 0, "last": 0}
+    """What `session.*` and `cart.*` read in expressions, and the session a signal belongs to."""
+    session = state[SESSION] or {"id": "", "pages": 0, "events": 0, "searches": 0, "start": 0, "last": 0}
     return {"pages": session["pages"], "events": session["events"], "searches": session["searches"],
             "duration_s": (session["last"] - session["start"]) / 1000.0,
-            "returning": state[SESSIONS] > 1, "cart": state[CART]}
+            "returning": state[SESSIONS] > 1, "cart": state[CART], "session_id": session["id"]}
+
+
+def snapshot(view: dict) -> dict:
+    """The view kept with a timer: what the rule's `where` and its signal read, as of when the timer was set.
+
+    A timer fires once the partition's clock passes its deadline, which depends on other visitors'
+    traffic; events of this visitor that are later than the deadline may have arrived meanwhile. Reading
+    the session from the snapshot, not from the state at firing, keeps the signal the same whatever
+    the other traffic.
+    """
+    return {**view, "cart": dict(view["cart"])}
 
 
 def _rule_state(state: dict, rule: DetectionRule) -> dict:
@@ -147,12 +158,14 @@ class _Run:
     def __init__(self, state: dict, rules: DetectionRuleSet, visitor_id: str):
         self.state, self.rules, self.visitor_id, self.signals = state, rules, visitor_id, []
 
-    def fire(self, rule: DetectionRule, ts: int, cause_id: str, evidence: list[dict], ev: dict, view: dict) -> None:
+    def fire(self, rule: DetectionRule, ts: int, cause_id: str, evidence: list[dict], ev: dict, view: dict,
+             guarded: bool = False) -> None:
+        """Raise the rule's signal unless once_per_session or its `where` (unless `guarded`: checked already) stops it."""
         state = self.state
-        session_id = state[SESSION]["id"] if state[SESSION] else ""
+        session_id = view["session_id"]
         if rule.once_per_session and state[FIRED].get(rule.id) == session_id:
             return
-        if rule.guard is not None and not rule.guard.test(ev, view):
+        if not guarded and rule.guard is not None and not rule.guard.test(ev, view):
             return
         if rule.once_per_session:
             state[FIRED][rule.id] = session_id
@@ -170,7 +183,7 @@ class _Run:
             "evidence": evidence[-EVIDENCE_EVENTS:],
             "session_pages": view["pages"],
             "session_events": view["events"],
-            "cart_value": float(state[CART]["value"]),
+            "cart_value": float(view["cart"]["value"]),
         })
 
     def matched(self, rule: DetectionRule, rs: dict, ts: int, cause_id: str, evidence: list[dict], ev: dict,
@@ -182,7 +195,10 @@ class _Run:
         deadline = ts + rule.absent_ms
         if ts <= rs.get(AWAITED, 0) < deadline:
             return  # the awaited event already came (it arrived before the event that completed the pattern)
-        add_timer(self.state, Timer(deadline, rule.id, rule.fingerprint, ABSENT, ts, cause_id, evidence[-EVIDENCE_EVENTS:]))
+        if rule.guard is not None and not rule.guard.test(ev, view):
+            return  # `where` is checked when the pattern completes, on the session as it is then
+        add_timer(self.state, Timer(deadline, rule.id, rule.fingerprint, ABSENT, ts, cause_id, evidence[-EVIDENCE_EVENTS:],
+                                    snapshot(view)))
 
 
 def add_timer(state: dict, timer: Timer) -> None:
@@ -266,17 +282,20 @@ def _sequence(run: _Run, rule: DetectionRule, state: dict, ev: dict, view: dict,
     run.matched(rule, rs, last, ev["event_id"], [e[BUFFER_EVIDENCE] for e in match], ev, view)
 
 
-def _dwell(rule: DetectionRule, state: dict, ev: dict) -> None:
+def _dwell(rule: DetectionRule, state: dict, ev: dict, view: dict) -> None:
     """An in-order event in the section starts a visit, unless one is on; its pending timer is the visit.
 
     The first event outside the section cancels the timer (see _cancel_timers), so a dwell rule
     only needs to see the events of its section, and holds no state of its own.
     """
-    rule_id = rule.id
-    if any(t.rule_id == rule_id and t.kind == DWELL for t in state[TIMERS]):
-        return  # still in the section: the visit goes on
-    ts = ev["ts"]
-    add_timer(state, Timer(ts + rule.dwell_ms, rule_id, rule.fingerprint, DWELL, ts, ev["event_id"], [evidence_of(ev)]))
+    rule_id, ts, timers = rule.id, ev["ts"], state[TIMERS]
+    for i, t in enumerate(timers):
+        if t.rule_id == rule_id and t.kind == DWELL:
+            if ts < t.deadline:  # still in the section: the visit goes on, and its signal reports the session now
+                timers[i] = t._replace(view=snapshot(view))
+            return
+    add_timer(state, Timer(ts + rule.dwell_ms, rule_id, rule.fingerprint, DWELL, ts, ev["event_id"], [evidence_of(ev)],
+                           snapshot(view)))
 
 
 def _note_absent(rs: dict, ev: dict) -> None:
@@ -333,7 +352,7 @@ def detect(state: dict | None, ev: dict, rules: DetectionRuleSet) -> Detection:
             if mask:
                 _sequence(run, rule, state, ev, view, mask)
         elif in_order and test(ev, view):  # dwell: an in-order event in the section
-            _dwell(rule, state, ev)
+            _dwell(rule, state, ev, view)
     return Detection(state, run.signals)
 
 
@@ -347,13 +366,15 @@ def fire_due(state: dict, visitor_id: str, watermark: int, rules: DetectionRuleS
         rule = rules.by_id.get(timer.rule_id)
         if rule is None or rule.fingerprint != timer.fingerprint:
             continue
-        view = session_view(state)
+        # the session as of when the timer was set (timers stored before views were kept read it now)
+        view = timer.view or session_view(state)
         ev = {**timer.evidence[-1], "visitor_id": visitor_id, "customer_id": state[CUSTOMER], "attributes": {}}
         rs = _rule_state(state, rule)
         if timer.kind == DWELL:  # the visit counted; a new one starts with the next event in the section
             run.matched(rule, rs, timer.deadline, f"{timer.cause_id}:dwell", timer.evidence, ev, view)
         else:
-            run.fire(rule, timer.deadline, f"{timer.cause_id}:absent", timer.evidence, ev, view)
+            run.fire(rule, timer.deadline, f"{timer.cause_id}:absent", timer.evidence, ev, view,
+                     guarded=timer.view is not None)
     return run.signals
 
 

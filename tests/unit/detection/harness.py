@@ -24,6 +24,11 @@ class Partition:
         self.signals: list[dict] = []
         self.n = 0
 
+    @staticmethod
+    def ts(at: int) -> int:
+        """The event time `at` ms after T0."""
+        return T0 + at
+
     def event(self, type_: str, at: int, visitor: str = "v1", event_id: str | None = None, **kw) -> list[dict]:
         """Given an event `at` ms after T0, when it is processed, then these signals come out."""
         self.n += 1

@@ -1,6 +1,8 @@
 """The detection agent on Faust's test context: raw bytes in, signals and dead letters captured, state after acks."""
 from __future__ import annotations
 
+import time
+
 from streams import topics
 from streams.detection import agent as detection_agent
 from streams.detection import detector as detector_module
@@ -10,7 +12,7 @@ from streams.settings import REPO_ROOT
 from tests.support import wire
 from tests.support.stage import Stage, async_test, eventually
 
-T0 = 1_700_000_000_000
+T0 = int(time.time() * 1000) - 60_000  # a minute ago: within the accepted event times
 
 
 def _stage(tmp_path):

@@ -296,3 +296,72 @@ def test_an_event_with_an_oversize_field_is_refused_before_any_rule_reads_it(fie
         p.event("search", 0, **{"query": "cancel", field: "x" * size} if field != "event_id" else {"event_id": "e" * size})
     # Then it is refused with the reason (the agent dead-letters it) and nothing was stored
     assert str(refused.value) == reason and p.visitors == {}
+
+
+ABSENCE_WITH_WHERE = rules("""
+- id: cart-stall
+  when:
+    sequence: [{event: add_to_cart}, {event: checkout_start}]
+    within: 15m
+    then_absent: {event: purchase, for: 20s}
+    where: 'cart.value >= 50'
+  signal: cart_at_risk
+""")
+
+
+@pytest.mark.parametrize("other_traffic_first", [False, True])
+def test_an_awaited_event_after_the_window_never_cancels_whatever_the_other_traffic(other_traffic_first):
+    # Given a cart of 60 and a checkout at 10 s: the purchase is awaited until 30 s
+    p = Partition(ABSENCE_WITH_WHERE, lateness_ms=5 * S)
+    p.event("add_to_cart", 0, value=30.0)
+    p.event("add_to_cart", S, value=30.0)
+    p.event("checkout_start", 10 * S)
+    # When the purchase comes at 32 s (too late), before or after another visitor's event at 36 s moved the clock
+    if other_traffic_first:
+        p.event("page_view", 36 * S, visitor="someone-else", path="/")
+    p.event("purchase", 32 * S, value=60.0)
+    p.tick(60 * S)
+    # Then the signal fires either way, at the deadline, reporting the cart as it was when the pattern completed
+    assert p.fired() == [("cart-stall", 30 * S)]
+    assert p.signals[0]["cart_value"] == 60.0
+
+
+DWELL = rules("""
+- id: pricing
+  when: {dwell: {where: 'path startswith "/pricing"', at_least: 60s}}
+  signal: pricing_hesitation
+""")
+YEAR_MS = 365 * 86_400_000
+
+
+def _bounded(ruleset, wall_at: int) -> Partition:
+    p = Partition(ruleset)
+    p.detector.max_ahead_ms, p.detector.max_age_ms = 10 * M, 30 * 86_400_000
+    p.detector.wall_ms = lambda: p.ts(wall_at)
+    return p
+
+
+@pytest.mark.parametrize("at, reason", [(500 * YEAR_MS, "ahead of the wall clock"), (-40 * 86_400_000, "days old")])
+def test_an_event_dated_far_ahead_or_far_behind_is_refused_and_moves_no_clock(at, reason):
+    # Given a visitor dwelling on pricing since 0 s (due at 60 s), the wall clock at 10 s
+    p = _bounded(DWELL, wall_at=10 * S)
+    p.event("page_view", 0, path="/pricing")
+    # When another visitor's event dated centuries ahead (or weeks behind) arrives
+    with pytest.raises(InvalidEvent) as refused:
+        p.event("page_view", at, visitor="v-clock", path="/")
+    # Then it is refused with the reason, the partition's clock did not move, and the dwell is still pending
+    assert reason in str(refused.value)
+    assert p.detector.max_ts[0] == p.ts(0) and p.fired() == []
+    assert p.event("page_view", 30 * S, visitor="v2", path="/") == [] and p.tick(70 * S) and p.fired() == [("pricing", 60 * S)]
+
+
+def test_a_clock_stored_far_ahead_is_set_back_to_the_wall_clock_on_restore():
+    # Given a partition whose stored clock an earlier release moved centuries ahead, with a dwell pending
+    p = Partition(DWELL)
+    p.event("page_view", 0, path="/pricing")
+    p.timers["0:clock"]["max"] = p.ts(500 * YEAR_MS)  # as an event dated then left it, before bounds
+    restored = _bounded(DWELL, wall_at=5 * S)
+    restored.visitors, restored.timers = p.visitors, p.timers
+    # When a worker with bounds takes the partition over, then the clock is set back and the dwell waits its time
+    assert restored.event("page_view", 6 * S, visitor="v2", path="/") == []
+    assert restored.tick(70 * S) and restored.fired() == [("pricing", 60 * S)]

@@ -199,3 +199,70 @@ def reference_sequence(stream, within):
 def test_sequence_rule_agrees_with_the_reference(stream, within_s):
     p = Partition(rules(f"- id: r\n  when: {{sequence: [a, b, c], within: {within_s}s}}\n  signal: s\n"))
     assert firing_events(p, stream) == reference_sequence(stream, within_s * S)
+
+
+# ---- event time: a visitor's signals do not depend on arrival order or on other visitors -------
+
+LATENESS = 5 * S
+TIMED_RULES = rules("""
+- id: cart-stall
+  when:
+    sequence: [{event: add_to_cart}, {event: checkout_start}]
+    within: 15m
+    then_absent: {event: purchase, for: 20s}
+    where: 'cart.value >= 50'
+  signal: cart_at_risk
+- id: pricing-dwell
+  when: {dwell: {where: 'path startswith "/pricing"', at_least: 15s}}
+  signal: pricing_hesitation
+- id: gone
+  when: {event: login, then_absent: {event: page_view, for: 10s}}
+  signal: gone
+- id: fails
+  when: {count: {event: login_failed, at_least: 2, within: 30s}}
+  signal: login_trouble
+""")
+STEPS = [("add_to_cart", None, 30.0), ("checkout_start", None, None), ("purchase", None, 80.0),
+         ("page_view", "/pricing/a", None), ("page_view", "/shop", None), ("login", None, None), ("login_failed", None, None)]
+
+
+def _journey(visitor: str, steps: list[tuple[int, int]]) -> list[dict]:
+    from tests.support.wire import interaction
+
+    out, t = [], 0
+    for i, (step, gap_s) in enumerate(steps):
+        t += gap_s * S
+        type_, path, value = STEPS[step]
+        out.append(interaction(event_id=f"{visitor}-{i}", visitor_id=visitor, type_=type_, ts=T0_PROP + t, path=path,
+                               value=value))
+    return out
+
+
+T0_PROP = 1_700_000_000_000
+journeys = st.lists(st.tuples(st.integers(0, len(STEPS) - 1), st.integers(0, 25)), min_size=1, max_size=12)
+
+
+def _signals_of(visitor: str, events: list[dict]) -> list[tuple]:
+    p = Partition(TIMED_RULES, lateness_ms=LATENESS)
+    for ev in events:
+        p.event(ev["type"], ev["ts"] - T0_PROP, visitor=ev["visitor_id"], event_id=ev["event_id"], path=ev["path"],
+                value=ev["value"])
+    p.tick(max(ev["ts"] for ev in events) - T0_PROP + 3_600 * S)
+    return sorted((s["rule_id"], s["ts"], s["signal_id"], s["session_id"], s["session_pages"], s["session_events"],
+                   s["cart_value"], tuple(e["event_id"] for e in s["evidence"])) for s in p.signals if s["visitor_id"] == visitor)
+
+
+@settings(max_examples=300, deadline=None)
+@given(journeys, st.lists(journeys, min_size=1, max_size=3), st.data())
+def test_a_visitors_signals_do_not_depend_on_other_visitors_traffic(mine, others, data):
+    # Given a visitor's journey, alone and in event-time order: the signals it must raise
+    own = _journey("me", mine)
+    expected = _signals_of("me", own)
+    # When the same events arrive mixed with other visitors' events, which move the partition's clock
+    # earlier or later relative to this visitor's events (each up to the allowed lateness out of order)
+    theirs = [ev for i, j in enumerate(others) for ev in _journey(f"other{i}", j)]
+    jitter = [0] * len(own) + [data.draw(st.integers(-LATENESS + 1, LATENESS - 1)) for _ in theirs]
+    everyone = own + theirs
+    arrival = [everyone[i] for i in sorted(range(len(everyone)), key=lambda i: (everyone[i]["ts"] + jitter[i], i))]
+    # Then the visitor's signals are the same ones, at the same times, with the same ids and content
+    assert _signals_of("me", arrival) == expected

@@ -28,13 +28,22 @@ def journeys(p: Partition) -> None:
     p.event("page_view", 42 * S, visitor="v3", path="/pricing/plans", event_id="e8")  # a producer duplicate
 
 
+def without_timer_views(state: dict) -> dict:
+    """The state as the fixture's code wrote it: a timer since carries an 8th field, the session view when it was set."""
+    for visitor in state["visitors"].values():
+        for timer in visitor["t"]:
+            assert isinstance(timer[7], dict) and {"pages", "cart", "session_id"} <= set(timer[7])
+        visitor["t"] = [timer[:7] for timer in visitor["t"]]
+    return state
+
+
 def test_the_same_journeys_store_the_same_json_as_before():
     # Given the journeys that wrote the fixture, when today's code runs them
     p = Partition(RULES)
     journeys(p)
-    # Then what it stores is what the earlier code stored, key for key
+    # Then what it stores is what the earlier code stored, key for key (timers have one field more)
     stored = json.loads(FIXTURE.read_text())
-    assert json.loads(json.dumps({"visitors": p.visitors, "timers": p.timers})) == stored["state"]
+    assert without_timer_views(json.loads(json.dumps({"visitors": p.visitors, "timers": p.timers}))) == stored["state"]
     assert p.fired() == [tuple(f) for f in stored["fired"]]
 
 
@@ -62,6 +71,6 @@ def test_the_tables_json_codec_stores_named_state_as_the_same_json():
     # When Faust's table codec (json) writes and reads it, then the stored form is the fixture's
     json_codec = codecs.get_codec("json")
     stored = json.loads(FIXTURE.read_text())["state"]
-    for table, records in (("visitors", p.visitors), ("timers", p.timers)):
-        for key, value in records.items():
-            assert json_codec.loads(json_codec.dumps(value)) == stored[table][key], (table, key)
+    written = {table: {key: json_codec.loads(json_codec.dumps(value)) for key, value in records.items()}
+               for table, records in (("visitors", p.visitors), ("timers", p.timers))}
+    assert without_timer_views(written) == stored
