@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import traceback
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ import faust
 
 from streams import clients, faust_fixes, topics
 from streams.codec import DecodeError
-from streams.deadletter import dead_letter, log_dead_letter
+from streams.deadletter import as_reference, dead_letter, log_dead_letter
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -84,11 +85,32 @@ class Engine:
             await self.dead_letter(stage, message, f"fault in {stage}: {type(exc).__name__}: {exc}", logged=True)
 
     async def dead_letter(self, stage: str, message, error: Exception | str, logged: bool = False) -> None:
+        """Send the record to the dead-letter topic and wait for the ack; never raise (but for cancellation).
+
+        A failed send is retried, as a reference if the record may be too large, with a growing pause:
+        the partition waits rather than acking, so losing, a record it could not put anywhere.
+        """
         record = dead_letter(stage, message.topic, message.partition, message.offset, message.key, message.value, error)
         if not logged:
             log_dead_letter(record)
-        fut = await self.topic[topics.DEADLETTER.name].send(key=message.key, value=self.encode(topics.DEADLETTER, record))
-        await fut
+        pause = 0.1
+        for attempt in itertools.count():
+            try:
+                fut = await self.topic[topics.DEADLETTER.name].send(key=record["key"],
+                                                                   value=self.encode(topics.DEADLETTER, record))
+                await fut
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure: retried, never raised into the agent
+                if not record["truncated"]:
+                    record = as_reference(record)  # e.g. the topic's max.message.bytes is lower than ours
+                    continue
+                if attempt < 3 or attempt % 50 == 0:
+                    log.error("dead-letter send for %s[%d]@%d failed (attempt %d), retrying: %s", message.topic,
+                              message.partition, message.offset, attempt + 1, type(exc).__name__)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
 
 
 def build_app(settings: Settings) -> Engine:

@@ -154,3 +154,30 @@ def test_every_tables_changelog_is_created_with_the_topics_before_the_worker_joi
         config = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, name)])
         [(_, fut)] = config.items()
         assert fut.result(10)["cleanup.policy"].value == "compact", name
+
+
+def test_an_undecodable_record_just_under_the_size_limit_is_dead_lettered_as_a_reference(pipeline, produce, read):
+    import hashlib
+
+    from confluent_kafka import Producer
+
+    # Given an undecodable record just under the broker's default message limit (1,048,588 bytes), so
+    # the dead-letter record, original plus metadata, could not be sent whole
+    dead = read("engage.deadletter", "DeadLetter")
+    decisions = read("engage.decisions", "Decision")
+    visitor = f"V-{uuid.uuid4().hex[:8]}"
+    huge = b"\x00not avro" + uuid.uuid4().bytes * (1_048_300 // 16)
+    raw = Producer({**pipeline.client_conf, "message.max.bytes": 2_000_000, "partitioner": "murmur2_random"})
+    errors: list = []
+    raw.produce(pipeline.topic("engage.events"), key=visitor.encode(), value=huge,
+                on_delivery=lambda err, _msg: errors.append(err) if err else None)
+    assert raw.flush(30) == 0 and not errors, f"the broker refused the test record: {errors}"
+    # When a valid event follows for the same visitor
+    produce.event(event_id=f"{visitor}-ok", visitor_id=visitor, type_="search", ts=now_ms(), query="terminate contract")
+    # Then the large record is on the dead-letter topic as a reference: where it is, its length, hash and first bytes
+    [(record, _)] = dead.wait_for(lambda r: r["key"] == visitor.encode())
+    assert record["truncated"] and record["value_length"] == len(huge)
+    assert record["value_sha256"] == hashlib.sha256(huge).hexdigest() and huge.startswith(record["value"])
+    assert record["topic"] == pipeline.topic("engage.events") and record["offset"] >= 0
+    # And the agent went on: the valid event behind it is decided
+    assert decisions.wait_for(lambda d: d["visitor_id"] == visitor)
