@@ -231,10 +231,12 @@ def main(argv: list[str] | None = None) -> None:
     from streams.tools.localkafka import BrokerError
     from streams.rules.loader import RuleError
     from streams.detection.registry import RegistryError
+    from streams.statedir import StateDirError
 
     try:
         code = run(sys.argv[1:] if argv is None else argv)
-    except (CliError, SettingsError, KafkaUnavailable, BrokerError, RuleError, RegistryError, BacktestError) as exc:
+    except (CliError, SettingsError, KafkaUnavailable, BrokerError, RuleError, RegistryError, BacktestError,
+            StateDirError) as exc:
         print(f"engage: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

@@ -25,16 +25,19 @@ def build_worker(settings: Settings, book: RuleBook | None = None) -> Engine:
 
 
 def run_worker(settings: Settings) -> None:
+    from streams import statedir
     from streams.admin import ensure_topics, wait_for_broker
     from streams.detection.rulebook import start_following
 
+    # its own RocksDB folder, whatever other workers run from the same checkout (held until exit)
+    state = statedir.claim(settings.data_dir)
+    settings = settings.with_(data_dir=state.path)
     # the file is the rule set until a version is published to engage.rules; then the latest valid one
     book = RuleBook(load_detection(settings.rules_dir / "detection.yaml"))
     engine = build_worker(settings, book)
     wait_for_broker(settings)
     ensure_topics(settings)
     start_following(settings, book, engine.codec)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     worker = _make_worker_class()(engine.app, loglevel=settings.log_level, quiet=True)
 
     @engine.app.task

@@ -37,3 +37,20 @@ def test_a_worker_joining_then_another_leaving_mid_stream_loses_nothing_and_leav
     # Then every signal the rules imply is decided, none is invented, a repeated decision is the same
     # decision, and the remaining worker has committed every event (no partition stuck after two rebalances)
     assert_every_signal_decided_once(pipe, signals)
+
+
+def test_two_workers_started_with_the_same_state_folder_share_the_work(new_pipeline):
+    # Given two workers started from one checkout with the same ENGAGE_DATA_DIR (as `engage worker` twice)
+    pipe = new_pipeline(partitions=4)
+    first = pipe.start_worker(state_dir="shared")
+    second = pipe.start_worker(state_dir="shared", members=2)
+    # When journeys stream in across the rebalance that gave the second worker its partitions
+    stream = stream_of_journeys(pipe, seed=23, n_visitors=30)
+    stream.produce.events(stream.events, pause_s=0.002)
+    stream.produce.advance_clocks(stream.events[-1]["ts"] + 600_000)
+    # Then every implied signal is decided, and both workers are still running (no RocksDB lock clash)
+    assert_every_signal_decided_once(pipe, stream.signals)
+    assert first.poll() is None and second.poll() is None, pipe.logs()[-3000:]
+    assert "While lock file" not in pipe.logs(), pipe.logs()[-3000:]
+    # each in a RocksDB folder of its own under the shared one
+    assert {d.name for d in (pipe.workdir / "shared").iterdir() if d.is_dir()} == {"worker-0", "worker-1"}
