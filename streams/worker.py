@@ -54,6 +54,8 @@ def _make_worker_class():
 
     import faust
 
+    from streams import logfilter
+
     class Worker(faust.Worker):
         def on_setup_root_logger(self, logger, level):
             super().on_setup_root_logger(logger, level)
@@ -61,6 +63,8 @@ def _make_worker_class():
             # under load, building those records took ~5% of the worker's CPU: keep them off.
             for name in ("aiokafka", "faust", "mode"):
                 logging.getLogger(name).setLevel(max(level or logging.WARNING, logging.INFO))
+            # a broker outage makes the clients log every retry (~110,000 lines in 25 s): once per kind per 10 s
+            logfilter.install(interval_s=10.0)
 
     return Worker
 

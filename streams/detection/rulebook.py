@@ -52,7 +52,8 @@ def follow(settings: Settings, book: RuleBook, codec, stop: threading.Event, sta
     from confluent_kafka import TopicPartition
 
     name = settings.topic(topics.RULES.name)
-    consumer = clients.consumer(settings, clients.throwaway_group(f"{settings.app_id}-rules"))
+    # librdkafka's own log lines go through logging (and its rate limit) instead of straight to stderr
+    consumer = clients.consumer(settings, clients.throwaway_group(f"{settings.app_id}-rules"), logger=log)
     try:
         consumer.assign([TopicPartition(name, 0, start)])
         while not stop.is_set():
