@@ -21,6 +21,14 @@ TIMEZONES = ["Europe/London", "Europe/Paris", "America/New_York", "America/Chica
 PRICES = {"/shop/phones/x200": 999.0, "/shop/plans/unlimited": 45.0, "/shop/tv/bundle": 1299.0,
           "/shop/broadband/fibre-900": 60.0, "/shop/accessories/charger": 25.0}
 PRODUCTS = list(PRICES)
+# Searches of customers about to leave, and of others, some with the same words in another sense
+# ("leave a review", "weekend contract deals"): what the cancel-intent rule must tell apart.
+CANCEL_QUERIES = ["how do I cancel my contract", "cancel subscription", "terminate contract early", "close my account",
+                  "end contract fee", "how to leave your network", "cancelling my broadband", "switch provider",
+                  "termination of my contract"]
+HELP_QUERIES = ["roaming charges", "router lights blinking", "bill higher than usual", "change my plan", "pin code",
+                "leave a review", "leave feedback", "weekend contract deals", "extend my contract", "parental leave offer",
+                "contract end date"]
 PERSONAS = {  # weight, knows the customer, how likely an offer turns into a conversion
     "browser": (30, False, 0.02),
     "self_server": (25, True, 0.90),
@@ -81,8 +89,7 @@ def make_journey(rng: random.Random, n: int, customers: list[str]) -> Journey:
                          for _ in range(rng.randint(1, 2))]
         steps += [_step("checkout_start", "/checkout"), _step("page_view", "/shipping-costs")]
     elif persona == "cancel_searcher":
-        query = rng.choice(["how do I cancel my contract", "cancel subscription", "terminate contract early",
-                            "close my account", "end contract fee"])
+        query = rng.choice(CANCEL_QUERIES)
         steps = [_step("login", "/account/login"), _step("page_view", "/account"),
                  _step("search", "/help/search", query=query), _step("page_view", "/help/cancellation")]
     elif persona == "locked_out":
@@ -93,8 +100,7 @@ def make_journey(rng: random.Random, n: int, customers: list[str]) -> Journey:
         steps = [_step("page_view", "/"), _step("page_view", "/pricing"), _step("page_view", "/pricing/business")]
     else:  # help_seeker
         steps = [_step("page_view", "/help")]
-        steps += [_step("search", "/help/search", query=q) for q in rng.sample(
-            ["roaming charges", "router lights blinking", "bill higher than usual", "change my plan", "pin code"], 3)]
+        steps += [_step("search", "/help/search", query=q) for q in rng.sample(HELP_QUERIES, 3)]
     # a known customer is identified from the login on; failed logins carry no identity yet
     identified = persona in ("self_server", "cancel_searcher")
     out = []

@@ -41,7 +41,7 @@ def test_the_cli_and_a_worker_authenticate_and_run_the_whole_loop(new_pipeline, 
     pipe = new_pipeline(bootstrap=sasl["KAFKA_BOOTSTRAP_SERVERS"], security_env=sasl)
     # When the rules CLI (confluent-kafka: admin, consumer, producer) publishes rules that also take
     # "unsubscribe" for an intent to cancel, which the rule file the worker starts from does not
-    text = (REPO_ROOT / "rules" / "detection.yaml").read_text().replace('query ~ "cancel|', 'query ~ "unsubscribe|cancel|')
+    text = (REPO_ROOT / "rules" / "detection.yaml").read_text().replace('query ~ "\\\\b(cancel', 'query ~ "\\\\b(unsubscribe|cancel', 1)
     assert "unsubscribe" in text
     (tmp_path / "detection.yaml").write_text(text)
     published = engage(pipe.env, "rules", "publish", str(tmp_path / "detection.yaml"))
