@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--examples", type=_positive(int), default=3)
     rb.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    sc = sub.add_parser("schemas", help="register a producer's writer schema (a newer or older version of a contract schema)")
+    scs = sc.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    sr = scs.add_parser("register", help="check a schema file against the current one and publish it to engage.schemas")
+    sr.add_argument("path", type=Path)
+    sr.add_argument("--author", default=None)
+    scs.add_parser("list", help="the writer schemas registered so far")
+
     d = sub.add_parser("demo", help="broker (unless KAFKA_BOOTSTRAP_SERVERS), worker, simulator and console adapter")
     d.add_argument("--rate", type=_positive(float), default=10.0)
     d.add_argument("--duration", type=_positive(float), default=None, help="stop by itself after this many seconds")
@@ -144,6 +151,28 @@ def _rules(settings: Settings, args) -> int:
     else:
         record = registry.rollback(settings, args.name, args.to_version, author=args.author)
         print(f"rolled {args.name} back: version {record['version']} is current again ({record['author']})")
+    return 0
+
+
+def _schemas(settings: Settings, args) -> int:
+    from streams import schemas
+    from streams.admin import ensure_topics, wait_for_broker
+    from streams.codec import SchemaStore
+
+    if args.action == "register":
+        schemas.load_writer(SchemaStore(settings.schemas_dir), args.path)  # refused before any broker is needed
+        wait_for_broker(settings, 15)
+        ensure_topics(settings)
+        record = schemas.register(settings, args.path, author=args.author)
+        print(f"registered {record['name']} writer schema {record['fingerprint']}: workers read its records from now on")
+        return 0
+    wait_for_broker(settings, 15)
+    lookup = schemas.RegisteredSchemas(settings, SchemaStore(settings.schemas_dir))
+    lookup.refresh()
+    for fp, (name, _writer) in lookup.known.items():
+        print(f"{fp.hex()}  {name}")
+    if not lookup.known:
+        print("no writer schemas registered")
     return 0
 
 
@@ -214,6 +243,8 @@ def run(argv: list[str]) -> int:
             return 0 if pid else 3
     elif args.command == "rules":
         return _rules(settings, args)
+    elif args.command == "schemas":
+        return _schemas(settings, args)
     elif args.command == "demo":
         from streams.tools.demo import run_demo
 
@@ -231,12 +262,13 @@ def main(argv: list[str] | None = None) -> None:
     from streams.tools.localkafka import BrokerError
     from streams.rules.loader import RuleError
     from streams.detection.registry import RegistryError
+    from streams.schemas import RegistrationError
     from streams.statedir import StateDirError
 
     try:
         code = run(sys.argv[1:] if argv is None else argv)
     except (CliError, SettingsError, KafkaUnavailable, BrokerError, RuleError, RegistryError, BacktestError,
-            StateDirError) as exc:
+            StateDirError, RegistrationError) as exc:
         print(f"engage: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ environment (see `KafkaSecurity` in settings.py and the README's "Point it at yo
 """
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -72,6 +73,57 @@ def codec(settings: Settings):
     """The wire format: Avro single-object encoding, or Confluent Schema Registry framing when SCHEMA_REGISTRY_URL is set."""
     store = SchemaStore(settings.schemas_dir)
     return RegistryCodec(store, settings.schema_registry_url) if settings.schema_registry_url else SingleObjectCodec(store)
+
+
+class ReadError(ValueError):
+    """A topic could not be read; the message names it and why."""
+
+
+def watermarks(consumer, tp, deadline: float) -> tuple[int, int]:
+    """The partition's watermarks, waiting out retriable errors: a topic created a moment ago has no
+    leader yet (NOT_LEADER_FOR_PARTITION), and a worker started with the broker reads it right away."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    # librdkafka does not flag these as retriable here, yet they pass as soon as the leader is elected
+    settling = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART,
+                KafkaError._TIMED_OUT}
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=max(0.1, deadline - time.monotonic()))
+        except KafkaException as exc:
+            err = exc.args[0]
+            if not (err.retriable() or err.code() in settling) or time.monotonic() >= deadline:
+                raise ReadError(f"cannot read {tp.topic}: {exc.args[0].str()}") from None
+            time.sleep(0.2)
+
+
+def read_to_end(settings: Settings, topic: str, start: int = 0, timeout_s: float = 10.0,
+                group_prefix: str = "engage-reader") -> list[tuple[int, bytes | None, bytes | None]]:
+    """(offset, key, value) of every record of partition 0 of `topic` from `start` to its end now.
+
+    For the one-partition, compacted topics read whole (engage.rules, engage.schemas); no group offsets.
+    """
+    from confluent_kafka import TopicPartition
+
+    out: list[tuple[int, bytes | None, bytes | None]] = []
+    c = consumer(settings, throwaway_group(group_prefix))
+    try:
+        deadline = time.monotonic() + timeout_s
+        low, high = watermarks(c, TopicPartition(topic, 0), deadline)
+        start = max(start, low)
+        if high <= start:
+            return out
+        c.assign([TopicPartition(topic, 0, start)])
+        while time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            out.append((msg.offset(), msg.key(), msg.value()))
+            if msg.offset() + 1 >= high:
+                return out
+        raise ReadError(f"could not read {topic} to its end within {timeout_s:.0f}s")
+    finally:
+        c.close()
 
 
 def faust_broker(settings: Settings) -> dict[str, Any]:

@@ -97,8 +97,82 @@ def _inline(schema: Any, raw_by_name: dict[str, Any], defined: set[str], namespa
     raise ValueError(f"not a schema: {schema!r}")
 
 
+def readable(reader: Any, writer: Any) -> list[str]:
+    """Why data written with `writer` cannot be read with `reader` (Avro schema resolution); [] when it can.
+
+    Both are self-contained schemas as JSON (named types written out where they first occur).
+    """
+    return _Resolution().check(_without_logical_types(reader), _without_logical_types(writer), "")
+
+
+_PROMOTIONS = {"int": {"long", "float", "double"}, "long": {"float", "double"}, "float": {"double"},
+               "string": {"bytes"}, "bytes": {"string"}}
+
+
+class _Resolution:
+    def __init__(self):
+        self.named: dict[str, dict[str, Any]] = {"r": {}, "w": {}}
+
+    def _resolve(self, side: str, schema: Any) -> Any:
+        if isinstance(schema, dict) and schema.get("type") in ("record", "error", "enum", "fixed"):
+            self.named[side][schema["name"]] = schema
+            self.named[side][schema["name"].rsplit(".", 1)[-1]] = schema
+        if isinstance(schema, str) and schema not in _PRIMITIVES:
+            return self.named[side].get(schema, self.named[side].get(schema.rsplit(".", 1)[-1], schema))
+        if isinstance(schema, dict) and isinstance(schema.get("type"), (str, dict, list)) and \
+                schema["type"] not in ("record", "error", "enum", "fixed", "array", "map"):
+            return self._resolve(side, schema["type"])
+        return schema
+
+    def check(self, reader: Any, writer: Any, where: str) -> list[str]:
+        reader, writer = self._resolve("r", reader), self._resolve("w", writer)
+        here = where or "the record"
+        if isinstance(writer, list):
+            return [p for branch in writer for p in self.check(reader, branch, where)]
+        if isinstance(reader, list):
+            for branch in reader:
+                if not _Resolution.check(self._copy(), branch, writer, where):
+                    return []
+            return [f"{here}: {_kind(writer)} fits no branch of {[_kind(b) for b in reader]}"]
+        rk, wk = _kind(reader), _kind(writer)
+        if rk in _PRIMITIVES or wk in _PRIMITIVES:
+            if rk == wk or rk in _PROMOTIONS.get(wk, ()):
+                return []
+            return [f"{here}: written as {wk}, read as {rk}"]
+        if rk != wk:
+            return [f"{here}: written as {wk}, read as {rk}"]
+        if rk == "array":
+            return self.check(reader["items"], writer["items"], f"{where}[]")
+        if rk == "map":
+            return self.check(reader["values"], writer["values"], f"{where}{{}}")
+        if rk == "enum":
+            missing = set(writer["symbols"]) - set(reader["symbols"])
+            return [] if not missing or "default" in reader else [f"{here}: symbols {sorted(missing)} unknown to the reader"]
+        if rk == "fixed":
+            return [] if reader.get("size") == writer.get("size") else [f"{here}: fixed size differs"]
+        problems = []
+        written = {f["name"]: f for f in writer.get("fields", [])}
+        for field in reader.get("fields", []):
+            path = f"{where}.{field['name']}" if where else field["name"]
+            if field["name"] in written:
+                problems += self.check(field["type"], written[field["name"]]["type"], path)
+            elif "default" not in field:
+                problems.append(f"{path}: the writer has no such field and the reader no default")
+        return problems
+
+    def _copy(self) -> "_Resolution":
+        other = _Resolution()
+        other.named = {k: dict(v) for k, v in self.named.items()}
+        return other
+
+
+def _kind(schema: Any) -> str:
+    return schema if isinstance(schema, str) else schema.get("type") if isinstance(schema, dict) else "union"
+
+
 class SchemaStore:
-    """Every schema under one folder, self-contained, parsed, fingerprinted."""
+    """Every schema under one folder, self-contained, parsed, fingerprinted; with the released versions
+    kept under `released/<Name>/<fingerprint>.avsc`, which records written with them are read through."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -125,6 +199,27 @@ class SchemaStore:
             self.canonical_by_name[short] = canonical
             self.fingerprint_by_name[short] = fp
             self.name_by_fingerprint[fp] = short
+        # fingerprint -> (name, parsed writer schema) of versions other than the current one
+        self.writers: dict[bytes, tuple[str, Any]] = {}
+        for path in sorted(self.folder.glob("released/*/*.avsc")):
+            name = path.parent.name
+            writer = json.loads(path.read_text())
+            fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parse_schema(writer)), "CRC-64-AVRO"))
+            if name in self.parsed_by_name and fp != self.fingerprint_by_name[name]:
+                self.add_writer(name, writer)
+
+    def add_writer(self, name: str, writer: Any) -> bytes:
+        """Make records written with `writer` (self-contained JSON) readable as `name`; returns its fingerprint."""
+        fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parse_schema(writer)), "CRC-64-AVRO"))
+        if fp != self.fingerprint_by_name.get(name):
+            self.writers[fp] = (name, parse_schema(_without_logical_types(writer)))
+        return fp
+
+    def contained(self, raw: Any) -> Any:
+        """A schema that may name this store's types, made self-contained."""
+        by_name = {_full_name(j["name"], NAMESPACE): j for j in self.json_by_name.values()}
+        by_name[_full_name(raw["name"], raw.get("namespace"))] = raw
+        return _inline(raw, by_name, set(), raw.get("namespace"))
 
     def names(self) -> list[str]:
         return sorted(self.parsed_by_name)
@@ -137,10 +232,15 @@ class SchemaStore:
 
 
 class SingleObjectCodec:
-    """Avro single-object encoding with the schemas of one SchemaStore."""
+    """Avro single-object encoding with the schemas of one SchemaStore.
 
-    def __init__(self, store: SchemaStore):
-        self.store = store
+    A record written with another version of its schema is read through Avro schema resolution:
+    the released versions are in the store; a fingerprint it does not know is asked of `lookup`
+    (the writer schemas registered on engage.schemas), which returns (name, writer JSON) or None.
+    """
+
+    def __init__(self, store: SchemaStore, lookup=None):
+        self.store, self.lookup = store, lookup
 
     def encode(self, topic: str, name: str, record: dict) -> bytes:
         buf = io.BytesIO()
@@ -160,20 +260,37 @@ class SingleObjectCodec:
                 f"not Avro single-object encoding: expected marker C3 01, got {data[:2].hex(' ') or 'no bytes'}"
             )
         fp = bytes(data[2:10])
-        writer = self.store.name_by_fingerprint.get(fp)
+        writer, writer_schema = self.store.name_by_fingerprint.get(fp), None
         if writer is None:
-            raise DecodeError(f"unknown writer schema fingerprint {fp.hex()}; expected {name}")
+            writer, writer_schema = self._other_version(fp, name)
         if writer != name:
             raise DecodeError(f"wrong schema: record is {writer}, expected {name}")
         buf = io.BytesIO(data)
         buf.seek(10)
         try:
-            record = fastavro.schemaless_reader(buf, self.store.schema(name), None)
+            if writer_schema is None:
+                record = fastavro.schemaless_reader(buf, self.store.schema(name), None)
+            else:
+                record = fastavro.schemaless_reader(buf, writer_schema, self.store.schema(name))
         except Exception as exc:  # fastavro raises many types on truncated or corrupt bodies
             raise DecodeError(f"corrupt {name} body: {type(exc).__name__}: {exc}") from exc
         if buf.tell() != len(data):
             raise DecodeError(f"{len(data) - buf.tell()} trailing bytes after the {name} body")
         return record
+
+    def _other_version(self, fp: bytes, name: str) -> tuple[str, Any]:
+        known = self.store.writers.get(fp)
+        if known is None and self.lookup is not None:
+            found = self.lookup(fp)
+            if found is not None:
+                writer_name, writer_json = found
+                if writer_name in self.store.parsed_by_name:
+                    self.store.add_writer(writer_name, writer_json)
+                    known = self.store.writers.get(fp)
+        if known is None:
+            raise DecodeError(f"unknown writer schema fingerprint {fp.hex()}; expected {name} (neither a version "
+                              "in schemas/ nor one registered with `engage schemas register`)")
+        return known
 
 
 class RegistryCodec:

@@ -23,6 +23,8 @@ AGENT_AVAILABILITY = TopicSpec("engage.agent-availability", "skill", "AgentAvail
 # `engage rules history` and `rollback` see a month of versions.
 RULES = TopicSpec("engage.rules", "rule set name", "RuleSet", compacted=True, partitions=1,
                   config=(("min.compaction.lag.ms", str(30 * 86_400_000)),))
+# Writer schemas producers registered (`engage schemas register`): one partition, compacted by fingerprint.
+SCHEMAS = TopicSpec("engage.schemas", "fingerprint (hex)", "WriterSchema", compacted=True, partitions=1)
 SIGNALS = TopicSpec("engage.signals", "visitor_id", "Signal")
 # Signals of known customers re-keyed by customer_id, co-partitioned with engage.profiles for the join.
 SIGNALS_BY_CUSTOMER = TopicSpec("engage.signals-by-customer", "customer_id", "Signal", internal=True)
@@ -35,7 +37,7 @@ DELIVERY = TopicSpec("engage.delivery", "customer_id, else visitor_id", "Deliver
 OUTCOMES = TopicSpec("engage.outcomes", "customer_id, else visitor_id", "Outcome")
 DEADLETTER = TopicSpec("engage.deadletter", "the original key", "DeadLetter")
 
-ALL = (EVENTS, PROFILES, AGENT_AVAILABILITY, RULES, SIGNALS, SIGNALS_BY_CUSTOMER, DETECTION_TICKS, ENRICHED, DECISIONS, DELIVERY,
+ALL = (EVENTS, PROFILES, AGENT_AVAILABILITY, RULES, SCHEMAS, SIGNALS, SIGNALS_BY_CUSTOMER, DETECTION_TICKS, ENRICHED, DECISIONS, DELIVERY,
        OUTCOMES, DEADLETTER)
 
 # The state tables, each with a compacted changelog topic named by Faust "<app id>-<table>-changelog",

@@ -35,6 +35,11 @@ def run_worker(settings: Settings) -> None:
     # the file is the rule set until a version is published to engage.rules; then the latest valid one
     book = RuleBook(load_detection(settings.rules_dir / "detection.yaml"))
     engine = build_worker(settings, book)
+    if engine.settings.schema_registry_url is None:
+        from streams.schemas import RegisteredSchemas
+
+        # records of writer schemas other than ours: looked up on engage.schemas (the registry does it otherwise)
+        engine.codec.lookup = RegisteredSchemas(settings, engine.codec.store)
     wait_for_broker(settings)
     ensure_topics(settings)
     start_following(settings, book, engine.codec)

@@ -6,7 +6,6 @@ workers switch to it like to any other version and the history shows the rollbac
 """
 from __future__ import annotations
 
-import getpass
 import logging
 import time
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from confluent_kafka import KafkaException
 
 from streams import clients, topics
 from streams.detection.rules import DetectionRuleSet, compile_detection
+from streams.schemas import whoami
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,55 +31,26 @@ class Published:
     record: dict
 
 
-def _watermarks(consumer, tp, deadline: float) -> tuple[int, int]:
-    """The partition's watermarks, waiting out retriable errors: a topic created a moment ago has no
-    leader yet (NOT_LEADER_FOR_PARTITION), and a worker started with the broker reads it right away."""
-    from confluent_kafka import KafkaError, KafkaException
-
-    # librdkafka does not flag these as retriable here, yet they pass as soon as the leader is elected
-    settling = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART,
-                KafkaError._TIMED_OUT}
-    while True:
-        try:
-            return consumer.get_watermark_offsets(tp, timeout=max(0.1, deadline - time.monotonic()))
-        except KafkaException as exc:
-            err = exc.args[0]
-            if not (err.retriable() or err.code() in settling) or time.monotonic() >= deadline:
-                raise RegistryError(f"cannot read {tp.topic}: {exc.args[0].str()}") from None
-            time.sleep(0.2)
-
-
 def history(settings: Settings, name: str | None = None, timeout_s: float = 10.0) -> list[Published]:
     """Every version still on engage.rules (oldest first), for one rule set name or all."""
-    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
     topic = settings.topic(topics.RULES.name)
     codec = clients.codec(settings)
-    consumer = clients.consumer(settings, clients.throwaway_group("engage-rules-cli"))
-    out: list[Published] = []
     try:
-        deadline = time.monotonic() + timeout_s
-        low, high = _watermarks(consumer, TopicPartition(topic, 0), deadline)
-        if high <= low:
-            return out
-        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            if msg.value() is not None:
-                try:
-                    record = codec.decode(topic, topics.RULES.schema, msg.value())
-                except ValueError as exc:
-                    log.error("%s offset %d is not a RuleSet, ignored: %s", topic, msg.offset(), exc)
-                    record = None
-                if record is not None and (name is None or record["name"] == name):
-                    out.append(Published(msg.offset(), record))
-            if msg.offset() + 1 >= high:
-                return out
-        raise RegistryError(f"could not read {topic} to its end within {timeout_s:.0f}s")
-    finally:
-        consumer.close()
+        stored = clients.read_to_end(settings, topic, timeout_s=timeout_s, group_prefix="engage-rules-cli")
+    except clients.ReadError as exc:
+        raise RegistryError(str(exc)) from None
+    out: list[Published] = []
+    for offset, _key, value in stored:
+        if value is None:
+            continue
+        try:
+            record = codec.decode(topic, topics.RULES.schema, value)
+        except ValueError as exc:
+            log.error("%s offset %d is not a RuleSet, ignored: %s", topic, offset, exc)
+            continue
+        if name is None or record["name"] == name:
+            out.append(Published(offset, record))
+    return out
 
 
 def current(settings: Settings, name: str) -> dict | None:
@@ -98,7 +69,7 @@ def publish(settings: Settings, name: str, text: str, file: str, author: str | N
     if latest is not None and latest["version"] == ruleset.version:
         raise RegistryError(f"version {ruleset.version} of {name} is already the published one")
     record = {"name": name, "kind": KIND, "version": ruleset.version, "ts": int(time.time() * 1000), "source": text,
-              "author": (author or _whoami()) + (f" ({note})" if note else "")}
+              "author": (author or whoami()) + (f" ({note})" if note else "")}
     topic = settings.topic(topics.RULES.name)
     producer = clients.producer(settings)
     errors: list = []
@@ -134,10 +105,3 @@ def rollback(settings: Settings, name: str, to_version: str | None = None, autho
         target = matches[-1]
     return publish(settings, name, target["source"], f"engage.rules:{name}@{target['version']}",
                    author=author, note=f"rollback from {now['version']}")
-
-
-def _whoami() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name in some containers
-        return "unknown"

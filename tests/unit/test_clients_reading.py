@@ -1,4 +1,4 @@
-"""Reading engage.rules right after the topic was created: retriable errors are waited out, others named."""
+"""Reading a one-partition topic right after it was created: retriable errors are waited out, others named."""
 from __future__ import annotations
 
 import time
@@ -6,7 +6,7 @@ import time
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from streams.detection.registry import RegistryError, _watermarks
+from streams.clients import ReadError, watermarks as _watermarks
 
 
 class Consumer:
@@ -35,7 +35,7 @@ def test_a_partition_without_a_leader_yet_is_waited_for():
 def test_an_error_that_will_not_pass_is_a_registry_error_naming_the_topic():
     # Given a broker that refuses access to the topic
     consumer = Consumer(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
-    # When the watermarks are read; Then a RegistryError (one line in the CLI) names the topic, at once
-    with pytest.raises(RegistryError, match="cannot read engage.rules: "):
+    # When the watermarks are read; Then a ReadError (one line in the CLI) names the topic, at once
+    with pytest.raises(ReadError, match="cannot read engage.rules: "):
         _watermarks(consumer, TopicPartition("engage.rules", 0), time.monotonic() + 5)
     assert consumer.calls == 1
