@@ -115,3 +115,20 @@ def test_any_expression_is_refused_cleanly_or_evaluates_with_bounded_work(tokens
         if isinstance(result, (str, tuple)):
             # no operation repeats a text: a result is at most the joined inputs of the expression
             assert len(result) <= MAX_NODES * max(LONGEST_FIELD, len(text))
+
+
+@pytest.mark.parametrize("pattern, engine", [
+    ("refund|complaint", "re"), ("(cancel|leave) my plan", "re"), (r"\bbill\b", "re"),
+    ("(a+)+$", "re2"), ("cancel(ling)?", "re2"), ("(a|a)(a|a)x", "re2"), ("x{3}", "re2"),
+])
+def test_word_alternations_run_on_re_and_anything_that_could_backtrack_on_re2(pattern, engine):
+    from streams.rules.expr import compile_pattern
+
+    assert type(compile_pattern(pattern)).__module__.split(".")[0] == engine
+
+
+def test_chained_alternations_cannot_backtrack_exponentially():
+    # Given a pattern of 40 alternations in a row, which a backtracking engine tries 2^40 ways on a near miss
+    rule = compile_expr('query ~ "' + "(a|a)" * 40 + 'x"', DETECTION_NAMES)
+    with no_hang():
+        assert rule.test(event("a" * 1000), SESSION) is False
