@@ -266,3 +266,35 @@ def test_a_visitors_signals_do_not_depend_on_other_visitors_traffic(mine, others
     arrival = [everyone[i] for i in sorted(range(len(everyone)), key=lambda i: (everyone[i]["ts"] + jitter[i], i))]
     # Then the visitor's signals are the same ones, at the same times, with the same ids and content
     assert _signals_of("me", arrival) == expected
+
+
+ABSENCE_RULES = rules("""
+- id: gone
+  when: {event: login, then_absent: {event: page_view, for: 10s}}
+  signal: gone
+- id: no-purchase
+  when: {event: checkout_start, then_absent: {event: purchase, for: 20s}}
+  signal: no_purchase
+""")
+
+
+@settings(max_examples=300, deadline=None)
+@given(journeys, st.lists(journeys, max_size=2), st.data())
+def test_an_absence_is_decided_by_event_time_whatever_the_arrival_order_within_the_lateness(mine, others, data):
+    # Given a visitor's journey: which absences fire, alone and in event-time order
+    own = _journey("me", mine)
+    expected = _absences_of(own)
+    # When its events and other visitors' arrive shuffled, each up to the allowed lateness out of order
+    everyone = own + [ev for i, j in enumerate(others) for ev in _journey(f"other{i}", j)]
+    jitter = [data.draw(st.integers(0, LATENESS - 1)) for _ in everyone]
+    arrival = [everyone[i] for i in sorted(range(len(everyone)), key=lambda i: (everyone[i]["ts"] + jitter[i], i))]
+    # Then the same absences fire, at the same times, with the same ids
+    assert _absences_of(arrival) == expected
+
+
+def _absences_of(events: list[dict]) -> list[tuple]:
+    p = Partition(ABSENCE_RULES, lateness_ms=LATENESS)
+    for ev in events:
+        p.event(ev["type"], ev["ts"] - T0_PROP, visitor=ev["visitor_id"], event_id=ev["event_id"], path=ev["path"])
+    p.tick(max(ev["ts"] for ev in events) - T0_PROP + 3_600 * S)
+    return sorted((s["rule_id"], s["ts"], s["signal_id"]) for s in p.signals if s["visitor_id"] == "me")
