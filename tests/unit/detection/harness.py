@@ -11,6 +11,19 @@ S = 1000
 M = 60_000
 
 
+def cart_stall(wait: str) -> str:
+    """The shipped cart-stall rule's shape: a full cart, a checkout, then no purchase for `wait`."""
+    return f"""
+- id: cart-stall
+  when:
+    sequence: [{{event: add_to_cart}}, {{event: checkout_start}}]
+    within: 15m
+    then_absent: {{event: purchase, for: {wait}}}
+    where: 'cart.value >= 50'
+  signal: cart_at_risk
+"""
+
+
 def rules(text: str) -> DetectionRuleSet:
     return compile_detection(text, "test.yaml")
 

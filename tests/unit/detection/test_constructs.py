@@ -4,7 +4,7 @@ import pytest
 from streams.detection.partition import Tx
 from streams.detection.state import BUFFER, RULES, SEEN, TIMERS, WINDOW
 from streams.detection.visitor import MAX_TIMERS, SEEN_IDS, SEQUENCE_BUFFER, SESSION_GAP_MS, InvalidEvent
-from tests.unit.detection.harness import M, S, Partition, rules
+from tests.unit.detection.harness import M, S, Partition, cart_stall, rules
 
 SINGLE = rules("""
 - id: cancel
@@ -148,15 +148,7 @@ def test_an_idle_partition_fires_from_the_wall_clock_tick():
     assert [s["rule_id"] for s in p.tick(65 * S)] == ["pricing"]
 
 
-STALL = rules("""
-- id: cart-stall
-  when:
-    sequence: [{event: add_to_cart}, {event: checkout_start}]
-    within: 15m
-    then_absent: {event: purchase, for: 3m}
-    where: 'cart.value >= 50'
-  signal: cart_at_risk
-""")
+STALL = rules(cart_stall("3m"))
 
 
 def test_absence_fires_when_the_awaited_event_does_not_come():
@@ -298,15 +290,7 @@ def test_an_event_with_an_oversize_field_is_refused_before_any_rule_reads_it(fie
     assert str(refused.value) == reason and p.visitors == {}
 
 
-ABSENCE_WITH_WHERE = rules("""
-- id: cart-stall
-  when:
-    sequence: [{event: add_to_cart}, {event: checkout_start}]
-    within: 15m
-    then_absent: {event: purchase, for: 20s}
-    where: 'cart.value >= 50'
-  signal: cart_at_risk
-""")
+ABSENCE_WITH_WHERE = rules(cart_stall("20s"))
 
 
 @pytest.mark.parametrize("other_traffic_first", [False, True])

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from streams.detection.visitor import find_sequence
 from streams.detection.rules import DETECTION_NAMES
 from streams.rules.expr import compile_expr, evaluate
-from tests.unit.detection.harness import S, Partition, rules
+from tests.unit.detection.harness import S, Partition, cart_stall, rules
 
 # ---- expressions: a random tree, rendered as rule text, evaluated two ways -------------------
 
@@ -204,14 +204,7 @@ def test_sequence_rule_agrees_with_the_reference(stream, within_s):
 # ---- event time: a visitor's signals do not depend on arrival order or on other visitors -------
 
 LATENESS = 5 * S
-TIMED_RULES = rules("""
-- id: cart-stall
-  when:
-    sequence: [{event: add_to_cart}, {event: checkout_start}]
-    within: 15m
-    then_absent: {event: purchase, for: 20s}
-    where: 'cart.value >= 50'
-  signal: cart_at_risk
+TIMED_RULES = rules(cart_stall("20s") + """
 - id: pricing-dwell
   when: {dwell: {where: 'path startswith "/pricing"', at_least: 15s}}
   signal: pricing_hesitation
