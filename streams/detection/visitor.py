@@ -286,13 +286,14 @@ def _dwell(rule: DetectionRule, state: dict, ev: dict, view: dict) -> None:
     """An in-order event in the section starts a visit, unless one is on; its pending timer is the visit.
 
     The first event outside the section cancels the timer (see _cancel_timers), so a dwell rule
-    only needs to see the events of its section, and holds no state of its own.
+    only needs to see the events of its section, and holds no state of its own. A visit is over at
+    its deadline in event time, whether or not its timer has fired yet (that depends on when other
+    traffic moves the partition's clock): an event in the section at or after it starts the next.
     """
     rule_id, ts, timers = rule.id, ev["ts"], state[TIMERS]
     for i, t in enumerate(timers):
-        if t.rule_id == rule_id and t.kind == DWELL:
-            if ts < t.deadline:  # still in the section: the visit goes on, and its signal reports the session now
-                timers[i] = t._replace(view=snapshot(view))
+        if t.rule_id == rule_id and t.kind == DWELL and ts < t.deadline:
+            timers[i] = t._replace(view=snapshot(view))  # the visit goes on; its signal reports the session now
             return
     add_timer(state, Timer(ts + rule.dwell_ms, rule_id, rule.fingerprint, DWELL, ts, ev["event_id"], [evidence_of(ev)],
                            snapshot(view)))

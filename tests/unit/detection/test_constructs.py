@@ -349,3 +349,18 @@ def test_a_clock_stored_far_ahead_is_set_back_to_the_wall_clock_on_restore():
     # When a worker with bounds takes the partition over, then the clock is set back and the dwell waits its time
     assert restored.event("page_view", 6 * S, visitor="v2", path="/") == []
     assert restored.tick(70 * S) and restored.fired() == [("pricing", 60 * S)]
+
+
+@pytest.mark.parametrize("other_traffic_first", [False, True])
+def test_a_dwell_visit_ends_at_its_deadline_in_event_time_whatever_the_other_traffic(other_traffic_first):
+    # Given a visitor on the pricing pages at 0 s (a 60 s dwell) and 5 s of allowed lateness
+    p = Partition(DWELL, lateness_ms=5 * S)
+    p.event("page_view", 0, path="/pricing")
+    # When another visitor's event at 66 s moves the clock past the deadline, or does not, before
+    # this visitor's next pricing page at 62 s arrives
+    if other_traffic_first:
+        p.event("page_view", 66 * S, visitor="someone-else", path="/")
+    p.event("page_view", 62 * S, path="/pricing/business")
+    p.tick(200 * S)
+    # Then the first visit fires at 60 s and the page at 62 s starts the next one, either way
+    assert [(rule, at) for rule, at in p.fired()] == [("pricing", 60 * S), ("pricing", 122 * S)]
