@@ -159,15 +159,16 @@ def _schemas(settings: Settings, args) -> int:
     from streams.admin import ensure_topics, wait_for_broker
     from streams.codec import SchemaStore
 
+    store = SchemaStore(settings.schemas_dir)
     if args.action == "register":
-        schemas.load_writer(SchemaStore(settings.schemas_dir), args.path)  # refused before any broker is needed
+        loaded = schemas.load_writer(store, args.path)  # refused before any broker is needed
         wait_for_broker(settings, 15)
         ensure_topics(settings)
-        record = schemas.register(settings, args.path, author=args.author)
+        record = schemas.register(settings, store, loaded, author=args.author)
         print(f"registered {record['name']} writer schema {record['fingerprint']}: workers read its records from now on")
         return 0
     wait_for_broker(settings, 15)
-    lookup = schemas.RegisteredSchemas(settings, SchemaStore(settings.schemas_dir))
+    lookup = schemas.RegisteredSchemas(settings, store)
     lookup.refresh()
     for fp, (name, _writer) in lookup.known.items():
         print(f"{fp.hex()}  {name}")

@@ -79,6 +79,26 @@ class ReadError(ValueError):
     """A topic could not be read; the message names it and why."""
 
 
+class SendError(ValueError):
+    """A record could not be written; the message names the topic and why."""
+
+
+def send_one(settings: Settings, topic: str, key: bytes, value: bytes, timeout_s: float = 15.0) -> None:
+    """Write one record and wait until the brokers have it (the CLI's publish and register); SendError if not."""
+    from confluent_kafka import KafkaException
+
+    errors: list = []
+    sender = producer(settings)
+    try:
+        sender.produce(topic, key=key, value=value, on_delivery=lambda err, _msg: errors.append(err) if err else None)
+    except KafkaException as exc:  # e.g. larger than the producer's message.max.bytes
+        raise SendError(f"could not publish to {topic}: {exc.args[0].str()} ({len(value):,} bytes)") from None
+    if sender.flush(timeout_s) or errors:
+        reason = errors[0].str() if errors else "timed out"
+        raise SendError(f"could not publish to {topic}: {reason} ({len(value):,} bytes; the topic's "
+                        "max.message.bytes must allow it)")
+
+
 def watermarks(consumer, tp, deadline: float) -> tuple[int, int]:
     """The partition's watermarks, waiting out retriable errors: a topic created a moment ago has no
     leader yet (NOT_LEADER_FOR_PARTITION), and a worker started with the broker reads it right away."""

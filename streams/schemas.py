@@ -60,19 +60,16 @@ def load_writer(store: SchemaStore, path: Path) -> tuple[str, dict, str]:
     return name, writer, fp
 
 
-def register(settings: Settings, path: Path, author: str | None = None) -> dict:
-    """Validate a writer schema against the current one and publish it to engage.schemas; returns the record."""
-    store = SchemaStore(settings.schemas_dir)
-    name, writer, fp = load_writer(store, path)
+def register(settings: Settings, store: SchemaStore, loaded: tuple[str, dict, str], author: str | None = None) -> dict:
+    """Publish a writer schema `load_writer` accepted to engage.schemas; returns the record."""
+    name, writer, fp = loaded
     record = {"fingerprint": fp, "name": name, "schema": json.dumps(writer, separators=(",", ":")),
               "ts": int(time.time() * 1000), "author": author or whoami()}
     topic = settings.topic(topics.SCHEMAS.name)
-    producer = clients.producer(settings)
-    errors: list = []
-    producer.produce(topic, key=fp.encode(), value=SingleObjectCodec(store).encode(topic, topics.SCHEMAS.schema, record),
-                     on_delivery=lambda err, _msg: errors.append(err) if err else None)
-    if producer.flush(15) or errors:
-        raise RegistrationError(f"could not publish to {topic}: {errors[0].str() if errors else 'timed out'}")
+    try:
+        clients.send_one(settings, topic, fp.encode(), SingleObjectCodec(store).encode(topic, topics.SCHEMAS.schema, record))
+    except clients.SendError as exc:
+        raise RegistrationError(str(exc)) from None
     return record
 
 

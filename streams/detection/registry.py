@@ -10,8 +10,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaException
-
 from streams import clients, topics
 from streams.detection.rules import DetectionRuleSet, compile_detection
 from streams.schemas import whoami
@@ -71,18 +69,10 @@ def publish(settings: Settings, name: str, text: str, file: str, author: str | N
     record = {"name": name, "kind": KIND, "version": ruleset.version, "ts": int(time.time() * 1000), "source": text,
               "author": (author or whoami()) + (f" ({note})" if note else "")}
     topic = settings.topic(topics.RULES.name)
-    producer = clients.producer(settings)
-    errors: list = []
-    value = clients.codec(settings).encode(topic, topics.RULES.schema, record)
     try:
-        producer.produce(topic, key=name.encode(), value=value,
-                         on_delivery=lambda err, _msg: errors.append(err) if err else None)
-    except KafkaException as exc:  # e.g. larger than the producer's message.max.bytes
-        raise RegistryError(f"could not publish to {topic}: {exc.args[0].str()} ({len(value):,} bytes)") from None
-    if producer.flush(15) or errors:
-        reason = errors[0].str() if errors else "timed out"
-        raise RegistryError(f"could not publish to {topic}: {reason} ({len(value):,} bytes; the topic's "
-                            "max.message.bytes must allow it)")
+        clients.send_one(settings, topic, name.encode(), clients.codec(settings).encode(topic, topics.RULES.schema, record))
+    except clients.SendError as exc:
+        raise RegistryError(str(exc)) from None
     return record
 
 
