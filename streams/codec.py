@@ -97,6 +97,11 @@ def _inline(schema: Any, raw_by_name: dict[str, Any], defined: set[str], namespa
     raise ValueError(f"not a schema: {schema!r}")
 
 
+def fingerprint_of(schema: Any) -> bytes:
+    """The CRC-64-AVRO fingerprint of a self-contained schema's parsing canonical form, as Java computes it."""
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(parse_schema(schema)), "CRC-64-AVRO"))
+
+
 def readable(reader: Any, writer: Any) -> list[str]:
     """Why data written with `writer` cannot be read with `reader` (Avro schema resolution); [] when it can.
 
@@ -131,7 +136,7 @@ class _Resolution:
             return [p for branch in writer for p in self.check(reader, branch, where)]
         if isinstance(reader, list):
             for branch in reader:
-                if not _Resolution.check(self._copy(), branch, writer, where):
+                if not self._copy().check(branch, writer, where):
                     return []
             return [f"{here}: {_kind(writer)} fits no branch of {[_kind(b) for b in reader]}"]
         rk, wk = _kind(reader), _kind(writer)
@@ -202,15 +207,12 @@ class SchemaStore:
         # fingerprint -> (name, parsed writer schema) of versions other than the current one
         self.writers: dict[bytes, tuple[str, Any]] = {}
         for path in sorted(self.folder.glob("released/*/*.avsc")):
-            name = path.parent.name
-            writer = json.loads(path.read_text())
-            fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parse_schema(writer)), "CRC-64-AVRO"))
-            if name in self.parsed_by_name and fp != self.fingerprint_by_name[name]:
-                self.add_writer(name, writer)
+            if path.parent.name in self.parsed_by_name:
+                self.add_writer(path.parent.name, json.loads(path.read_text()))
 
     def add_writer(self, name: str, writer: Any) -> bytes:
         """Make records written with `writer` (self-contained JSON) readable as `name`; returns its fingerprint."""
-        fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parse_schema(writer)), "CRC-64-AVRO"))
+        fp = fingerprint_of(writer)
         if fp != self.fingerprint_by_name.get(name):
             self.writers[fp] = (name, parse_schema(_without_logical_types(writer)))
         return fp

@@ -19,13 +19,13 @@ PREFIX_BYTES = 4096  # first bytes kept of an original too large to keep whole
 
 
 def dead_letter(stage: str, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                error: Exception | str, max_kept: int = MAX_KEPT_BYTES) -> dict:
+                error: Exception | str) -> dict:
     reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     record = {"ts": int(time.time() * 1000), "stage": stage, "topic": topic, "partition": partition, "offset": offset,
               "key": key, "value": value, "error": reason[:2000], "truncated": False,
               "value_length": None if value is None else len(value),
               "value_sha256": None if value is None else hashlib.sha256(value).hexdigest()}
-    if len(key or b"") + len(value or b"") > max_kept:
+    if len(key or b"") + len(value or b"") > MAX_KEPT_BYTES:
         record = as_reference(record)
     return record
 

@@ -16,10 +16,10 @@ import logging
 import time
 from pathlib import Path
 
-from fastavro.schema import SchemaParseException, fingerprint, parse_schema, to_parsing_canonical_form
+from fastavro.schema import SchemaParseException
 
 from streams import clients, topics
-from streams.codec import SchemaStore, SingleObjectCodec, readable
+from streams.codec import SchemaStore, SingleObjectCodec, fingerprint_of, readable
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def load_writer(store: SchemaStore, path: Path) -> tuple[str, dict, str]:
         raise RegistrationError(f"{path}: {name} is not a schema of the contract (known: {', '.join(store.names())})")
     try:
         writer = store.contained(raw)
-        fp = fingerprint(to_parsing_canonical_form(parse_schema(writer)), "CRC-64-AVRO")
+        fp = fingerprint_of(writer).hex()
     except (SchemaParseException, ValueError, KeyError, TypeError) as exc:
         raise RegistrationError(f"{path}: not a valid Avro schema: {exc}") from None
     problems = readable(store.json_by_name[name], writer)
@@ -111,7 +111,7 @@ class RegisteredSchemas:
             try:
                 record = codec.decode(topic, topics.SCHEMAS.schema, value)
                 writer = json.loads(record["schema"])
-                fp = fingerprint(to_parsing_canonical_form(parse_schema(writer)), "CRC-64-AVRO")
+                fp = fingerprint_of(writer).hex()
             except (ValueError, KeyError, TypeError, SchemaParseException) as exc:
                 log.error("%s offset %d is not a usable writer schema, ignored: %s", topic, offset, exc)
                 continue

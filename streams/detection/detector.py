@@ -14,7 +14,7 @@ from typing import Callable
 
 from streams.detection.partition import DELETE, REQUEUE_MS, VISITORS, PartitionClock, Tx
 from streams.detection.rules import DetectionRuleSet
-from streams.detection.state import CLOCK_MAX_TS, INDEXED, LAST_TS, QUEUED, TIMERS
+from streams.detection.state import INDEXED, LAST_TS, QUEUED, TIMERS
 from streams.detection.visitor import Detection, InvalidEvent, detect, fire_due, validate_event
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class Detector:
         if clock.max_ts > now + self.max_ahead_ms:
             log.warning("detection: partition %d's clock was %.0f days ahead of the wall clock; set back to it",
                         partition, (clock.max_ts - now) / 86_400_000)
-            clock._set(CLOCK_MAX_TS, now)
+            clock.set_back(now)
             self.max_ts[partition] = now
 
     def check_time(self, ev: dict) -> None:

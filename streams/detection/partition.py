@@ -88,6 +88,10 @@ class PartitionClock:
         """Activity time of the expiry queue's first entry, None when the queue is empty."""
         return self.clock[QUEUE_NEXT]
 
+    def set_back(self, ts: int) -> None:
+        """Set the latest event time back to `ts` (a clock an older release let run ahead of the wall clock)."""
+        self._set(CLOCK_MAX_TS, ts)
+
     def observe(self, ts: int) -> None:
         if ts > self.clock[CLOCK_MAX_TS]:
             # kept in memory by the Detector too; written whenever the clock is written anyway
