@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import io
+import operator
 import re
 import tokenize
 from dataclasses import dataclass
@@ -93,28 +94,17 @@ def _add(a, b):
     raise TypeError("+ takes two numbers or two texts")
 
 
-def _sub(a, b):
-    if _numbers(a, b):
-        return a - b
-    raise TypeError("- takes numbers")
+def _numbers_only(op: Callable, sign: str) -> Callable:
+    def apply(a, b):
+        if _numbers(a, b):
+            return op(a, b)
+        raise TypeError(f"{sign} takes numbers")
+    return apply
 
 
-def _mul(a, b):
-    if _numbers(a, b):
-        return a * b
-    raise TypeError("* takes numbers")
-
-
-def _div(a, b):
-    if _numbers(a, b):
-        return a / b
-    raise TypeError("/ takes numbers")
-
-
-def _mod(a, b):
-    if _numbers(a, b):
-        return a % b
-    raise TypeError("% takes numbers")
+# the names the compiled code calls each arithmetic operator by
+_ARITHMETIC = {"_add": _add, "_sub": _numbers_only(operator.sub, "-"), "_mul": _numbers_only(operator.mul, "*"),
+               "_div": _numbers_only(operator.truediv, "/"), "_mod": _numbers_only(operator.mod, "%")}
 
 
 def _round(x, digits=0):
@@ -454,9 +444,8 @@ def compile_expr(text: str, names: Names, guard: ast.expr | None = None) -> Comp
                                                    value=ast.Lambda(args=arguments, body=body))], type_ignores=[])
     ast.fix_missing_locations(module)
     code = compile(module, "<rule expression>", "exec")
-    env: dict[str, Any] = {"__builtins__": {}, "_match": _match, "_add": _add, "_sub": _sub, "_mul": _mul,
-                           "_div": _div, "_mod": _mod, "_startswith": _startswith, "_endswith": _endswith,
-                           "_contains": _contains, "_isinstance": isinstance, "_str": str, "bool": bool,
+    env: dict[str, Any] = {"__builtins__": {}, "_match": _match, "_startswith": _startswith, "_endswith": _endswith,
+                           **_ARITHMETIC, "_contains": _contains, "_isinstance": isinstance, "_str": str, "bool": bool,
                            "TypeError": TypeError, "ValueError": ValueError, "ZeroDivisionError": ZeroDivisionError,
                            "AttributeError": AttributeError}
     env.update({f"_fn_{k}": v for k, v in FUNCTIONS.items()})
