@@ -155,6 +155,8 @@ class Settings:
     # and moves no clock (one event dated years ahead would fire every pending deadline of its partition).
     max_event_ahead_ms: int = 10 * 60_000
     max_event_age_ms: int = 30 * 86_400_000
+    # How long after a decision (in event time) purchases, cancellations and calls count for it.
+    attribution_window_ms: int = 30 * 60_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -182,6 +184,7 @@ class Settings:
             max_event_ahead_ms=_duration_ms(env, "ENGAGE_MAX_EVENT_AHEAD", 10 * 60_000),
             max_event_age_ms=_duration_ms(env, "ENGAGE_MAX_EVENT_AGE", 30 * 86_400_000),
             session_timeout_ms=_session_timeout(env),
+            attribution_window_ms=max(1_000, _duration_ms(env, "ENGAGE_ATTRIBUTION_WINDOW", 30 * 60_000)),
         )
 
     def with_(self, **changes) -> "Settings":

@@ -35,10 +35,15 @@ ENRICHED = TopicSpec("engage.enriched", "customer_id, else visitor_id", "Enriche
 DECISIONS = TopicSpec("engage.decisions", "customer_id, else visitor_id", "Decision")
 DELIVERY = TopicSpec("engage.delivery", "customer_id, else visitor_id", "Delivery")
 OUTCOMES = TopicSpec("engage.outcomes", "customer_id, else visitor_id", "Outcome")
+# Purchases, cancellations and calls, re-keyed by detection to the keys decisions use (customer_id
+# and visitor_id), so attribution joins them with decisions on one partition.
+CONVERSIONS = TopicSpec("engage.conversions", "customer_id and visitor_id (one record each)", "Interaction", internal=True)
+# What happened after each decision; compacted by decision id: the latest revision is the attribution so far.
+ATTRIBUTIONS = TopicSpec("engage.attributions", "decision_id", "Attribution", compacted=True)
 DEADLETTER = TopicSpec("engage.deadletter", "the original key", "DeadLetter")
 
 ALL = (EVENTS, PROFILES, AGENT_AVAILABILITY, RULES, SCHEMAS, SIGNALS, SIGNALS_BY_CUSTOMER, DETECTION_TICKS, ENRICHED, DECISIONS, DELIVERY,
-       OUTCOMES, DEADLETTER)
+       OUTCOMES, CONVERSIONS, ATTRIBUTIONS, DEADLETTER)
 
 # The state tables, each with a compacted changelog topic named by Faust "<app id>-<table>-changelog",
 # partitioned like the stream it is updated from. They are created with the topics above, before a
@@ -49,7 +54,8 @@ VISITOR_TO_STATE = "visitor_to_state"
 PARTITION_TO_TIMERS = "partition_to_timers"
 CUSTOMER_TO_PROFILE = "customer_to_profile"
 CUSTOMER_TO_CONTACTS = "customer_to_contacts"
-TABLES = (VISITOR_TO_STATE, PARTITION_TO_TIMERS, CUSTOMER_TO_PROFILE, CUSTOMER_TO_CONTACTS)
+KEY_TO_ATTRIBUTIONS = "key_to_attributions"
+TABLES = (VISITOR_TO_STATE, PARTITION_TO_TIMERS, CUSTOMER_TO_PROFILE, CUSTOMER_TO_CONTACTS, KEY_TO_ATTRIBUTIONS)
 
 
 def changelog(app_id: str, table: str) -> str:

@@ -1,7 +1,8 @@
-"""Decides what one worker process runs: the four stages on one Faust app, with the rules from rules/ or engage.rules."""
+"""Decides what one worker process runs: the four stages and attribution on one Faust app, with the rules from rules/ or engage.rules."""
 from __future__ import annotations
 
 from streams.app import Engine, build_app
+from streams.attribution import agent as attribution_agent
 from streams.data import agent as data_agent
 from streams.decision import agent as decision_agent
 from streams.decision.actions import load_actions
@@ -21,6 +22,7 @@ def build_worker(settings: Settings, book: RuleBook | None = None) -> Engine:
     data_agent.register(engine)
     decision_agent.register(engine, actions)
     delivery_agent.register(engine)
+    attribution_agent.register(engine, actions)
     return engine
 
 

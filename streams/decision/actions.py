@@ -12,6 +12,9 @@ from streams.rules.loader import RuleError, check_keys, duration_ms, line_of, lo
 PROFILE_FIELDS = frozenset({"customer_id", "display_name", "segment", "clv", "preferred_channel", "marketing_consent",
                             "opted_out", "channels_opted_out", "timezone", "attributes"})
 CHANNELS = frozenset({"voice_callback", "chat", "web_message", "email", "sms", "click_to_call", "webhook"})
+# what converting means for an action, as attribution counts it: a purchase event; no cancel event
+# (the customer stayed); no call to the contact centre (the visitor was helped without one)
+GOALS = ("purchase", "retain", "resolve")
 # channels that reach a person outside the site need marketing consent
 NEEDS_CONSENT = frozenset({"email", "sms"})
 
@@ -46,12 +49,14 @@ class Action:
     message: str
     ttl_ms: int
     line: int
+    goal: str = "purchase"
 
 
 @dataclass(frozen=True)
 class Policy:
     max_offers_per_day: int = 2
     control_share: float = 0.1
+    holdout_share: float = 0.0  # customers who never get a proactive offer (the global hold-out)
     channel_cost: tuple[tuple[str, float], ...] = ()
 
     def cost(self, channel: str) -> float:
@@ -67,6 +72,12 @@ class ActionSet:
 
     def answering(self, signal: str) -> list[Action]:
         return [a for a in self.actions if signal in a.answers]
+
+    def goal_of(self, action_id: str | None) -> str:
+        for a in self.actions:
+            if a.id == action_id:
+                return a.goal
+        return "purchase"
 
 
 def _expr(text, file, line, rule_id, what) -> Compiled | None:
@@ -91,7 +102,8 @@ def _compile_action(node, file: str, policy: Policy) -> Action:
     if not isinstance(node, dict) or not isinstance(node.get("id"), str):
         raise RuleError(file, line, "each action needs an id")
     aid = node["id"]
-    check_keys(node, {"id", "description", "answers", "eligible", "value", "uplift", "channels", "skill", "message", "ttl"},
+    check_keys(node, {"id", "description", "answers", "eligible", "value", "uplift", "channels", "skill", "message", "ttl",
+                      "goal"},
                {"answers", "value", "uplift", "channels", "message", "ttl"}, file, aid, "an action")
     answers = node["answers"]
     answers = [answers] if isinstance(answers, str) else answers
@@ -123,6 +135,9 @@ def _compile_action(node, file: str, policy: Policy) -> Action:
     for field in _TEMPLATE_FIELD.findall(message):
         if field not in TEMPLATE_FIELDS:
             raise RuleError(file, line, f"message uses {{{field}}}; allowed: {', '.join('{%s}' % f for f in sorted(TEMPLATE_FIELDS))}", aid)
+    goal = node.get("goal", "purchase")
+    if goal not in GOALS:
+        raise RuleError(file, line, f"goal must be one of {', '.join(GOALS)}, got {goal!r}", aid)
     skill = node.get("skill")
     if skill is not None and (not isinstance(skill, str) or not skill):
         raise RuleError(file, line, "skill must be a name", aid)
@@ -131,7 +146,7 @@ def _compile_action(node, file: str, policy: Policy) -> Action:
                   p_act=_probability(uplift["act"], file, uline, aid, "uplift.act"),
                   p_baseline=_probability(uplift["baseline"], file, uline, aid, "uplift.baseline"),
                   channels=tuple(channels), skill=skill, message=message,
-                  ttl_ms=duration_ms(node["ttl"], file, line, aid, "ttl"), line=line)
+                  ttl_ms=duration_ms(node["ttl"], file, line, aid, "ttl"), line=line, goal=goal)
 
 
 def _compile_policy(node, file: str) -> Policy:
@@ -140,13 +155,16 @@ def _compile_policy(node, file: str) -> Policy:
     line = line_of(node, 1)
     if not isinstance(node, dict):
         raise RuleError(file, line, "policy must be a mapping")
-    check_keys(node, {"max_offers_per_day", "control_share", "channel_cost"}, set(), file, None, "policy")
+    check_keys(node, {"max_offers_per_day", "control_share", "holdout_share", "channel_cost"}, set(), file, None, "policy")
     cap = node.get("max_offers_per_day", 2)
     if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
         raise RuleError(file, line, f"max_offers_per_day must be a whole number, got {cap!r}")
     share = node.get("control_share", 0.1)
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share < 1.0:
         raise RuleError(file, line, f"control_share must be from 0 up to (not including) 1, got {share!r}")
+    holdout = node.get("holdout_share", 0.0)
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0.0 <= holdout < 1.0:
+        raise RuleError(file, line, f"holdout_share must be from 0 up to (not including) 1, got {holdout!r}")
     costs = node.get("channel_cost", {}) or {}
     if not isinstance(costs, dict):
         raise RuleError(file, line, "channel_cost must map channels to a cost")
@@ -155,7 +173,7 @@ def _compile_policy(node, file: str) -> Policy:
             raise RuleError(file, line_of(costs, line), f"channel_cost: unknown channel {ch!r}")
         if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0:
             raise RuleError(file, line_of(costs, line), f"channel_cost.{ch} must be a number >= 0")
-    return Policy(max_offers_per_day=cap, control_share=float(share),
+    return Policy(max_offers_per_day=cap, control_share=float(share), holdout_share=float(holdout),
                   channel_cost=tuple(sorted((k, float(v)) for k, v in costs.items())))
 
 

@@ -3,7 +3,7 @@
 Gates, in order: an action answers the signal; the customer has not opted out; the action is
 eligible; a channel is allowed; acting has positive expected incremental value
 ((P(convert | act) - P(convert | no action)) x value - channel cost); the daily cap holds;
-the customer is not in the action's control group. Every signal gets a Decision.
+the customer is not in the global hold-out nor in the action's control group. Every signal gets a Decision.
 """
 from __future__ import annotations
 
@@ -29,12 +29,19 @@ def decision_id(signal_id: str) -> str:
     return hashlib.sha256(f"decision\x1f{signal_id}".encode()).hexdigest()[:24]
 
 
+def _share_of(*parts: str) -> float:
+    return int.from_bytes(hashlib.sha256("\x1f".join(parts).encode()).digest()[:8], "big") / 2**64
+
+
 def in_control_group(key: str, action_id: str, share: float) -> bool:
     """Stable across restarts and replays: a hash of the customer (or visitor) and the action."""
-    if share <= 0:
-        return False
-    h = int.from_bytes(hashlib.sha256(f"control\x1f{action_id}\x1f{key}".encode()).digest()[:8], "big")
-    return h / 2**64 < share
+    return share > 0 and _share_of("control", action_id, key) < share
+
+
+def in_global_holdout(key: str, share: float) -> bool:
+    """Customers who never get a proactive offer, whatever the action: a hash of the key alone, so it
+    is independent of each action's control group and stable across restarts, replays and rule changes."""
+    return share > 0 and _share_of("holdout", key) < share
 
 
 def local_day(ts_ms: int, tz: str | None) -> str:
@@ -168,6 +175,11 @@ def _gates(d: dict, enriched: dict, ledger: dict, actions: ActionSet) -> dict:
     cap = actions.policy.max_offers_per_day
     if ledger["offers_today"] >= cap:
         return _stop(d, "suppressed", "daily_cap", f"Already {ledger['offers_today']} offers today (cap {cap}).")
+    # The hold-outs come after every other gate, so a held-out decision is one that would have been
+    # an offer: treated and control are compared like for like. Its action_id is the action it would have taken.
+    if in_global_holdout(d["key"], actions.policy.holdout_share):
+        return _stop(d, "control", "global_holdout",
+                     f"In the global hold-out (never offered anything); {action.id} would have scored {score:.2f}.")
     if in_control_group(d["key"], action.id, actions.policy.control_share):
         return _stop(d, "control", "control_group",
                      f"Held out in the control group of {action.id}; it would have scored {score:.2f}.")

@@ -2,6 +2,8 @@
 
 The agent reads engage.events and its own tick topic (co-partitioned), so timers of an idle
 partition fire on the worker that owns it, and table writes land in that partition's changelog.
+Purchases, cancellations and calls also go to engage.conversions under the keys decisions use,
+for attribution: detection is where a visitor's customer id is known.
 State is written only after the signals are acknowledged.
 """
 from __future__ import annotations
@@ -11,9 +13,11 @@ import time
 
 from streams import topics
 from streams.app import Engine
+from streams.attribution.attribute import GOAL_EVENTS
 from streams.detection.detector import Detector
 from streams.detection.idle import IdlePartitions
 from streams.detection.partition import Tx
+from streams.detection.state import CUSTOMER
 from streams.detection.rulebook import RuleBook
 from streams.detection.visitor import InvalidEvent
 
@@ -25,6 +29,14 @@ def check_event(msg, ev: dict) -> None:
     # the event's own contract is checked by Detector.on_event, before it changes anything
     if msg.key is None or msg.key.decode("utf-8", "replace") != ev["visitor_id"]:
         raise InvalidEvent("the record key must be the visitor_id")
+
+
+def conversion_keys(ev: dict, visitor_state: dict) -> tuple[dict, list[str]]:
+    """A purchase, cancellation or call, with the customer the visitor is known as, and the keys decisions
+    about it may have: the customer's and the visitor's (a decision made before the login is the visitor's)."""
+    customer = ev["customer_id"] or visitor_state.get(CUSTOMER)
+    keys = [ev["visitor_id"]] + ([customer] if customer and customer != ev["visitor_id"] else [])
+    return {**ev, "customer_id": customer}, keys
 
 
 def register(engine: Engine, book: RuleBook):
@@ -54,7 +66,12 @@ def register(engine: Engine, book: RuleBook):
                     check_event(msg, ev)
                     if idle.saw_event(msg.partition, time.time()):
                         log.info("detection: first event of %s[%d] at offset %d", msg.topic, msg.partition, msg.offset)
-                    signals = detector.on_event(tx, msg.partition, ev).signals
+                    detection = detector.on_event(tx, msg.partition, ev)
+                    signals = detection.signals
+                    if ev["type"] in GOAL_EVENTS and not detection.duplicate:
+                        conversion, keys = conversion_keys(ev, detection.state)
+                        for key in keys:
+                            await engine.send(topics.CONVERSIONS, key, conversion)
                 for signal in signals:
                     await engine.send(topics.SIGNALS, signal["visitor_id"], signal)
                 # State after the signals are acked: a crash in between replays the event against the old

@@ -7,6 +7,7 @@ contract's schema, so each test checks what a consumer of that topic would read.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from types import SimpleNamespace
 from unittest.mock import AsyncMock, MagicMock
@@ -18,7 +19,10 @@ from streams.decision.policy import decision_id
 from streams.settings import REPO_ROOT, Settings
 from tests.support import wire
 
-ACTIONS = load_actions(REPO_ROOT / "rules" / "actions.yaml")
+SHIPPED_ACTIONS = load_actions(REPO_ROOT / "rules" / "actions.yaml")
+# The shipped actions without the global hold-out, which would hold out C1 (the customer most tests
+# use) from every offer; tests of the hold-out itself use SHIPPED_ACTIONS.
+ACTIONS = dataclasses.replace(SHIPPED_ACTIONS, policy=dataclasses.replace(SHIPPED_ACTIONS.policy, holdout_share=0.0))
 T0 = 1_700_000_000_000  # 2023-11-14 22:13 UTC, the same day in Europe/London
 TEST_TIMEOUT_S = 10.0
 WAIT_S = 2.0

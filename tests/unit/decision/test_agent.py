@@ -141,3 +141,23 @@ async def test_a_fault_on_one_record_dead_letters_it_and_the_stage_goes_on(tmp_p
     faults = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fault at decision")]
     assert faults and "KeyError at" in faults[0]
     assert not [r for r in caplog.records if "secret-visitor-detail" in r.getMessage()]
+
+
+@async_test
+async def test_a_customer_in_the_global_holdout_gets_no_offer_but_records_the_action_it_would_have_had(tmp_path):
+    # Given the shipped policy's global hold-out of 5%, which holds out C1 (a stable hash of the key)
+    from streams.decision.policy import in_global_holdout
+    from tests.support.stage import SHIPPED_ACTIONS
+
+    assert SHIPPED_ACTIONS.policy.holdout_share == 0.05 and in_global_holdout("C1", 0.05)
+    st = Stage(tmp_path)
+    decide, table = decision_agent.register(st.engine, SHIPPED_ACTIONS)
+    st.without_changelog(table)
+    async with decide.test_context() as enriched_in:
+        # When C1's cancel intent arrives
+        await enriched_in.put(key=b"C1", value=st.engine.encode(topics.ENRICHED, enriched(signal("sig-1"), profile())))
+        [(_, d, _)] = await st.wait_out(topics.DECISIONS, 1)
+    # Then it is a control decision of the hold-out, naming the action and channel it would have had, and no offer is counted
+    assert d["outcome"] == "control" and d["gate"] == "global_holdout"
+    assert d["action_id"] == "retention-callback" and d["channel"] == "voice_callback"
+    assert table.get("C1")["offers_today"] == 0

@@ -1,0 +1,1 @@
+"""Attribution: what happened after each decision, treated or held out."""

@@ -1,0 +1,44 @@
+"""Decides how attribution runs on Faust: decisions, outcomes and conversions of one key folded in RocksDB, records out.
+
+The three input topics are keyed alike (customer_id, else visitor_id) and partitioned alike, so one
+agent reads them together and a key's state lives on one partition. The state is written after the
+records are acknowledged: a crash in between replays the input against the old state and sends
+the very same revisions again, which the compacted topic and the report collapse to one.
+"""
+from __future__ import annotations
+
+from streams import topics
+from streams.app import Engine
+from streams.attribution.attribute import Attributor, new_state
+from streams.decision.actions import ActionSet
+
+STAGE = "attribution"
+
+
+def register(engine: Engine, actions: ActionSet):
+    app, settings = engine.app, engine.settings
+    key_to_attributions = app.Table(topics.KEY_TO_ATTRIBUTIONS, default=None, partitions=settings.partitions,
+                                    key_type=str)  # values are JSON (Faust's default for untyped tables)
+    attributor = Attributor(window_ms=settings.attribution_window_ms, goal_of=actions.goal_of)
+    by_topic = {settings.topic(spec.name): spec for spec in (topics.DECISIONS, topics.OUTCOMES, topics.CONVERSIONS)}
+    fold = {topics.DECISIONS.name: attributor.on_decision, topics.OUTCOMES.name: attributor.on_outcome,
+            topics.CONVERSIONS.name: attributor.on_conversion}
+    channel = app.topic(*by_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+
+    @app.agent(channel, name="attribute_outcomes")
+    async def attribute_outcomes(stream):
+        async for event in stream.events():
+            msg = event.message
+            async with engine.guard(STAGE, msg):
+                spec = by_topic[msg.topic]
+                record = engine.decode(spec, msg.value)
+                if msg.key is None:
+                    raise ValueError(f"a record on {spec.name} needs a key (customer_id, else visitor_id)")
+                key = msg.key.decode("utf-8", "replace")
+                state = key_to_attributions.get(key) or new_state()
+                changed = fold[spec.name](state, record)
+                for attribution in changed:
+                    await engine.send(topics.ATTRIBUTIONS, attribution["decision_id"], attribution)
+                key_to_attributions[key] = state
+
+    return attribute_outcomes, key_to_attributions
