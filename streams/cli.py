@@ -43,12 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("worker", help="run the four stages (detection, data, decision, delivery)")
 
-    s = sub.add_parser("simulate", help="produce seeded visitor journeys, CRM profiles and outcomes")
-    s.add_argument("--rate", type=_positive(float), default=20.0, help="events per second (default 20)")
-    s.add_argument("--duration", type=_positive(float), default=None, help="seconds to run (default: until Ctrl-C)")
-    s.add_argument("--count", type=_positive(int), default=None, help="stop after this many events")
-    s.add_argument("--seed", type=int, default=7)
-    s.add_argument("--customers", type=_positive(int), default=500)
+    s = sub.add_parser("simulate", help="play a scenario: CRM profiles, journeys, and people and agents answering offers")
+    s.add_argument("--scenario", default="default",
+                   help="a scenario file, or the name of one under bench/scenarios/ (default: default)")
+    s.add_argument("--speed", type=_positive(float), default=1.0,
+                   help="simulated seconds per wall-clock second (default 1)")
+    s.add_argument("--rate", type=_positive(float), default=None,
+                   help="journeys starting per simulated second (default: the scenario's arrival_rate)")
+    s.add_argument("--duration", type=_positive(float), default=None,
+                   help="simulated seconds of arrivals (default: the scenario's duration)")
+    s.add_argument("--seed", type=int, default=None, help="default: the scenario's seed (same seed, same traffic)")
+    s.add_argument("--truth", type=Path, default=None, help="write each person's hidden truth and fate here (JSON lines)")
     s.add_argument("--no-react", action="store_true", help="do not answer deliveries with outcomes")
 
     a = sub.add_parser("adapter", help="run a channel adapter")
@@ -90,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     scs.add_parser("list", help="the writer schemas registered so far")
 
     d = sub.add_parser("demo", help="broker (unless KAFKA_BOOTSTRAP_SERVERS), worker, simulator and console adapter")
-    d.add_argument("--rate", type=_positive(float), default=10.0)
+    d.add_argument("--speed", type=_positive(float), default=1.0, help="simulated seconds per second (default 1)")
     d.add_argument("--duration", type=_positive(float), default=None, help="stop by itself after this many seconds")
 
     be = sub.add_parser("bench", help="measure the pipeline under a fixed offered load")
@@ -205,11 +210,14 @@ def run(argv: list[str]) -> int:
 
         run_worker(settings)
     elif args.command == "simulate":
-        from streams.tools.simulator import run_simulator
+        from streams.tools.play import play
+        from streams.tools.scenario import load_scenario
 
-        n = run_simulator(settings, args.rate, args.duration, args.seed, args.customers, react=not args.no_react,
-                          count=args.count)
-        print(f"[simulator] done: {n} events sent")
+        scenario = load_scenario(args.scenario)
+        changes = {k: v for k, v in (("arrival_rate", args.rate), ("seed", args.seed),
+                                     ("duration_ms", args.duration and int(args.duration * 1000))) if v is not None}
+        stats = play(settings, scenario.with_(**changes), speed=args.speed, react=not args.no_react, truth_path=args.truth)
+        print(f"[simulator] done: {stats.events} events from {stats.people} people; {stats.deliveries} offers answered")
     elif args.command == "adapter":
         from streams.adapters.console import run_console
 
@@ -249,7 +257,7 @@ def run(argv: list[str]) -> int:
     elif args.command == "demo":
         from streams.tools.demo import run_demo
 
-        return run_demo(settings, rate=args.rate, duration_s=args.duration)
+        return run_demo(settings, speed=args.speed, duration_s=args.duration)
     elif args.command == "bench":
         from streams.tools.bench import run_bench
 

@@ -14,7 +14,7 @@ from streams.tools.procs import spawn, stop_process
 LOG_DIR = REPO_ROOT / ".engage" / "logs"
 
 
-def run_demo(settings: Settings, rate: float, duration_s: float | None) -> int:
+def run_demo(settings: Settings, speed: float, duration_s: float | None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -34,9 +34,9 @@ def run_demo(settings: Settings, rate: float, duration_s: float | None) -> int:
         procs.append(("worker", spawn(["worker"], LOG_DIR / "worker.log")))
         procs.append(("console adapter", spawn(["adapter", "console"], None)))
         time.sleep(2)
-        print(f"[demo] simulating {rate:g} events/s (log: {LOG_DIR / 'simulator.log'}); offers appear below. Ctrl-C stops everything.",
-              flush=True)
-        procs.append(("simulator", spawn(["simulate", "--rate", str(rate)], LOG_DIR / "simulator.log")))
+        print(f"[demo] playing the default scenario at {speed:g}x (log: {LOG_DIR / 'simulator.log'}); offers appear below. "
+              "Ctrl-C stops everything.", flush=True)
+        procs.append(("simulator", spawn(["simulate", "--speed", str(speed)], LOG_DIR / "simulator.log")))
         deadline = time.monotonic() + duration_s if duration_s else None
         while not stop.is_set():
             if deadline and time.monotonic() >= deadline:

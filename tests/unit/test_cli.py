@@ -60,7 +60,7 @@ def one_line(err: str) -> str:
     (["simulate", "--rate", "inf"], "argument --rate: must be a finite number greater than zero: 'inf'"),
     (["simulate", "--duration", "-3"], "argument --duration: must be a finite number greater than zero: '-3'"),
     (["simulate", "--rate", "abc"], "argument --rate: not a number: 'abc'"),
-    (["simulate", "--count", "ten"], "argument --count: not a whole number: 'ten'"),
+    (["simulate", "--speed", "ten"], "argument --speed: not a number: 'ten'"),
     (["simulate", "--bogus"], "unrecognized arguments: --bogus"),
     (["adapter", "fax"], "argument kind: invalid choice: 'fax'"),
     (["broker", "up", "--port", "-5"], "argument --port: must be a finite number greater than zero: '-5'"),
@@ -69,12 +69,12 @@ def test_a_bad_argument_prints_one_line_and_exits_2(argv, expected, monkeypatch,
     # Given a command line with a mistake (and, should the parser ever let it through, no simulator
     # or broker to start: this test must never reach Kafka)
     import streams.tools.localkafka
-    import streams.tools.simulator
+    import streams.tools.play
 
     def must_not_run(*_, **__):
         raise AssertionError("the bad argument was accepted")
 
-    monkeypatch.setattr(streams.tools.simulator, "run_simulator", must_not_run)
+    monkeypatch.setattr(streams.tools.play, "play", must_not_run)
     monkeypatch.setattr(streams.tools.localkafka, "up", must_not_run)
     # When engage runs it
     code, out, err = run_main(argv, capsys)
@@ -191,3 +191,12 @@ def test_bad_rules_arguments_print_one_line_before_any_kafka_is_needed(argv, exp
     code, _, err = run_main(argv, capsys)
     # Then one line names the problem and the exit code is 2
     assert code == 2 and expected in one_line(err)
+
+
+def test_an_unknown_scenario_is_refused_in_one_line_naming_the_shipped_ones(capsys):
+    # Given no scenario of that name; When engage simulate is asked to play it
+    code, out, err = run_main(["simulate", "--scenario", "no-such-world"], capsys)
+    # Then one line says so and lists what is shipped, before anything reaches Kafka
+    assert code == 2 and out == ""
+    assert one_line(err) == ("engage: no-such-world: no such scenario file "
+                             "(shipped: default, drift, scarce-agents, zero-uplift)")
