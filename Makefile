@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-unit test-integration bench kafka-up kafka-down topics clean
+.PHONY: install run test test-unit test-integration bench bench-decisions kafka-up kafka-down topics clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test-integration: install
 ## measure the pipeline; results go to bench/results/
 bench: install
 	@$(VENV)/bin/engage bench
+
+## the engine against naive, random and oracle policies on the four scenarios; results go to bench/results/
+bench-decisions: install
+	@$(VENV)/bin/engage bench-decisions
 
 kafka-up: install
 	@$(VENV)/bin/engage broker up

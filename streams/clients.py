@@ -146,6 +146,40 @@ def read_to_end(settings: Settings, topic: str, start: int = 0, timeout_s: float
         c.close()
 
 
+def read_all(settings: Settings, topic: str, timeout_s: float = 120.0,
+             group_prefix: str = "engage-reader") -> list[tuple[int, int, int, bytes | None, bytes | None]]:
+    """(partition, offset, timestamp ms, key, value) of every record of every partition of `topic`, to its end now.
+
+    By assignment, to the end offsets taken first, so no group join can cut the read short; for the
+    report and the benchmarks, which read a whole topic once.
+    """
+    from confluent_kafka import TopicPartition
+
+    c = consumer(settings, throwaway_group(group_prefix), log_level=None)
+    try:
+        deadline = time.monotonic() + timeout_s
+        meta = c.list_topics(topic, timeout=max(1.0, deadline - time.monotonic()))
+        found = meta.topics.get(topic)
+        if found is None or found.error is not None:
+            raise ReadError(f"no topic {topic}")
+        ranges = {p: watermarks(c, TopicPartition(topic, p), deadline) for p in found.partitions}
+        todo = {p: high for p, (low, high) in ranges.items() if high > low}
+        c.assign([TopicPartition(topic, p, ranges[p][0]) for p in todo])
+        out: list[tuple[int, int, int, bytes | None, bytes | None]] = []
+        while todo:
+            if time.monotonic() >= deadline:
+                raise ReadError(f"could not read {topic} to its end within {timeout_s:.0f}s")
+            msg = c.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            out.append((msg.partition(), msg.offset(), msg.timestamp()[1], msg.key(), msg.value()))
+            if msg.offset() + 1 >= todo.get(msg.partition(), 0):
+                todo.pop(msg.partition(), None)
+        return out
+    finally:
+        c.close()
+
+
 def faust_broker(settings: Settings) -> dict[str, Any]:
     """The `broker` and `broker_credentials` options of the Faust app (aiokafka), from the same settings."""
     url = ";".join(f"kafka://{h.strip()}" for h in settings.bootstrap_servers.split(",") if h.strip())

@@ -56,7 +56,7 @@ def new_ledger() -> dict:
     return {"day": "", "offers_today": 0, "last_offer_ts": 0, "recent": {}}
 
 
-def _context_for_expressions(enriched: dict, channel: str | None = None) -> dict:
+def context_for_expressions(enriched: dict, channel: str | None = None) -> dict:
     sig = enriched["signal"]
     return {"known": enriched["known"], "profile": enriched["profile"] or {}, "signal": sig["signal"],
             "priority": sig["priority"], "cart_value": sig["cart_value"], "session_pages": sig["session_pages"],
@@ -147,7 +147,7 @@ def _gates(d: dict, enriched: dict, ledger: dict, actions: ActionSet) -> dict:
         return _stop(d, "no_action", "no_matching_action", f"No action answers the signal {sig['signal']}.")
     if profile.get("opted_out"):
         return _stop(d, "suppressed", "opted_out", "The customer opted out of proactive contact.")
-    ctx = _context_for_expressions(enriched)
+    ctx = context_for_expressions(enriched)
     eligible = [a for a in candidates if evaluate(a.eligible, ctx)]
     if not eligible:
         return _stop(d, "no_action", "not_eligible",

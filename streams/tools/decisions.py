@@ -1,0 +1,280 @@
+"""Decides how decision quality is measured: the engine and three baselines on the same people, agents and signals, scored by the truth.
+
+For each scenario the engine runs on the real broker while the scenario is played against it.
+Then its signals (engage.enriched) go through three baselines with the same capacity model:
+  naive   invite on every signal whenever an agent of the action's skill is free, first come first served;
+  random  as many invitations as the engine made, to signals picked at random, any eligible action;
+  oracle  knows each person's true effects: the action and channel worth most, only where positive,
+          agents only when free.
+Every policy, the engine included, is scored by the same `Reception` (who accepts, which agent
+takes them, who gives up) against the people's truth: incremental conversions and value are
+expected values, P(convert | what reached them) - P(convert | nothing), summed over people, so
+the comparison does not depend on the conversion draws.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streams import clients, topics
+from streams.admin import ensure_topics, wait_for_broker
+from streams.decision.actions import NEEDS_CONSENT, ActionSet, load_actions
+from streams.decision.policy import context_for_expressions
+from streams.rules.expr import evaluate
+from streams.settings import Settings
+from streams.tools import localkafka
+from streams.tools.bench import RESULTS, machine
+from streams.tools.procs import spawn, stop_process
+from streams.tools.scenario import HUMAN_CHANNELS, Scenario, load_scenario
+from streams.tools.world import Person, Population, Reception
+
+SCENARIOS = ("default", "scarce-agents", "zero-uplift", "drift")
+POLICIES = ("engine", "naive", "random", "oracle")
+
+
+@dataclass
+class Score:
+    invitations: int = 0
+    reached: int = 0                   # shown, or taken by an agent
+    declined: int = 0
+    abandoned: int = 0                 # accepted, no agent came in time
+    expired: int = 0                   # the person had gone
+    agent_ms: int = 0
+    to_type: dict = field(default_factory=dict)   # response type -> invitations
+
+    def as_dict(self, people: list[Person], reception: Reception) -> dict:
+        inc = sum(reception.p_final(p) - p.truth.base for p in people)
+        value = sum((reception.p_final(p) - p.truth.base) * p.value for p in people)
+        hours = self.agent_ms / 3_600_000
+        n = max(1, self.invitations)
+        return {
+            "invitations": self.invitations, "reached": self.reached, "declined": self.declined,
+            "abandoned": self.abandoned, "expired": self.expired, "agent_hours": round(hours, 2),
+            "incremental_conversions": round(inc, 2), "incremental_value": round(value, 1),
+            "incremental_conversions_per_agent_hour": round(inc / hours, 3) if hours else None,
+            "share_to_self_servers": round(self.to_type.get("self_server", 0) / n, 3),
+            "share_to_sleeping_dogs": round(self.to_type.get("sleeping_dog", 0) / n, 3),
+            "invitations_by_type": dict(sorted(self.to_type.items())),
+        }
+
+
+def choices(action_set: ActionSet, enriched: dict) -> list[tuple[str, str, str | None]]:
+    """(action, channel, skill) pairs the action rules allow for this signal: eligibility, consent and channel conditions."""
+    profile = enriched["profile"] or {}
+    if profile.get("opted_out"):
+        return []
+    ctx = context_for_expressions(enriched)
+    blocked = set(profile.get("channels_opted_out") or [])
+    out = []
+    for action in action_set.answering(enriched["signal"]["signal"]):
+        if not evaluate(action.eligible, ctx):
+            continue
+        for c in action.channels:
+            if c.channel in blocked or (c.channel in NEEDS_CONSENT and not profile.get("marketing_consent")):
+                continue
+            if evaluate(c.when, ctx):
+                out.append((action.id, c.channel, action.skill))
+    return out
+
+
+def run_policy(name: str, signals: list[dict], people: dict[str, Person], scenario: Scenario, action_set: ActionSet,
+               engine_decisions: dict[str, dict], seed: int = 1) -> dict:
+    """Score one policy over the signals in time order; each signal may become one invitation."""
+    reception = Reception(scenario)
+    score = Score()
+    rng = random.Random(f"{seed}:{name}")
+    k = sum(1 for d in engine_decisions.values() if d["outcome"] == "act")
+    chosen_for_random = set(rng.sample([s["signal"]["signal_id"] for s in signals], min(k, len(signals))))
+    for enriched in signals:
+        sig = enriched["signal"]
+        ts, person = sig["ts"], people.get(sig["visitor_id"])
+        pick = None
+        if name == "engine":
+            d = engine_decisions.get(sig["signal_id"])
+            if d is not None and d["outcome"] == "act":
+                pick = (d["action_id"], d["channel"], d["skill"])
+        else:
+            options = choices(action_set, enriched)
+            if name == "naive":
+                # the first action the rules list for the signal; agent-led only while an agent is free
+                pick = next(((a, c, s) for a, c, s in options
+                             if c not in HUMAN_CHANNELS or reception.free_agents(s, ts) > 0), None)
+            elif name == "random" and sig["signal_id"] in chosen_for_random and options:
+                pick = rng.choice(options)
+            elif name == "oracle" and person is not None:
+                pick = _oracle(options, person, reception, ts, action_set)
+        if pick is None:
+            continue
+        score.invitations += 1
+        if person is not None:
+            score.to_type[person.type] = score.to_type.get(person.type, 0) + 1
+        reaction = reception.offer(person, ts, *pick)
+        if reaction.kind in ("shown", "accepted"):
+            score.reached += 1
+            score.agent_ms += reaction.handling_ms
+        elif reaction.kind in ("declined", "ignored"):
+            score.declined += 1
+        elif reaction.kind == "abandoned":
+            score.abandoned += 1
+        else:
+            score.expired += 1
+    return score.as_dict(list(people.values()), reception)
+
+
+def _oracle(options, person: Person, reception: Reception, ts: int, action_set: ActionSet):
+    best, best_value = None, 0.0
+    reached = reception.strength.get(person.visitor_id, 0.0)
+    for action, channel, skill in options:
+        if channel in HUMAN_CHANNELS and (reception.free_agents(skill, ts) == 0 or person.visitor_id in reception.engaged):
+            continue
+        if person.world.effect(action, channel) <= reached:
+            continue  # nothing more to gain from this person
+        value = person.incremental(action, channel) * person.value - action_set.policy.cost(channel)
+        if value > best_value:
+            best, best_value = (action, channel, skill), value
+    return best
+
+
+def score_run(scenario: Scenario, sim_start_ms: int, enriched: list[dict], decisions: list[dict],
+              action_set: ActionSet) -> dict:
+    people = {p.visitor_id: p for p in Population(scenario, start_ms=sim_start_ms).people()}
+    signals = sorted(enriched, key=lambda e: (e["signal"]["ts"], e["signal"]["signal_id"]))
+    by_signal = {d["signal_id"]: d for d in decisions}
+    out = {"people": len(people), "signals": len(signals),
+           "decisions_by_outcome": _count(d["outcome"] for d in decisions)}
+    for policy in POLICIES:
+        out[policy] = run_policy(policy, signals, people, scenario, action_set, by_signal)
+    eng, naive, oracle = out["engine"], out["naive"], out["oracle"]
+    out["engine_vs_naive_per_agent_hour"] = _ratio(eng["incremental_conversions_per_agent_hour"],
+                                                   naive["incremental_conversions_per_agent_hour"])
+    out["engine_share_of_oracle_incremental_conversions"] = _ratio(eng["incremental_conversions"],
+                                                                  oracle["incremental_conversions"])
+    out["engine_share_of_oracle_per_agent_hour"] = _ratio(eng["incremental_conversions_per_agent_hour"],
+                                                         oracle["incremental_conversions_per_agent_hour"])
+    return out
+
+
+def _ratio(a, b):
+    return round(a / b, 3) if a is not None and b else None
+
+
+def _count(values) -> dict:
+    out: dict = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _read(settings: Settings, spec: topics.TopicSpec) -> list[dict]:
+    codec = clients.codec(settings)
+    name = settings.topic(spec.name)
+    return [codec.decode(name, spec.schema, value) for _, _, _, _, value in clients.read_all(settings, name)
+            if value is not None]
+
+
+def _settled(settings: Settings, spec: topics.TopicSpec, quiet_s: float, timeout_s: float) -> None:
+    """Wait until the topic has had nothing new for `quiet_s` (the worker has caught up)."""
+    from confluent_kafka import TopicPartition
+
+    c = clients.consumer(settings, clients.throwaway_group("bench-settle"), log_level=None)
+    name = settings.topic(spec.name)
+    try:
+        last, since = None, time.monotonic()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ends = tuple(c.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1] for p in range(settings.partitions))
+            if ends != last:
+                last, since = ends, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return
+            time.sleep(1)
+    finally:
+        c.close()
+
+
+def run_scenario(settings: Settings, scenario: Scenario, speed: float, work: Path) -> dict:
+    from streams.tools.play import play
+
+    run = f"{scenario.name}-{time.strftime('%H%M%S')}"
+    s = settings.with_(topic_prefix=f"decisions-{run}.", app_id=f"engage-decisions-{run}", data_dir=work / run / "state")
+    ensure_topics(s)
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers, "ENGAGE_TOPIC_PREFIX": s.topic_prefix,
+           "ENGAGE_APP_ID": s.app_id, "ENGAGE_DATA_DIR": str(s.data_dir), "ENGAGE_LOG_LEVEL": "warning"}
+    (work / run).mkdir(parents=True, exist_ok=True)
+    worker = spawn(["worker"], work / run / "worker.log", env=env)
+    try:
+        time.sleep(15)  # the worker joins its group and restores (empty) tables
+        truth = work / run / "truth.jsonl"
+        t0 = time.monotonic()
+        stats = play(s, scenario, speed=speed, truth_path=truth, quiet=True, stop=threading.Event())
+        _settled(s, topics.DECISIONS, quiet_s=8, timeout_s=180)
+        wall = time.monotonic() - t0
+    finally:
+        stop_process(worker)
+    enriched = _read(s, topics.ENRICHED)
+    decisions = _read(s, topics.DECISIONS)
+    action_set = load_actions(settings.rules_dir / "actions.yaml")
+    result = score_run(scenario, stats.sim_start_ms, enriched, decisions, action_set)
+    lines = [json.loads(line) for line in truth.read_text().splitlines()[1:]]
+    result["engine_live"] = {  # what actually happened in the live run, by the same truth
+        "people_ended": len(lines), "converted": sum(x["converted"] for x in lines),
+        "incremental_conversions_expected": round(sum(x["p_final"] - x["base"] for x in lines), 2),
+        "outcomes": stats.outcomes}
+    result["run"] = {"events": stats.events, "speed": speed, "wall_seconds": round(wall, 1),
+                     "simulated_minutes": round((scenario.duration_ms) / 60_000, 1)}
+    return result
+
+
+def run_bench_decisions(settings: Settings, scenarios: list[str], speed: float, out: Path | None) -> dict:
+    run_id = time.strftime("%Y%m%d-%H%M%S")
+    work = Path(tempfile.mkdtemp(prefix="engage-decisions-"))
+    broker = localkafka.LocalBroker(port=19392, data_dir=work / "kafka")
+    started = False
+    result: dict = {"run": run_id, "machine": machine(), "speed": speed,
+                    "warm_up": "none: the engine scores with the static priors of rules/actions.yaml, nothing is learned",
+                    "scenarios": {}}
+    try:
+        if not settings.external_kafka:
+            print("[bench-decisions] starting a local Kafka broker ...", flush=True)
+            started = localkafka.up(broker)
+            settings = settings.with_(bootstrap_servers=broker.bootstrap)
+        wait_for_broker(settings, 60)
+        for name in scenarios:
+            scenario = load_scenario(name)
+            print(f"[bench-decisions] {scenario.name}: playing {scenario.duration_ms / 60_000:.0f} simulated minutes "
+                  f"at {speed:g}x against the engine ...", flush=True)
+            result["scenarios"][scenario.name] = res = run_scenario(settings, scenario, speed, work)
+            print(format_scenario(scenario.name, res), flush=True)
+    finally:
+        if started:
+            localkafka.down(broker)
+        shutil.rmtree(work, ignore_errors=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = out or RESULTS / f"decisions-{run_id}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "decisions-latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"[bench-decisions] written to {out}")
+    return result
+
+
+def format_scenario(name: str, res: dict) -> str:
+    rows = [f"  {name}: {res['people']} people, {res['signals']} signals",
+            f"    {'policy':<8} {'invites':>7} {'agent h':>7} {'incr conv':>9} {'incr value':>10} {'conv/agent h':>12} "
+            f"{'to self-servers':>15} {'to sleeping dogs':>16}"]
+    for policy in POLICIES:
+        r = res[policy]
+        per = r["incremental_conversions_per_agent_hour"]
+        rows.append(f"    {policy:<8} {r['invitations']:>7} {r['agent_hours']:>7.2f} {r['incremental_conversions']:>9.2f} "
+                    f"{r['incremental_value']:>10.1f} {per if per is not None else '-':>12} "
+                    f"{r['share_to_self_servers']:>15.1%} {r['share_to_sleeping_dogs']:>16.1%}")
+    rows.append(f"    engine / naive per agent-hour: {res['engine_vs_naive_per_agent_hour']}; "
+                f"engine / oracle incremental conversions: {res['engine_share_of_oracle_incremental_conversions']}")
+    return "\n".join(rows)
+
