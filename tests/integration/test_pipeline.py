@@ -6,16 +6,26 @@ import uuid
 
 import pytest
 
-from streams.decision.policy import in_control_group
+from streams.decision.policy import in_control_group, in_global_holdout
+from tests.support.stage import SHIPPED_ACTIONS
 
 pytestmark = pytest.mark.integration
-CONTROL_SHARE = 0.10  # rules/actions.yaml
+POLICY = SHIPPED_ACTIONS.policy  # rules/actions.yaml, which the workers load
 
 
 def customer_outside_control(action_id: str) -> str:
+    """A new customer id that is neither in the action's control group nor in the global hold-out."""
     while True:
         cid = f"C-{uuid.uuid4().hex[:10]}"
-        if not in_control_group(cid, action_id, CONTROL_SHARE):
+        if not in_control_group(cid, action_id, POLICY.control_share) and not in_global_holdout(cid, POLICY.holdout_share):
+            return cid
+
+
+def customer_in_control(action_id: str) -> str:
+    """A new customer id held out of the action (its control group), not of everything."""
+    while True:
+        cid = f"C-{uuid.uuid4().hex[:10]}"
+        if in_control_group(cid, action_id, POLICY.control_share) and not in_global_holdout(cid, POLICY.holdout_share):
             return cid
 
 
