@@ -102,6 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--rate", type=_positive(float), default=400.0, help="offered events per second (default 400)")
     be.add_argument("--duration", type=_positive(float), default=30.0)
     be.add_argument("--out", type=Path, default=None)
+
+    bd = sub.add_parser("bench-decisions", help="the engine against naive, random and oracle policies on each scenario")
+    bd.add_argument("--scenario", action="append", default=None,
+                    help="a scenario name or file; repeat for several (default: the four shipped ones)")
+    bd.add_argument("--speed", type=_positive(float), default=20.0, help="simulated seconds per second (default 20)")
+    bd.add_argument("--out", type=Path, default=None)
+
+    rp_ = sub.add_parser("report", help="what the engine's decisions earned")
+    rps = rp_.add_subparsers(dest="report", required=True, parser_class=_Parser)
+    lift = rps.add_parser("lift", help="treated against control: conversion, incremental conversions and revenue, with 95% CIs")
+    lift.add_argument("--from", dest="from_", default="30d", help="ISO time (UTC unless given), or 2h / 7d ago (default 30d)")
+    lift.add_argument("--to", default="now", help="ISO time, 'now' (default), or a time ago")
+    lift.add_argument("--json", action="store_true", help="print the report as JSON")
+    lift.add_argument("--html", type=Path, default=None, help="where to write the chart (default .engage/reports/)")
     return p
 
 
@@ -202,6 +216,34 @@ def _rules_backtest(settings: Settings, args) -> int:
     return 0
 
 
+def _report_lift(settings: Settings, args) -> int:
+    import json
+
+    from streams.admin import wait_for_broker
+    from streams.clients import ReadError
+    from streams.detection.backtest import parse_time
+    from streams.report.chart import write_html
+    from streams.report.lift import format_text, lift_report, read_attributions
+    from streams.settings import REPO_ROOT
+
+    start, end = parse_time(args.from_), parse_time(args.to)
+    if end <= start:
+        raise CliError(f"--to ({args.to}) must be later than --from ({args.from_})")
+    wait_for_broker(settings, 15)
+    try:
+        got = read_attributions(settings, start, end)
+    except ReadError as exc:
+        raise CliError(str(exc)) from None
+    report = lift_report(got.records, start, end, got.horizon_ms)
+    print(json.dumps(report, indent=2) if args.json else format_text(report))
+    if got.skipped:
+        print(f"{got.skipped} undecodable record(s) skipped", file=sys.stderr)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = write_html(report, args.html or REPO_ROOT / ".engage" / "reports" / f"lift-{stamp}.html")
+    print(f"chart: {path}", file=sys.stderr if args.json else sys.stdout)  # --json keeps stdout pure JSON
+    return 0
+
+
 def run(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
@@ -262,6 +304,16 @@ def run(argv: list[str]) -> int:
         from streams.tools.bench import run_bench
 
         run_bench(settings, rate=args.rate, duration_s=args.duration, out=args.out)
+    elif args.command == "bench-decisions":
+        from streams.tools.decisions import SCENARIOS, run_bench_decisions
+        from streams.tools.scenario import load_scenario
+
+        names = args.scenario or list(SCENARIOS)
+        for name in names:
+            load_scenario(name)  # every file checked before anything starts
+        run_bench_decisions(settings, names, args.speed, args.out)
+    elif args.command == "report":
+        return _report_lift(settings, args)
     return 0
 
 

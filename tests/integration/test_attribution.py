@@ -1,7 +1,6 @@
 """Attribution on a real broker: what followed a decision, for treated and control customers, counted once across a crash."""
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest

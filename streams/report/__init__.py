@@ -1,0 +1,1 @@
+"""Reports on what the engine's decisions earned, read from engage.attributions."""
