@@ -104,7 +104,25 @@ def _net(rec: dict) -> float:
     return float(rec.get("revenue") or 0.0) - float(rec.get("lost_value") or 0.0)
 
 
-def _group(name: str, rows: list[dict]) -> dict:
+def first_per(rows: list[dict], unit) -> list[dict]:
+    """The first decision of each unit (a customer, or a customer and action), in decision time.
+
+    The unit of comparison is the customer, not the decision: a customer who raises two signals (two
+    failed-login rules, a second visit) gets two decisions whose windows overlap, and one purchase
+    would count for both. Which arm a customer is in is stable (a hash of the key and the action), so
+    the first decision stands for them, with what followed it within its window (intention to treat).
+    """
+    first: dict = {}
+    for r in sorted(rows, key=lambda r: (r["decision_ts"], r["decision_id"])):
+        first.setdefault(unit(r), r)
+    return list(first.values())
+
+
+def _group(name: str, rows: list[dict], unit) -> dict:
+    # agent time is what every treated decision used; conversions and value are per customer (first_per)
+    agent_hours = sum(float(r.get("agent_seconds") or 0.0) for r in rows if r["arm"] == TREATED) / 3600
+    n_decisions = len(rows)
+    rows = first_per(rows, unit)
     treated = [r for r in rows if r["arm"] == TREATED]
     comparison = [r for r in rows if r["arm"] in COMPARISON]
     nt, nc = len(treated), len(comparison)
@@ -115,13 +133,12 @@ def _group(name: str, rows: list[dict]) -> dict:
     diff_ci = newcombe(xt, nt, xc, nc)
     net_t, net_c = [_net(r) for r in treated], [_net(r) for r in comparison]
     net_diff, net_ci = welch(net_t, net_c)
-    agent_hours = sum(float(r.get("agent_seconds") or 0.0) for r in treated) / 3600
     incremental = diff * nt if diff is not None else None
     per_agent_hour = incremental / agent_hours if incremental is not None and agent_hours > 0 else None
     ct, cc = sum(bool(r.get("called")) for r in treated), sum(bool(r.get("called")) for r in comparison)
     call_t, call_c = _share(ct, nt), _share(cc, nc)
     return {
-        "action_id": name, "n_treated": nt, "n_control": nc,
+        "action_id": name, "n_treated": nt, "n_control": nc, "decisions": n_decisions,
         "conversion_treated": rt, "conversion_control": rc,
         "conversion_treated_ci": wilson(xt, nt), "conversion_control_ci": wilson(xc, nc),
         "conversion_diff": diff, "conversion_diff_ci": diff_ci,
@@ -209,15 +226,18 @@ def lift_report(records: Iterable[dict], start_ms: int | None = None, end_ms: in
     return {
         "from": _iso(first), "to": _iso(end_ms if end_ms is not None else horizon_ms), "horizon": _iso(horizon_ms),
         "confidence": CONFIDENCE, "arms_note": ARMS_NOTE, "decisions": decisions, "pending": pending,
-        "actions": [_group(name, rows) for name, rows in sorted(actions.items())],
-        "overall": _group(OVERALL, compared),  # pooled: every row once, whatever its action
+        # per action, a customer counts once for that action; overall, once whatever the action
+        "actions": [_group(name, rows, lambda r: (r["key"], r.get("action_id"))) for name, rows in sorted(actions.items())],
+        "overall": _group(OVERALL, compared, lambda r: r["key"]),
         "bucket": label, "bucket_ms": size, "series": series,
         "notes": _notes(pending),
     }
 
 
 def _notes(pending: int) -> str:
-    return (f"'Converted anyway' is estimated by the comparison arm's conversion rate: the share of offers that went "
+    return (f"Each customer counts once per action (and once overall), by their first decision in the period and "
+            f"what followed it within its window; agent-hours are those of every treated decision. "
+            f"'Converted anyway' is estimated by the comparison arm's conversion rate: the share of offers that went "
             f"to people who would have converted without them. Converted is the engine's per-goal flag (purchase: "
             f"bought; retain: did not cancel; resolve: did not call). Net value = revenue − lost value. Intervals "
             f"are {CONFIDENCE:.0%}: Newcombe's hybrid score interval for differences of rates, Welch's normal "

@@ -17,8 +17,8 @@ Z = NormalDist().inv_cdf(0.975)
 
 
 def att(did, arm="treated", action="checkout-assist", converted=False, ts=T0, revision=0, goal="purchase", **fields):
-    """An Attribution record as the attribution stage writes it, its window over 30 minutes after ts."""
-    rec = {"decision_id": did, "key": "C1", "visitor_id": "V1", "customer_id": "C1", "revision": revision,
+    """An Attribution record as the attribution stage writes it, its window over 30 minutes after ts; one customer each."""
+    rec = {"decision_id": did, "key": f"C-{did}", "visitor_id": "V1", "customer_id": f"C-{did}", "revision": revision,
            "decision_ts": ts, "window_end_ts": ts + WINDOW, "updated_ts": ts, "signal": "cart_at_risk", "arm": arm,
            "outcome": "act" if arm == "treated" else "control", "gate": None, "action_id": action, "channel": "chat",
            "skill": "sales", "goal": goal, "score": 1.0, "shown": False, "accepted": False, "declined": False,
@@ -236,3 +236,20 @@ def test_the_reader_skips_tombstones_counts_bad_records_and_takes_the_horizon_fr
     records, skipped, horizon = got
     assert lift_report(records, T0, T0 + 1, horizon)["decisions"]["treated"] == 1
     assert lift.COMPARISON == ("control", "holdout")
+
+
+def test_a_customer_with_several_decisions_counts_once_and_their_agent_time_in_full():
+    # Given one treated customer with two decisions of the same action a minute apart (two signals),
+    # whose one purchase both windows saw, and each taking an agent 10 minutes; and one control customer
+    rows = [att("d1", key="C1", converted=True, revenue=100.0, agent_seconds=600.0),
+            att("d2", key="C1", converted=True, revenue=100.0, agent_seconds=600.0, ts=T0 + 60_000),
+            att("c1", arm="control", key="C2")]
+    # When the report compares them
+    report = lift_report(rows, horizon_ms=HORIZON)
+    [group] = report["actions"]
+    # Then the customer is one treated unit with one purchase, but both decisions' agent time counts
+    assert group["n_treated"] == 1 and group["decisions"] == 3
+    assert group["incremental_conversions"] == pytest.approx(1.0)
+    assert group["incremental_net_value"] == pytest.approx(100.0)
+    assert group["agent_hours"] == pytest.approx(20 / 60)
+    assert report["overall"]["n_treated"] == 1
