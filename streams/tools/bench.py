@@ -255,14 +255,14 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
         sampler = Sampler(worker.pid, settings)
         sampler.start()
         print("[bench] warming up ...", flush=True)
-        warm = run_simulator(settings, rate=200, duration_s=None, seed=1, customers=500, react=False, count=1000, quiet=True)
+        warm = run_simulator(settings, rate=200, duration_s=None, seed=1, customers=500, count=1000, quiet=True)
         if _wait_drained(sampler, warm, 120) is None:
             raise RuntimeError(f"the worker did not process the warm-up; see {work / 'worker.log'}")
         # Phase 1: fixed offered load
         since = int(time.time() * 1000)
         base = sampler.samples[-1]
         print(f"[bench] offered load {rate:g} events/s for {duration_s:g} s ...", flush=True)
-        sent = run_simulator(settings, rate=rate, duration_s=duration_s, seed=2, customers=500, react=False, quiet=True)
+        sent = run_simulator(settings, rate=rate, duration_s=duration_s, seed=2, customers=500, quiet=True)
         t_end_send = time.monotonic()
         until = int(time.time() * 1000)
         drained = _wait_drained(sampler, warm + sent, 300)
@@ -279,7 +279,7 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
         backlog = int(max(5000, rate * 10))
         print(f"[bench] backlog of {backlog} events ...", flush=True)
         base = sampler.samples[-1]
-        run_simulator(settings, rate=0, duration_s=None, seed=3, customers=500, react=False, count=backlog, quiet=True)
+        run_simulator(settings, rate=0, duration_s=None, seed=3, customers=500, count=backlog, quiet=True)
         drained = _wait_drained(sampler, base[2] + backlog, 600)
         end = sampler.samples[-1]
         result["backlog"] = {"events": backlog, "drained": drained is not None,
@@ -292,7 +292,7 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
         time.sleep(3)  # the worker's rules follower polls twice a second
         print(f"[bench] backlog of {backlog} events with 50 rules ...", flush=True)
         base = sampler.samples[-1]
-        run_simulator(settings, rate=0, duration_s=None, seed=4, customers=500, react=False, count=backlog, quiet=True)
+        run_simulator(settings, rate=0, duration_s=None, seed=4, customers=500, count=backlog, quiet=True)
         drained = _wait_drained(sampler, base[2] + backlog, 600)
         end = sampler.samples[-1]
         result["backlog_fifty_rules"] = {

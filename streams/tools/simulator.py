@@ -1,8 +1,9 @@
-"""Decides what simulated traffic looks like: seeded customers, their journeys, and how they react to offers.
+"""Decides what throughput traffic looks like: seeded customers and interleaved journeys, as fast or as steady as asked.
 
-Personas (seed 001: self-servers who buy on their own, visitors about to give up):
+For `make bench` (events per second through the pipeline) and the rule tests. Personas:
 browsers, self-servers, hesitating buyers, customers searching to cancel, customers locked out
 of their accounts, visitors looking for help they cannot find, and visitors stuck comparing plans.
+The people who answer offers, with a truth to score decisions against, are in world.py and play.py.
 """
 from __future__ import annotations
 
@@ -29,14 +30,14 @@ CANCEL_QUERIES = ["how do I cancel my contract", "cancel subscription", "termina
 HELP_QUERIES = ["roaming charges", "router lights blinking", "bill higher than usual", "change my plan", "pin code",
                 "leave a review", "leave feedback", "weekend contract deals", "extend my contract", "parental leave offer",
                 "contract end date"]
-PERSONAS = {  # weight, knows the customer, how likely an offer turns into a conversion
-    "browser": (30, False, 0.02),
-    "self_server": (25, True, 0.90),
-    "hesitating_buyer": (15, False, 0.30),
-    "cancel_searcher": (12, True, 0.35),
-    "locked_out": (10, True, 0.55),
-    "help_seeker": (8, False, 0.40),
-    "plan_comparer": (8, False, 0.25),
+PERSONAS = {  # weight, knows the customer
+    "browser": (30, False),
+    "self_server": (25, True),
+    "hesitating_buyer": (15, False),
+    "cancel_searcher": (12, True),
+    "locked_out": (10, True),
+    "help_seeker": (8, False),
+    "plan_comparer": (8, False),
 }
 
 
@@ -120,7 +121,6 @@ class Traffic:
         self.now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.profiles = make_profiles(self.rng, customers, self.now_ms())
         self.customer_ids = [p["customer_id"] for p in self.profiles]
-        self.visitor_persona: dict[str, str] = {}
         self._journeys = 0
         self._event_seq = 0
         self._active: list[tuple[Journey, int]] = []
@@ -129,9 +129,6 @@ class Traffic:
     def _start(self) -> tuple[Journey, int]:
         self._journeys += 1
         j = make_journey(self.rng, self._journeys, self.customer_ids)
-        self.visitor_persona[j.visitor_id] = j.persona
-        if len(self.visitor_persona) > 100_000:  # bounded memory on long runs
-            self.visitor_persona.pop(next(iter(self.visitor_persona)))
         return j, 0
 
     def events(self, count: int | None = None) -> Iterator[dict]:
@@ -152,55 +149,18 @@ class Traffic:
             else:
                 self._active[i] = (journey, pos + 1)
 
-    def reaction(self, delivery: dict) -> list[str]:
-        """How the simulated person answers an offer: outcome types, in order."""
-        persona = self.visitor_persona.get(delivery["visitor_id"], "browser")
-        p_convert = PERSONAS[persona][2]
-        if self.rng.random() < 0.25:
-            return ["declined"]
-        return ["accepted", "converted"] if self.rng.random() < p_convert else ["accepted"]
-
 
 def run_simulator(settings: Settings, rate: float, duration_s: float | None, seed: int, customers: int,
-                  react: bool = True, count: int | None = None, stop: threading.Event | None = None,
-                  quiet: bool = False) -> int:
-    """Produce profiles, then events at `rate` per second; answer deliveries with outcomes. Returns events sent."""
+                  count: int | None = None, stop: threading.Event | None = None, quiet: bool = False) -> int:
+    """Produce profiles, then events at `rate` per second (0: as fast as possible). Returns events sent."""
     codec = clients.codec(settings)
     stop = stop or threading.Event()
     traffic = Traffic(seed=seed, customers=customers)
     producer = clients.producer(settings, **{"linger.ms": 5})
-    t_prof, t_ev, t_out = (settings.topic(t.name) for t in (topics.PROFILES, topics.EVENTS, topics.OUTCOMES))
+    t_prof, t_ev = (settings.topic(t.name) for t in (topics.PROFILES, topics.EVENTS))
     for p in traffic.profiles:
         producer.produce(t_prof, key=p["customer_id"].encode(), value=codec.encode(t_prof, "CustomerProfile", p))
     producer.flush(30)
-
-    reactor = None
-    if react:
-        def react_loop():
-            consumer = clients.consumer(settings, f"{settings.app_id}-simulated-customers", offset_reset="latest",
-                                        auto_commit=True, log_level=None)
-            consumer.subscribe([settings.topic(topics.DELIVERY.name)])
-            try:
-                while not stop.is_set():
-                    msg = consumer.poll(0.5)
-                    if msg is None or msg.error():
-                        continue
-                    try:
-                        d = codec.decode(msg.topic(), "Delivery", msg.value())
-                    except ValueError:
-                        continue
-                    for i, kind in enumerate(traffic.reaction(d)):
-                        outcome = {"outcome_id": f"{d['delivery_id']}-{kind}", "key": d["key"],
-                                   "ts": int(time.time() * 1000) + i, "type": kind, "delivery_id": d["delivery_id"],
-                                   "decision_id": d["decision_id"], "action_id": d["action_id"], "channel": d["channel"],
-                                   "visitor_id": d["visitor_id"], "customer_id": d["customer_id"],
-                                   "value": None, "source": "simulator"}
-                        producer.produce(t_out, key=d["key"].encode(), value=codec.encode(t_out, "Outcome", outcome))
-            finally:
-                consumer.close()
-
-        reactor = threading.Thread(target=react_loop, name="simulated-customers", daemon=True)
-        reactor.start()
 
     sent = 0
     start = time.monotonic()
@@ -226,8 +186,4 @@ def run_simulator(settings: Settings, rate: float, duration_s: float | None, see
                 print(f"[simulator] {sent} events sent", flush=True)
     finally:
         producer.flush(30)
-        stop.set()
-        if reactor:
-            reactor.join(5)
-        producer.flush(10)
     return sent
