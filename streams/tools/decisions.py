@@ -36,6 +36,7 @@ from streams.tools.scenario import HUMAN_CHANNELS, Scenario, load_scenario
 from streams.tools.world import Person, Population, Reception
 
 SCENARIOS = ("default", "scarce-agents", "zero-uplift", "drift")
+ATTRIBUTION_WINDOW_MS = 10 * 60_000
 POLICIES = ("engine", "naive", "random", "oracle")
 
 
@@ -199,6 +200,17 @@ def _settled(settings: Settings, spec: topics.TopicSpec, quiet_s: float, timeout
         c.close()
 
 
+def measured_lift(attributions: list[dict]) -> dict:
+    """What `engage report lift` says about the run, from the control groups alone: to set beside the truth."""
+    from streams.report.lift import lift_report
+
+    overall = lift_report(attributions)["overall"]
+    keep = ("n_treated", "n_control", "conversion_treated", "conversion_control", "conversion_diff", "conversion_diff_ci",
+            "incremental_conversions", "incremental_conversions_ci", "agent_hours")
+    return {k: (round(v, 3) if isinstance(v, float) else [round(x, 3) for x in v] if isinstance(v, list) else v)
+            for k, v in overall.items() if k in keep}
+
+
 def run_scenario(settings: Settings, scenario: Scenario, speed: float, work: Path) -> dict:
     from streams.tools.play import play
 
@@ -206,7 +218,9 @@ def run_scenario(settings: Settings, scenario: Scenario, speed: float, work: Pat
     s = settings.with_(topic_prefix=f"decisions-{run}.", app_id=f"engage-decisions-{run}", data_dir=work / run / "state")
     ensure_topics(s)
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers, "ENGAGE_TOPIC_PREFIX": s.topic_prefix,
-           "ENGAGE_APP_ID": s.app_id, "ENGAGE_DATA_DIR": str(s.data_dir), "ENGAGE_LOG_LEVEL": "warning"}
+           "ENGAGE_APP_ID": s.app_id, "ENGAGE_DATA_DIR": str(s.data_dir), "ENGAGE_LOG_LEVEL": "warning",
+           # journeys end within minutes of their signals: a 10-minute window closes within the run
+           "ENGAGE_ATTRIBUTION_WINDOW": f"{ATTRIBUTION_WINDOW_MS // 1000}s"}
     (work / run).mkdir(parents=True, exist_ok=True)
     worker = spawn(["worker"], work / run / "worker.log", env=env)
     try:
@@ -214,7 +228,7 @@ def run_scenario(settings: Settings, scenario: Scenario, speed: float, work: Pat
         truth = work / run / "truth.jsonl"
         t0 = time.monotonic()
         stats = play(s, scenario, speed=speed, truth_path=truth, quiet=True, stop=threading.Event())
-        _settled(s, topics.DECISIONS, quiet_s=8, timeout_s=180)
+        _settled(s, topics.ATTRIBUTIONS, quiet_s=8, timeout_s=180)
         wall = time.monotonic() - t0
     finally:
         stop_process(worker)
@@ -227,6 +241,7 @@ def run_scenario(settings: Settings, scenario: Scenario, speed: float, work: Pat
         "people_ended": len(lines), "converted": sum(x["converted"] for x in lines),
         "incremental_conversions_expected": round(sum(x["p_final"] - x["base"] for x in lines), 2),
         "outcomes": stats.outcomes}
+    result["engine_measured"] = measured_lift(_read(s, topics.ATTRIBUTIONS))
     result["run"] = {"events": stats.events, "speed": speed, "wall_seconds": round(wall, 1),
                      "simulated_minutes": round((scenario.duration_ms) / 60_000, 1)}
     return result
@@ -276,5 +291,10 @@ def format_scenario(name: str, res: dict) -> str:
                     f"{r['share_to_self_servers']:>15.1%} {r['share_to_sleeping_dogs']:>16.1%}")
     rows.append(f"    engine / naive per agent-hour: {res['engine_vs_naive_per_agent_hour']}; "
                 f"engine / oracle incremental conversions: {res['engine_share_of_oracle_incremental_conversions']}")
+    m = res.get("engine_measured")
+    if m and m.get("incremental_conversions") is not None:
+        ci = m["incremental_conversions_ci"] or [None, None]
+        rows.append(f"    the lift report on the engine's run (control groups only): {m['incremental_conversions']:+.1f} "
+                    f"incremental conversions, 95% CI {ci}, {m['n_treated']} treated / {m['n_control']} held-out customers")
     return "\n".join(rows)
 
