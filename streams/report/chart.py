@@ -20,7 +20,7 @@ def _e(value: object) -> str:
 
 def _bars(report: dict) -> str:
     groups = report["actions"] + [report["overall"]]
-    h, bottom = 300, 250
+    h, bottom = 314, 250
     tops = [ci[1] for g in groups for ci in (g["conversion_treated_ci"], g["conversion_control_ci"]) if ci]
     ymax = max(0.1, min(1.0, -(-max(tops, default=0.1) * 10 // 1) / 10))  # next tenth up, so the bars fill the panel
     y = lambda v: bottom - (bottom - TOP) * v / ymax  # noqa: E731
@@ -44,9 +44,12 @@ def _bars(report: dict) -> str:
                 cx = x + (bar - 2) / 2
                 out.append(f'<path d="M{cx:.1f},{y(ci[0]):.1f}V{y(ci[1]):.1f}M{cx - 4:.1f},{y(ci[0]):.1f}h8'
                            f'M{cx - 4:.1f},{y(ci[1]):.1f}h8" stroke="#1a202c" fill="none"/>')
-        label = g["action_id"] if len(g["action_id"]) <= 18 else g["action_id"][:17] + "…"
-        out.append(f'<text x="{LEFT + i * slot + slot / 2:.1f}" y="{bottom + 16}" text-anchor="middle" font-size="11">'
-                   f'{_e(label)}</text><text x="{LEFT + i * slot + slot / 2:.1f}" y="{bottom + 30}" '
+        # labels take turns on two lines, so long action ids next to each other do not overlap
+        fits = max(6, int(slot * 2 / 6.5))
+        label = g["action_id"] if len(g["action_id"]) <= fits else g["action_id"][:fits - 1] + "…"
+        dy = 14 * (i % 2)
+        out.append(f'<text x="{LEFT + i * slot + slot / 2:.1f}" y="{bottom + 16 + dy}" text-anchor="middle" font-size="11">'
+                   f'{_e(label)}</text><text x="{LEFT + i * slot + slot / 2:.1f}" y="{bottom + 30 + dy}" '
                    f'text-anchor="middle" font-size="10" fill="#4a5568">n {g["n_treated"]} / {g["n_control"]}</text>')
     out.append(f'<line x1="{LEFT}" x2="{W - RIGHT}" y1="{bottom}" y2="{bottom}" stroke="#4a5568"/>'
                f'<rect x="{LEFT}" y="6" width="12" height="12" fill="{TREATED_COLOUR}"/>'

@@ -23,7 +23,8 @@ NO_ACTION = "(no action)"
 HOUR_MS = 3_600_000
 MAX_BUCKETS = 48
 # bucket sizes people read without arithmetic; the first that gives at most MAX_BUCKETS wins
-BUCKETS = ((HOUR_MS, "1h"), (2 * HOUR_MS, "2h"), (3 * HOUR_MS, "3h"), (6 * HOUR_MS, "6h"), (12 * HOUR_MS, "12h"),
+BUCKETS = ((60_000, "1m"), (5 * 60_000, "5m"), (10 * 60_000, "10m"), (15 * 60_000, "15m"), (30 * 60_000, "30m"),
+           (HOUR_MS, "1h"), (2 * HOUR_MS, "2h"), (3 * HOUR_MS, "3h"), (6 * HOUR_MS, "6h"), (12 * HOUR_MS, "12h"),
            (24 * HOUR_MS, "1d"), (48 * HOUR_MS, "2d"), (7 * 24 * HOUR_MS, "7d"), (14 * 24 * HOUR_MS, "14d"),
            (30 * 24 * HOUR_MS, "30d"))
 
