@@ -44,6 +44,16 @@ def machine() -> dict:
             "confluent_kafka": metadata.version("confluent-kafka"), "kafka_broker": "3.9.1 (local KRaft)"}
 
 
+def write_results(result: dict, kind: str, run_id: str, out: Path | None) -> Path:
+    """bench/results/<kind>-<run id>.json (or `out`), and the same as the kind's latest."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = out or RESULTS / f"{kind}-{run_id}.json"
+    text = json.dumps(result, indent=2) + "\n"
+    out.write_text(text)
+    (RESULTS / ("latest.json" if kind == "bench" else f"{kind}-latest.json")).write_text(text)
+    return out
+
+
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -320,10 +330,6 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
         if started:
             localkafka.down(broker)
         shutil.rmtree(work, ignore_errors=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = out or RESULTS / f"bench-{run_id}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    print(f"[bench] written to {out}")
+    print(f"[bench] written to {write_results(result, 'bench', run_id, out)}")
     return result

@@ -30,7 +30,7 @@ from streams.decision.policy import context_for_expressions
 from streams.rules.expr import evaluate
 from streams.settings import Settings
 from streams.tools import localkafka
-from streams.tools.bench import RESULTS, machine
+from streams.tools.bench import machine, write_results
 from streams.tools.procs import spawn, stop_process
 from streams.tools.scenario import HUMAN_CHANNELS, Scenario, load_scenario
 from streams.tools.world import Person, Population, Reception
@@ -271,11 +271,7 @@ def run_bench_decisions(settings: Settings, scenarios: list[str], speed: float, 
         if started:
             localkafka.down(broker)
         shutil.rmtree(work, ignore_errors=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = out or RESULTS / f"decisions-{run_id}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "decisions-latest.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"[bench-decisions] written to {out}")
+    print(f"[bench-decisions] written to {write_results(result, 'decisions', run_id, out)}")
     return result
 
 
