@@ -271,8 +271,23 @@ def run_bench_decisions(settings: Settings, scenarios: list[str], speed: float, 
         if started:
             localkafka.down(broker)
         shutil.rmtree(work, ignore_errors=True)
+    print(markdown_table(result))
     print(f"[bench-decisions] written to {write_results(result, 'decisions', run_id, out)}")
     return result
+
+
+def markdown_table(result: dict) -> str:
+    """The comparison as a Markdown table, for the README."""
+    rows = ["| scenario | policy | invitations | agent-hours | incremental conversions | incremental value "
+            "| conversions per agent-hour | to self-servers | to sleeping dogs |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, res in result["scenarios"].items():
+        for policy in POLICIES:
+            r = res[policy]
+            per = r["incremental_conversions_per_agent_hour"]
+            rows.append(f"| {name} | {policy} | {r['invitations']} | {r['agent_hours']:.2f} | {r['incremental_conversions']:.1f} "
+                        f"| {r['incremental_value']:,.0f} | {'-' if per is None else f'{per:.2f}'} "
+                        f"| {r['share_to_self_servers']:.0%} | {r['share_to_sleeping_dogs']:.0%} |")
+    return "\n".join(rows)
 
 
 def format_scenario(name: str, res: dict) -> str:
