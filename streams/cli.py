@@ -258,7 +258,12 @@ def run(argv: list[str]) -> int:
         scenario = load_scenario(args.scenario)
         changes = {k: v for k, v in (("arrival_rate", args.rate), ("seed", args.seed),
                                      ("duration_ms", args.duration and int(args.duration * 1000))) if v is not None}
-        stats = play(settings, scenario.with_(**changes), speed=args.speed, react=not args.no_react, truth_path=args.truth)
+        from streams.tools.scenario import MAX_PEOPLE, MAX_RATE
+
+        scenario = scenario.with_(**changes)
+        if scenario.arrival_rate > MAX_RATE or scenario.arrival_rate * scenario.duration_ms / 1000 > MAX_PEOPLE:
+            raise CliError(f"simulate: at most {MAX_RATE:g} journeys per second and {MAX_PEOPLE:,} people in all")
+        stats = play(settings, scenario, speed=args.speed, react=not args.no_react, truth_path=args.truth)
         print(f"[simulator] done: {stats.events} events from {stats.people} people; {stats.deliveries} offers answered")
     elif args.command == "adapter":
         from streams.adapters.console import run_console

@@ -176,15 +176,16 @@ def _gates(d: dict, enriched: dict, ledger: dict, actions: ActionSet) -> dict:
     if ledger["offers_today"] >= cap:
         return _stop(d, "suppressed", "daily_cap", f"Already {ledger['offers_today']} offers today (cap {cap}).")
     # The hold-outs come after every other gate, so a held-out decision is one that would have been
-    # an offer: treated and control are compared like for like. Its action_id is the action it would have taken.
+    # an offer: treated and control are compared like for like. Its action_id is the action it would have
+    # taken, and it counts against the cap as that offer would have, so caps thin both arms alike.
+    ledger["offers_today"] += 1
+    ledger["last_offer_ts"] = sig["ts"]
     if in_global_holdout(d["key"], actions.policy.holdout_share):
         return _stop(d, "control", "global_holdout",
                      f"In the global hold-out (never offered anything); {action.id} would have scored {score:.2f}.")
     if in_control_group(d["key"], action.id, actions.policy.control_share):
         return _stop(d, "control", "control_group",
                      f"Held out in the control group of {action.id}; it would have scored {score:.2f}.")
-    ledger["offers_today"] += 1
-    ledger["last_offer_ts"] = sig["ts"]
     d.update(outcome="act", gate=None,
              reason=f"{why}: {action.description or action.id} by {channel} (expected incremental value {score:.2f}).")
     return d

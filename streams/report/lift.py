@@ -28,8 +28,9 @@ BUCKETS = ((60_000, "1m"), (5 * 60_000, "5m"), (10 * 60_000, "10m"), (15 * 60_00
            (24 * HOUR_MS, "1d"), (48 * HOUR_MS, "2d"), (7 * 24 * HOUR_MS, "7d"), (14 * 24 * HOUR_MS, "14d"),
            (30 * 24 * HOUR_MS, "30d"))
 
-ARMS_NOTE = ("treated = the engine acted; comparison = control + holdout together (control: held out of this action; "
-             "holdout: the global hold-out, never offered anything). Decisions with arm 'none' are counted, not compared.")
+ARMS_NOTE = ("treated = the engine acted. Per action, comparison = control + holdout (control: held out of this "
+             "action; holdout: the global hold-out, never offered anything); overall and over time, comparison = "
+             "holdout only, the one arm no action touched. Decisions with arm 'none' are counted, not compared.")
 
 
 # ---------------------------------------------------------------- intervals
@@ -119,13 +120,13 @@ def first_per(rows: list[dict], unit) -> list[dict]:
     return list(first.values())
 
 
-def _group(name: str, rows: list[dict], unit) -> dict:
+def _group(name: str, rows: list[dict], unit, comparison_arms: tuple[str, ...] = COMPARISON) -> dict:
     # agent time is what every treated decision used; conversions and value are per customer (first_per)
     agent_hours = sum(float(r.get("agent_seconds") or 0.0) for r in rows if r["arm"] == TREATED) / 3600
     n_decisions = len(rows)
     rows = first_per(rows, unit)
     treated = [r for r in rows if r["arm"] == TREATED]
-    comparison = [r for r in rows if r["arm"] in COMPARISON]
+    comparison = [r for r in rows if r["arm"] in comparison_arms]
     nt, nc = len(treated), len(comparison)
     # converted is the engine's verdict by the action's goal (bought / did not cancel / did not call): not recomputed
     xt, xc = sum(bool(r.get("converted")) for r in treated), sum(bool(r.get("converted")) for r in comparison)
@@ -178,7 +179,7 @@ def _series(rows: list[dict]) -> tuple[int, str, list[dict]]:
     first, last = min(r["decision_ts"] for r in rows), max(r["decision_ts"] for r in rows)
     size, label = _bucket(last - first + 1)
     origin = first // size * size  # whole hours / days, so the axis reads naturally
-    comparison_all = [_net(r) for r in rows if r["arm"] in COMPARISON]
+    comparison_all = [_net(r) for r in rows if r["arm"] != TREATED]
     by_bucket: dict[int, list[dict]] = {}
     for r in rows:
         by_bucket.setdefault((r["decision_ts"] - origin) // size, []).append(r)
@@ -187,11 +188,11 @@ def _series(rows: list[dict]) -> tuple[int, str, list[dict]]:
         bucket = by_bucket.get(i, [])
         net_t = [_net(r) for r in bucket if r["arm"] == TREATED]
         # a bucket without comparison rows borrows the period's comparison mean rather than leaving a hole
-        net_c = [_net(r) for r in bucket if r["arm"] in COMPARISON] or comparison_all
+        net_c = [_net(r) for r in bucket if r["arm"] != TREATED] or comparison_all
         value = (fmean(net_t) - fmean(net_c)) * len(net_t) if net_t and net_c else (0.0 if comparison_all else None)
         total = total + value if value is not None else total
         out.append({"start": _iso(origin + i * size), "start_ms": origin + i * size, "n_treated": len(net_t),
-                    "n_control": sum(r["arm"] in COMPARISON for r in bucket), "incremental_net_value": value,
+                    "n_control": sum(r["arm"] != TREATED for r in bucket), "incremental_net_value": value,
                     "cumulative": total if comparison_all else None})
     return size, label, out
 
@@ -206,11 +207,11 @@ def lift_report(records: Iterable[dict], start_ms: int | None = None, end_ms: in
 
     `horizon_ms` is how far attribution has got: a decision whose window ends after it may still
     convert (or, for retain and resolve, still fail), so it is counted as pending, not compared.
-    By default it is the latest updated_ts / decision_ts in the records.
+    By default it is the latest decision_ts in the records.
     """
     records = list(records)
     if horizon_ms is None:
-        horizon_ms = max((max(r.get("updated_ts") or 0, r["decision_ts"]) for r in records), default=None)
+        horizon_ms = max((r["decision_ts"] for r in records), default=None)
     in_range = [r for r in latest(records)
                 if (start_ms is None or r["decision_ts"] >= start_ms) and (end_ms is None or r["decision_ts"] < end_ms)]
     done = [r for r in in_range if horizon_ms is not None and r["window_end_ts"] <= horizon_ms]
@@ -221,7 +222,8 @@ def lift_report(records: Iterable[dict], start_ms: int | None = None, end_ms: in
     actions: dict[str, list[dict]] = {}
     for r in compared:
         actions.setdefault(r.get("action_id") or NO_ACTION, []).append(r)
-    size, label, series = _series(compared)
+    size, label, series = _series([r for r in first_per(compared, lambda r: r["key"])
+                                   if r["arm"] in (TREATED, "holdout")])
     pending = len(in_range) - len(done)
     first = start_ms if start_ms is not None else min((r["decision_ts"] for r in in_range), default=None)
     return {
@@ -229,7 +231,9 @@ def lift_report(records: Iterable[dict], start_ms: int | None = None, end_ms: in
         "confidence": CONFIDENCE, "arms_note": ARMS_NOTE, "decisions": decisions, "pending": pending,
         # per action, a customer counts once for that action; overall, once whatever the action
         "actions": [_group(name, rows, lambda r: (r["key"], r.get("action_id"))) for name, rows in sorted(actions.items())],
-        "overall": _group(OVERALL, compared, lambda r: r["key"]),
+        # overall, only the global hold-out is untreated: a customer in one action's control group may
+        # be treated by another action within the window
+        "overall": _group(OVERALL, compared, lambda r: r["key"], comparison_arms=("holdout",)),
         "bucket": label, "bucket_ms": size, "series": series,
         "notes": _notes(pending),
     }
@@ -290,7 +294,7 @@ def format_text(report: dict) -> str:
 class Attributions(NamedTuple):
     records: list[dict]
     skipped: int  # records that could not be decoded
-    horizon_ms: int | None  # the latest updated_ts / decision_ts on the whole topic
+    horizon_ms: int | None  # the latest decision_ts on the whole topic
 
 
 def read_attributions(settings, start_ms: int, end_ms: int, timeout_s: float = 120.0) -> Attributions:
@@ -316,8 +320,9 @@ def read_attributions(settings, start_ms: int, end_ms: int, timeout_s: float = 1
         except ValueError:  # DecodeError, and a bad fingerprint or schema id
             skipped += 1
             continue
-        seen = max(rec.get("updated_ts") or 0, rec["decision_ts"])
-        horizon = seen if horizon is None else max(horizon, seen)
+        # decision times, not updated_ts: an outcome may be dated ahead (an agent's handling time), and a
+        # horizon pushed ahead of the decisions would close windows whose cancellations have not come yet
+        horizon = rec["decision_ts"] if horizon is None else max(horizon, rec["decision_ts"])
         if start_ms <= rec["decision_ts"] < end_ms:
             records.append(rec)
     return Attributions(records, skipped, horizon)

@@ -92,7 +92,10 @@ def run_policy(name: str, signals: list[dict], people: dict[str, Person], scenar
     score = Score()
     rng = random.Random(f"{seed}:{name}")
     k = sum(1 for d in engine_decisions.values() if d["outcome"] == "act")
-    chosen_for_random = set(rng.sample([s["signal"]["signal_id"] for s in signals], min(k, len(signals))))
+    chosen_for_random: set = set()
+    if name == "random":  # k of the signals some action may answer: as many invitations as the engine made
+        open_ = [s["signal"]["signal_id"] for s in signals if choices(action_set, s)]
+        chosen_for_random = set(rng.sample(open_, min(k, len(open_))))
     for enriched in signals:
         sig = enriched["signal"]
         ts, person = sig["ts"], people.get(sig["visitor_id"])
@@ -144,8 +147,8 @@ def _oracle(options, person: Person, reception: Reception, ts: int, action_set: 
 
 
 def score_run(scenario: Scenario, sim_start_ms: int, enriched: list[dict], decisions: list[dict],
-              action_set: ActionSet) -> dict:
-    people = {p.visitor_id: p for p in Population(scenario, start_ms=sim_start_ms).people()}
+              action_set: ActionSet, run: str = "") -> dict:
+    people = {p.visitor_id: p for p in Population(scenario, start_ms=sim_start_ms, run=run).people()}
     signals = sorted(enriched, key=lambda e: (e["signal"]["ts"], e["signal"]["signal_id"]))
     by_signal = {d["signal_id"]: d for d in decisions}
     out = {"people": len(people), "signals": len(signals),
@@ -235,7 +238,7 @@ def run_scenario(settings: Settings, scenario: Scenario, speed: float, work: Pat
     enriched = _read(s, topics.ENRICHED)
     decisions = _read(s, topics.DECISIONS)
     action_set = load_actions(settings.rules_dir / "actions.yaml")
-    result = score_run(scenario, stats.sim_start_ms, enriched, decisions, action_set)
+    result = score_run(scenario, stats.sim_start_ms, enriched, decisions, action_set, run=stats.run)
     lines = [json.loads(line) for line in truth.read_text().splitlines()[1:]]
     result["engine_live"] = {  # what actually happened in the live run, by the same truth
         "people_ended": len(lines), "converted": sum(x["converted"] for x in lines),

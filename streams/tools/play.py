@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from streams import clients, topics
 from streams.codec import DecodeError
 from streams.settings import Settings
@@ -24,7 +26,14 @@ from streams.tools.scenario import Scenario
 from streams.tools.world import LINGER_S, THINK_S, Person, Population, Reception
 
 # simulated time after the last arrival for the last journeys to end (their steps and lingering)
-TAIL_MS = int((max(hi for _, hi in LINGER_S.values()) + 12 * THINK_S[1]) * 1000)
+JOURNEY_TAIL_MS = int((max(hi for _, hi in LINGER_S.values()) + 12 * THINK_S[1]) * 1000)
+
+
+def tail_ms(scenario: Scenario) -> int:
+    """Simulated time after the last arrival until everything has happened: the journeys, then an agent
+    taken at the last moment, after the person's patience, for up to 1.5 times the handling time."""
+    handling = max((skill.handling_ms for _, skill in scenario.agents), default=0)
+    return JOURNEY_TAIL_MS + scenario.patience_ms + handling * 3 // 2
 AVAILABILITY_EVERY_MS = 30_000
 GRACE_MS = 60_000   # a person is remembered this long after leaving: a late offer is answered "expired"
 
@@ -37,14 +46,15 @@ class PlayStats:
     outcomes: dict = field(default_factory=dict)
     conversions: int = 0
     sim_start_ms: int = 0
+    run: str = ""
 
 
 class Player:
     """Plays one scenario. `step(now)` does everything due by simulated time `now`; pure of Kafka (sends go to `emit`)."""
 
-    def __init__(self, scenario: Scenario, sim_start_ms: int, emit, truth_file=None):
+    def __init__(self, scenario: Scenario, sim_start_ms: int, emit, truth_file=None, run: str = ""):
         self.scenario = scenario
-        self.population = Population(scenario, start_ms=sim_start_ms)
+        self.population = Population(scenario, start_ms=sim_start_ms, run=run)
         self.people = self.population.people()
         self.next_person: Person | None = next(self.people, None)
         self.reception = Reception(scenario)
@@ -54,7 +64,7 @@ class Player:
         self.seq = itertools.count()
         self.active: dict[str, Person] = {}
         self.left: dict[str, int] = {}     # visitor -> when they left
-        self.stats = PlayStats(sim_start_ms=sim_start_ms)
+        self.stats = PlayStats(sim_start_ms=sim_start_ms, run=run)
         self.next_availability = sim_start_ms
 
     def _push(self, t: int, kind: str, data) -> None:
@@ -157,7 +167,7 @@ def play(settings: Settings, scenario: Scenario, speed: float = 1.0, react: bool
     stop = stop or threading.Event()
     codec = clients.codec(settings)
     producer = clients.producer(settings, **{"linger.ms": 5})
-    span_ms = scenario.duration_ms + TAIL_MS
+    span_ms = scenario.duration_ms + tail_ms(scenario)
 
     def emit(spec, key: str, record: dict) -> None:
         name = settings.topic(spec.name)
@@ -184,11 +194,12 @@ def play(settings: Settings, scenario: Scenario, speed: float = 1.0, react: bool
     # the simulated clock starts now, so that it reaches the wall clock as the last journeys end
     wall_start = time.time()
     sim_start = int(wall_start * 1000 - span_ms + span_ms / speed)
+    run = np.base_repr(int(wall_start), 36).lower()  # a new tag each second: see Population
     truth_file = open(truth_path, "w") if truth_path else None
     if truth_file:
         truth_file.write(json.dumps({"scenario": scenario.name, "file": scenario.file, "seed": scenario.seed,
-                                     "sim_start_ms": sim_start, "speed": speed}) + "\n")
-    player = Player(scenario, sim_start, emit, truth_file)
+                                     "sim_start_ms": sim_start, "speed": speed, "run": run}) + "\n")
+    player = Player(scenario, sim_start, emit, truth_file, run=run)
     last_report = time.monotonic()
     try:
         while not stop.is_set() and not player.done():

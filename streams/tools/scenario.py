@@ -6,6 +6,7 @@ refused with file, line and reason, like rule files.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,6 +26,8 @@ MAX_RATE = 1000.0          # journeys per simulated second
 MAX_DURATION_MS = 7 * 86_400_000
 MAX_AGENTS = 10_000
 MAX_CUSTOMERS = 1_000_000
+MAX_PEOPLE = 2_000_000     # expected arrivals (rate x duration): the benchmark holds every person in memory
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")  # it goes into topic names, ids and paths
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class Scenario:
     world: World
     drift_at_ms: int | None = None     # from this much simulated time on, `drifted` is the truth
     drifted: World | None = None
+    drift_share: float | None = None   # drift.at given as a share of the duration: kept if the duration changes
     file: str = ""
 
     def world_at(self, offset_ms: int) -> World:
@@ -84,7 +88,10 @@ class Scenario:
         return dict(self.agents).get(name or "")
 
     def with_(self, **changes) -> "Scenario":
-        return replace(self, **changes)
+        changed = replace(self, **changes)
+        if "duration_ms" in changes and self.drift_share is not None:
+            changed = replace(changed, drift_at_ms=int(changed.duration_ms * self.drift_share))
+        return changed
 
 
 def _number(node, key, file, line, lo, hi, default=None, whole=False):
@@ -128,6 +135,8 @@ def _intents(node, file, line, base=None) -> tuple[tuple[str, Intent], ...]:
             raise RuleError(file, iline, f"intent {name} must be a mapping with weight and types")
         check_keys(spec, {"weight", "types"}, set() if base else {"weight", "types"}, file, None, f"intent {name}")
         earlier = out.get(name)
+        if earlier is None and "types" not in spec:
+            raise RuleError(file, iline, f"intent {name} is new here: it needs types")
         weight = _number(spec, "weight", file, iline, 0, 1e6, default=earlier.weight if earlier else None)
         types = _weights(spec["types"], TYPES, file, iline, f"intents.{name}.types") if "types" in spec else earlier.types
         out[name] = Intent(float(weight), types)
@@ -198,7 +207,7 @@ def compile_scenario(text: str, file: str) -> Scenario:
     world = World(_intents(doc["intents"], file, line_of(doc["intents"], line)),
                   _types(doc["types"], file, line_of(doc["types"], line)),
                   _effects(doc["effects"], file, line_of(doc["effects"], line)))
-    drift_at, drifted = None, None
+    drift_at, drifted, drift_share = None, None, None
     if doc.get("drift") is not None:
         drift = doc["drift"]
         dline = line_of(drift, line)
@@ -213,20 +222,26 @@ def compile_scenario(text: str, file: str) -> Scenario:
                 raise RuleError(file, dline, f"drift.at must be like 50% or 15m, got {at!r}") from None
             if not 0 <= share <= 1:
                 raise RuleError(file, dline, f"drift.at must be from 0% to 100%, got {at!r}")
-            drift_at = int(duration * share)
+            drift_at, drift_share = int(duration * share), share
         else:
             drift_at = duration_ms(at, file, dline, None, "drift.at")
         drifted = World(_intents(drift["intents"], file, dline, world.intents) if "intents" in drift else world.intents,
                         _types(drift["types"], file, dline, world.types) if "types" in drift else world.types,
                         _effects(drift["effects"], file, dline, world.effects) if "effects" in drift else world.effects)
+    name = str(doc.get("name") or Path(file).stem)
+    if not NAME.fullmatch(name):
+        raise RuleError(file, line, f"name may hold up to 40 letters, digits, '-' and '_', got {name!r}")
+    rate = float(_number(doc, "arrival_rate", file, line, 0.001, MAX_RATE, 1.0))
+    if rate * duration / 1000 > MAX_PEOPLE:
+        raise RuleError(file, line, f"arrival_rate x duration is {rate * duration / 1000:,.0f} people; at most {MAX_PEOPLE:,}")
     return Scenario(
-        name=str(doc.get("name") or Path(file).stem), seed=_number(doc, "seed", file, line, -2**63, 2**63, 7, whole=True),
-        duration_ms=duration, arrival_rate=float(_number(doc, "arrival_rate", file, line, 0.001, MAX_RATE, 1.0)),
+        name=name, seed=_number(doc, "seed", file, line, -2**63, 2**63, 7, whole=True),
+        duration_ms=duration, arrival_rate=rate,
         customers=_number(doc, "customers", file, line, 1, MAX_CUSTOMERS, 2000, whole=True),
         accept=_probability(doc.get("accept", 0.7), file, line, "accept"),
         patience_ms=duration_ms(doc.get("patience", "60s"), file, line, None, "patience"),
         agents=_agents(doc["agents"], file, line_of(doc["agents"], line)), world=world,
-        drift_at_ms=drift_at, drifted=drifted, file=file)
+        drift_at_ms=drift_at, drifted=drifted, drift_share=drift_share, file=file)
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:

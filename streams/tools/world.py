@@ -78,9 +78,12 @@ def _event(type_: str, path: str | None = None, query: str | None = None, value:
 class Population:
     """The scenario's people in order of arrival, drawn per person from (seed, n)."""
 
-    def __init__(self, scenario: Scenario, start_ms: int = 0):
+    def __init__(self, scenario: Scenario, start_ms: int = 0, run: str = ""):
         self.scenario = scenario
         self.start_ms = start_ms
+        # in every visitor (and so event) id: a second run on the same broker is new traffic, not
+        # duplicates of the first that detection would drop; the people are the same
+        self.run = run
         self.profiles = make_profiles(random.Random(f"{scenario.seed}:profiles"), scenario.customers, start_ms)
         by_clv = sorted(self.profiles, key=lambda p: p["clv"])
         self.customers_by_clv = [p["customer_id"] for p in by_clv]
@@ -115,7 +118,7 @@ class Population:
             clock += int(rng.uniform(*THINK_S) * 1000)
         end = timed[-1][0] + int(rng.uniform(*LINGER_S[intent]) * 1000)
         handling_permille = int(rng.uniform(0.5, 1.5) * 1000)  # of the skill's mean handling time
-        return Person(n=n, visitor_id=f"V{sc.seed % 1000:03d}{n:07d}", customer_id=customer, intent=intent, type=type_,
+        return Person(n=n, visitor_id=f"V{self.run}{sc.seed % 1000:03d}{n:07d}", customer_id=customer, intent=intent, type=type_,
                       goal=INTENTS[intent], value=value, arrive_ms=at, end_ms=end, steps=timed,
                       truth=world.truth(type_), world=world, u=rng.random(), accepts=rng.random() < sc.accept,
                       handling_permille=handling_permille, looks=looks)
@@ -237,8 +240,8 @@ class Reception:
         if not agents:
             return Reaction("abandoned")
         start = max(t, agents[0])
-        if start - t > self.scenario.patience_ms:
-            return Reaction("abandoned")
+        if start - t > self.scenario.patience_ms or start >= person.end_ms:
+            return Reaction("abandoned")  # gave up waiting, or had left before an agent was free
         mean = self.scenario.skill(skill).handling_ms
         handling = max(1_000, mean * person.handling_permille // 1000)
         heapq.heapreplace(agents, start + handling)

@@ -135,6 +135,12 @@ TYPES = ("types: {self_server: {base: 0.8, treated: 0.8}, persuadable: {base: 0,
      "arrival_rate must be a number"),
     ("intents: {buy: {weight: 1, types: {self_server: 1}}}\n" + TYPES + "effects: {x: {fax: 1}}\nagents: {}\n", 3,
      "unknown channel 'fax'"),
+    ("name: ../../etc\nintents: {buy: {weight: 1, types: {self_server: 1}}}\n" + TYPES + "effects: {}\nagents: {}\n", 1,
+     "name may hold up to 40 letters"),
+    ("arrival_rate: 1000\nduration: 7d\nintents: {buy: {weight: 1, types: {self_server: 1}}}\n" + TYPES +
+     "effects: {}\nagents: {}\n", 1, "people; at most 2,000,000"),
+    ("intents: {buy: {weight: 1, types: {self_server: 1}}}\n" + TYPES + "effects: {}\nagents: {}\n"
+     "drift: {at: 50%, intents: {help: {weight: 3}}}\n", 5, "intent help is new here: it needs types"),
 ])
 def test_an_invalid_scenario_is_refused_with_file_line_and_reason(text, line, reason):
     with pytest.raises(RuleError) as err:
@@ -142,3 +148,9 @@ def test_an_invalid_scenario_is_refused_with_file_line_and_reason(text, line, re
     assert reason in str(err.value) and str(err.value).startswith("bad.yaml")
     if line is not None:
         assert f"bad.yaml:{line}" in str(err.value)
+
+
+def test_a_drift_given_as_a_share_stays_a_share_when_the_duration_changes():
+    sc = load_scenario("drift")
+    shorter = sc.with_(duration_ms=10 * 60_000)
+    assert shorter.drift_at_ms == 5 * 60_000
