@@ -214,7 +214,8 @@ def lift_report(records: Iterable[dict], start_ms: int | None = None, end_ms: in
         horizon_ms = max((r["decision_ts"] for r in records), default=None)
     in_range = [r for r in latest(records)
                 if (start_ms is None or r["decision_ts"] >= start_ms) and (end_ms is None or r["decision_ts"] < end_ms)]
-    done = [r for r in in_range if horizon_ms is not None and r["window_end_ts"] <= horizon_ms]
+    done = [r for r in in_range if horizon_ms is not None and r["window_end_ts"] <= horizon_ms
+            and not r.get("incomplete")]  # an incomplete attribution never looked for its whole window
     decisions = dict.fromkeys(ARMS, 0)
     for r in done:
         decisions[r["arm"]] = decisions.get(r["arm"], 0) + 1

@@ -204,7 +204,8 @@ class Reception:
     An agent-led invitation (chat, call back) needs the person to accept and an agent of the skill
     to be free within the person's patience; it then holds that agent for the handling time. Other
     channels are shown. What reaches a person sets their strength (the share of the type's effect
-    they get; the most effective invitation counts). A sleeping dog is put off by being asked at all.
+    they get; the most effective invitation counts). A sleeping dog is put off by any offer, accepted
+    or not, as much as the action's effect on that channel.
     """
 
     scenario: Scenario

@@ -130,3 +130,35 @@ def test_old_decisions_stop_being_attributable_a_window_after_theirs_ended():
     a.on_decision(state, decision("d1"))
     a.on_conversion(state, event("late", ts=T0 + 2 * WINDOW + 1))
     assert "d1" not in state["open"] and "d1" in state["closed"]
+
+
+def test_a_decision_replayed_long_after_it_was_dropped_is_not_reopened():
+    # Given a decision, and the key's later activity that dropped it and pushed its id out of "closed"
+    a, state = attributor(), new_state()
+    a.on_decision(state, decision("d1"))
+    a.on_conversion(state, event("c", kind="cancel", ts=T0 + 60_000))
+    a.on_conversion(state, event("later", ts=T0 + 3 * WINDOW))
+    state["closed"].clear()
+    # When the old decision is delivered again (a replay from far back)
+    # Then it is not opened again: a fresh revision 0 would undo the cancellation on the compacted topic
+    assert a.on_decision(state, decision("d1")) == []
+    assert "d1" not in state["open"]
+
+
+def test_a_decision_dropped_before_its_window_ended_is_published_incomplete():
+    # Given one more open retention decision than a key may hold, all within their windows
+    a, state = attributor(), new_state()
+    out = []
+    for i in range(MAX_OPEN + 1):
+        out += a.on_decision(state, decision(f"d{i}", action="retention-chat", ts=T0 + i))
+    # Then the oldest is published once more, marked incomplete: nobody looked for its cancellation to the end
+    dropped = [r for r in out if r["decision_id"] == "d0"]
+    assert [r["incomplete"] for r in dropped] == [False, True] and dropped[-1]["revision"] == 1
+    assert "d0" not in state["open"] and len(state["open"]) == MAX_OPEN
+
+
+def test_early_things_keep_only_what_attribution_needs():
+    a, state = attributor(), new_state()
+    a.on_conversion(state, {**event("e1"), "attributes": {"big": "x" * 1000}})
+    [(_, _, _, kept)] = state["early"]
+    assert kept == {"event_id": "e1", "ts": T0 + 60_000, "type": "purchase", "value": 120.0}

@@ -255,3 +255,11 @@ def test_a_customer_with_several_decisions_counts_once_and_their_agent_time_in_f
     assert group["incremental_net_value"] == pytest.approx(100.0)
     assert group["agent_hours"] == pytest.approx(20 / 60)
     assert report["overall"]["n_treated"] == 1
+
+
+def test_an_incomplete_attribution_is_left_out_of_the_comparison():
+    # Given a treated decision the attribution stage dropped before its window ended, and a complete pair
+    rows = [att("t1", converted=True, incomplete=True), att("t2", converted=False), att("c1", arm="holdout")]
+    # Then only the complete ones are compared
+    report = lift_report(rows, horizon_ms=HORIZON)
+    assert report["overall"]["n_treated"] == 1 and report["overall"]["conversion_treated"] == 0.0
