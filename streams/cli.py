@@ -253,14 +253,11 @@ def run(argv: list[str]) -> int:
         run_worker(settings)
     elif args.command == "simulate":
         from streams.tools.play import play
-        from streams.tools.scenario import load_scenario
+        from streams.tools.scenario import MAX_PEOPLE, MAX_RATE, load_scenario
 
-        scenario = load_scenario(args.scenario)
         changes = {k: v for k, v in (("arrival_rate", args.rate), ("seed", args.seed),
                                      ("duration_ms", args.duration and int(args.duration * 1000))) if v is not None}
-        from streams.tools.scenario import MAX_PEOPLE, MAX_RATE
-
-        scenario = scenario.with_(**changes)
+        scenario = load_scenario(args.scenario).with_(**changes)
         if scenario.arrival_rate > MAX_RATE or scenario.arrival_rate * scenario.duration_ms / 1000 > MAX_PEOPLE:
             raise CliError(f"simulate: at most {MAX_RATE:g} journeys per second and {MAX_PEOPLE:,} people in all")
         stats = play(settings, scenario, speed=args.speed, react=not args.no_react, truth_path=args.truth)

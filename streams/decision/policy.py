@@ -73,12 +73,18 @@ def _value(action: Action, ctx: dict) -> float:
     return action.value
 
 
-def _channel(action: Action, ctx: dict, profile: dict) -> str | None:
+def allowed_channels(action: Action, ctx: dict, profile: dict) -> list[str]:
+    """The action's channels, in the rule's order, that the customer has not opted out of, consented to
+    where consent is needed, and whose `when` holds."""
     blocked = set(profile.get("channels_opted_out") or [])
-    allowed = [c.channel for c in action.channels
-               if c.channel not in blocked
-               and not (c.channel in NEEDS_CONSENT and not profile.get("marketing_consent"))
-               and evaluate(c.when, ctx)]
+    return [c.channel for c in action.channels
+            if c.channel not in blocked
+            and not (c.channel in NEEDS_CONSENT and not profile.get("marketing_consent"))
+            and evaluate(c.when, ctx)]
+
+
+def _channel(action: Action, ctx: dict, profile: dict) -> str | None:
+    allowed = allowed_channels(action, ctx, profile)
     if not allowed:
         return None
     preferred = profile.get("preferred_channel")

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from streams import clients, topics
 from streams.admin import ensure_topics, wait_for_broker
-from streams.decision.actions import NEEDS_CONSENT, ActionSet, load_actions
-from streams.decision.policy import context_for_expressions
+from streams.decision.actions import ActionSet, load_actions
+from streams.decision.policy import allowed_channels, context_for_expressions
 from streams.rules.expr import evaluate
 from streams.settings import Settings
 from streams.tools import localkafka
@@ -72,17 +72,8 @@ def choices(action_set: ActionSet, enriched: dict) -> list[tuple[str, str, str |
     if profile.get("opted_out"):
         return []
     ctx = context_for_expressions(enriched)
-    blocked = set(profile.get("channels_opted_out") or [])
-    out = []
-    for action in action_set.answering(enriched["signal"]["signal"]):
-        if not evaluate(action.eligible, ctx):
-            continue
-        for c in action.channels:
-            if c.channel in blocked or (c.channel in NEEDS_CONSENT and not profile.get("marketing_consent")):
-                continue
-            if evaluate(c.when, ctx):
-                out.append((action.id, c.channel, action.skill))
-    return out
+    return [(action.id, channel, action.skill) for action in action_set.answering(enriched["signal"]["signal"])
+            if evaluate(action.eligible, ctx) for channel in allowed_channels(action, ctx, profile)]
 
 
 def run_policy(name: str, signals: list[dict], people: dict[str, Person], scenario: Scenario, action_set: ActionSet,
