@@ -213,30 +213,17 @@ def _latencies(settings: Settings, spec: topics.TopicSpec, since_ms: int, until_
                signal_of: dict[str, str]) -> list[tuple[float, str]]:
     """(ms from the signal's time to the record, decision id) of every record now on the topic.
 
-    Reads by assignment, to the end offsets taken first, so no group join can cut the read short;
-    decisions also fill `signal_of` (decision id -> signal name).
+    Decisions also fill `signal_of` (decision id -> signal name).
     """
-    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
     name = settings.topic(spec.name)
     codec = clients.codec(settings)
-    c = clients.consumer(settings, clients.throwaway_group("bench-read"), log_level=None)
-    ends = {p: c.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1] for p in range(settings.partitions)}
-    c.assign([TopicPartition(name, p, OFFSET_BEGINNING) for p, end in ends.items() if end > 0])
-    remaining = {p for p, end in ends.items() if end > 0}
-    out, deadline = [], time.monotonic() + 120
-    while remaining and time.monotonic() < deadline:
-        msg = c.poll(0.5)
-        if msg is None or msg.error():
-            continue
-        if msg.offset() + 1 >= ends[msg.partition()]:
-            remaining.discard(msg.partition())
-        rec = codec.decode(name, spec.schema, msg.value())
+    out = []
+    for _, _, timestamp, _, value in clients.read_all(settings, name, group_prefix="bench-read"):
+        rec = codec.decode(name, spec.schema, value)
         if "signal" in rec:
             signal_of[rec["decision_id"]] = rec["signal"]
         if since_ms <= rec["signal_ts"] <= until_ms:
-            out.append((msg.timestamp()[1] - rec["signal_ts"], rec["decision_id"]))
-    c.close()
+            out.append((timestamp - rec["signal_ts"], rec["decision_id"]))
     return out
 
 
