@@ -200,3 +200,25 @@ def test_an_unknown_scenario_is_refused_in_one_line_naming_the_shipped_ones(caps
     assert code == 2 and out == ""
     assert one_line(err) == ("engage: no-such-world: no such scenario file "
                              "(shipped: default, drift, scarce-agents, zero-uplift)")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["report", "lift", "--from", "1h", "--to", "2h"], "--to (2h) must be later than --from (1h)"),
+    (["report", "lift", "--from", "yesterday-ish"], "yesterday-ish"),
+    (["bench-decisions", "--scenario", "no-such-world"], "no-such-world: no such scenario file"),
+    (["simulate", "--rate", "5000"], "simulate: at most 1000 journeys per second"),
+])
+def test_report_bench_and_simulate_refuse_bad_arguments_in_one_line_before_reaching_kafka(argv, expected, monkeypatch, capsys):
+    # Given no broker may be touched
+    import streams.admin
+    import streams.tools.localkafka
+
+    def must_not_run(*_, **__):
+        raise AssertionError("the bad argument was accepted")
+
+    monkeypatch.setattr(streams.admin, "wait_for_broker", must_not_run)
+    monkeypatch.setattr(streams.tools.localkafka, "up", must_not_run)
+    # When engage runs the command, then it exits 2 with one line that says what is wrong
+    code, out, err = run_main(argv, capsys)
+    assert code == 2 and out == ""
+    assert one_line(err).startswith("engage: ") and expected in one_line(err)
