@@ -28,6 +28,17 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be on or off, got {env[name]!r}")
+
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
@@ -157,6 +168,8 @@ class Settings:
     max_event_age_ms: int = 30 * 86_400_000
     # How long after a decision (in event time) purchases, cancellations and calls count for it.
     attribution_window_ms: int = 30 * 60_000
+    # Thompson sampling over the uplift model's uncertainty; off: its means (no exploration)
+    explore: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -185,6 +198,7 @@ class Settings:
             max_event_age_ms=_duration_ms(env, "ENGAGE_MAX_EVENT_AGE", 30 * 86_400_000),
             session_timeout_ms=_session_timeout(env),
             attribution_window_ms=max(1_000, _duration_ms(env, "ENGAGE_ATTRIBUTION_WINDOW", 30 * 60_000)),
+            explore=_switch(env, "ENGAGE_EXPLORE", True),
         )
 
     def with_(self, **changes) -> "Settings":

@@ -40,10 +40,13 @@ OUTCOMES = TopicSpec("engage.outcomes", "customer_id, else visitor_id", "Outcome
 CONVERSIONS = TopicSpec("engage.conversions", "customer_id and visitor_id (one record each)", "Interaction", internal=True)
 # What happened after each decision; compacted by decision id: the latest revision is the attribution so far.
 ATTRIBUTIONS = TopicSpec("engage.attributions", "decision_id", "Attribution", compacted=True)
+# What each learner partition has learned for the uplift models; compacted by partition, one
+# partition so every worker reads all of it in order.
+MODELS = TopicSpec("engage.models", "learner partition (as text)", "ModelEvidence", compacted=True, partitions=1)
 DEADLETTER = TopicSpec("engage.deadletter", "the original key", "DeadLetter")
 
 ALL = (EVENTS, PROFILES, AGENT_AVAILABILITY, RULES, SCHEMAS, SIGNALS, SIGNALS_BY_CUSTOMER, DETECTION_TICKS, ENRICHED, DECISIONS, DELIVERY,
-       OUTCOMES, CONVERSIONS, ATTRIBUTIONS, DEADLETTER)
+       OUTCOMES, CONVERSIONS, ATTRIBUTIONS, MODELS, DEADLETTER)
 
 # The state tables, each with a compacted changelog topic named by Faust "<app id>-<table>-changelog",
 # partitioned like the stream it is updated from. They are created with the topics above, before a
@@ -55,7 +58,12 @@ PARTITION_TO_TIMERS = "partition_to_timers"
 CUSTOMER_TO_PROFILE = "customer_to_profile"
 CUSTOMER_TO_CONTACTS = "customer_to_contacts"
 KEY_TO_ATTRIBUTIONS = "key_to_attributions"
-TABLES = (VISITOR_TO_STATE, PARTITION_TO_TIMERS, CUSTOMER_TO_PROFILE, CUSTOMER_TO_CONTACTS, KEY_TO_ATTRIBUTIONS)
+# the uplift learner, partitioned like engage.attributions: decisions waiting for their window to close,
+# and each partition's clock and evidence
+DECISION_TO_LABEL = "decision_to_label"
+PARTITION_TO_EVIDENCE = "partition_to_evidence"
+TABLES = (VISITOR_TO_STATE, PARTITION_TO_TIMERS, CUSTOMER_TO_PROFILE, CUSTOMER_TO_CONTACTS, KEY_TO_ATTRIBUTIONS,
+          DECISION_TO_LABEL, PARTITION_TO_EVIDENCE)
 
 
 def changelog(app_id: str, table: str) -> str:

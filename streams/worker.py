@@ -6,6 +6,7 @@ from streams.attribution import agent as attribution_agent
 from streams.data import agent as data_agent
 from streams.decision import agent as decision_agent
 from streams.decision.actions import load_actions
+from streams.decision.models import ModelBook
 from streams.delivery import agent as delivery_agent
 from streams.detection import agent as detection_agent
 from streams.detection.rulebook import RuleBook
@@ -13,14 +14,14 @@ from streams.detection.rules import load_detection
 from streams.settings import Settings
 
 
-def build_worker(settings: Settings, book: RuleBook | None = None) -> Engine:
+def build_worker(settings: Settings, book: RuleBook | None = None, models: ModelBook | None = None) -> Engine:
     """Build the app with every stage registered; raises RuleError if a rule file is invalid."""
     book = book or RuleBook(load_detection(settings.rules_dir / "detection.yaml"))
     actions = load_actions(settings.rules_dir / "actions.yaml")
     engine = build_app(settings)
     detection_agent.register(engine, book)
     data_agent.register(engine)
-    decision_agent.register(engine, actions)
+    decision_agent.register(engine, actions, models)
     delivery_agent.register(engine)
     attribution_agent.register(engine, actions)
     return engine
@@ -29,6 +30,7 @@ def build_worker(settings: Settings, book: RuleBook | None = None) -> Engine:
 def run_worker(settings: Settings) -> None:
     from streams import statedir
     from streams.admin import ensure_topics, wait_for_broker
+    from streams.decision import models as model_follower
     from streams.detection.rulebook import start_following
 
     # its own RocksDB folder, whatever other workers run from the same checkout (held until exit)
@@ -36,7 +38,8 @@ def run_worker(settings: Settings) -> None:
     settings = settings.with_(data_dir=state.path)
     # the file is the rule set until a version is published to engage.rules; then the latest valid one
     book = RuleBook(load_detection(settings.rules_dir / "detection.yaml"))
-    engine = build_worker(settings, book)
+    models = ModelBook()
+    engine = build_worker(settings, book, models)
     if engine.settings.schema_registry_url is None:
         from streams.schemas import RegisteredSchemas
 
@@ -45,6 +48,8 @@ def run_worker(settings: Settings) -> None:
     wait_for_broker(settings)
     ensure_topics(settings)
     start_following(settings, book, engine.codec)
+    # the uplift model learned so far, before the first decision (a restart decides with the same model)
+    model_follower.start_following(settings, models, engine.codec)
     worker = _make_worker_class()(engine.app, loglevel=settings.log_level, quiet=True)
 
     @engine.app.task

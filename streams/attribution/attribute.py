@@ -78,6 +78,8 @@ class Attributor:
             "agent_seconds": 0.0, "purchases": 0, "revenue": 0.0, "cancelled": False, "lost_value": 0.0,
             "called": False, "converted": False, "incomplete": False,
             "ruleset_version": decision.get("ruleset_version", ""), "seen": [],
+            # what the uplift model learns from: only decisions with an action (taken or not) teach it
+            "features": dict(decision.get("features") or {}) if decision["action_id"] else {},
         }
         rec["converted"] = converted(rec)
         state["open"][did] = rec

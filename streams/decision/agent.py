@@ -1,16 +1,22 @@
-"""Decides how the decision stage runs on Faust: a per-customer contact ledger in RocksDB, a Decision for every signal."""
+"""Decides how the decision stage runs on Faust: a per-customer contact ledger in RocksDB, a Decision for every signal, and the uplift learner."""
 from __future__ import annotations
 
 from streams import topics
 from streams.app import Engine
 from streams.decision.actions import ActionSet
+from streams.decision.learn import due, label_of, learn, new_partition_state, step_to
+from streams.decision.models import ModelBook
 from streams.decision.policy import decide
+from streams.decision.uplift import evidence_record
 
 STAGE = "decision"
+LEARN_STAGE = "learning"
 
 
-def register(engine: Engine, actions: ActionSet):
+def register(engine: Engine, actions: ActionSet, models: ModelBook | None = None):
     app = engine.app
+    models = models or ModelBook()
+    explore = engine.settings.explore
     customer_to_contacts = app.Table(topics.CUSTOMER_TO_CONTACTS, default=None, partitions=engine.settings.partitions,
                                      key_type=str)  # values are JSON (Faust's default for untyped tables)
 
@@ -19,11 +25,45 @@ def register(engine: Engine, actions: ActionSet):
         async for msg, enriched in engine.records(stream, topics.ENRICHED, STAGE):
             async with engine.guard(STAGE, msg):
                 key = enriched["key"]
-                result = decide(enriched, customer_to_contacts.get(key), actions)
+                result = decide(enriched, customer_to_contacts.get(key), actions, models.model, explore)
                 # The ledger first: it records the decision itself, so a replay after a crash re-sends
                 # the very same decision (same time, same gates) instead of deciding again.
                 if not result.replayed:
                     customer_to_contacts[key] = result.ledger
                 await engine.send(topics.DECISIONS, key, result.decision)
 
+    register_learner(engine)
     return decide_actions, customer_to_contacts
+
+
+def register_learner(engine: Engine):
+    app, settings = engine.app, engine.settings
+    decision_to_label = app.Table(topics.DECISION_TO_LABEL, default=None, partitions=settings.partitions, key_type=str)
+    partition_to_evidence = app.Table(topics.PARTITION_TO_EVIDENCE, default=None, partitions=settings.partitions,
+                                      key_type=str)
+
+    @app.agent(engine.topic[topics.ATTRIBUTIONS.name], name="learn_uplift")
+    async def learn_uplift(stream):
+        async for msg, attribution in engine.records(stream, topics.ATTRIBUTIONS, LEARN_STAGE):
+            async with engine.guard(LEARN_STAGE, msg):
+                partition, did = msg.partition, attribution["decision_id"]
+                label = label_of(attribution, partition)
+                if label is not None:
+                    decision_to_label[did] = label  # the latest revision's label wins
+                elif did in decision_to_label:
+                    del decision_to_label[did]  # e.g. now incomplete
+                state = partition_to_evidence.get(str(partition)) or new_partition_state()
+                if not step_to(state, attribution["decision_ts"]):
+                    continue
+                labels = due(state, decision_to_label.items(), partition)
+                learn(state, labels)
+                # The evidence is sent before the state is written: a crash in between replays this record
+                # against the old state and sends the very same evidence again (the topic keeps the latest).
+                if labels:
+                    await engine.send(topics.MODELS, str(partition),
+                                      evidence_record(partition, state["labels"], state["clock"], state["ev"]))
+                for done, _ in labels:
+                    del decision_to_label[done]
+                partition_to_evidence[str(partition)] = state
+
+    return learn_uplift, decision_to_label, partition_to_evidence

@@ -4,15 +4,23 @@ Gates, in order: an action answers the signal; the customer has not opted out; t
 eligible; a channel is allowed; acting has positive expected incremental value
 ((P(convert | act) - P(convert | no action)) x value - channel cost); the daily cap holds;
 the customer is not in the global hold-out nor in the action's control group. Every signal gets a Decision.
+
+P(convert | act) and P(convert | no action) come from the uplift model (streams/decision/uplift.py),
+drawn by Thompson sampling with a generator seeded by the decision id, the model version, the
+action and the channel: the same signal and model give the same decision. Exploration only ranks
+candidates; every gate above still applies to the one chosen.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+
+import numpy as np
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from streams.decision.actions import NEEDS_CONSENT, Action, ActionSet
+from streams.decision.uplift import Model, draw_seed, signal_features, vector
 from streams.rules.expr import Compiled, evaluate
 
 RECENT_DECISIONS = 16  # kept per key so a redelivered signal gets the very same decision back
@@ -83,12 +91,12 @@ def allowed_channels(action: Action, ctx: dict, profile: dict) -> list[str]:
             and evaluate(c.when, ctx)]
 
 
-def _channel(action: Action, ctx: dict, profile: dict) -> str | None:
+def candidate_channels(action: Action, ctx: dict, profile: dict) -> list[str]:
+    """The channel the action uses for this customer: their preferred one when allowed, else the first
+    allowed in the rule's order (the rule's author ranks them; the model has no prior per channel)."""
     allowed = allowed_channels(action, ctx, profile)
-    if not allowed:
-        return None
     preferred = profile.get("preferred_channel")
-    return preferred if preferred in allowed else allowed[0]
+    return [preferred] if preferred in allowed else allowed[:1]
 
 
 def _evidence_text(sig: dict) -> str:
@@ -99,13 +107,9 @@ def _evidence_text(sig: dict) -> str:
     return "; ".join(parts)
 
 
-def _base(enriched: dict, actions: ActionSet) -> dict:
+def _base(enriched: dict, actions: ActionSet, model: Model) -> dict:
     sig = enriched["signal"]
     profile = enriched["profile"] or {}
-    features = {"known": 1.0 if enriched["known"] else 0.0, "clv": float(profile.get("clv") or 0.0),
-                "priority": float(sig["priority"]), "session_pages": float(sig["session_pages"]),
-                "session_events": float(sig["session_events"]), "cart_value": float(sig["cart_value"]),
-                "evidence_events": float(len(sig["evidence"]))}
     context = {"signal": sig["signal"], "rule": sig["rule_id"], "why": sig["rule_description"] or sig["signal"],
                "evidence": _evidence_text(sig), "session_pages": str(sig["session_pages"]),
                "known": "yes" if enriched["known"] else "no"}
@@ -120,8 +124,9 @@ def _base(enriched: dict, actions: ActionSet) -> dict:
         "signal_id": sig["signal_id"], "signal": sig["signal"], "signal_ts": sig["ts"],
         "visitor_id": sig["visitor_id"], "customer_id": sig["customer_id"], "known": enriched["known"],
         "outcome": "no_action", "gate": None, "reason": "", "action_id": None, "channel": None, "skill": None,
-        "score": 0.0, "ttl_ms": 0, "rules_fired": [sig["rule_id"]], "features": features, "scores": {},
+        "score": 0.0, "ttl_ms": 0, "rules_fired": [sig["rule_id"]], "features": signal_features(enriched), "scores": {},
         "context": context, "ruleset_version": f"{sig['ruleset_version']}/{actions.version}",
+        "model_version": model.version, "candidates": [],
     }
 
 
@@ -130,21 +135,49 @@ def _stop(d: dict, outcome: str, gate: str, reason: str) -> dict:
     return d
 
 
-def decide(enriched: dict, ledger: dict | None, actions: ActionSet) -> Outcome:
+def decide(enriched: dict, ledger: dict | None, actions: ActionSet, model: Model | None = None,
+           explore: bool = True) -> Outcome:
+    """The Decision for one enriched signal and the customer's ledger after it.
+
+    `model` is the uplift model (None: the rules' priors alone); `explore` draws from its posterior
+    (Thompson sampling) instead of using its means."""
     ledger = new_ledger() if ledger is None else ledger
+    model = model or Model()
     sig = enriched["signal"]
     earlier = ledger["recent"].get(sig["signal_id"])
     if earlier is not None:
         return Outcome(earlier, ledger, replayed=True)
-    d = _base(enriched, actions)
-    decision = _gates(d, enriched, ledger, actions)
+    d = _base(enriched, actions, model)
+    decision = _gates(d, enriched, ledger, actions, model, explore)
     ledger["recent"][sig["signal_id"]] = decision
     while len(ledger["recent"]) > RECENT_DECISIONS:
         ledger["recent"].pop(next(iter(ledger["recent"])))
     return Outcome(decision, ledger)
 
 
-def _gates(d: dict, enriched: dict, ledger: dict, actions: ActionSet) -> dict:
+def score_candidates(d: dict, enriched: dict, actions: list[Action], action_set: ActionSet, model: Model,
+                     explore: bool) -> list[dict]:
+    """Every (action, channel) candidate with its terms, best first (ties: the action listed first)."""
+    profile = enriched["profile"] or {}
+    ctx = context_for_expressions(enriched)
+    out = []
+    for action in actions:
+        value = _value(action, ctx)
+        action_model = model.for_action(action.id, action.p_act, action.p_baseline)
+        for channel in candidate_channels(action, ctx, profile):
+            rng = np.random.default_rng(draw_seed(d["decision_id"], model.version, action.id, channel)) if explore else None
+            terms = action_model.terms(vector(d["features"], channel), rng)
+            cost = action_set.policy.cost(channel)
+            out.append({"action_id": action.id, "channel": channel, "p_act": round(terms["p_act"], 6),
+                        "p_no_act": round(terms["p_no_act"], 6), "value": round(value, 4), "cost": cost,
+                        "score": round((terms["p_act"] - terms["p_no_act"]) * value - cost, 4),
+                        "uplift_mean": round(terms["uplift_mean"], 6), "uplift_sd": round(terms["uplift_sd"], 6),
+                        "_action": action})
+    out.sort(key=lambda c: (-c["score"], c["_action"].line))
+    return out
+
+
+def _gates(d: dict, enriched: dict, ledger: dict, actions: ActionSet, model: Model, explore: bool) -> dict:
     sig = enriched["signal"]
     profile = enriched["profile"] or {}
     why = sig["rule_description"] or sig["signal"]
@@ -158,18 +191,14 @@ def _gates(d: dict, enriched: dict, ledger: dict, actions: ActionSet) -> dict:
     if not eligible:
         return _stop(d, "no_action", "not_eligible",
                      f"None of {', '.join(a.id for a in candidates)} is for this {'customer' if enriched['known'] else 'visitor'}.")
-    scored = []
-    for action in eligible:
-        channel = _channel(action, ctx, profile)
-        if channel is None:
-            continue
-        value = _value(action, ctx)
-        score = round((action.p_act - action.p_baseline) * value - actions.policy.cost(channel), 4)
-        d["scores"][action.id] = score
-        scored.append((score, -action.line, action, channel))
+    scored = score_candidates(d, enriched, eligible, actions, model, explore)
     if not scored:
         return _stop(d, "no_action", "no_channel", "Every channel of the eligible actions is opted out or not allowed.")
-    score, _, action, channel = max(scored, key=lambda t: (t[0], t[1]))
+    for c in reversed(scored):  # each action's best channel
+        d["scores"][c["action_id"]] = c["score"]
+    best = scored[0]
+    action, channel, score = best["_action"], best["channel"], best["score"]
+    d["candidates"] = [{k: v for k, v in c.items() if k != "_action"} for c in scored]
     d.update(action_id=action.id, channel=channel, skill=action.skill, score=score, ttl_ms=action.ttl_ms)
     d["context"]["message_template"] = action.message
     if score <= 0:

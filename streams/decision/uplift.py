@@ -9,18 +9,72 @@ whatever order they are merged. So one model serves the whole deployment.
 
 Thompson sampling explores: a decision draws the weights from the posterior, with a generator
 seeded by the decision id and the model version, so the same inputs give the same draw, and the
-draws narrow as evidence grows. The mean is used when exploration is off.
+draws narrow as evidence grows. The mean is used when exploration is off. Exploration is bounded: a draw
+stays within EXPLORE_SD posterior standard deviations of the mean.
+
+The features (FEATURES) are what the engine knows when the signal arrives, scaled to [0, 1] (or
+[-1, 1] for the hour), so one prior suits every weight.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
 NOISE_VAR = 0.25        # p(1 - p) at its largest: a conservative variance for a 0/1 label
 PRIOR_STRENGTH = 20.0   # the rule's prior counts as this many observations on the intercept
-WEIGHT_PRIOR = 4.0      # precision of the other weights' zero-centred prior (in units of NOISE_VAR)
+# precision of the other weights' zero-centred prior (in units of NOISE_VAR): a weight's prior sd is
+# 0.05, so with no evidence the features together move a draw of P(convert) by some 15 points, and
+# exploration starts near the rules' priors instead of anywhere in [0, 1]
+WEIGHT_PRIOR = 100.0
+EXPLORE_SD = 2.0        # a Thompson draw stays within this many posterior sds of the mean
+
+# The model's inputs, in order. bias is 1; agent_led depends on the candidate's channel; the rest on
+# the signal and the profile. A new feature is a new model: evidence with other names is not merged.
+FEATURES = ("bias", "known", "clv", "returning", "mobile", "pages", "events", "cart", "dwell", "hour_sin", "hour_cos",
+            "agent_led")
+DIMS = len(FEATURES)
+AGENT_LED = frozenset({"chat", "voice_callback", "click_to_call"})  # channels a person (an agent) takes up
+CLV_SCALE, PAGES_SCALE, EVENTS_SCALE, CART_SCALE, DWELL_SCALE_S = 5000.0, 20.0, 50.0, 500.0, 600.0
+
+
+def _unit(value: float, scale: float) -> float:
+    return min(max(float(value), 0.0), scale) / scale
+
+
+def _local_hour(ts_ms: int, tz: str | None) -> float:
+    try:
+        zone = ZoneInfo(tz) if tz else timezone.utc
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = timezone.utc
+    local = datetime.fromtimestamp(ts_ms / 1000, zone)
+    return local.hour + local.minute / 60.0
+
+
+def signal_features(enriched: dict) -> dict[str, float]:
+    """Every feature but agent_led, from the enriched signal (recorded on the Decision as `features`)."""
+    sig = enriched["signal"]
+    profile = enriched["profile"] or {}
+    attributes = sig.get("attributes") or {}
+    hour = _local_hour(sig["ts"], profile.get("timezone"))
+    returning = bool(sig.get("returning")) or attributes.get("returning", "").lower() in ("1", "true", "yes")
+    mobile = attributes.get("device", "").lower() in ("mobile", "phone", "tablet") or any(
+        e.get("channel") == "app" for e in sig["evidence"][-1:])
+    return {"bias": 1.0, "known": 1.0 if enriched["known"] else 0.0, "clv": _unit(profile.get("clv") or 0.0, CLV_SCALE),
+            "returning": 1.0 if returning else 0.0, "mobile": 1.0 if mobile else 0.0,
+            "pages": _unit(sig["session_pages"], PAGES_SCALE), "events": _unit(sig["session_events"], EVENTS_SCALE),
+            "cart": _unit(sig["cart_value"], CART_SCALE), "dwell": _unit(sig.get("session_seconds") or 0.0, DWELL_SCALE_S),
+            "hour_sin": round(math.sin(2 * math.pi * hour / 24), 6), "hour_cos": round(math.cos(2 * math.pi * hour / 24), 6)}
+
+
+def vector(features: dict[str, float], channel: str | None) -> np.ndarray:
+    """The model input for one candidate: the signal's features and whether its channel needs an agent."""
+    values = dict(features, agent_led=1.0 if channel in AGENT_LED else 0.0)
+    return np.array([float(values.get(name, 0.0)) for name in FEATURES])
 
 
 @dataclass
@@ -64,8 +118,12 @@ class Posterior:
         return min(1.0, max(0.0, p)), sd
 
     def sample(self, x: np.ndarray, rng: np.random.Generator) -> float:
+        """A Thompson draw of P(convert), within EXPLORE_SD sds of the mean."""
         w = self.mean + self.chol @ rng.standard_normal(len(self.mean))
-        return min(1.0, max(0.0, float(x @ w)))
+        mean = float(x @ self.mean)
+        sd = float(np.sqrt(max(0.0, x @ self.cov @ x)))
+        drawn = min(mean + EXPLORE_SD * sd, max(mean - EXPLORE_SD * sd, float(x @ w)))
+        return min(1.0, max(0.0, drawn))
 
 
 def posterior(prior_intercept: float, evidence: Evidence) -> Posterior:
@@ -112,13 +170,86 @@ class ActionModel:
         return self._cache["value"]
 
     def terms(self, x: np.ndarray, rng: np.random.Generator | None = None) -> dict:
-        """P(act), P(no act) (sampled when `rng` is given, else the posterior means) and their uncertainty."""
+        """P(act), P(no act) (sampled when `rng` is given, else the posterior means), the mean uplift and its sd."""
         act, base = self.posteriors()
         (pa, sa), (pb, sb) = act.predict(x), base.predict(x)
+        out = {"uplift_mean": pa - pb, "uplift_sd": float(np.hypot(sa, sb))}
         if rng is not None:
             pa, pb = act.sample(x, rng), base.sample(x, rng)
-        return {"p_act": pa, "p_no_act": pb, "sd_act": sa, "sd_no_act": sb}
+        return {"p_act": pa, "p_no_act": pb, "sd_act": sa, "sd_no_act": sb, **out}
 
     def learn(self, x: np.ndarray, treated: bool, converted: bool) -> None:
         (self.treated if treated else self.control).add(x, 1.0 if converted else 0.0)
         self._cache = {}
+
+
+ARMS = ("treated", "untreated")
+PRIOR_VERSION = "prior"
+
+
+def add_label(evidence: dict, action_id: str, treated: bool, x: np.ndarray, converted: bool) -> None:
+    """Add one outcome to a partition's evidence (JSON form: {action: {arm: {xtx, xty, n}}})."""
+    arms = evidence.setdefault(action_id, {})
+    arm = ARMS[0] if treated else ARMS[1]
+    ev = Evidence.from_json(arms[arm]) if arm in arms else Evidence.empty(DIMS)
+    ev.add(x, 1.0 if converted else 0.0)
+    arms[arm] = ev.as_json()
+
+
+def evidence_record(partition: int, labels: int, clock_ts: int, evidence: dict) -> dict:
+    """The partition's evidence as a ModelEvidence record (engage.models)."""
+    arms = []
+    for action_id in sorted(evidence):
+        for arm in ARMS:
+            doc = evidence[action_id].get(arm)
+            if doc is not None:
+                arms.append({"action_id": action_id, "arm": arm, "n": doc["n"],
+                             "xtx": [v for row in doc["xtx"] for v in row], "xty": list(doc["xty"])})
+    return {"partition": partition, "labels": labels, "clock_ts": clock_ts, "features": list(FEATURES), "arms": arms}
+
+
+@dataclass
+class Model:
+    """The deployment's model: the rules' priors plus every partition's evidence; `version` names the evidence."""
+
+    version: str = PRIOR_VERSION
+    labels: int = 0
+    evidence: dict = field(default_factory=dict)  # action id -> (treated Evidence, untreated Evidence)
+    _models: dict = field(default_factory=dict, repr=False)
+
+    def for_action(self, action_id: str, prior_act: float, prior_baseline: float) -> ActionModel:
+        key = (action_id, prior_act, prior_baseline)
+        model = self._models.get(key)
+        if model is None:
+            treated, untreated = self.evidence.get(action_id) or (Evidence.empty(DIMS), Evidence.empty(DIMS))
+            model = self._models[key] = ActionModel(prior_act, prior_baseline, treated, untreated)
+        return model
+
+
+def merge(records: dict[int, dict]) -> Model:
+    """The model of the latest ModelEvidence record of each partition (partition -> record).
+
+    Records for another feature list are left out (a release that changed the features starts afresh).
+    The version is the total of outcomes learned and a digest of which partition versions went in:
+    the same evidence gives the same version on every worker."""
+    evidence: dict[str, tuple[Evidence, Evidence]] = {}
+    parts, labels = [], 0
+    for partition in sorted(records):
+        rec = records[partition]
+        if tuple(rec["features"]) != FEATURES:
+            continue
+        parts.append(f"{partition}:{rec['labels']}")
+        labels += rec["labels"]
+        for arm in rec["arms"]:
+            ev = Evidence(np.array(arm["xtx"], dtype=float).reshape(DIMS, DIMS), np.array(arm["xty"], dtype=float),
+                          int(arm["n"]))
+            treated, untreated = evidence.get(arm["action_id"]) or (Evidence.empty(DIMS), Evidence.empty(DIMS))
+            if arm["arm"] == ARMS[0]:
+                treated = treated.merged(ev)
+            else:
+                untreated = untreated.merged(ev)
+            evidence[arm["action_id"]] = (treated, untreated)
+    if labels == 0:
+        return Model()
+    digest = hashlib.sha256(",".join(parts).encode()).hexdigest()[:8]
+    return Model(version=f"{labels}-{digest}", labels=labels, evidence=evidence)

@@ -23,6 +23,7 @@ FIRED = "f"         # rule id -> session it fired in (once_per_session rules)
 INDEXED = "x"       # the deadline the partition's timer index holds for this visitor, or None
 QUEUED = "q"        # activity time this visitor was last queued at for expiry
 RULESET = "v"       # rule set version the state was last pruned against
+LOOKS = "l"         # the latest event's attributes, bounded (SIGNAL_ATTRIBUTES): what signals carry
 
 # -- a rule's state, under RULES[rule id] ---------------------------------------------------------
 FINGERPRINT = "h"   # the rule's fingerprint: state of a changed rule is dropped

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 
 from streams.detection.rules import DetectionRule, DetectionRuleSet
-from streams.detection.state import (ABSENT, AT, AWAITED, BUFFER, BUFFER_EVIDENCE, CART, CUSTOMER, DWELL, FINGERPRINT,
+from streams.detection.state import (ABSENT, AT, AWAITED, BUFFER, BUFFER_EVIDENCE, CART, CUSTOMER, DWELL, FINGERPRINT, LOOKS,
                                      FIRED, INDEXED, LAST_TS, RULES, RULESET, SEEN, SESSION, SESSIONS, STEP_MASK, TIMERS,
                                      WINDOW, WINDOW_EVIDENCE, RuleKind, Timer, timer_order)
 
@@ -48,6 +48,10 @@ FIELD_LIMITS = {"event_id": 256, "visitor_id": 256, "customer_id": 256, "channel
                 "query": 1024}
 MAX_ATTRIBUTES = 64            # entries in `attributes`
 MAX_ATTRIBUTE_CHARS = 1024     # characters of one attribute's key or value
+# what a signal carries of its visitor's latest attributes (device, returning, ...): for the decision
+# stage's model and the agent; bounded, since it is kept in every visitor's state
+SIGNAL_ATTRIBUTES = 8
+SIGNAL_ATTRIBUTE_CHARS = 64
 
 
 def validate_event(ev: dict) -> None:
@@ -83,6 +87,16 @@ def restored(state: dict) -> dict:
     if timers and type(timers[0]) is not Timer:
         state[TIMERS] = [Timer(*t) for t in timers]
     return state
+
+
+def signal_attributes(attributes: dict) -> dict:
+    """The first SIGNAL_ATTRIBUTES attributes, keys and values cut to SIGNAL_ATTRIBUTE_CHARS."""
+    out = {}
+    for key, value in attributes.items():
+        if len(out) == SIGNAL_ATTRIBUTES:
+            break
+        out[key[:SIGNAL_ATTRIBUTE_CHARS]] = value[:SIGNAL_ATTRIBUTE_CHARS]
+    return out
 
 
 def evidence_of(ev: dict) -> dict:
@@ -184,6 +198,9 @@ class _Run:
             "session_pages": view["pages"],
             "session_events": view["events"],
             "cart_value": float(view["cart"]["value"]),
+            "returning": view["returning"],
+            "session_seconds": view["duration_s"],
+            "attributes": dict(state.get(LOOKS) or {}),
         })
 
     def matched(self, rule: DetectionRule, rs: dict, ts: int, cause_id: str, evidence: list[dict], ev: dict,
@@ -324,6 +341,10 @@ def detect(state: dict | None, ev: dict, rules: DetectionRuleSet) -> Detection:
         state[LAST_TS] = ev["ts"]
     _advance_session(state, ev)
     _update_cart(state, ev)
+    if ev.get("attributes") and in_order:
+        looks = signal_attributes(ev["attributes"])
+        if looks != state.get(LOOKS):
+            state[LOOKS] = looks
     view = session_view(state)
     if state[TIMERS]:
         _cancel_timers(state, ev, view, rules)

@@ -56,9 +56,9 @@ async def eventually(condition, what: str, timeout: float = WAIT_S) -> None:
 class Stage:
     """An engine with its outbound topics and table changelogs captured instead of produced."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, **settings):
         _STAGES.append(self)
-        self.engine = build_app(Settings(store_url="memory://", data_dir=tmp_path / "state"))
+        self.engine = build_app(Settings(store_url="memory://", data_dir=tmp_path / "state", **settings))
         self.sent: list[tuple[str, bytes | None, bytes | None, dict]] = []  # topic, key, value, headers
         self.changelog = MagicMock(return_value=SimpleNamespace(message=SimpleNamespace(partition=0)))
         for name, topic in self.engine.topic.items():
@@ -106,7 +106,8 @@ def signal(signal_id: str, visitor_id: str = "v1", customer_id: str | None = "C1
          "ruleset_version": "r1", "priority": 80,
          "evidence": [{"event_id": "e1", "ts": ts, "type": "search", "channel": "web", "path": None,
                        "query": "terminate contract early", "value": None}],
-         "session_pages": 3, "session_events": 4, "cart_value": 0.0}
+         "session_pages": 3, "session_events": 4, "cart_value": 0.0, "returning": False, "session_seconds": 0.0,
+         "attributes": {}}
     s.update(over)
     return s
 

@@ -9,8 +9,9 @@ from streams.decision.policy import decision_id, in_control_group
 from tests.support.stage import ACTIONS, T0, Stage, async_test, enriched, profile, signal
 
 
-def _decision_stage(tmp_path):
-    st = Stage(tmp_path)
+def _decision_stage(tmp_path, explore: bool = False):
+    # exploration off: the scores are the model's means, here the rules' priors (nothing learned yet)
+    st = Stage(tmp_path, explore=explore)
     decide, table = decision_agent.register(st.engine, ACTIONS)
     st.without_changelog(table)
     return st, decide, table
@@ -117,10 +118,10 @@ async def test_a_fault_on_one_record_dead_letters_it_and_the_stage_goes_on(tmp_p
     # Given the decision stage with a fault of ours that only one signal triggers
     real_decide = decision_agent.decide
 
-    def faulty(enriched_signal, ledger, actions):
+    def faulty(enriched_signal, *args):
         if enriched_signal["signal"]["signal_id"] == "sig-boom":
             raise KeyError("secret-visitor-detail")
-        return real_decide(enriched_signal, ledger, actions)
+        return real_decide(enriched_signal, *args)
 
     monkeypatch.setattr(decision_agent, "decide", faulty)
     st, decide, _ = _decision_stage(tmp_path)
@@ -150,7 +151,7 @@ async def test_a_customer_in_the_global_holdout_gets_no_offer_but_records_the_ac
     from tests.support.stage import SHIPPED_ACTIONS
 
     assert SHIPPED_ACTIONS.policy.holdout_share == 0.05 and in_global_holdout("C1", 0.05)
-    st = Stage(tmp_path)
+    st = Stage(tmp_path, explore=False)
     decide, table = decision_agent.register(st.engine, SHIPPED_ACTIONS)
     st.without_changelog(table)
     async with decide.test_context() as enriched_in:
