@@ -121,6 +121,9 @@ class Pipeline:
                 "ENGAGE_PARTITIONS": str(self.settings.partitions),
                 # a killed worker's partitions move on after 10 s, not the default 45 s
                 "ENGAGE_SESSION_TIMEOUT": "10s",
+                # the scenarios check each gate exactly: scores are the model's means (exploration is
+                # checked by the tests that are about it)
+                "ENGAGE_EXPLORE": "off",
                 # the workers' logs are kept in the test folder; ENGAGE_TEST_LOG_LEVEL=info shows rebalances
                 "ENGAGE_LOG_LEVEL": os.environ.get("ENGAGE_TEST_LOG_LEVEL", "warning")}
 
