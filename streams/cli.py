@@ -37,6 +37,16 @@ def _positive(kind):
     return parse
 
 
+def _duration(text: str) -> int:
+    """'0', '30m', '2h' as milliseconds (a bare number is minutes)."""
+    from streams.settings import parse_duration_ms
+
+    value = parse_duration_ms(text, default_unit="m")
+    if value is None or value > 24 * 3_600_000:
+        raise argparse.ArgumentTypeError(f"not a duration up to 24h like 30m or 2h: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="engage", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -107,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--scenario", action="append", default=None,
                     help="a scenario name or file; repeat for several (default: the four shipped ones)")
     bd.add_argument("--speed", type=_positive(float), default=20.0, help="simulated seconds per second (default 20)")
+    bd.add_argument("--warm-up", type=_duration, default=None,
+                    help="simulated time played before the scored part, while the engine learns (default 60m)")
     bd.add_argument("--out", type=Path, default=None)
 
     rp_ = sub.add_parser("report", help="what the engine's decisions earned")
@@ -313,7 +325,10 @@ def run(argv: list[str]) -> int:
         names = args.scenario or list(SCENARIOS)
         for name in names:
             load_scenario(name)  # every file checked before anything starts
-        run_bench_decisions(settings, names, args.speed, args.out)
+        from streams.tools.decisions import WARM_UP_MS
+
+        run_bench_decisions(settings, names, args.speed, args.out,
+                            WARM_UP_MS if args.warm_up is None else args.warm_up)
     elif args.command == "report":
         return _report_lift(settings, args)
     return 0

@@ -37,6 +37,12 @@ from streams.tools.world import Person, Population, Reception
 
 SCENARIOS = ("default", "scarce-agents", "zero-uplift", "drift")
 ATTRIBUTION_WINDOW_MS = 10 * 60_000
+# The engine learns while it decides: each scenario is played for WARM_UP_MS first (other people of
+# the same world, the engine exploring and learning), and only what follows is scored. A scenario
+# with a drift is scored for AFTER_DRIFT_MS after the change, in SEGMENT_MS steps, to see it recover.
+WARM_UP_MS = 60 * 60_000
+AFTER_DRIFT_MS = 60 * 60_000
+SEGMENT_MS = 15 * 60_000
 POLICIES = ("engine", "naive", "random", "oracle")
 
 
@@ -77,8 +83,11 @@ def choices(action_set: ActionSet, enriched: dict) -> list[tuple[str, str, str |
 
 
 def run_policy(name: str, signals: list[dict], people: dict[str, Person], scenario: Scenario, action_set: ActionSet,
-               engine_decisions: dict[str, dict], seed: int = 1) -> dict:
-    """Score one policy over the signals in time order; each signal may become one invitation."""
+               engine_decisions: dict[str, dict], seed: int = 1, segments: list[int] | None = None) -> dict:
+    """Score one policy over the signals in time order; each signal may become one invitation.
+
+    With `segments` (ascending times), also the incremental conversions of the people arriving in each
+    segment [segments[i], segments[i + 1])."""
     reception = Reception(scenario)
     score = Score()
     rng = random.Random(f"{seed}:{name}")
@@ -120,7 +129,11 @@ def run_policy(name: str, signals: list[dict], people: dict[str, Person], scenar
             score.abandoned += 1
         else:
             score.expired += 1
-    return score.as_dict(list(people.values()), reception)
+    out = score.as_dict(list(people.values()), reception)
+    if segments:
+        out["by_segment"] = [round(sum(reception.p_final(p) - p.truth.base for p in people.values()
+                                       if lo <= p.arrive_ms < hi), 2) for lo, hi in zip(segments, segments[1:])]
+    return out
 
 
 def _oracle(options, person: Person, reception: Reception, ts: int, action_set: ActionSet):
@@ -138,14 +151,28 @@ def _oracle(options, person: Person, reception: Reception, ts: int, action_set: 
 
 
 def score_run(scenario: Scenario, sim_start_ms: int, enriched: list[dict], decisions: list[dict],
-              action_set: ActionSet, run: str = "") -> dict:
-    people = {p.visitor_id: p for p in Population(scenario, start_ms=sim_start_ms, run=run).people()}
-    signals = sorted(enriched, key=lambda e: (e["signal"]["ts"], e["signal"]["signal_id"]))
+              action_set: ActionSet, run: str = "", scored_from_ms: int = 0) -> dict:
+    """Every policy on the people who arrive from `scored_from_ms` (simulated time since the start) on, and their signals."""
+    start = sim_start_ms + scored_from_ms
+    people = {p.visitor_id: p for p in Population(scenario, start_ms=sim_start_ms, run=run).people()
+              if p.arrive_ms >= start}
+    signals = sorted((e for e in enriched if e["signal"]["visitor_id"] in people),
+                     key=lambda e: (e["signal"]["ts"], e["signal"]["signal_id"]))
     by_signal = {d["signal_id"]: d for d in decisions}
-    out = {"people": len(people), "signals": len(signals),
-           "decisions_by_outcome": _count(d["outcome"] for d in decisions)}
+    scored = [by_signal[s["signal"]["signal_id"]] for s in signals if s["signal"]["signal_id"] in by_signal]
+    segments = None
+    if scenario.drift_at_ms is not None:
+        drift = sim_start_ms + scenario.drift_at_ms
+        segments = [start] + list(range(drift, sim_start_ms + scenario.duration_ms + 1, SEGMENT_MS))
+    out = {"people": len(people), "signals": len(signals), "decisions_by_outcome": _count(d["outcome"] for d in scored),
+           "model_versions": len({d.get("model_version") for d in scored})}
     for policy in POLICIES:
-        out[policy] = run_policy(policy, signals, people, scenario, action_set, by_signal)
+        out[policy] = run_policy(policy, signals, people, scenario, action_set, by_signal, segments=segments)
+    if segments:
+        eng, ora = out["engine"]["by_segment"], out["oracle"]["by_segment"]
+        out["after_drift"] = {"segment_minutes": SEGMENT_MS // 60_000,
+                              "engine_share_of_oracle": [_ratio(e, o) for e, o in zip(eng[1:], ora[1:])],
+                              "before_drift_share": _ratio(eng[0], ora[0])}
     eng, naive, oracle = out["engine"], out["naive"], out["oracle"]
     out["engine_vs_naive_per_agent_hour"] = _ratio(eng["incremental_conversions_per_agent_hour"],
                                                    naive["incremental_conversions_per_agent_hour"])
@@ -205,9 +232,18 @@ def measured_lift(attributions: list[dict]) -> dict:
             for k, v in overall.items() if k in keep}
 
 
-def run_scenario(settings: Settings, scenario: Scenario, speed: float, work: Path) -> dict:
+def played(scenario: Scenario, warm_up_ms: int) -> Scenario:
+    """The scenario as the bench plays it: `warm_up_ms` first, then its duration (for a drift, up to AFTER_DRIFT_MS after it)."""
+    if scenario.drift_at_ms is None:
+        return scenario.with_(duration_ms=warm_up_ms + scenario.duration_ms)
+    return scenario.with_(duration_ms=warm_up_ms + scenario.drift_at_ms + AFTER_DRIFT_MS, drift_share=None,
+                          drift_at_ms=warm_up_ms + scenario.drift_at_ms)
+
+
+def run_scenario(settings: Settings, scenario: Scenario, speed: float, work: Path, warm_up_ms: int = WARM_UP_MS) -> dict:
     from streams.tools.play import play
 
+    scenario = played(scenario, warm_up_ms)
     run = f"{scenario.name}-{time.strftime('%H%M%S')}"
     s = settings.with_(topic_prefix=f"decisions-{run}.", app_id=f"engage-decisions-{run}", data_dir=work / run / "state")
     ensure_topics(s)
@@ -229,7 +265,8 @@ def run_scenario(settings: Settings, scenario: Scenario, speed: float, work: Pat
     enriched = _read(s, topics.ENRICHED)
     decisions = _read(s, topics.DECISIONS)
     action_set = load_actions(settings.rules_dir / "actions.yaml")
-    result = score_run(scenario, stats.sim_start_ms, enriched, decisions, action_set, run=stats.run)
+    result = score_run(scenario, stats.sim_start_ms, enriched, decisions, action_set, run=stats.run,
+                       scored_from_ms=warm_up_ms)
     lines = [json.loads(line) for line in truth.read_text().splitlines()[1:]]
     result["engine_live"] = {  # what actually happened in the live run, by the same truth
         "people_ended": len(lines), "converted": sum(x["converted"] for x in lines),
@@ -241,14 +278,17 @@ def run_scenario(settings: Settings, scenario: Scenario, speed: float, work: Pat
     return result
 
 
-def run_bench_decisions(settings: Settings, scenarios: list[str], speed: float, out: Path | None) -> dict:
+def run_bench_decisions(settings: Settings, scenarios: list[str], speed: float, out: Path | None,
+                        warm_up_ms: int = WARM_UP_MS) -> dict:
     run_id = time.strftime("%Y%m%d-%H%M%S")
     work = Path(tempfile.mkdtemp(prefix="engage-decisions-"))
     broker = localkafka.LocalBroker(port=19392, data_dir=work / "kafka")
     started = False
     result: dict = {"run": run_id, "machine": machine(), "speed": speed,
-                    "warm_up": "none: the engine scores with the static priors of rules/actions.yaml, nothing is learned",
-                    "scenarios": {}}
+                    "warm_up": f"{warm_up_ms // 60_000} simulated minutes of the same world (other people) before the "
+                               "scored part; the engine starts from the priors of rules/actions.yaml and learns "
+                               "throughout, exploring by Thompson sampling",
+                    "warm_up_minutes": warm_up_ms // 60_000, "scenarios": {}}
     try:
         if not settings.external_kafka:
             print("[bench-decisions] starting a local Kafka broker ...", flush=True)
@@ -257,9 +297,10 @@ def run_bench_decisions(settings: Settings, scenarios: list[str], speed: float, 
         wait_for_broker(settings, 60)
         for name in scenarios:
             scenario = load_scenario(name)
-            print(f"[bench-decisions] {scenario.name}: playing {scenario.duration_ms / 60_000:.0f} simulated minutes "
-                  f"at {speed:g}x against the engine ...", flush=True)
-            result["scenarios"][scenario.name] = res = run_scenario(settings, scenario, speed, work)
+            total = played(scenario, warm_up_ms).duration_ms
+            print(f"[bench-decisions] {scenario.name}: playing {total / 60_000:.0f} simulated minutes "
+                  f"({warm_up_ms / 60_000:.0f} of warm-up) at {speed:g}x against the engine ...", flush=True)
+            result["scenarios"][scenario.name] = res = run_scenario(settings, scenario, speed, work, warm_up_ms)
             print(format_scenario(scenario.name, res), flush=True)
     finally:
         if started:
@@ -296,6 +337,10 @@ def format_scenario(name: str, res: dict) -> str:
                     f"{r['share_to_self_servers']:>15.1%} {r['share_to_sleeping_dogs']:>16.1%}")
     rows.append(f"    engine / naive per agent-hour: {res['engine_vs_naive_per_agent_hour']}; "
                 f"engine / oracle incremental conversions: {res['engine_share_of_oracle_incremental_conversions']}")
+    if res.get("after_drift"):
+        a = res["after_drift"]
+        rows.append(f"    engine / oracle before the drift: {a['before_drift_share']}; in each {a['segment_minutes']} minutes "
+                    f"after it: {a['engine_share_of_oracle']}")
     m = res.get("engine_measured")
     if m and m.get("incremental_conversions") is not None:
         ci = m["incremental_conversions_ci"] or [None, None]
