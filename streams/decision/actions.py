@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams.rules.expr import Compiled, ExprError, Names, compile_expr
-from streams.rules.loader import RuleError, check_keys, duration_ms, line_of, load_yaml, read_rule_file
+from streams.rules.loader import RuleError, check_keys, duration_ms, line_of, line_of_key, load_yaml, read_rule_file
 
 PROFILE_FIELDS = frozenset({"customer_id", "display_name", "segment", "clv", "preferred_channel", "marketing_consent",
                             "opted_out", "channels_opted_out", "timezone", "attributes"})
@@ -17,6 +17,9 @@ CHANNELS = frozenset({"voice_callback", "chat", "web_message", "email", "sms", "
 GOALS = ("purchase", "retain", "resolve")
 # channels that reach a person outside the site need marketing consent
 NEEDS_CONSENT = frozenset({"email", "sms"})
+# channels that reach a person wherever they are (not on the site): kept out of the quiet hours
+OUTBOUND = frozenset({"voice_callback", "sms", "email"})
+_TIME_OF_DAY = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 DECISION_NAMES = Names(
     args=("c",),
@@ -53,11 +56,32 @@ class Action:
 
 
 @dataclass(frozen=True)
+class QuietHours:
+    """From `start` to `end` (minutes after local midnight; across midnight when end <= start), on `channels`."""
+
+    start: int
+    end: int
+    channels: frozenset[str] = OUTBOUND
+
+    def holds(self, minute_of_day: int) -> bool:
+        if self.start < self.end:
+            return self.start <= minute_of_day < self.end
+        return minute_of_day >= self.start or minute_of_day < self.end
+
+
+@dataclass(frozen=True)
 class Policy:
+    """The contact policy: one ledger per customer (or anonymous visitor) across every channel."""
+
     max_offers_per_day: int = 2
     control_share: float = 0.1
     holdout_share: float = 0.0  # customers who never get a proactive offer (the global hold-out)
     channel_cost: tuple[tuple[str, float], ...] = ()
+    max_offers_per_week: int | None = None   # Monday to Sunday in the customer's time zone
+    min_gap_ms: int = 0                      # between two offers to the same customer, on any channels
+    quiet_hours: QuietHours | None = None    # in the customer's time zone, for outbound channels
+    suppress_after_purchase_ms: int = 0      # no purchase-goal action this long after a purchase
+    suppress_after_decline_ms: int = 0       # an action declined is not offered again for this long
 
     def cost(self, channel: str) -> float:
         return dict(self.channel_cost).get(channel, 0.0)
@@ -155,7 +179,8 @@ def _compile_policy(node, file: str) -> Policy:
     line = line_of(node, 1)
     if not isinstance(node, dict):
         raise RuleError(file, line, "policy must be a mapping")
-    check_keys(node, {"max_offers_per_day", "control_share", "holdout_share", "channel_cost"}, set(), file, None, "policy")
+    check_keys(node, {"max_offers_per_day", "max_offers_per_week", "min_gap", "quiet_hours", "suppress_after_purchase",
+                      "suppress_after_decline", "control_share", "holdout_share", "channel_cost"}, set(), file, None, "policy")
     cap = node.get("max_offers_per_day", 2)
     if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
         raise RuleError(file, line, f"max_offers_per_day must be a whole number, got {cap!r}")
@@ -173,8 +198,44 @@ def _compile_policy(node, file: str) -> Policy:
             raise RuleError(file, line_of(costs, line), f"channel_cost: unknown channel {ch!r}")
         if isinstance(cost, bool) or not isinstance(cost, (int, float)) or cost < 0:
             raise RuleError(file, line_of(costs, line), f"channel_cost.{ch} must be a number >= 0")
+    week = node.get("max_offers_per_week")
+    if week is not None and (not isinstance(week, int) or isinstance(week, bool) or week < 0):
+        raise RuleError(file, line_of_key(node, "max_offers_per_week", line),
+                        f"max_offers_per_week must be a whole number, got {week!r}")
+
+    def duration(key: str) -> int:
+        return 0 if node.get(key) is None else duration_ms(node[key], file, line_of_key(node, key, line), None, key)
+
     return Policy(max_offers_per_day=cap, control_share=float(share), holdout_share=float(holdout),
-                  channel_cost=tuple(sorted((k, float(v)) for k, v in costs.items())))
+                  channel_cost=tuple(sorted((k, float(v)) for k, v in costs.items())), max_offers_per_week=week,
+                  min_gap_ms=duration("min_gap"), quiet_hours=_quiet_hours(node.get("quiet_hours"), file, line),
+                  suppress_after_purchase_ms=duration("suppress_after_purchase"),
+                  suppress_after_decline_ms=duration("suppress_after_decline"))
+
+
+def _quiet_hours(node, file: str, line: int) -> QuietHours | None:
+    if node is None:
+        return None
+    line = line_of(node, line)
+    if not isinstance(node, dict):
+        raise RuleError(file, line, "quiet_hours must be a mapping like {from: '21:00', to: '08:00'}")
+    check_keys(node, {"from", "to", "channels"}, {"from", "to"}, file, None, "quiet_hours")
+
+    def minute(key: str) -> int:
+        m = _TIME_OF_DAY.match(str(node[key]))
+        if not m or isinstance(node[key], (int, float)):
+            raise RuleError(file, line, f"quiet_hours.{key} must be a time of day like '21:00' (in quotes), "
+                                        f"got {node[key]!r}")
+        return int(m.group(1)) * 60 + int(m.group(2))
+
+    start, end = minute("from"), minute("to")
+    if start == end:
+        raise RuleError(file, line, "quiet_hours.from and quiet_hours.to are the same time")
+    channels = node.get("channels", sorted(OUTBOUND))
+    if not isinstance(channels, list) or not all(c in CHANNELS for c in channels):
+        raise RuleError(file, line, f"quiet_hours.channels must list channels among {', '.join(sorted(CHANNELS))}, "
+                                    f"got {channels!r}")
+    return QuietHours(start, end, frozenset(channels))
 
 
 def compile_actions(text: str, file: str, name: str | None = None) -> ActionSet:

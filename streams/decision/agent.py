@@ -6,7 +6,7 @@ from streams.app import Engine
 from streams.decision.actions import ActionSet
 from streams.decision.learn import due, label_of, learn, new_partition_state, step_to
 from streams.decision.models import ModelBook
-from streams.decision.policy import decide
+from streams.decision.policy import decide, on_conversion, on_outcome
 from streams.decision.uplift import evidence_record
 
 STAGE = "decision"
@@ -19,13 +19,29 @@ def register(engine: Engine, actions: ActionSet, models: ModelBook | None = None
     explore = engine.settings.explore
     customer_to_contacts = app.Table(topics.CUSTOMER_TO_CONTACTS, default=None, partitions=engine.settings.partitions,
                                      key_type=str)  # values are JSON (Faust's default for untyped tables)
+    # Signals to decide on, and what the contact policy must hear of: purchases (suppression after a
+    # purchase) and outcomes (declines). Keyed alike (customer_id, else visitor_id), partitioned alike.
+    by_topic = {engine.settings.topic(spec.name): spec for spec in (topics.ENRICHED, topics.CONVERSIONS, topics.OUTCOMES)}
+    note = {topics.CONVERSIONS.name: on_conversion, topics.OUTCOMES.name: on_outcome}
+    channel = app.topic(*by_topic, key_serializer="raw", value_serializer="raw", partitions=engine.settings.partitions)
 
-    @app.agent(engine.topic[topics.ENRICHED.name], name="decide_actions")
+    @app.agent(channel, name="decide_actions")
     async def decide_actions(stream):
-        async for msg, enriched in engine.records(stream, topics.ENRICHED, STAGE):
+        async for event in stream.events():
+            msg = event.message
             async with engine.guard(STAGE, msg):
-                key = enriched["key"]
-                result = decide(enriched, customer_to_contacts.get(key), actions, models.model, explore)
+                spec = by_topic[msg.topic]
+                record = engine.decode(spec, msg.value)
+                if spec is not topics.ENRICHED:
+                    if msg.key is None:
+                        raise ValueError(f"a record on {spec.name} needs a key (customer_id, else visitor_id)")
+                    key = msg.key.decode("utf-8", "replace")
+                    ledger = note[spec.name](customer_to_contacts.get(key), record)
+                    if ledger is not None:
+                        customer_to_contacts[key] = ledger
+                    continue
+                key = record["key"]
+                result = decide(record, customer_to_contacts.get(key), actions, models.model, explore)
                 # The ledger first: it records the decision itself, so a replay after a crash re-sends
                 # the very same decision (same time, same gates) instead of deciding again.
                 if not result.replayed:

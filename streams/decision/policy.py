@@ -1,9 +1,15 @@
 """Decides the next-best-action for one enriched signal, or nothing, and says which gate stopped it.
 
-Gates, in order: an action answers the signal; the customer has not opted out; the action is
-eligible; a channel is allowed; acting has positive expected incremental value
-((P(convert | act) - P(convert | no action)) x value - channel cost); the daily cap holds;
-the customer is not in the global hold-out nor in the action's control group. Every signal gets a Decision.
+Gates, in order (each named on the Decision it stops): an action answers the signal
+(no_matching_action); the customer has not opted out (opted_out); an action is eligible
+(not_eligible) and not suppressed after a recent purchase or a decline of it (recent_purchase,
+recent_decline); a channel is allowed by opt-outs, consent and `when`, and outside the quiet hours
+(no_channel, quiet_hours); acting has positive expected incremental value
+((P(convert | act) - P(convert | no action)) x value - channel cost) (no_positive_uplift); the
+minimum gap since the last offer, the daily and the weekly cap hold (min_gap, daily_cap, weekly_cap);
+the customer is not in the global hold-out nor in the action's control group (global_holdout,
+control_group). Every signal gets a Decision. The ledger is one per customer (or anonymous
+visitor) across every channel, in the customer's time zone.
 
 P(convert | act) and P(convert | no action) come from the uplift model (streams/decision/uplift.py),
 drawn by Thompson sampling with a generator seeded by the decision id, the model version, the
@@ -19,11 +25,12 @@ import numpy as np
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from streams.decision.actions import NEEDS_CONSENT, Action, ActionSet
+from streams.decision.actions import NEEDS_CONSENT, Action, ActionSet, Policy
 from streams.decision.uplift import Model, draw_seed, signal_features, vector
 from streams.rules.expr import Compiled, evaluate
 
 RECENT_DECISIONS = 16  # kept per key so a redelivered signal gets the very same decision back
+DECLINES_KEPT = 16     # declined actions remembered per key (the most recent)
 
 
 @dataclass
@@ -52,16 +59,61 @@ def in_global_holdout(key: str, share: float) -> bool:
     return share > 0 and _share_of("holdout", key) < share
 
 
-def local_day(ts_ms: int, tz: str | None) -> str:
+def local_time(ts_ms: int, tz: str | None) -> datetime:
+    """The wall-clock time in the customer's zone (UTC when unknown): DST is the zone database's."""
     try:
         zone = ZoneInfo(tz) if tz else timezone.utc
     except (ZoneInfoNotFoundError, ValueError):
         zone = timezone.utc
-    return datetime.fromtimestamp(ts_ms / 1000, zone).date().isoformat()
+    return datetime.fromtimestamp(ts_ms / 1000, zone)
+
+
+def local_day(ts_ms: int, tz: str | None) -> str:
+    return local_time(ts_ms, tz).date().isoformat()
+
+
+def local_week(ts_ms: int, tz: str | None) -> str:
+    year, week, _ = local_time(ts_ms, tz).isocalendar()
+    return f"{year}-W{week:02d}"
 
 
 def new_ledger() -> dict:
-    return {"day": "", "offers_today": 0, "last_offer_ts": 0, "recent": {}}
+    return {"day": "", "offers_today": 0, "week": "", "offers_week": 0, "last_offer_ts": 0, "purchase_ts": 0,
+            "declined": {}, "recent": {}}
+
+
+def _upgraded(ledger: dict) -> dict:
+    """A ledger written by an earlier release, with the fields it lacks."""
+    for key, value in new_ledger().items():
+        ledger.setdefault(key, value)
+    return ledger
+
+
+def on_conversion(ledger: dict | None, event: dict) -> dict | None:
+    """Note a purchase in the ledger (for suppress_after_purchase); None when nothing changed."""
+    if event["type"] != "purchase":
+        return None
+    ledger = _upgraded(new_ledger() if ledger is None else ledger)
+    if event["ts"] <= ledger["purchase_ts"]:
+        return None
+    ledger["purchase_ts"] = event["ts"]
+    return ledger
+
+
+def on_outcome(ledger: dict | None, outcome: dict) -> dict | None:
+    """Note a declined offer in the ledger (for suppress_after_decline); None when nothing changed."""
+    action = outcome.get("action_id")
+    if outcome["type"] != "declined" or not action:
+        return None
+    ledger = _upgraded(new_ledger() if ledger is None else ledger)
+    declined = ledger["declined"]
+    if declined.get(action, 0) >= outcome["ts"]:
+        return None
+    declined.pop(action, None)
+    declined[action] = outcome["ts"]  # most recent last
+    while len(declined) > DECLINES_KEPT:
+        declined.pop(next(iter(declined)))
+    return ledger
 
 
 def context_for_expressions(enriched: dict, channel: str | None = None) -> dict:
@@ -91,12 +143,37 @@ def allowed_channels(action: Action, ctx: dict, profile: dict) -> list[str]:
             and evaluate(c.when, ctx)]
 
 
-def candidate_channels(action: Action, ctx: dict, profile: dict) -> list[str]:
-    """The channel the action uses for this customer: their preferred one when allowed, else the first
-    allowed in the rule's order (the rule's author ranks them; the model has no prior per channel)."""
-    allowed = allowed_channels(action, ctx, profile)
+def in_quiet_hours(policy: Policy, channel: str, ts_ms: int, tz: str | None) -> bool:
+    quiet = policy.quiet_hours
+    if quiet is None or channel not in quiet.channels:
+        return False
+    local = local_time(ts_ms, tz)
+    return quiet.holds(local.hour * 60 + local.minute)
+
+
+def open_channels(action: Action, ctx: dict, profile: dict, policy: Policy, ts_ms: int) -> list[str]:
+    """allowed_channels, less those in their quiet hours for this customer now."""
+    return [c for c in allowed_channels(action, ctx, profile)
+            if not in_quiet_hours(policy, c, ts_ms, profile.get("timezone"))]
+
+
+def candidate_channels(action: Action, ctx: dict, profile: dict, policy: Policy, ts_ms: int) -> list[str]:
+    """The channel the action uses for this customer: their preferred one when open, else the first open
+    one in the rule's order (the rule's author ranks them; the model has no prior per channel)."""
+    allowed = open_channels(action, ctx, profile, policy, ts_ms)
     preferred = profile.get("preferred_channel")
     return [preferred] if preferred in allowed else allowed[:1]
+
+
+def suppressed(action: Action, ledger: dict, policy: Policy, ts_ms: int) -> str | None:
+    """The suppression gate that keeps `action` from this customer now, if any."""
+    if (action.goal == "purchase" and policy.suppress_after_purchase_ms and ledger["purchase_ts"]
+            and 0 <= ts_ms - ledger["purchase_ts"] < policy.suppress_after_purchase_ms):
+        return "recent_purchase"
+    declined = ledger["declined"].get(action.id)
+    if policy.suppress_after_decline_ms and declined and 0 <= ts_ms - declined < policy.suppress_after_decline_ms:
+        return "recent_decline"
+    return None
 
 
 def _evidence_text(sig: dict) -> str:
@@ -141,7 +218,7 @@ def decide(enriched: dict, ledger: dict | None, actions: ActionSet, model: Model
 
     `model` is the uplift model (None: the rules' priors alone); `explore` draws from its posterior
     (Thompson sampling) instead of using its means."""
-    ledger = new_ledger() if ledger is None else ledger
+    ledger = new_ledger() if ledger is None else _upgraded(ledger)
     model = model or Model()
     sig = enriched["signal"]
     earlier = ledger["recent"].get(sig["signal_id"])
@@ -164,7 +241,7 @@ def score_candidates(d: dict, enriched: dict, actions: list[Action], action_set:
     for action in actions:
         value = _value(action, ctx)
         action_model = model.for_action(action.id, action.p_act, action.p_baseline)
-        for channel in candidate_channels(action, ctx, profile):
+        for channel in candidate_channels(action, ctx, profile, action_set.policy, d["ts"]):
             rng = np.random.default_rng(draw_seed(d["decision_id"], model.version, action.id, channel)) if explore else None
             terms = action_model.terms(vector(d["features"], channel), rng)
             cost = action_set.policy.cost(channel)
@@ -187,12 +264,22 @@ def _gates(d: dict, enriched: dict, ledger: dict, actions: ActionSet, model: Mod
     if profile.get("opted_out"):
         return _stop(d, "suppressed", "opted_out", "The customer opted out of proactive contact.")
     ctx = context_for_expressions(enriched)
+    policy = actions.policy
     eligible = [a for a in candidates if evaluate(a.eligible, ctx)]
     if not eligible:
         return _stop(d, "no_action", "not_eligible",
                      f"None of {', '.join(a.id for a in candidates)} is for this {'customer' if enriched['known'] else 'visitor'}.")
+    held = {a.id: suppressed(a, ledger, policy, sig["ts"]) for a in eligible}
+    eligible = [a for a in eligible if held[a.id] is None]
+    if not eligible:
+        gate = "recent_purchase" if "recent_purchase" in held.values() else "recent_decline"
+        why_not = {"recent_purchase": "bought recently", "recent_decline": "declined it recently"}[gate]
+        return _stop(d, "suppressed", gate, f"Not offering {', '.join(held)}: the customer {why_not}.")
     scored = score_candidates(d, enriched, eligible, actions, model, explore)
     if not scored:
+        if any(allowed_channels(a, ctx, profile) for a in eligible):
+            return _stop(d, "suppressed", "quiet_hours",
+                         "Every open channel is outbound and it is the quiet hours in the customer's time zone.")
         return _stop(d, "no_action", "no_channel", "Every channel of the eligible actions is opted out or not allowed.")
     for c in reversed(scored):  # each action's best channel
         d["scores"][c["action_id"]] = c["score"]
@@ -204,17 +291,28 @@ def _gates(d: dict, enriched: dict, ledger: dict, actions: ActionSet, model: Mod
     if score <= 0:
         return _stop(d, "no_action", "no_positive_uplift",
                      f"Acting is not worth it: the best action, {action.id}, scores {score:.2f}.")
-    day = local_day(sig["ts"], profile.get("timezone"))
+    tz = profile.get("timezone")
+    since = sig["ts"] - ledger["last_offer_ts"]
+    if policy.min_gap_ms and ledger["last_offer_ts"] and 0 <= since < policy.min_gap_ms:
+        return _stop(d, "suppressed", "min_gap", f"The last offer was {since // 1000} s ago (at least "
+                                                 f"{policy.min_gap_ms // 1000} s between offers).")
+    day, week = local_day(sig["ts"], tz), local_week(sig["ts"], tz)
     if ledger["day"] != day:
         ledger["day"], ledger["offers_today"] = day, 0
-    cap = actions.policy.max_offers_per_day
+    if ledger["week"] != week:
+        ledger["week"], ledger["offers_week"] = week, 0
+    cap = policy.max_offers_per_day
     if ledger["offers_today"] >= cap:
         return _stop(d, "suppressed", "daily_cap", f"Already {ledger['offers_today']} offers today (cap {cap}).")
+    week_cap = policy.max_offers_per_week
+    if week_cap is not None and ledger["offers_week"] >= week_cap:
+        return _stop(d, "suppressed", "weekly_cap", f"Already {ledger['offers_week']} offers this week (cap {week_cap}).")
     # The hold-outs come after every other gate, so a held-out decision is one that would have been
     # an offer: treated and control are compared like for like. Its action_id is the action it would have
     # taken, and it counts against the cap as that offer would have, so caps thin both arms alike.
     ledger["offers_today"] += 1
-    ledger["last_offer_ts"] = sig["ts"]
+    ledger["offers_week"] += 1
+    ledger["last_offer_ts"] = max(ledger["last_offer_ts"], sig["ts"])
     if in_global_holdout(d["key"], actions.policy.holdout_share):
         return _stop(d, "control", "global_holdout",
                      f"In the global hold-out (never offered anything); {action.id} would have scored {score:.2f}.")

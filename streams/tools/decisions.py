@@ -26,7 +26,7 @@ from pathlib import Path
 from streams import clients, topics
 from streams.admin import ensure_topics, wait_for_broker
 from streams.decision.actions import ActionSet, load_actions
-from streams.decision.policy import allowed_channels, context_for_expressions
+from streams.decision.policy import context_for_expressions, open_channels
 from streams.rules.expr import evaluate
 from streams.settings import Settings
 from streams.tools import localkafka
@@ -73,13 +73,15 @@ class Score:
 
 
 def choices(action_set: ActionSet, enriched: dict) -> list[tuple[str, str, str | None]]:
-    """(action, channel, skill) pairs the action rules allow for this signal: eligibility, consent and channel conditions."""
+    """(action, channel, skill) pairs the action rules allow for this signal: eligibility, consent, channel
+    conditions and quiet hours."""
     profile = enriched["profile"] or {}
     if profile.get("opted_out"):
         return []
     ctx = context_for_expressions(enriched)
+    ts = enriched["signal"]["ts"]
     return [(action.id, channel, action.skill) for action in action_set.answering(enriched["signal"]["signal"])
-            if evaluate(action.eligible, ctx) for channel in allowed_channels(action, ctx, profile)]
+            if evaluate(action.eligible, ctx) for channel in open_channels(action, ctx, profile, action_set.policy, ts)]
 
 
 def run_policy(name: str, signals: list[dict], people: dict[str, Person], scenario: Scenario, action_set: ActionSet,

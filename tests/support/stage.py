@@ -21,8 +21,10 @@ from tests.support import wire
 
 SHIPPED_ACTIONS = load_actions(REPO_ROOT / "rules" / "actions.yaml")
 # The shipped actions without the global hold-out, which would hold out C1 (the customer most tests
-# use) from every offer; tests of the hold-out itself use SHIPPED_ACTIONS.
-ACTIONS = dataclasses.replace(SHIPPED_ACTIONS, policy=dataclasses.replace(SHIPPED_ACTIONS.policy, holdout_share=0.0))
+# use) from every offer, the quiet hours (T0 is 22:13 in London) and the minimum gap between offers;
+# tests of those gates use SHIPPED_ACTIONS or a policy of their own.
+ACTIONS = dataclasses.replace(SHIPPED_ACTIONS, policy=dataclasses.replace(SHIPPED_ACTIONS.policy, holdout_share=0.0,
+                                                                          quiet_hours=None, min_gap_ms=0))
 T0 = 1_700_000_000_000  # 2023-11-14 22:13 UTC, the same day in Europe/London
 TEST_TIMEOUT_S = 10.0
 WAIT_S = 2.0
@@ -51,6 +53,19 @@ async def eventually(condition, what: str, timeout: float = WAIT_S) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.001)
+
+
+async def put_on(wrapper, topic: str, key: bytes | None, value: bytes):
+    """What `test_context().put` does, on one named topic of the agent's channel (put names none for several)."""
+    message = wrapper.to_message(key, value, offset=wrapper.sent_offset)
+    message.topic = topic
+    channel = wrapper.stream().channel
+    event = await channel.decode(message)
+    await channel.put(event)
+    wrapper.sent_offset += 1
+    async with wrapper.new_value_processed:
+        await wrapper.new_value_processed.wait()
+    return event
 
 
 class Stage:

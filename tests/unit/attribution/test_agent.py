@@ -5,18 +5,7 @@ from streams import topics
 from streams.attribution import agent as attribution_agent
 from streams.attribution.agent import STAGE
 from tests.support import wire
-from tests.support.stage import ACTIONS, T0, Stage, async_test, decision
-
-
-async def put_on(wrapper, topic: str, key: bytes | None, value: bytes):
-    """What `test_context().put` does, on one named topic of the agent's channel (put names none for several)."""
-    message = wrapper.to_message(key, value, offset=wrapper.sent_offset)
-    message.topic = topic
-    channel = wrapper.stream().channel
-    await channel.put(await channel.decode(message))
-    wrapper.sent_offset += 1
-    async with wrapper.new_value_processed:
-        await wrapper.new_value_processed.wait()
+from tests.support.stage import ACTIONS, T0, Stage, async_test, decision, put_on
 
 
 def purchase(event_id: str, ts: int) -> bytes:

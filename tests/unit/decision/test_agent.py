@@ -6,7 +6,9 @@ import pytest
 from streams import topics
 from streams.decision import agent as decision_agent
 from streams.decision.policy import decision_id, in_control_group
-from tests.support.stage import ACTIONS, T0, Stage, async_test, enriched, profile, signal
+from tests.support.stage import ACTIONS, T0, Stage, async_test, enriched, profile, put_on, signal
+
+ENRICHED = topics.ENRICHED.name  # the physical name too: no prefix in the test settings
 
 
 def _decision_stage(tmp_path, explore: bool = False):
@@ -25,7 +27,7 @@ async def test_a_matching_signal_yields_a_decision_to_act(tmp_path):
     async with decide.test_context() as enriched_in:
         # When C1's cancel_intent arrives enriched with the profile
         sig = signal("sig-1")
-        await enriched_in.put(key=b"C1", value=st.engine.encode(topics.ENRICHED, enriched(sig, profile())))
+        await put_on(enriched_in, ENRICHED, b"C1", st.engine.encode(topics.ENRICHED, enriched(sig, profile())))
         [(key, d, _)] = await st.wait_out(topics.DECISIONS, 1)
     # Then the retention call back by voice wins: (0.35 - 0.10) x 0.3 x 3121.13 - 6.0
     assert key == b"C1"
@@ -52,7 +54,7 @@ async def test_beyond_the_daily_cap_the_customer_gets_no_offer(tmp_path):
         # When C1 shows cancel intent three times in one day
         for i in range(cap + 1):
             sig = signal(f"sig-{i}", ts=T0 + i * 60_000)
-            await enriched_in.put(key=b"C1", value=st.engine.encode(topics.ENRICHED, enriched(sig, profile())))
+            await put_on(enriched_in, ENRICHED, b"C1", st.engine.encode(topics.ENRICHED, enriched(sig, profile())))
         out = await st.wait_out(topics.DECISIONS, cap + 1)
     # Then the first two are offers and the third is held back by the cap, with the cap's reason
     assert [d["outcome"] for _, d, _ in out] == ["act", "act", "suppressed"]
@@ -68,10 +70,10 @@ async def test_a_redelivered_signal_gets_the_same_decision_and_is_not_counted_tw
     st, decide, table = _decision_stage(tmp_path)
     async with decide.test_context() as enriched_in:
         value = st.engine.encode(topics.ENRICHED, enriched(signal("sig-1"), profile()))
-        await enriched_in.put(key=b"C1", value=value)
+        await put_on(enriched_in, ENRICHED, b"C1", value=value)
         await st.wait_out(topics.DECISIONS, 1)
         # When the very same signal is delivered again (a replay after a crash)
-        await enriched_in.put(key=b"C1", value=value)
+        await put_on(enriched_in, ENRICHED, b"C1", value=value)
         out = await st.wait_out(topics.DECISIONS, 2)
     # Then the same decision is sent again and the cap still counts one offer
     assert out[0][1] == out[1][1]
@@ -84,9 +86,9 @@ async def test_garbage_is_dead_lettered_and_the_next_record_still_gets_a_decisio
     st, decide, _ = _decision_stage(tmp_path)
     async with decide.test_context() as enriched_in:
         # When garbage bytes arrive, followed by a valid enriched signal of an anonymous visitor
-        garbage = await enriched_in.put(key=b"v7", value=b"not avro at all")
+        garbage = await put_on(enriched_in, ENRICHED, b"v7", value=b"not avro at all")
         sig = signal("sig-anon", visitor_id="v7", customer_id=None)
-        await enriched_in.put(key=b"v7", value=st.engine.encode(topics.ENRICHED, enriched(sig, None)))
+        await put_on(enriched_in, ENRICHED, b"v7", st.engine.encode(topics.ENRICHED, enriched(sig, None)))
         [(key, d, _)] = await st.wait_out(topics.DECISIONS, 1)
         [(dkey, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
     # Then the garbage is kept, whole, on the dead-letter topic with the reason
@@ -105,7 +107,7 @@ async def test_a_signal_no_action_answers_gets_a_no_action_decision(tmp_path):
     st, decide, _ = _decision_stage(tmp_path)
     async with decide.test_context() as enriched_in:
         sig = signal("sig-x", name="price_check")
-        await enriched_in.put(key=b"C1", value=st.engine.encode(topics.ENRICHED, enriched(sig, profile())))
+        await put_on(enriched_in, ENRICHED, b"C1", st.engine.encode(topics.ENRICHED, enriched(sig, profile())))
         [(_, d, _)] = await st.wait_out(topics.DECISIONS, 1)
     # Then every signal still gets a Decision, saying why nothing is done
     assert d["outcome"] == "no_action" and d["gate"] == "no_matching_action"
@@ -128,9 +130,9 @@ async def test_a_fault_on_one_record_dead_letters_it_and_the_stage_goes_on(tmp_p
     async with decide.test_context() as enriched_in:
         # When that signal arrives, then another one
         boom = signal("sig-boom", visitor_id="v8", customer_id=None)
-        sent = await enriched_in.put(key=b"v8", value=st.engine.encode(topics.ENRICHED, enriched(boom, None)))
+        sent = await put_on(enriched_in, ENRICHED, b"v8", st.engine.encode(topics.ENRICHED, enriched(boom, None)))
         ok = signal("sig-ok", visitor_id="v8", customer_id=None)
-        await enriched_in.put(key=b"v8", value=st.engine.encode(topics.ENRICHED, enriched(ok, None)))
+        await put_on(enriched_in, ENRICHED, b"v8", st.engine.encode(topics.ENRICHED, enriched(ok, None)))
         [(_, d, _)] = await st.wait_out(topics.DECISIONS, 1)
         [(_, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
     # Then the faulty record is kept whole on the dead-letter topic, named as a fault, not lost to a
@@ -156,10 +158,39 @@ async def test_a_customer_in_the_global_holdout_gets_no_offer_but_records_the_ac
     st.without_changelog(table)
     async with decide.test_context() as enriched_in:
         # When C1's cancel intent arrives
-        await enriched_in.put(key=b"C1", value=st.engine.encode(topics.ENRICHED, enriched(signal("sig-1"), profile())))
+        await put_on(enriched_in, ENRICHED, b"C1", st.engine.encode(topics.ENRICHED, enriched(signal("sig-1"), profile())))
         [(_, d, _)] = await st.wait_out(topics.DECISIONS, 1)
     # Then it is a control decision of the hold-out, naming the action and channel it would have had,
-    # and it counts against the daily cap as that offer would have (so caps thin both arms alike)
+    # (a chat, not a call back: 22:13 in London is in the shipped quiet hours), and it counts against the
+    # daily cap as that offer would have (so caps thin both arms alike)
     assert d["outcome"] == "control" and d["gate"] == "global_holdout"
-    assert d["action_id"] == "retention-callback" and d["channel"] == "voice_callback"
+    assert d["action_id"] == "retention-callback" and d["channel"] == "chat"
     assert table.get("C1")["offers_today"] == 1
+
+
+@async_test
+async def test_purchases_and_declines_reach_the_contact_ledger_and_keyless_ones_are_dead_lettered(tmp_path):
+    from tests.support import wire
+
+    # Given the decision stage with the shipped policy's suppressions
+    st, decide, table = _decision_stage(tmp_path)
+    async with decide.test_context() as wrapper:
+        # When C1 buys, declines the retention call back, and a purchase without a key arrives
+        buy = wire.interaction(event_id="e-buy", visitor_id="v1", type_="purchase", ts=T0 - 3_600_000, customer_id="C1",
+                               value=80.0)
+        await put_on(wrapper, topics.CONVERSIONS.name, b"C1", wire.encode("Interaction", buy))
+        declined = {"outcome_id": "o1", "key": "C1", "ts": T0 - 60_000, "type": "declined", "delivery_id": None,
+                    "decision_id": "d0", "action_id": "retention-callback", "channel": "voice_callback",
+                    "visitor_id": "v1", "customer_id": "C1", "value": None, "source": "test"}
+        await put_on(wrapper, topics.OUTCOMES.name, b"C1", wire.encode("Outcome", declined))
+        await put_on(wrapper, topics.CONVERSIONS.name, None, wire.encode("Interaction", buy))
+        [(_, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
+        # And C1 then looks for how to cancel
+        await put_on(wrapper, ENRICHED, b"C1", st.engine.encode(topics.ENRICHED, enriched(signal("sig-1"), profile())))
+        [(_, d, _)] = await st.wait_out(topics.DECISIONS, 1)
+    # Then the ledger holds both, the keyless record is dead-lettered with the reason,
+    # and the declined call back gives way to the retention chat
+    ledger = table.get("C1")
+    assert ledger["purchase_ts"] == T0 - 3_600_000 and ledger["declined"] == {"retention-callback": T0 - 60_000}
+    assert "needs a key" in dead["error"] and dead["stage"] == "decision"
+    assert d["outcome"] == "act" and d["action_id"] == "retention-chat"
