@@ -170,6 +170,8 @@ class Settings:
     attribution_window_ms: int = 30 * 60_000
     # Thompson sampling over the uplift model's uncertainty; off: its means (no exploration)
     explore: bool = True
+    # How long (event time) an offer that needs an agent may wait for one before it expires
+    pacing_hold_ms: int = 10_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -199,6 +201,7 @@ class Settings:
             session_timeout_ms=_session_timeout(env),
             attribution_window_ms=max(1_000, _duration_ms(env, "ENGAGE_ATTRIBUTION_WINDOW", 30 * 60_000)),
             explore=_switch(env, "ENGAGE_EXPLORE", True),
+            pacing_hold_ms=_duration_ms(env, "ENGAGE_PACING_HOLD", 10_000),
         )
 
     def with_(self, **changes) -> "Settings":

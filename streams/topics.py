@@ -40,13 +40,16 @@ OUTCOMES = TopicSpec("engage.outcomes", "customer_id, else visitor_id", "Outcome
 CONVERSIONS = TopicSpec("engage.conversions", "customer_id and visitor_id (one record each)", "Interaction", internal=True)
 # What happened after each decision; compacted by decision id: the latest revision is the attribution so far.
 ATTRIBUTIONS = TopicSpec("engage.attributions", "decision_id", "Attribution", compacted=True)
+# Offers that need an agent, and the answers to them, keyed by the agents' skill: each skill is paced
+# in one place (one partition), whatever the number of workers. Co-partitioned with engage.agent-availability.
+PACING = TopicSpec("engage.pacing", "skill", "Pacing", internal=True)
 # What each learner partition has learned for the uplift models; compacted by partition, one
 # partition so every worker reads all of it in order.
 MODELS = TopicSpec("engage.models", "learner partition (as text)", "ModelEvidence", compacted=True, partitions=1)
 DEADLETTER = TopicSpec("engage.deadletter", "the original key", "DeadLetter")
 
 ALL = (EVENTS, PROFILES, AGENT_AVAILABILITY, RULES, SCHEMAS, SIGNALS, SIGNALS_BY_CUSTOMER, DETECTION_TICKS, ENRICHED, DECISIONS, DELIVERY,
-       OUTCOMES, CONVERSIONS, ATTRIBUTIONS, MODELS, DEADLETTER)
+       OUTCOMES, CONVERSIONS, ATTRIBUTIONS, PACING, MODELS, DEADLETTER)
 
 # The state tables, each with a compacted changelog topic named by Faust "<app id>-<table>-changelog",
 # partitioned like the stream it is updated from. They are created with the topics above, before a
@@ -62,8 +65,9 @@ KEY_TO_ATTRIBUTIONS = "key_to_attributions"
 # and each partition's clock and evidence
 DECISION_TO_LABEL = "decision_to_label"
 PARTITION_TO_EVIDENCE = "partition_to_evidence"
+SKILL_TO_PACING = "skill_to_pacing"  # per skill: free agents, outstanding invitations, candidates waiting
 TABLES = (VISITOR_TO_STATE, PARTITION_TO_TIMERS, CUSTOMER_TO_PROFILE, CUSTOMER_TO_CONTACTS, KEY_TO_ATTRIBUTIONS,
-          DECISION_TO_LABEL, PARTITION_TO_EVIDENCE)
+          DECISION_TO_LABEL, PARTITION_TO_EVIDENCE, SKILL_TO_PACING)
 
 
 def changelog(app_id: str, table: str) -> str:

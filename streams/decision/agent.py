@@ -3,14 +3,16 @@ from __future__ import annotations
 
 from streams import topics
 from streams.app import Engine
+from streams.decision import pacing
 from streams.decision.actions import ActionSet
 from streams.decision.learn import due, label_of, learn, new_partition_state, step_to
 from streams.decision.models import ModelBook
 from streams.decision.policy import decide, on_conversion, on_outcome
-from streams.decision.uplift import evidence_record
+from streams.decision.uplift import AGENT_LED, evidence_record
 
 STAGE = "decision"
 LEARN_STAGE = "learning"
+PACING_STAGE = "pacing"
 
 
 def register(engine: Engine, actions: ActionSet, models: ModelBook | None = None):
@@ -39,6 +41,11 @@ def register(engine: Engine, actions: ActionSet, models: ModelBook | None = None
                     ledger = note[spec.name](customer_to_contacts.get(key), record)
                     if ledger is not None:
                         customer_to_contacts[key] = ledger
+                    skill = paced_skill(record, actions) if spec is topics.OUTCOMES else None
+                    if skill is not None:  # an answer to an invitation its skill's pacer released
+                        await engine.send(topics.PACING, skill, {
+                            "kind": "outcome", "skill": skill, "ts": record["ts"], "decision_id": record["decision_id"],
+                            "score": 0.0, "decision": None, "fallback": None, "outcome": record["type"]})
                     continue
                 key = record["key"]
                 result = decide(record, customer_to_contacts.get(key), actions, models.model, explore)
@@ -46,10 +53,57 @@ def register(engine: Engine, actions: ActionSet, models: ModelBook | None = None
                 # the very same decision (same time, same gates) instead of deciding again.
                 if not result.replayed:
                     customer_to_contacts[key] = result.ledger
-                await engine.send(topics.DECISIONS, key, result.decision)
+                d = result.decision
+                if result.paced:
+                    await engine.send(topics.PACING, d["skill"], {
+                        "kind": "candidate", "skill": d["skill"], "ts": d["ts"], "decision_id": d["decision_id"],
+                        "score": d["score"], "decision": d, "fallback": result.fallback, "outcome": None})
+                else:
+                    await engine.send(topics.DECISIONS, key, d)
 
     register_learner(engine)
+    register_pacer(engine)
     return decide_actions, customer_to_contacts
+
+
+def paced_skill(outcome: dict, actions: ActionSet) -> str | None:
+    """The skill whose pacer waits for this outcome: an answer to an offer on a channel that needs an agent."""
+    if outcome["type"] not in pacing.ANSWERS or outcome.get("channel") not in AGENT_LED or not outcome.get("decision_id"):
+        return None
+    action = next((a for a in actions.actions if a.id == outcome.get("action_id")), None)
+    return action.skill if action is not None else None
+
+
+def register_pacer(engine: Engine):
+    app, settings = engine.app, engine.settings
+    skill_to_pacing = app.Table(topics.SKILL_TO_PACING, default=None, partitions=settings.partitions, key_type=str)
+    by_topic = {settings.topic(spec.name): spec for spec in (topics.PACING, topics.AGENT_AVAILABILITY)}
+    channel = app.topic(*by_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+
+    @app.agent(channel, name="pace_offers")
+    async def pace_offers(stream):
+        async for event in stream.events():
+            msg = event.message
+            async with engine.guard(PACING_STAGE, msg):
+                spec = by_topic[msg.topic]
+                record = engine.decode(spec, msg.value)
+                if msg.key is None:
+                    raise ValueError(f"a record on {spec.name} needs a key (the skill)")
+                skill = msg.key.decode("utf-8", "replace")
+                state = skill_to_pacing.get(skill) or pacing.new_state()
+                if spec is topics.AGENT_AVAILABILITY:
+                    released = pacing.on_availability(state, record)
+                elif record["kind"] == "candidate":
+                    released = pacing.on_candidate(state, record, settings.pacing_hold_ms)
+                else:
+                    released = pacing.on_outcome(state, record)
+                # decisions first, then the state: a crash in between replays the record against the old
+                # state, which releases the same decisions again (same ids: delivery drops the copies)
+                for d in released:
+                    await engine.send(topics.DECISIONS, d["key"], d)
+                skill_to_pacing[skill] = state
+
+    return pace_offers, skill_to_pacing
 
 
 def register_learner(engine: Engine):

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from streams.decision.actions import NEEDS_CONSENT, Action, ActionSet, Policy
-from streams.decision.uplift import Model, draw_seed, signal_features, vector
+from streams.decision.uplift import AGENT_LED, Model, draw_seed, signal_features, vector
 from streams.rules.expr import Compiled, evaluate
 
 RECENT_DECISIONS = 16  # kept per key so a redelivered signal gets the very same decision back
@@ -38,6 +38,10 @@ class Outcome:
     decision: dict
     ledger: dict
     replayed: bool = False
+    # an offer that needs an agent goes to its skill's pacer (streams/decision/pacing.py), with the
+    # best offer that needs none as the fallback if no agent is free in time
+    paced: bool = False
+    fallback: dict | None = None
 
 
 def decision_id(signal_id: str) -> str:
@@ -165,6 +169,13 @@ def candidate_channels(action: Action, ctx: dict, profile: dict, policy: Policy,
     return [preferred] if preferred in allowed else allowed[:1]
 
 
+def fallback_channel(action: Action, ctx: dict, profile: dict, policy: Policy, ts_ms: int, primary: list[str]) -> list[str]:
+    """The first open channel that needs no agent, when the action's own channel needs one."""
+    if not primary or primary[0] not in AGENT_LED:
+        return []
+    return [c for c in open_channels(action, ctx, profile, policy, ts_ms) if c not in AGENT_LED][:1]
+
+
 def suppressed(action: Action, ledger: dict, policy: Policy, ts_ms: int) -> str | None:
     """The suppression gate that keeps `action` from this customer now, if any."""
     if (action.goal == "purchase" and policy.suppress_after_purchase_ms and ledger["purchase_ts"]
@@ -223,13 +234,38 @@ def decide(enriched: dict, ledger: dict | None, actions: ActionSet, model: Model
     sig = enriched["signal"]
     earlier = ledger["recent"].get(sig["signal_id"])
     if earlier is not None:
-        return Outcome(earlier, ledger, replayed=True)
+        return Outcome(earlier, ledger, replayed=True, paced=is_paced(earlier), fallback=fallback_of(earlier, actions))
     d = _base(enriched, actions, model)
     decision = _gates(d, enriched, ledger, actions, model, explore)
     ledger["recent"][sig["signal_id"]] = decision
     while len(ledger["recent"]) > RECENT_DECISIONS:
         ledger["recent"].pop(next(iter(ledger["recent"])))
-    return Outcome(decision, ledger)
+    return Outcome(decision, ledger, paced=is_paced(decision), fallback=fallback_of(decision, actions))
+
+
+def is_paced(decision: dict) -> bool:
+    """An offer that needs an agent of a skill: released by that skill's pacer."""
+    return decision["outcome"] == "act" and decision["channel"] in AGENT_LED and bool(decision["skill"])
+
+
+def fallback_of(decision: dict, actions: ActionSet) -> dict | None:
+    """For a paced offer, the decision to send instead if no agent is free in time: its best candidate
+    that needs no agent and is worth sending; None when there is none. Derived from the decision alone,
+    so a replayed decision gets the same fallback."""
+    if not is_paced(decision):
+        return None
+    best = None
+    for c in decision["candidates"]:
+        if c.get("fallback") and c["score"] > 0 and (best is None or c["score"] > best["score"]):
+            best = c
+    action = next((a for a in actions.actions if best and a.id == best["action_id"]), None)
+    if action is None:
+        return None
+    context = dict(decision["context"], message_template=action.message)
+    return dict(decision, action_id=action.id, channel=best["channel"], skill=None, score=best["score"],
+                ttl_ms=action.ttl_ms, context=context,
+                reason=f"{context.get('why', decision['signal'])}: {action.description or action.id} by {best['channel']} "
+                       f"(expected incremental value {best['score']:.2f}).")
 
 
 def score_candidates(d: dict, enriched: dict, actions: list[Action], action_set: ActionSet, model: Model,
@@ -241,7 +277,9 @@ def score_candidates(d: dict, enriched: dict, actions: list[Action], action_set:
     for action in actions:
         value = _value(action, ctx)
         action_model = model.for_action(action.id, action.p_act, action.p_baseline)
-        for channel in candidate_channels(action, ctx, profile, action_set.policy, d["ts"]):
+        primary = candidate_channels(action, ctx, profile, action_set.policy, d["ts"])
+        fallback = fallback_channel(action, ctx, profile, action_set.policy, d["ts"], primary)
+        for channel in primary + fallback:
             rng = np.random.default_rng(draw_seed(d["decision_id"], model.version, action.id, channel)) if explore else None
             terms = action_model.terms(vector(d["features"], channel), rng)
             cost = action_set.policy.cost(channel)
@@ -249,8 +287,8 @@ def score_candidates(d: dict, enriched: dict, actions: list[Action], action_set:
                         "p_no_act": round(terms["p_no_act"], 6), "value": round(value, 4), "cost": cost,
                         "score": round((terms["p_act"] - terms["p_no_act"]) * value - cost, 4),
                         "uplift_mean": round(terms["uplift_mean"], 6), "uplift_sd": round(terms["uplift_sd"], 6),
-                        "_action": action})
-    out.sort(key=lambda c: (-c["score"], c["_action"].line))
+                        "fallback": channel in fallback, "_action": action})
+    out.sort(key=lambda c: (c["fallback"], -c["score"], c["_action"].line))
     return out
 
 
@@ -281,11 +319,13 @@ def _gates(d: dict, enriched: dict, ledger: dict, actions: ActionSet, model: Mod
             return _stop(d, "suppressed", "quiet_hours",
                          "Every open channel is outbound and it is the quiet hours in the customer's time zone.")
         return _stop(d, "no_action", "no_channel", "Every channel of the eligible actions is opted out or not allowed.")
-    for c in reversed(scored):  # each action's best channel
-        d["scores"][c["action_id"]] = c["score"]
+    for c in reversed(scored):  # each action's best channel, but for fallbacks
+        if not c["fallback"]:
+            d["scores"][c["action_id"]] = c["score"]
     best = scored[0]
     action, channel, score = best["_action"], best["channel"], best["score"]
     d["candidates"] = [{k: v for k, v in c.items() if k != "_action"} for c in scored]
+
     d.update(action_id=action.id, channel=channel, skill=action.skill, score=score, ttl_ms=action.ttl_ms)
     d["context"]["message_template"] = action.message
     if score <= 0:

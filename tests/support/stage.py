@@ -106,6 +106,23 @@ class Stage:
         return [(key, self.engine.decode(spec, value), headers)
                 for name, key, value, headers in self.sent if name == spec.name]
 
+    def decided(self) -> list[tuple[bytes, dict, str]]:
+        """Every decision the decision stage made, in order, as (key, decision, where it went): offers that need
+        an agent go to their skill's pacer (engage.pacing, keyed by skill), the others to engage.decisions."""
+        out = []
+        for name, key, value, _ in self.sent:
+            if name == topics.DECISIONS.name:
+                out.append((key, self.engine.decode(topics.DECISIONS, value), name))
+            elif name == topics.PACING.name:
+                rec = self.engine.decode(topics.PACING, value)
+                if rec["kind"] == "candidate":
+                    out.append((key, rec["decision"], name))
+        return out
+
+    async def wait_decided(self, n: int) -> list[tuple[bytes, dict, str]]:
+        await eventually(lambda: len(self.decided()) >= n, f"{n} decision(s)")
+        return self.decided()
+
     async def wait_out(self, spec: topics.TopicSpec, n: int) -> list[tuple[bytes | None, dict, dict]]:
         await eventually(lambda: sum(1 for s in self.sent if s[0] == spec.name) >= n, f"{n} record(s) on {spec.name}")
         return self.out(spec)

@@ -28,9 +28,10 @@ async def test_a_matching_signal_yields_a_decision_to_act(tmp_path):
         # When C1's cancel_intent arrives enriched with the profile
         sig = signal("sig-1")
         await put_on(enriched_in, ENRICHED, b"C1", st.engine.encode(topics.ENRICHED, enriched(sig, profile())))
-        [(key, d, _)] = await st.wait_out(topics.DECISIONS, 1)
-    # Then the retention call back by voice wins: (0.35 - 0.10) x 0.3 x 3121.13 - 6.0
-    assert key == b"C1"
+        [(key, d, where)] = await st.wait_decided(1)
+    # Then the retention call back by voice wins: (0.35 - 0.10) x 0.3 x 3121.13 - 6.0; it needs an agent,
+    # so it goes to the pacer of the retention agents
+    assert key == b"retention" and where == topics.PACING.name and d["key"] == "C1"
     assert d["outcome"] == "act" and d["gate"] is None
     assert d["action_id"] == "retention-callback" and d["channel"] == "voice_callback" and d["skill"] == "retention"
     assert d["score"] == pytest.approx(round(0.25 * 0.3 * 3121.13 - 6.0, 4))
@@ -55,7 +56,7 @@ async def test_beyond_the_daily_cap_the_customer_gets_no_offer(tmp_path):
         for i in range(cap + 1):
             sig = signal(f"sig-{i}", ts=T0 + i * 60_000)
             await put_on(enriched_in, ENRICHED, b"C1", st.engine.encode(topics.ENRICHED, enriched(sig, profile())))
-        out = await st.wait_out(topics.DECISIONS, cap + 1)
+        out = await st.wait_decided(cap + 1)
     # Then the first two are offers and the third is held back by the cap, with the cap's reason
     assert [d["outcome"] for _, d, _ in out] == ["act", "act", "suppressed"]
     third = out[-1][1]
@@ -71,10 +72,10 @@ async def test_a_redelivered_signal_gets_the_same_decision_and_is_not_counted_tw
     async with decide.test_context() as enriched_in:
         value = st.engine.encode(topics.ENRICHED, enriched(signal("sig-1"), profile()))
         await put_on(enriched_in, ENRICHED, b"C1", value=value)
-        await st.wait_out(topics.DECISIONS, 1)
+        await st.wait_decided(1)
         # When the very same signal is delivered again (a replay after a crash)
         await put_on(enriched_in, ENRICHED, b"C1", value=value)
-        out = await st.wait_out(topics.DECISIONS, 2)
+        out = await st.wait_decided(2)
     # Then the same decision is sent again and the cap still counts one offer
     assert out[0][1] == out[1][1]
     assert table.get("C1")["offers_today"] == 1
@@ -187,7 +188,7 @@ async def test_purchases_and_declines_reach_the_contact_ledger_and_keyless_ones_
         [(_, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
         # And C1 then looks for how to cancel
         await put_on(wrapper, ENRICHED, b"C1", st.engine.encode(topics.ENRICHED, enriched(signal("sig-1"), profile())))
-        [(_, d, _)] = await st.wait_out(topics.DECISIONS, 1)
+        [(_, d, _)] = await st.wait_decided(1)
     # Then the ledger holds both, the keyless record is dead-lettered with the reason,
     # and the declined call back gives way to the retention chat
     ledger = table.get("C1")
