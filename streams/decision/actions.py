@@ -94,6 +94,11 @@ class ActionSet:
     policy: Policy
     actions: list[Action]
 
+    @property
+    def priors(self) -> tuple[tuple[str, float, float], ...]:
+        """(id, P(convert | act), P(convert | no action)) of every action, in the file's order: the uplift model's priors."""
+        return tuple((a.id, a.p_act, a.p_baseline) for a in self.actions)
+
     def answering(self, signal: str) -> list[Action]:
         return [a for a in self.actions if signal in a.answers]
 

@@ -274,14 +274,14 @@ def score_candidates(d: dict, enriched: dict, actions: list[Action], action_set:
     profile = enriched["profile"] or {}
     ctx = context_for_expressions(enriched)
     out = []
+    pooled = model.for_actions(action_set.priors)
     for action in actions:
         value = _value(action, ctx)
-        action_model = model.for_action(action.id, action.p_act, action.p_baseline)
         primary = candidate_channels(action, ctx, profile, action_set.policy, d["ts"])
         fallback = fallback_channel(action, ctx, profile, action_set.policy, d["ts"], primary)
         for channel in primary + fallback:
             rng = np.random.default_rng(draw_seed(d["decision_id"], model.version, action.id, channel)) if explore else None
-            terms = action_model.terms(vector(d["features"], channel), rng)
+            terms = pooled.terms(action.id, vector(d["features"], channel), rng)
             cost = action_set.policy.cost(channel)
             out.append({"action_id": action.id, "channel": channel, "p_act": round(terms["p_act"], 6),
                         "p_no_act": round(terms["p_no_act"], 6), "value": round(value, 4), "cost": cost,

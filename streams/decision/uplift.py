@@ -126,18 +126,12 @@ class Posterior:
         return min(1.0, max(0.0, drawn))
 
 
-def posterior(prior_intercept: float, evidence: Evidence) -> Posterior:
-    """The Gaussian posterior of the weights given the prior (intercept = the rule's prior) and the evidence.
+def posterior(prior_mean: np.ndarray, prior_prec: np.ndarray, xtx: np.ndarray, xty: np.ndarray) -> Posterior:
+    """The Gaussian posterior of the weights given an independent Gaussian prior and the evidence.
 
-    Feature 0 must be the constant 1 (the intercept)."""
-    d = len(evidence.xty)
-    prior_prec = np.full(d, WEIGHT_PRIOR)
-    prior_prec[0] = PRIOR_STRENGTH
-    prior_mean = np.zeros(d)
-    prior_mean[0] = prior_intercept
-    precision = np.diag(prior_prec) + evidence.xtx
-    rhs = prior_prec * prior_mean + evidence.xty
-    # precisions are in units of 1 / NOISE_VAR: the noise variance scales the covariance only
+    Precisions are in units of 1 / NOISE_VAR: the noise variance scales the covariance only."""
+    precision = np.diag(prior_prec) + xtx
+    rhs = prior_prec * prior_mean + xty
     cov = np.linalg.inv(precision) * NOISE_VAR
     cov = (cov + cov.T) / 2
     mean = np.linalg.solve(precision, rhs)
@@ -149,38 +143,83 @@ def draw_seed(*parts: str) -> int:
 
 
 @dataclass
-class ActionModel:
-    """Both arms of one action: treated and held out."""
+class UpliftModel:
+    """Both arms of a set of actions, pooled: P(convert | arm) = w_arm . x[1:] + b_arm[action].
 
-    prior_act: float
-    prior_baseline: float
-    treated: Evidence
-    control: Evidence
+    The features' weights are shared by every action (how persuadable, or how sure to convert, a
+    person looks does not depend on what is offered), so each outcome teaches every action; each
+    action keeps its own intercept per arm, whose prior is its rule's (uplift.act, uplift.baseline).
+    The pooled statistics are assembled from the per-action ones: x[0] is the constant 1, so an
+    action's XᵀX holds its count and feature sums in its first row and column.
+    """
+
+    priors: dict[str, tuple[float, float]]        # action id -> (P(act), P(no act)) of its rule, in a fixed order
+    treated: dict[str, Evidence] = field(default_factory=dict)
+    untreated: dict[str, Evidence] = field(default_factory=dict)
+    dims: int = DIMS
     _cache: dict = field(default_factory=dict, repr=False)
+
+    def _pooled(self, evidence: dict[str, Evidence], arm: int) -> Posterior:
+        shared, order = self.dims - 1, list(self.priors)
+        size = shared + len(order)
+        xtx, xty = np.zeros((size, size)), np.zeros(size)
+        for i, action in enumerate(order):
+            ev = evidence.get(action)
+            if ev is None or ev.n == 0:
+                continue
+            j = shared + i
+            xtx[:shared, :shared] += ev.xtx[1:, 1:]
+            xtx[:shared, j] += ev.xtx[1:, 0]
+            xtx[j, :shared] += ev.xtx[0, 1:]
+            xtx[j, j] += ev.xtx[0, 0]
+            xty[:shared] += ev.xty[1:]
+            xty[j] += ev.xty[0]
+        prior_prec = np.concatenate([np.full(shared, WEIGHT_PRIOR), np.full(len(order), PRIOR_STRENGTH)])
+        prior_mean = np.concatenate([np.zeros(shared), [self.priors[a][arm] for a in order]])
+        return posterior(prior_mean, prior_prec, xtx, xty)
+
+    def posteriors(self) -> tuple[Posterior, Posterior]:
+        key = tuple(e.n for e in self.treated.values()), tuple(e.n for e in self.untreated.values())
+        if self._cache.get("key") != key:
+            self._cache = {"key": key, "value": (self._pooled(self.treated, 0), self._pooled(self.untreated, 1))}
+        return self._cache["value"]
+
+    def design(self, action_id: str, x: np.ndarray) -> np.ndarray:
+        """The pooled input: the shared features, and a one for the action's intercept."""
+        onehot = np.zeros(len(self.priors))
+        onehot[list(self.priors).index(action_id)] = 1.0
+        return np.concatenate([x[1:], onehot])
+
+    def terms(self, action_id: str, x: np.ndarray, rng: np.random.Generator | None = None) -> dict:
+        """P(act), P(no act) (sampled when `rng` is given, else the posterior means), the mean uplift and its sd."""
+        act, base = self.posteriors()
+        z = self.design(action_id, x)
+        (pa, sa), (pb, sb) = act.predict(z), base.predict(z)
+        out = {"uplift_mean": pa - pb, "uplift_sd": float(np.hypot(sa, sb))}
+        if rng is not None:
+            pa, pb = act.sample(z, rng), base.sample(z, rng)
+        return {"p_act": pa, "p_no_act": pb, "sd_act": sa, "sd_no_act": sb, **out}
+
+    def learn(self, action_id: str, x: np.ndarray, treated: bool, converted: bool) -> None:
+        arm = self.treated if treated else self.untreated
+        arm.setdefault(action_id, Evidence.empty(self.dims)).add(x, 1.0 if converted else 0.0)
+        self._cache = {}
+
+
+class ActionModel(UpliftModel):
+    """One action alone (its features' weights its own)."""
+
+    ACTION = "action"
 
     @classmethod
     def new(cls, dims: int, prior_act: float, prior_baseline: float) -> "ActionModel":
-        return cls(prior_act, prior_baseline, Evidence.empty(dims), Evidence.empty(dims))
+        return cls({cls.ACTION: (prior_act, prior_baseline)}, dims=dims)
 
-    def posteriors(self) -> tuple[Posterior, Posterior]:
-        key = (self.treated.n, self.control.n)
-        if self._cache.get("key") != key:
-            self._cache = {"key": key, "value": (posterior(self.prior_act, self.treated),
-                                                 posterior(self.prior_baseline, self.control))}
-        return self._cache["value"]
+    def terms(self, x: np.ndarray, rng: np.random.Generator | None = None) -> dict:  # type: ignore[override]
+        return super().terms(self.ACTION, x, rng)
 
-    def terms(self, x: np.ndarray, rng: np.random.Generator | None = None) -> dict:
-        """P(act), P(no act) (sampled when `rng` is given, else the posterior means), the mean uplift and its sd."""
-        act, base = self.posteriors()
-        (pa, sa), (pb, sb) = act.predict(x), base.predict(x)
-        out = {"uplift_mean": pa - pb, "uplift_sd": float(np.hypot(sa, sb))}
-        if rng is not None:
-            pa, pb = act.sample(x, rng), base.sample(x, rng)
-        return {"p_act": pa, "p_no_act": pb, "sd_act": sa, "sd_no_act": sb, **out}
-
-    def learn(self, x: np.ndarray, treated: bool, converted: bool) -> None:
-        (self.treated if treated else self.control).add(x, 1.0 if converted else 0.0)
-        self._cache = {}
+    def learn(self, x: np.ndarray, treated: bool, converted: bool) -> None:  # type: ignore[override]
+        super().learn(self.ACTION, x, treated, converted)
 
 
 ARMS = ("treated", "untreated")
@@ -217,12 +256,13 @@ class Model:
     evidence: dict = field(default_factory=dict)  # action id -> (treated Evidence, untreated Evidence)
     _models: dict = field(default_factory=dict, repr=False)
 
-    def for_action(self, action_id: str, prior_act: float, prior_baseline: float) -> ActionModel:
-        key = (action_id, prior_act, prior_baseline)
-        model = self._models.get(key)
+    def for_actions(self, priors: tuple[tuple[str, float, float], ...]) -> UpliftModel:
+        """The pooled model of these actions ((id, P(act) prior, P(no act) prior), in the rules' order)."""
+        model = self._models.get(priors)
         if model is None:
-            treated, untreated = self.evidence.get(action_id) or (Evidence.empty(DIMS), Evidence.empty(DIMS))
-            model = self._models[key] = ActionModel(prior_act, prior_baseline, treated, untreated)
+            treated = {a: self.evidence[a][0] for a, _, _ in priors if a in self.evidence}
+            untreated = {a: self.evidence[a][1] for a, _, _ in priors if a in self.evidence}
+            model = self._models[priors] = UpliftModel({a: (pa, pb) for a, pa, pb in priors}, treated, untreated)
         return model
 
 

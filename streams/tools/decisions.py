@@ -93,7 +93,7 @@ def run_policy(name: str, signals: list[dict], people: dict[str, Person], scenar
     reception = Reception(scenario)
     score = Score()
     rng = random.Random(f"{seed}:{name}")
-    k = sum(1 for d in engine_decisions.values() if d["outcome"] == "act")
+    k = sum(1 for s in signals if (engine_decisions.get(s["signal"]["signal_id"]) or {}).get("outcome") == "act")
     chosen_for_random: set = set()
     if name == "random":  # k of the signals some action may answer: as many invitations as the engine made
         open_ = [s["signal"]["signal_id"] for s in signals if choices(action_set, s)]
@@ -170,6 +170,7 @@ def score_run(scenario: Scenario, sim_start_ms: int, enriched: list[dict], decis
            "model_versions": len({d.get("model_version") for d in scored})}
     for policy in POLICIES:
         out[policy] = run_policy(policy, signals, people, scenario, action_set, by_signal, segments=segments)
+    out["engine_belief_by_type"] = belief_by_type(signals, by_signal, people)
     if segments:
         eng, ora = out["engine"]["by_segment"], out["oracle"]["by_segment"]
         out["after_drift"] = {"segment_minutes": SEGMENT_MS // 60_000,
@@ -183,6 +184,40 @@ def score_run(scenario: Scenario, sim_start_ms: int, enriched: list[dict], decis
     out["engine_share_of_oracle_per_agent_hour"] = _ratio(eng["incremental_conversions_per_agent_hour"],
                                                          oracle["incremental_conversions_per_agent_hour"])
     return out
+
+
+def belief_by_type(signals: list[dict], by_signal: dict[str, dict], people: dict[str, Person]) -> dict:
+    """The model's mean uplift for the best candidate, averaged over each true response type: does it tell them apart?"""
+    sums: dict = {}
+    for s in signals:
+        d, person = by_signal.get(s["signal"]["signal_id"]), people.get(s["signal"]["visitor_id"])
+        primary = [c for c in (d or {}).get("candidates") or [] if not c.get("fallback")]
+        if person is None or not primary:
+            continue
+        n, total = sums.get(person.type, (0, 0.0))
+        sums[person.type] = (n + 1, total + primary[0]["uplift_mean"])
+    return {t: {"signals": n, "mean_uplift": round(total / n, 3)} for t, (n, total) in sorted(sums.items())}
+
+
+def model_summary(settings: Settings) -> dict:
+    """What the model learned by the end of a run: outcomes, and each feature's weight on uplift (treated - untreated)."""
+    from streams.decision.uplift import FEATURES, merge
+
+    records = {}
+    for rec in _read(settings, topics.MODELS):
+        if rec["labels"] >= records.get(rec["partition"], {}).get("labels", -1):
+            records[rec["partition"]] = rec
+    model = merge(records)
+    action_set = load_actions(settings.rules_dir / "actions.yaml")
+    pooled = model.for_actions(action_set.priors)
+    treated, untreated = pooled.posteriors()
+    shared = len(FEATURES) - 1
+    weights = {name: round(float(treated.mean[i] - untreated.mean[i]), 3) for i, name in enumerate(FEATURES[1:])}
+    intercepts = {a: round(float(treated.mean[shared + i] - untreated.mean[shared + i]), 3)
+                  for i, a in enumerate(pooled.priors)}
+    counts = {a: [model.evidence[a][0].n, model.evidence[a][1].n] for a in sorted(model.evidence)}
+    return {"version": model.version, "labels": model.labels, "uplift_weights": weights,
+            "uplift_intercepts": intercepts, "labels_treated_untreated": counts}
 
 
 def _ratio(a, b):
@@ -275,6 +310,7 @@ def run_scenario(settings: Settings, scenario: Scenario, speed: float, work: Pat
         "incremental_conversions_expected": round(sum(x["p_final"] - x["base"] for x in lines), 2),
         "outcomes": stats.outcomes}
     result["engine_measured"] = measured_lift(_read(s, topics.ATTRIBUTIONS))
+    result["model"] = model_summary(s)
     result["run"] = {"events": stats.events, "speed": speed, "wall_seconds": round(wall, 1),
                      "simulated_minutes": round((scenario.duration_ms) / 60_000, 1)}
     return result
@@ -339,6 +375,14 @@ def format_scenario(name: str, res: dict) -> str:
                     f"{r['share_to_self_servers']:>15.1%} {r['share_to_sleeping_dogs']:>16.1%}")
     rows.append(f"    engine / naive per agent-hour: {res['engine_vs_naive_per_agent_hour']}; "
                 f"engine / oracle incremental conversions: {res['engine_share_of_oracle_incremental_conversions']}")
+    belief = res.get("engine_belief_by_type") or {}
+    if belief:
+        rows.append("    the model's mean uplift of the chosen action, by true type: "
+                    + ", ".join(f"{k} {v['mean_uplift']:+.3f} ({v['signals']})" for k, v in belief.items()))
+    model = res.get("model") or {}
+    if model.get("labels"):
+        rows.append(f"    model {model['version']}: {model['labels']} outcomes; weights on uplift: "
+                    + ", ".join(f"{k} {v:+.3f}" for k, v in model["uplift_weights"].items()))
     if res.get("after_drift"):
         a = res["after_drift"]
         rows.append(f"    engine / oracle before the drift: {a['before_drift_share']}; in each {a['segment_minutes']} minutes "

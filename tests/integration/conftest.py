@@ -103,6 +103,7 @@ class Pipeline:
     workdir: Path
     workers: list = field(default_factory=list)
     security_env: dict = field(default_factory=dict)  # KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* for the workers
+    extra_env: dict = field(default_factory=dict)  # settings of this test's workers, e.g. ENGAGE_PACING_HOLD
 
     @property
     def client_conf(self) -> dict:
@@ -125,7 +126,7 @@ class Pipeline:
                 # checked by the tests that are about it)
                 "ENGAGE_EXPLORE": "off",
                 # the workers' logs are kept in the test folder; ENGAGE_TEST_LOG_LEVEL=info shows rebalances
-                "ENGAGE_LOG_LEVEL": os.environ.get("ENGAGE_TEST_LOG_LEVEL", "warning")}
+                "ENGAGE_LOG_LEVEL": os.environ.get("ENGAGE_TEST_LOG_LEVEL", "warning"), **self.extra_env}
 
     def topic(self, name: str) -> str:
         return self.settings.topic(name)
@@ -264,6 +265,18 @@ def pipeline(kafka_bootstrap, tmp_path_factory):
     p.stop()
 
 
+def daytime_zone() -> str:
+    """A time zone where it is now between 10:00 and 18:00 (the shipped quiet hours hold no channel there)."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    for zone in ("UTC", "Asia/Tokyo", "Asia/Kolkata", "Europe/Berlin", "America/New_York", "America/Los_Angeles",
+                 "Pacific/Auckland", "Asia/Dubai"):
+        if 10 <= datetime.now(ZoneInfo(zone)).hour < 18:
+            return zone
+    raise AssertionError("no daytime zone in the list")  # the offsets cover every hour of the day
+
+
 class Producer_:
     """Produces with confluent-kafka and the independent encoder, not with the code under test."""
 
@@ -301,6 +314,9 @@ class Producer_:
         assert self.p.flush(30) == 0, "the test producer could not deliver every record"
 
     def profile(self, customer_id: str, **kw) -> dict:
+        # where it is daytime now, unless the test says: the shipped quiet hours would otherwise turn
+        # call backs into chats depending on when the suite runs
+        kw.setdefault("timezone", daytime_zone())
         prof = wire.profile(customer_id, int(time.time() * 1000), **kw)
         self.raw("engage.profiles", customer_id.encode(), wire.encode("CustomerProfile", prof))
         # a stream-table join sees a profile only once the worker has stored it

@@ -92,8 +92,8 @@ def test_partitions_merge_to_one_model_whatever_order_they_are_read_in():
     b.offer(list(reversed(states)))
     assert a.model.version == b.model.version and a.model.labels == 90
     x = vector(FEATURES_OF_A_CUSTOMER, "chat")
-    ta = a.model.for_action("retention-chat", 0.2, 0.08).terms(x)
-    tb = b.model.for_action("retention-chat", 0.2, 0.08).terms(x)
+    ta = a.model.for_actions(ACTIONS.priors).terms("retention-chat", x)
+    tb = b.model.for_actions(ACTIONS.priors).terms("retention-chat", x)
     assert ta == tb
     # And an older record of a partition does not replace a newer one
     assert not a.offer([evidence_record(0, 1, T0, {})])
