@@ -81,14 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     rs = r.add_subparsers(dest="action", required=True, parser_class=_Parser)
     rv = rs.add_parser("validate", help="check rule files; errors name file, line and reason")
     rv.add_argument("paths", nargs="*", type=Path)
-    rp = rs.add_parser("publish", help="validate a detection rule file and publish it to running workers")
+    rp = rs.add_parser("publish", help="validate a rule file (detection, or actions*.yaml) and publish it to running workers")
     rp.add_argument("path", nargs="?", type=Path, default=None, help="default: rules/detection.yaml")
     rp.add_argument("--author", default=None)
     rh = rs.add_parser("history", help="the published versions, oldest first")
-    rh.add_argument("--name", default="detection")
+    rh.add_argument("--name", default="detection", choices=("detection", "actions"))
     rr = rs.add_parser("rollback", help="republish an earlier version (default: the one before the current)")
     rr.add_argument("--to", dest="to_version", default=None, help="a version (or its first characters)")
-    rr.add_argument("--name", default="detection")
+    rr.add_argument("--name", default="detection", choices=("detection", "actions"))
     rr.add_argument("--author", default=None)
     rb = rs.add_parser("backtest", help="what a rule file would have found in stored events (touches nothing live)")
     rb.add_argument("--from", dest="from_", required=True, help="ISO time (UTC unless given), or 2h / 7d ago")
@@ -153,7 +153,7 @@ def _rules_validate(settings: Settings, paths: list[Path]) -> int:
 
 def _rules(settings: Settings, args) -> int:
     from streams.admin import ensure_topics, wait_for_broker
-    from streams.detection import registry
+    from streams.rules import registry
 
     if args.action == "validate":
         return _rules_validate(settings, args.paths)
@@ -165,10 +165,10 @@ def _rules(settings: Settings, args) -> int:
         from streams.rules.loader import read_rule_file
 
         path = args.path or settings.rules_dir / "detection.yaml"
-        if path.stem.startswith("action"):
-            raise CliError("only detection rules are published to running workers; actions load when a worker starts")
+        # the rule set is named by its file: actions*.yaml are action rules, any other file detection rules
+        name = "actions" if path.stem.startswith("action") else "detection"
         text, file = read_rule_file(path)
-        record = registry.publish(settings, "detection", text, file, author=args.author)
+        record = registry.publish(settings, name, text, file, author=args.author)
         print(f"published {record['name']} version {record['version']} by {record['author']}; running workers switch to it now")
     elif args.action == "history":
         versions = registry.history(settings, args.name)
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     from streams.detection.backtest import BacktestError
     from streams.tools.localkafka import BrokerError
     from streams.rules.loader import RuleError
-    from streams.detection.registry import RegistryError
+    from streams.rules.registry import RegistryError
     from streams.schemas import RegistrationError
     from streams.statedir import StateDirError
 

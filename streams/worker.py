@@ -9,15 +9,16 @@ from streams.decision.actions import load_actions
 from streams.decision.models import ModelBook
 from streams.delivery import agent as delivery_agent
 from streams.detection import agent as detection_agent
-from streams.detection.rulebook import RuleBook
+from streams.rules.book import RuleBook
 from streams.detection.rules import load_detection
 from streams.settings import Settings
 
 
-def build_worker(settings: Settings, book: RuleBook | None = None, models: ModelBook | None = None) -> Engine:
+def build_worker(settings: Settings, book: RuleBook | None = None, models: ModelBook | None = None,
+                 actions: RuleBook | None = None) -> Engine:
     """Build the app with every stage registered; raises RuleError if a rule file is invalid."""
     book = book or RuleBook(load_detection(settings.rules_dir / "detection.yaml"))
-    actions = load_actions(settings.rules_dir / "actions.yaml")
+    actions = actions or RuleBook(load_actions(settings.rules_dir / "actions.yaml"))
     engine = build_app(settings)
     detection_agent.register(engine, book)
     data_agent.register(engine)
@@ -31,15 +32,16 @@ def run_worker(settings: Settings) -> None:
     from streams import statedir
     from streams.admin import ensure_topics, wait_for_broker
     from streams.decision import models as model_follower
-    from streams.detection.rulebook import start_following
+    from streams.rules.book import start_following
 
     # its own RocksDB folder, whatever other workers run from the same checkout (held until exit)
     state = statedir.claim(settings.data_dir)
     settings = settings.with_(data_dir=state.path)
-    # the file is the rule set until a version is published to engage.rules; then the latest valid one
+    # the files are the rule sets until a version is published to engage.rules; then the latest valid one
     book = RuleBook(load_detection(settings.rules_dir / "detection.yaml"))
+    actions = RuleBook(load_actions(settings.rules_dir / "actions.yaml"))
     models = ModelBook()
-    engine = build_worker(settings, book, models)
+    engine = build_worker(settings, book, models, actions)
     if engine.settings.schema_registry_url is None:
         from streams.schemas import RegisteredSchemas
 
@@ -47,7 +49,7 @@ def run_worker(settings: Settings) -> None:
         engine.codec.lookup = RegisteredSchemas(settings, engine.codec.store)
     wait_for_broker(settings)
     ensure_topics(settings)
-    start_following(settings, book, engine.codec)
+    start_following(settings, [book, actions], engine.codec)
     # the uplift model learned so far, before the first decision (a restart decides with the same model)
     model_follower.start_following(settings, models, engine.codec)
     worker = _make_worker_class()(engine.app, loglevel=settings.log_level, quiet=True)

@@ -11,15 +11,18 @@ from streams import topics
 from streams.app import Engine
 from streams.attribution.attribute import Attributor, new_state
 from streams.decision.actions import ActionSet
+from streams.rules.book import RuleBook
 
 STAGE = "attribution"
 
 
-def register(engine: Engine, actions: ActionSet):
+def register(engine: Engine, actions: ActionSet | RuleBook):
     app, settings = engine.app, engine.settings
     key_to_attributions = app.Table(topics.KEY_TO_ATTRIBUTIONS, default=None, partitions=settings.partitions,
                                     key_type=str)  # values are JSON (Faust's default for untyped tables)
-    attributor = Attributor(window_ms=settings.attribution_window_ms, goal_of=actions.goal_of)
+    book = actions if isinstance(actions, RuleBook) else RuleBook(actions)
+    # the goal of the action rules running now (they may be republished while the worker runs)
+    attributor = Attributor(window_ms=settings.attribution_window_ms, goal_of=lambda aid: book.rules().goal_of(aid))
     by_topic = {settings.topic(spec.name): spec for spec in (topics.DECISIONS, topics.OUTCOMES, topics.CONVERSIONS)}
     fold = {topics.DECISIONS.name: attributor.on_decision, topics.OUTCOMES.name: attributor.on_outcome,
             topics.CONVERSIONS.name: attributor.on_conversion}

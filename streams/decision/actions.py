@@ -141,7 +141,8 @@ def _compile_action(node, file: str, policy: Policy) -> Action:
     value = node["value"]
     if isinstance(value, bool):
         raise RuleError(file, line, "value must be a number or an expression", aid)
-    value = float(value) if isinstance(value, (int, float)) else _expr(value, file, line, aid, "value")
+    value = float(value) if isinstance(value, (int, float)) else _expr(value, file, line_of_key(node, "value", line), aid,
+                                                                       "value")
     uplift = node["uplift"]
     uline = line_of(uplift, line)
     if not isinstance(uplift, dict):
@@ -171,7 +172,8 @@ def _compile_action(node, file: str, policy: Policy) -> Action:
     if skill is not None and (not isinstance(skill, str) or not skill):
         raise RuleError(file, line, "skill must be a name", aid)
     return Action(id=aid, description=str(node.get("description", "")), answers=frozenset(answers),
-                  eligible=_expr(node.get("eligible"), file, line, aid, "eligible"), value=value,
+                  eligible=_expr(node.get("eligible"), file, line_of_key(node, "eligible", line), aid, "eligible"),
+                  value=value,
                   p_act=_probability(uplift["act"], file, uline, aid, "uplift.act"),
                   p_baseline=_probability(uplift["baseline"], file, uline, aid, "uplift.baseline"),
                   channels=tuple(channels), skill=skill, message=message,

@@ -9,14 +9,17 @@ from streams.decision.learn import due, label_of, learn, new_partition_state, st
 from streams.decision.models import ModelBook
 from streams.decision.policy import decide, on_conversion, on_outcome
 from streams.decision.uplift import AGENT_LED, evidence_record
+from streams.rules.book import RuleBook
 
 STAGE = "decision"
 LEARN_STAGE = "learning"
 PACING_STAGE = "pacing"
 
 
-def register(engine: Engine, actions: ActionSet, models: ModelBook | None = None):
+def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | None = None):
+    """`actions`: fixed, or a book that follows the published versions (read once per record)."""
     app = engine.app
+    book = actions if isinstance(actions, RuleBook) else RuleBook(actions)
     models = models or ModelBook()
     explore = engine.settings.explore
     customer_to_contacts = app.Table(topics.CUSTOMER_TO_CONTACTS, default=None, partitions=engine.settings.partitions,
@@ -41,14 +44,14 @@ def register(engine: Engine, actions: ActionSet, models: ModelBook | None = None
                     ledger = note[spec.name](customer_to_contacts.get(key), record)
                     if ledger is not None:
                         customer_to_contacts[key] = ledger
-                    skill = paced_skill(record, actions) if spec is topics.OUTCOMES else None
+                    skill = paced_skill(record, book.rules()) if spec is topics.OUTCOMES else None
                     if skill is not None:  # an answer to an invitation its skill's pacer released
                         await engine.send(topics.PACING, skill, {
                             "kind": "outcome", "skill": skill, "ts": record["ts"], "decision_id": record["decision_id"],
                             "score": 0.0, "decision": None, "fallback": None, "outcome": record["type"]})
                     continue
                 key = record["key"]
-                result = decide(record, customer_to_contacts.get(key), actions, models.model, explore)
+                result = decide(record, customer_to_contacts.get(key), book.rules(), models.model, explore)
                 # The ledger first: it records the decision itself, so a replay after a crash re-sends
                 # the very same decision (same time, same gates) instead of deciding again.
                 if not result.replayed:

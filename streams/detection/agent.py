@@ -18,7 +18,7 @@ from streams.detection.detector import Detector
 from streams.detection.idle import IdlePartitions
 from streams.detection.partition import Tx
 from streams.detection.state import CUSTOMER
-from streams.detection.rulebook import RuleBook
+from streams.rules.book import RuleBook
 from streams.detection.visitor import InvalidEvent
 
 log = logging.getLogger(__name__)

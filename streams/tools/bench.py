@@ -283,7 +283,7 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
                              "detection_events_per_s": round((end[2] - base[2]) / ((drained or end[0]) - base[0]), 1),
                              "worker_cpu_percent_of_one_core": round((end[1] - base[1]) / (end[0] - base[0]) * 100, 1)}
         # Phase 3: the same backlog drained with 50 rules, published to the running worker (hot reload)
-        from streams.detection import registry
+        from streams.rules import registry
 
         registry.publish(settings, "detection", fifty_rules(), "bench:fifty.yaml", author="bench")
         time.sleep(3)  # the worker's rules follower polls twice a second

@@ -133,3 +133,57 @@ def test_a_killed_worker_is_replaced_with_the_model_and_the_ledger_it_had(new_pi
     assert after["model_version"] != "prior" and int(after["model_version"].split("-")[0]) >= learned.labels
     [(capped, _)] = decisions.wait_for(lambda d: d["customer_id"] == cid and d["gate"] == "daily_cap")
     assert capped["outcome"] == "suppressed"
+
+
+def test_action_rules_published_live_switch_a_bad_version_is_refused_and_rollback_restores(new_pipeline):
+    from confluent_kafka import Producer
+
+    from streams.rules import registry
+    from tests.unit.decision.test_actions_reload import BROKEN, SHIPPED, V2
+
+    # Given a worker deciding with the shipped action rules, published as version 1
+    pipe = new_pipeline(partitions=2)
+    pipe.start_worker()
+    produce, decisions = Producer_(pipe), Reader(pipe, "engage.decisions", "Decision")
+    v1 = registry.publish(pipe.settings, "actions", SHIPPED, "rules/actions.yaml", author="test")
+
+    def decide_anonymous() -> dict:
+        visitor = f"anon-{uuid.uuid4().hex[:8]}"
+        search_cancel(produce, visitor, now_ms())
+        [(d, _)] = decisions.wait_for(lambda d: d["visitor_id"] == visitor)
+        return d
+
+    first = decide_anonymous()
+    assert first["ruleset_version"].endswith("/" + v1["version"]) and first["action_id"] == "save-offer-web"
+    # When version 2 (the web message worth ten times as much) is published, without a restart
+    v2 = registry.publish(pipe.settings, "actions", V2, "rules/actions-v2.yaml", author="test")
+    for _ in range(20):
+        second = decide_anonymous()
+        if second["ruleset_version"].endswith("/" + v2["version"]):
+            break
+    # Then decisions name it and score with it
+    assert second["ruleset_version"].endswith("/" + v2["version"])
+    assert second["context"]["message_template"] == "Before you go: three months at half price."
+    # When a version that fails validation reaches the topic around the CLI (which refuses it)
+    with pytest.raises(Exception, match="value"):
+        registry.publish(pipe.settings, "actions", BROKEN, "rules/broken.yaml")
+    raw = Producer({"bootstrap.servers": pipe.settings.bootstrap_servers, "partitioner": "murmur2_random"})
+    raw.produce(pipe.topic("engage.rules"), key=b"actions", value=wire.encode("RuleSet", {
+        "name": "actions", "kind": "actions", "version": "broken000000", "ts": now_ms(), "source": BROKEN, "author": "x"}))
+    raw.flush(10)
+    # Then the worker refuses it and version 2 keeps deciding
+    for _ in range(20):
+        if "refused actions rules version broken000000" in pipe.logs():
+            break
+        decide_anonymous()
+    assert "refused actions rules version broken000000" in pipe.logs()
+    assert decide_anonymous()["ruleset_version"].endswith("/" + v2["version"])
+    # And a rollback brings version 1 back
+    registry.rollback(pipe.settings, "actions", to_version=v1["version"][:6], author="test")
+    for _ in range(20):
+        back = decide_anonymous()
+        if back["ruleset_version"].endswith("/" + v1["version"]):
+            break
+    assert back["ruleset_version"].endswith("/" + v1["version"])
+    assert [p.record["version"] for p in registry.history(pipe.settings, "actions")] == [
+        v1["version"], v2["version"], "broken000000", v1["version"]]

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from confluent_kafka import Producer
 
-from streams.detection import registry
+from streams.rules import registry
 from streams.settings import REPO_ROOT
 from tests.integration.conftest import Producer_, Reader
 from tests.support import wire

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from streams.detection import registry
+from streams.rules import registry
 from streams.settings import REPO_ROOT
 from tests.integration.conftest import Producer_, Reader
 from tests.integration.journeys import assert_every_signal_decided_once, stream_of_journeys

@@ -6,7 +6,7 @@ import time
 from streams import topics
 from streams.detection import agent as detection_agent
 from streams.detection import detector as detector_module
-from streams.detection.rulebook import RuleBook
+from streams.rules.book import RuleBook
 from streams.detection.rules import load_detection
 from streams.settings import REPO_ROOT
 from tests.support import wire

@@ -1,7 +1,7 @@
 """Rule sets change while visitors are mid-pattern: unchanged rules keep their state; bad files are refused with file and line."""
 import pytest
 
-from streams.detection.rulebook import RuleBook
+from streams.rules.book import RuleBook
 from streams.detection.rules import compile_detection, load_detection
 from streams.rules.loader import RuleError
 from streams.settings import REPO_ROOT

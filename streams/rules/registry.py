@@ -1,4 +1,4 @@
-"""Decides how detection rule sets are published: validated first, then written to the compacted engage.rules topic.
+"""Decides how rule sets (detection rules, action rules) are published: validated first, then written to the compacted engage.rules topic.
 
 The topic is the history: every published version (content-hashed, so equal sources have equal
 versions), with its time and author. Rolling back republishes an earlier version's source, so
@@ -11,12 +11,15 @@ import time
 from dataclasses import dataclass
 
 from streams import clients, topics
-from streams.detection.rules import DetectionRuleSet, compile_detection
+from streams.decision.actions import compile_actions
+from streams.detection.rules import compile_detection
 from streams.schemas import whoami
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
-KIND = "detection"  # the RuleSet record's `kind`: what the workers' rule books take
+# rule set name -> how it is compiled (validated); the RuleSet record's `kind` is the name
+COMPILERS = {"detection": compile_detection, "actions": compile_actions}
+KIND = "detection"
 
 
 class RegistryError(ValueError):
@@ -62,11 +65,13 @@ def publish(settings: Settings, name: str, text: str, file: str, author: str | N
 
     Raises RuleError (invalid: file, line and reason) or RegistryError (nothing to do, or Kafka refused).
     """
-    ruleset: DetectionRuleSet = compile_detection(text, file)
+    if name not in COMPILERS:
+        raise RegistryError(f"no rule set is called {name!r} (known: {', '.join(COMPILERS)})")
+    ruleset = COMPILERS[name](text, file)
     latest = current(settings, name)
     if latest is not None and latest["version"] == ruleset.version:
         raise RegistryError(f"version {ruleset.version} of {name} is already the published one")
-    record = {"name": name, "kind": KIND, "version": ruleset.version, "ts": int(time.time() * 1000), "source": text,
+    record = {"name": name, "kind": name, "version": ruleset.version, "ts": int(time.time() * 1000), "source": text,
               "author": (author or whoami()) + (f" ({note})" if note else "")}
     topic = settings.topic(topics.RULES.name)
     try:
