@@ -26,11 +26,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import numpy as np
 
 NOISE_VAR = 0.25        # p(1 - p) at its largest: a conservative variance for a 0/1 label
-PRIOR_STRENGTH = 20.0   # the rule's prior counts as this many observations on the intercept
-# precision of the other weights' zero-centred prior (in units of NOISE_VAR): a weight's prior sd is
-# 0.05, so with no evidence the features together move a draw of P(convert) by some 15 points, and
-# exploration starts near the rules' priors instead of anywhere in [0, 1]
-WEIGHT_PRIOR = 100.0
+# Prior standard deviations (the precisions below are NOISE_VAR / sd², in units of 1 / NOISE_VAR):
+PRIOR_STRENGTH = 20.0   # an action's intercepts (its rule's priors) count as this many observations: sd 0.11
+BASE_WEIGHT_SD = 0.30   # how much a feature may move P(convert | no action): much (who buys anyway varies)
+UPLIFT_WEIGHT_SD = 0.10 # how much a feature may move the uplift: less, so exploration starts near the priors
 EXPLORE_SD = 2.0        # a Thompson draw stays within this many posterior sds of the mean
 
 # The model's inputs, in order. bias is 1; agent_led depends on the candidate's channel; the rest on
@@ -39,7 +38,12 @@ FEATURES = ("bias", "known", "clv", "returning", "mobile", "pages", "events", "c
             "agent_led")
 DIMS = len(FEATURES)
 AGENT_LED = frozenset({"chat", "voice_callback", "click_to_call"})  # channels a person (an agent) takes up
-CLV_SCALE, PAGES_SCALE, EVENTS_SCALE, CART_SCALE, DWELL_SCALE_S = 5000.0, 20.0, 50.0, 500.0, 600.0
+CLV_SCALE, PAGES_SCALE, EVENTS_SCALE, CART_SCALE, DWELL_SCALE_S = 5000.0, 10.0, 30.0, 300.0, 600.0
+# Features are centred before they meet the weights, so an action's intercepts (its rule's priors) are
+# about a typical person, not about one with every feature at zero: yes/no features at 1/2, the others
+# near where most sessions are. The hour's sine and cosine are centred already.
+CENTRE = {"known": 0.5, "clv": 0.2, "returning": 0.5, "mobile": 0.5, "pages": 0.3, "events": 0.3, "cart": 0.2,
+          "dwell": 0.3, "agent_led": 0.5}
 
 
 def _unit(value: float, scale: float) -> float:
@@ -111,20 +115,6 @@ class Posterior:
     cov: np.ndarray
     chol: np.ndarray
 
-    def predict(self, x: np.ndarray) -> tuple[float, float]:
-        """P(convert) (clipped to [0, 1]) and its standard deviation under the posterior."""
-        p = float(x @ self.mean)
-        sd = float(np.sqrt(max(0.0, x @ self.cov @ x)))
-        return min(1.0, max(0.0, p)), sd
-
-    def sample(self, x: np.ndarray, rng: np.random.Generator) -> float:
-        """A Thompson draw of P(convert), within EXPLORE_SD sds of the mean."""
-        w = self.mean + self.chol @ rng.standard_normal(len(self.mean))
-        mean = float(x @ self.mean)
-        sd = float(np.sqrt(max(0.0, x @ self.cov @ x)))
-        drawn = min(mean + EXPLORE_SD * sd, max(mean - EXPLORE_SD * sd, float(x @ w)))
-        return min(1.0, max(0.0, drawn))
-
 
 def posterior(prior_mean: np.ndarray, prior_prec: np.ndarray, xtx: np.ndarray, xty: np.ndarray) -> Posterior:
     """The Gaussian posterior of the weights given an independent Gaussian prior and the evidence.
@@ -144,61 +134,97 @@ def draw_seed(*parts: str) -> int:
 
 @dataclass
 class UpliftModel:
-    """Both arms of a set of actions, pooled: P(convert | arm) = w_arm . x[1:] + b_arm[action].
+    """Every action, both arms, in one model with a treatment interaction:
 
-    The features' weights are shared by every action (how persuadable, or how sure to convert, a
-    person looks does not depend on what is offered), so each outcome teaches every action; each
-    action keeps its own intercept per arm, whose prior is its rule's (uplift.act, uplift.baseline).
-    The pooled statistics are assembled from the per-action ones: x[0] is the constant 1, so an
-    action's XᵀX holds its count and feature sums in its first row and column.
+        P(convert | no action) = b[action] + w · x
+        P(convert | act)       = b[action] + w · x + u[action] + v · x
+
+    x are the centred features (bias left out). The features' weights w (who converts anyway) and v
+    (who is moved by an offer) are shared by every action, so each outcome teaches them all; each
+    action has its own intercepts b and u, whose priors are its rule's P(no action) and
+    P(act) - P(no action). The joint posterior gives the uplift u + v · x with its uncertainty directly,
+    so Thompson sampling explores the uplift, not two independent arms. The statistics are assembled
+    from the per-action, per-arm ones: x[0] is the constant 1, so XᵀX holds the count and the feature
+    sums in its first row and column, and centring is a linear map of x.
     """
 
     priors: dict[str, tuple[float, float]]        # action id -> (P(act), P(no act)) of its rule, in a fixed order
     treated: dict[str, Evidence] = field(default_factory=dict)
     untreated: dict[str, Evidence] = field(default_factory=dict)
     dims: int = DIMS
+    centre: np.ndarray | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
-    def _pooled(self, evidence: dict[str, Evidence], arm: int) -> Posterior:
-        shared, order = self.dims - 1, list(self.priors)
-        size = shared + len(order)
-        xtx, xty = np.zeros((size, size)), np.zeros(size)
-        for i, action in enumerate(order):
-            ev = evidence.get(action)
-            if ev is None or ev.n == 0:
-                continue
-            j = shared + i
-            xtx[:shared, :shared] += ev.xtx[1:, 1:]
-            xtx[:shared, j] += ev.xtx[1:, 0]
-            xtx[j, :shared] += ev.xtx[0, 1:]
-            xtx[j, j] += ev.xtx[0, 0]
-            xty[:shared] += ev.xty[1:]
-            xty[j] += ev.xty[0]
-        prior_prec = np.concatenate([np.full(shared, WEIGHT_PRIOR), np.full(len(order), PRIOR_STRENGTH)])
-        prior_mean = np.concatenate([np.zeros(shared), [self.priors[a][arm] for a in order]])
-        return posterior(prior_mean, prior_prec, xtx, xty)
+    def _centring(self) -> np.ndarray:
+        """M with M x = [1, x[1:] - centre]."""
+        m = np.eye(self.dims)
+        if self.centre is not None:
+            m[1:, 0] = -self.centre
+        return m
 
-    def posteriors(self) -> tuple[Posterior, Posterior]:
+    def _block(self) -> int:
+        return self.dims - 1 + len(self.priors)  # the shared weights and one intercept per action
+
+    def _posterior(self) -> Posterior:
+        shared, order, m = self.dims - 1, list(self.priors), self._centring()
+        block = self._block()
+        # per arm: Z_armᵀ Z_arm and Z_armᵀ y over [shared features, action one-hot]
+        zz = {True: np.zeros((block, block)), False: np.zeros((block, block))}
+        zy = {True: np.zeros(block), False: np.zeros(block)}
+        for arm, evidence in ((True, self.treated), (False, self.untreated)):
+            for i, action in enumerate(order):
+                ev = evidence.get(action)
+                if ev is None or ev.n == 0:
+                    continue
+                xtx, xty = m @ ev.xtx @ m.T, m @ ev.xty
+                j = shared + i
+                zz[arm][:shared, :shared] += xtx[1:, 1:]
+                zz[arm][:shared, j] += xtx[1:, 0]
+                zz[arm][j, :shared] += xtx[0, 1:]
+                zz[arm][j, j] += xtx[0, 0]
+                zy[arm][:shared] += xty[1:]
+                zy[arm][j] += xty[0]
+        # the design of a label is [z, t z] (t: treated): its statistics, in blocks
+        xtx = np.block([[zz[True] + zz[False], zz[True]], [zz[True], zz[True]]])
+        xty = np.concatenate([zy[True] + zy[False], zy[True]])
+        n_actions = len(order)
+        sd = np.concatenate([np.full(shared, BASE_WEIGHT_SD), np.full(n_actions, np.sqrt(NOISE_VAR / PRIOR_STRENGTH)),
+                             np.full(shared, UPLIFT_WEIGHT_SD), np.full(n_actions, np.sqrt(NOISE_VAR / PRIOR_STRENGTH))])
+        mean = np.concatenate([np.zeros(shared), [self.priors[a][1] for a in order],
+                               np.zeros(shared), [self.priors[a][0] - self.priors[a][1] for a in order]])
+        return posterior(mean, NOISE_VAR / sd ** 2, xtx, xty)
+
+    def posteriors(self) -> Posterior:
         key = tuple(e.n for e in self.treated.values()), tuple(e.n for e in self.untreated.values())
         if self._cache.get("key") != key:
-            self._cache = {"key": key, "value": (self._pooled(self.treated, 0), self._pooled(self.untreated, 1))}
+            self._cache = {"key": key, "value": self._posterior()}
         return self._cache["value"]
 
-    def design(self, action_id: str, x: np.ndarray) -> np.ndarray:
-        """The pooled input: the shared features, and a one for the action's intercept."""
-        onehot = np.zeros(len(self.priors))
-        onehot[list(self.priors).index(action_id)] = 1.0
-        return np.concatenate([x[1:], onehot])
+    def design(self, action_id: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of P(no action) and of P(act) - P(no action) for this action and these features."""
+        z = np.zeros(self._block())
+        xc = self._centring() @ x
+        z[: self.dims - 1] = xc[1:]
+        z[self.dims - 1 + list(self.priors).index(action_id)] = 1.0
+        zero = np.zeros_like(z)
+        return np.concatenate([z, zero]), np.concatenate([zero, z])
 
     def terms(self, action_id: str, x: np.ndarray, rng: np.random.Generator | None = None) -> dict:
         """P(act), P(no act) (sampled when `rng` is given, else the posterior means), the mean uplift and its sd."""
-        act, base = self.posteriors()
-        z = self.design(action_id, x)
-        (pa, sa), (pb, sb) = act.predict(z), base.predict(z)
-        out = {"uplift_mean": pa - pb, "uplift_sd": float(np.hypot(sa, sb))}
+        post = self.posteriors()
+        base, lift = self.design(action_id, x)
+        b_mean, u_mean = float(base @ post.mean), float(lift @ post.mean)
+        b_sd = float(np.sqrt(max(0.0, base @ post.cov @ base)))
+        u_sd = float(np.sqrt(max(0.0, lift @ post.cov @ lift)))
+        b, u = b_mean, u_mean
         if rng is not None:
-            pa, pb = act.sample(z, rng), base.sample(z, rng)
-        return {"p_act": pa, "p_no_act": pb, "sd_act": sa, "sd_no_act": sb, **out}
+            w = post.mean + post.chol @ rng.standard_normal(len(post.mean))
+            b = min(b_mean + EXPLORE_SD * b_sd, max(b_mean - EXPLORE_SD * b_sd, float(base @ w)))
+            u = min(u_mean + EXPLORE_SD * u_sd, max(u_mean - EXPLORE_SD * u_sd, float(lift @ w)))
+        p_no = min(1.0, max(0.0, b))
+        p_act = min(1.0, max(0.0, b + u))
+        return {"p_act": p_act, "p_no_act": p_no, "sd_act": float(np.hypot(b_sd, u_sd)), "sd_no_act": b_sd,
+                "uplift_mean": u_mean, "uplift_sd": u_sd}
 
     def learn(self, action_id: str, x: np.ndarray, treated: bool, converted: bool) -> None:
         arm = self.treated if treated else self.untreated
@@ -262,7 +288,8 @@ class Model:
         if model is None:
             treated = {a: self.evidence[a][0] for a, _, _ in priors if a in self.evidence}
             untreated = {a: self.evidence[a][1] for a, _, _ in priors if a in self.evidence}
-            model = self._models[priors] = UpliftModel({a: (pa, pb) for a, pa, pb in priors}, treated, untreated)
+            model = self._models[priors] = UpliftModel({a: (pa, pb) for a, pa, pb in priors}, treated, untreated,
+                                                       centre=np.array([CENTRE.get(f, 0.0) for f in FEATURES[1:]]))
         return model
 
 

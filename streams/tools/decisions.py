@@ -210,11 +210,10 @@ def model_summary(settings: Settings) -> dict:
     model = merge(records)
     action_set = load_actions(settings.rules_dir / "actions.yaml")
     pooled = model.for_actions(action_set.priors)
-    treated, untreated = pooled.posteriors()
-    shared = len(FEATURES) - 1
-    weights = {name: round(float(treated.mean[i] - untreated.mean[i]), 3) for i, name in enumerate(FEATURES[1:])}
-    intercepts = {a: round(float(treated.mean[shared + i] - untreated.mean[shared + i]), 3)
-                  for i, a in enumerate(pooled.priors)}
+    mean = pooled.posteriors().mean
+    shared, block = len(FEATURES) - 1, len(mean) // 2  # [base weights, base intercepts, uplift weights, uplift intercepts]
+    weights = {name: round(float(mean[block + i]), 3) for i, name in enumerate(FEATURES[1:])}
+    intercepts = {a: round(float(mean[block + shared + i]), 3) for i, a in enumerate(pooled.priors)}
     counts = {a: [model.evidence[a][0].n, model.evidence[a][1].n] for a in sorted(model.evidence)}
     return {"version": model.version, "labels": model.labels, "uplift_weights": weights,
             "uplift_intercepts": intercepts, "labels_treated_untreated": counts}

@@ -80,3 +80,31 @@ def test_with_no_evidence_the_model_says_the_rules_priors():
     model = ActionModel.new(3, 0.35, 0.10)
     t = model.terms(np.array([1.0, 0.0, 0.0]))
     assert t["p_act"] == pytest.approx(0.35) and t["p_no_act"] == pytest.approx(0.10)
+
+
+def test_the_joint_model_tells_who_is_moved_from_who_converts_anyway_and_shares_it_across_actions():
+    from streams.decision.uplift import DIMS, FEATURES, Model
+
+    # Given two actions, and people whose only visible difference is being a returning visitor: returning ones
+    # convert anyway (0.85 either way), the others are moved by an offer (0.05 -> 0.50)
+    model = Model().for_actions((("a", 0.35, 0.25), ("b", 0.6, 0.3)))
+
+    def x(returning: float) -> np.ndarray:
+        v = np.zeros(DIMS)
+        v[0], v[FEATURES.index("returning")] = 1.0, returning
+        return v
+
+    prior_spread = np.std([(lambda t: t["p_act"] - t["p_no_act"])(model.terms("a", x(1.0), np.random.default_rng(i)))
+                           for i in range(200)])
+    rng = np.random.default_rng(1)
+    # When 2,000 outcomes are learned, all of them from action b
+    for _ in range(2000):
+        r, treated = float(rng.random() < 0.5), bool(rng.random() < 0.6)
+        p = 0.85 if r else (0.50 if treated else 0.05)
+        model.learn("b", x(r), treated, bool(rng.random() < p))
+    # Then action a, which never ran, already knows who is moved: the features' weights are shared
+    moved, anyway = model.terms("a", x(0.0)), model.terms("a", x(1.0))
+    assert moved["uplift_mean"] > anyway["uplift_mean"] + 0.25
+    assert moved["p_no_act"] < 0.2 < 0.7 < anyway["p_no_act"]
+    # And the exploration at the rules' priors was bounded (about 0.13 of uplift), not anywhere in [0, 1]
+    assert 0.05 < prior_spread < 0.2
