@@ -39,6 +39,20 @@ class Engine:
                                                headers=[(k, v.encode()) for k, v in (headers or {}).items()])
         await fut
 
+    def channel_of(self, *specs: topics.TopicSpec):
+        """One Faust channel over several co-partitioned topics, and physical topic name -> spec."""
+        by_topic = {self.settings.topic(spec.name): spec for spec in specs}
+        channel = self.app.topic(*by_topic, key_serializer="raw", value_serializer="raw", partitions=self.settings.partitions)
+        return channel, by_topic
+
+    def keyed_record(self, by_topic: dict, message, key_is: str) -> tuple[topics.TopicSpec, dict, str]:
+        """(spec, decoded record, key) of a message of such a channel; a ValueError if it cannot be used."""
+        spec = by_topic[message.topic]
+        record = self.decode(spec, message.value)
+        if message.key is None:
+            raise ValueError(f"a record on {spec.name} needs a key ({key_is})")
+        return spec, record, message.key.decode("utf-8", "replace")
+
     async def records(self, stream, spec: topics.TopicSpec, stage: str, check=None, tombstones: bool = False):
         """Yield (message, record) for every record of `stream` that decodes and passes `check`.
 

@@ -23,21 +23,16 @@ def register(engine: Engine, actions: ActionSet | RuleBook):
     book = actions if isinstance(actions, RuleBook) else RuleBook(actions)
     # the goal of the action rules running now (they may be republished while the worker runs)
     attributor = Attributor(window_ms=settings.attribution_window_ms, goal_of=lambda aid: book.rules().goal_of(aid))
-    by_topic = {settings.topic(spec.name): spec for spec in (topics.DECISIONS, topics.OUTCOMES, topics.CONVERSIONS)}
+    channel, by_topic = engine.channel_of(topics.DECISIONS, topics.OUTCOMES, topics.CONVERSIONS)
     fold = {topics.DECISIONS.name: attributor.on_decision, topics.OUTCOMES.name: attributor.on_outcome,
             topics.CONVERSIONS.name: attributor.on_conversion}
-    channel = app.topic(*by_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
 
     @app.agent(channel, name="attribute_outcomes")
     async def attribute_outcomes(stream):
         async for event in stream.events():
             msg = event.message
             async with engine.guard(STAGE, msg):
-                spec = by_topic[msg.topic]
-                record = engine.decode(spec, msg.value)
-                if msg.key is None:
-                    raise ValueError(f"a record on {spec.name} needs a key (customer_id, else visitor_id)")
-                key = msg.key.decode("utf-8", "replace")
+                spec, record, key = engine.keyed_record(by_topic, msg, "customer_id, else visitor_id")
                 state = key_to_attributions.get(key) or new_state()
                 changed = fold[spec.name](state, record)
                 for attribution in changed:

@@ -26,21 +26,16 @@ def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | 
                                      key_type=str)  # values are JSON (Faust's default for untyped tables)
     # Signals to decide on, and what the contact policy must hear of: purchases (suppression after a
     # purchase) and outcomes (declines). Keyed alike (customer_id, else visitor_id), partitioned alike.
-    by_topic = {engine.settings.topic(spec.name): spec for spec in (topics.ENRICHED, topics.CONVERSIONS, topics.OUTCOMES)}
+    channel, by_topic = engine.channel_of(topics.ENRICHED, topics.CONVERSIONS, topics.OUTCOMES)
     note = {topics.CONVERSIONS.name: on_conversion, topics.OUTCOMES.name: on_outcome}
-    channel = app.topic(*by_topic, key_serializer="raw", value_serializer="raw", partitions=engine.settings.partitions)
 
     @app.agent(channel, name="decide_actions")
     async def decide_actions(stream):
         async for event in stream.events():
             msg = event.message
             async with engine.guard(STAGE, msg):
-                spec = by_topic[msg.topic]
-                record = engine.decode(spec, msg.value)
-                if spec is not topics.ENRICHED:
-                    if msg.key is None:
-                        raise ValueError(f"a record on {spec.name} needs a key (customer_id, else visitor_id)")
-                    key = msg.key.decode("utf-8", "replace")
+                if by_topic[msg.topic] is not topics.ENRICHED:
+                    spec, record, key = engine.keyed_record(by_topic, msg, "customer_id, else visitor_id")
                     ledger = note[spec.name](customer_to_contacts.get(key), record)
                     if ledger is not None:
                         customer_to_contacts[key] = ledger
@@ -50,6 +45,7 @@ def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | 
                             "kind": "outcome", "skill": skill, "ts": record["ts"], "decision_id": record["decision_id"],
                             "score": 0.0, "decision": None, "fallback": None, "outcome": record["type"]})
                     continue
+                record = engine.decode(topics.ENRICHED, msg.value)
                 key = record["key"]
                 result = decide(record, customer_to_contacts.get(key), book.rules(), models.model, explore)
                 # The ledger first: it records the decision itself, so a replay after a crash re-sends
@@ -80,19 +76,14 @@ def paced_skill(outcome: dict, actions: ActionSet) -> str | None:
 def register_pacer(engine: Engine):
     app, settings = engine.app, engine.settings
     skill_to_pacing = app.Table(topics.SKILL_TO_PACING, default=None, partitions=settings.partitions, key_type=str)
-    by_topic = {settings.topic(spec.name): spec for spec in (topics.PACING, topics.AGENT_AVAILABILITY)}
-    channel = app.topic(*by_topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+    channel, by_topic = engine.channel_of(topics.PACING, topics.AGENT_AVAILABILITY)
 
     @app.agent(channel, name="pace_offers")
     async def pace_offers(stream):
         async for event in stream.events():
             msg = event.message
             async with engine.guard(PACING_STAGE, msg):
-                spec = by_topic[msg.topic]
-                record = engine.decode(spec, msg.value)
-                if msg.key is None:
-                    raise ValueError(f"a record on {spec.name} needs a key (the skill)")
-                skill = msg.key.decode("utf-8", "replace")
+                spec, record, skill = engine.keyed_record(by_topic, msg, "the skill")
                 state = skill_to_pacing.get(skill) or pacing.new_state()
                 if spec is topics.AGENT_AVAILABILITY:
                     released = pacing.on_availability(state, record)
