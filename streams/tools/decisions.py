@@ -6,6 +6,9 @@ Then its signals (engage.enriched) go through three baselines with the same capa
   random  as many invitations as the engine made, to signals picked at random, any eligible action;
   oracle  knows each person's true effects: the action and channel worth most, only where positive,
           agents only when free.
+  seer    as the oracle, but knowing only what the engine could learn: the world's rules and what a
+          person shows (intent, returning, logged in, device), not their type. The best any model of
+          those features could do: the ceiling for a learning engine.
 Every policy, the engine included, is scored by the same `Reception` (who accepts, which agent
 takes them, who gives up) against the people's truth: incremental conversions and value are
 expected values, P(convert | what reached them) - P(convert | nothing), summed over people, so
@@ -33,7 +36,7 @@ from streams.tools import localkafka
 from streams.tools.bench import machine, write_results
 from streams.tools.procs import spawn, stop_process
 from streams.tools.scenario import HUMAN_CHANNELS, Scenario, load_scenario
-from streams.tools.world import Person, Population, Reception
+from streams.tools.world import LOOKS, Person, Population, Reception
 
 SCENARIOS = ("default", "scarce-agents", "zero-uplift", "drift")
 ATTRIBUTION_WINDOW_MS = 10 * 60_000
@@ -43,7 +46,7 @@ ATTRIBUTION_WINDOW_MS = 10 * 60_000
 WARM_UP_MS = 60 * 60_000
 AFTER_DRIFT_MS = 60 * 60_000
 SEGMENT_MS = 15 * 60_000
-POLICIES = ("engine", "naive", "random", "oracle")
+POLICIES = ("engine", "naive", "random", "seer", "oracle")
 
 
 @dataclass
@@ -116,6 +119,8 @@ def run_policy(name: str, signals: list[dict], people: dict[str, Person], scenar
                 pick = rng.choice(options)
             elif name == "oracle" and person is not None:
                 pick = _oracle(options, person, reception, ts, action_set)
+            elif name == "seer" and person is not None:
+                pick = _oracle(options, person, reception, ts, action_set, seen=True)
         if pick is None:
             continue
         score.invitations += 1
@@ -138,7 +143,26 @@ def run_policy(name: str, signals: list[dict], people: dict[str, Person], scenar
     return out
 
 
-def _oracle(options, person: Person, reception: Reception, ts: int, action_set: ActionSet):
+def type_odds(person: Person) -> dict[str, float]:
+    """P(type | intent, returning, logged in, device): the world's own mix and looks, by Bayes' rule."""
+    odds = {}
+    for type_, weight in dict(person.world.intents)[person.intent].types:
+        returning_p, known_p, _pages, _cart, mobile_p = LOOKS[type_]
+        odds[type_] = (weight * (returning_p if person.looks["returning"] == "1" else 1 - returning_p)
+                       * (known_p if person.customer_id else 1 - known_p)
+                       * (mobile_p if person.looks["device"] == "mobile" else 1 - mobile_p))
+    total = sum(odds.values()) or 1.0
+    return {k: v / total for k, v in odds.items()}
+
+
+def _expected_incremental(person: Person, action: str, channel: str) -> float:
+    """What the seer expects: the effect averaged over the types the person may be."""
+    strength = person.world.effect(action, channel)
+    return sum(p * strength * (person.world.truth(t).treated - person.world.truth(t).base)
+               for t, p in type_odds(person).items())
+
+
+def _oracle(options, person: Person, reception: Reception, ts: int, action_set: ActionSet, seen: bool = False):
     best, best_value = None, 0.0
     reached = reception.strength.get(person.visitor_id, 0.0)
     for action, channel, skill in options:
@@ -146,7 +170,8 @@ def _oracle(options, person: Person, reception: Reception, ts: int, action_set: 
             continue
         if person.world.effect(action, channel) <= reached:
             continue  # nothing more to gain from this person
-        value = person.incremental(action, channel) * person.value - action_set.policy.cost(channel)
+        gain = _expected_incremental(person, action, channel) if seen else person.incremental(action, channel)
+        value = gain * person.value - action_set.policy.cost(channel)
         if value > best_value:
             best, best_value = (action, channel, skill), value
     return best
@@ -183,6 +208,10 @@ def score_run(scenario: Scenario, sim_start_ms: int, enriched: list[dict], decis
                                                                   oracle["incremental_conversions"])
     out["engine_share_of_oracle_per_agent_hour"] = _ratio(eng["incremental_conversions_per_agent_hour"],
                                                          oracle["incremental_conversions_per_agent_hour"])
+    out["seer_share_of_oracle_per_agent_hour"] = _ratio(out["seer"]["incremental_conversions_per_agent_hour"],
+                                                        oracle["incremental_conversions_per_agent_hour"])
+    out["engine_share_of_seer_per_agent_hour"] = _ratio(eng["incremental_conversions_per_agent_hour"],
+                                                       out["seer"]["incremental_conversions_per_agent_hour"])
     return out
 
 
@@ -374,6 +403,8 @@ def format_scenario(name: str, res: dict) -> str:
                     f"{r['share_to_self_servers']:>15.1%} {r['share_to_sleeping_dogs']:>16.1%}")
     rows.append(f"    engine / naive per agent-hour: {res['engine_vs_naive_per_agent_hour']}; "
                 f"engine / oracle incremental conversions: {res['engine_share_of_oracle_incremental_conversions']}")
+    rows.append(f"    per agent-hour: engine / oracle {res['engine_share_of_oracle_per_agent_hour']}, seer / oracle "
+                f"{res.get('seer_share_of_oracle_per_agent_hour')}, engine / seer {res.get('engine_share_of_seer_per_agent_hour')}")
     belief = res.get("engine_belief_by_type") or {}
     if belief:
         rows.append("    the model's mean uplift of the chosen action, by true type: "
