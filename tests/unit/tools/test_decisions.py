@@ -81,3 +81,22 @@ def test_opted_out_customers_get_no_choice_at_all():
     signals, _ = signals_for(sc)
     s = next(x for x in signals if x["profile"])
     assert choices(SHIPPED_ACTIONS, {**s, "profile": {**s["profile"], "opted_out": True}}) == []
+
+
+def test_the_seer_reads_types_from_looks_by_bayes_rule_and_sits_between_naive_and_the_oracle():
+    from streams.tools.decisions import type_odds
+
+    sc = load_scenario("default").with_(duration_ms=20 * 60_000)
+    signals, people = signals_for(sc)
+    # Given the people, the seer's odds over types are a distribution that favours the type their looks suggest
+    buyers = [p for p in people.values() if p.intent == "buy"]
+    for p in buyers:
+        assert abs(sum(type_odds(p).values()) - 1.0) < 1e-9
+    regular = [p for p in buyers if p.looks["returning"] == "1" and p.customer_id and p.looks["device"] == "desktop"]
+    new_mobile = [p for p in buyers if p.looks["returning"] == "0" and not p.customer_id and p.looks["device"] == "mobile"]
+    assert type_odds(regular[0])["self_server"] > type_odds(new_mobile[0])["self_server"]
+    # When it is scored with the same agents as naive and the oracle
+    per_hour = {name: run_policy(name, signals, people, sc, SHIPPED_ACTIONS, {})["incremental_conversions_per_agent_hour"]
+                for name in ("naive", "seer", "oracle")}
+    # Then knowing the looks helps, and knowing the types helps more
+    assert per_hour["naive"] < per_hour["seer"] < per_hour["oracle"]
