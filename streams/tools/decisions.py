@@ -1,7 +1,7 @@
-"""Decides how decision quality is measured: the engine and three baselines on the same people, agents and signals, scored by the truth.
+"""Decides how decision quality is measured: the engine and four baselines on the same people, agents and signals, scored by the truth.
 
 For each scenario the engine runs on the real broker while the scenario is played against it.
-Then its signals (engage.enriched) go through three baselines with the same capacity model:
+Then its signals (engage.enriched) go through four baselines with the same capacity model:
   naive   invite on every signal whenever an agent of the action's skill is free, first come first served;
   random  as many invitations as the engine made, to signals picked at random, any eligible action;
   oracle  knows each person's true effects: the action and channel worth most, only where positive,
