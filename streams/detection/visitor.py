@@ -341,10 +341,11 @@ def detect(state: dict | None, ev: dict, rules: DetectionRuleSet) -> Detection:
         state[LAST_TS] = ev["ts"]
     _advance_session(state, ev)
     _update_cart(state, ev)
-    if ev.get("attributes") and in_order:
-        looks = signal_attributes(ev["attributes"])
-        if looks != state.get(LOOKS):
-            state[LOOKS] = looks
+    attributes = ev.get("attributes")
+    # most events repeat the visitor's attributes: one dict comparison, no copy (measured: building the
+    # bounded copy on every event cost rule-only detection ~4 µs of ~7)
+    if attributes and in_order and attributes != state.get(LOOKS):
+        state[LOOKS] = signal_attributes(attributes)
     view = session_view(state)
     if state[TIMERS]:
         _cancel_timers(state, ev, view, rules)
