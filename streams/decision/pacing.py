@@ -25,7 +25,9 @@ import math
 MAX_RATIO = 3.0
 DECAY = 0.98          # weight of past answers in the acceptance rate, per new answer
 MAX_WAITING = 500     # candidates held per skill; beyond, the lowest-scoring expire at once
-DONE_KEPT = 2048      # decision ids remembered per skill, so a replayed candidate is not paced twice
+# decision ids remembered per skill, so a replayed candidate is not paced twice: a replay covers the
+# records since the last commit (a second), and the whole state is written per record, so few
+DONE_KEPT = 512
 ANSWERS = frozenset({"accepted", "declined", "expired", "abandoned"})
 
 
@@ -80,13 +82,15 @@ def _settle(state: dict, ts: int) -> list[dict]:
     waiting = sorted(state["waiting"], key=lambda w: (-w["score"], w["ts"], w["id"]))
     keep = []
     for w in waiting:
-        if w["deadline"] <= now or len(keep) >= MAX_WAITING:
-            sent.append(_expired(w))
-            _done(state, w["id"])
-        elif len(state["out"]) < capacity(state):
-            d = dict(w["decision"], context={**w["decision"]["context"], "paced_ms": str(now - w["ts"])})
-            state["out"][w["id"]] = now + max(1, d["ttl_ms"])
+        # a place free: released, even if the clock (moved by others' later events) has passed its hold
+        if len(state["out"]) < capacity(state):
+            d = dict(w["decision"], context={**w["decision"]["context"], "paced_ms": str(max(0, now - w["ts"]))})
+            if state["free"] is not None:  # a skill not paced holds no places
+                state["out"][w["id"]] = now + max(1, d["ttl_ms"])
             sent.append(d)
+            _done(state, w["id"])
+        elif w["deadline"] <= now or len(keep) >= MAX_WAITING:
+            sent.append(_expired(w))
             _done(state, w["id"])
         else:
             keep.append(w)

@@ -120,11 +120,11 @@ def test_daily_cap_holds(pipeline, produce, read):
     produce.profile(cid, clv=2600.0)
     decisions = read("engage.decisions", "Decision")
     deliveries = read("engage.delivery", "Delivery")
-    t = now_ms()
-    # When they search to cancel three times
+    t = now_ms() - 30 * 60_000
+    # When they search to cancel three times, 11 minutes apart (the policy's minimum gap is 10)
     for i in range(3):
         visitor = f"V-{uuid.uuid4().hex[:8]}"  # three devices: the cap is per customer
-        produce.event(event_id=f"{visitor}-{i}", visitor_id=visitor, type_="search", ts=t + i * 1000, customer_id=cid,
+        produce.event(event_id=f"{visitor}-{i}", visitor_id=visitor, type_="search", ts=t + i * 11 * 60_000, customer_id=cid,
                       query="cancel my account")
     # Then two offers go out and the third is suppressed by the daily cap
     found = decisions.wait_for(lambda d: d["customer_id"] == cid, count=3)
