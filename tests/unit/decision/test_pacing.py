@@ -129,3 +129,15 @@ async def test_the_pacer_agent_releases_to_the_decisions_topic_as_agents_free_up
     assert out[2][1]["gate"] == "no_agent_free" and out[2][0] == b"K-a"
     assert "needs a key" in dead["error"] and dead["stage"] == "pacing"
     assert table.get("retention")["waiting"] == []
+
+
+def test_a_candidate_older_than_the_pacers_clock_is_still_released_while_a_place_is_free():
+    # Given a pacer whose clock other customers' later events moved 100 s on, with one agent free
+    state = pacing.new_state()
+    pacing.on_availability(state, availability(1, T0 + 100_000))
+    # When a candidate whose hold ended before that arrives (its partition was read late)
+    out = pacing.on_candidate(state, candidate("late", 5.0, T0), HOLD)
+    # Then a free place takes it; only a candidate that waited for one expires
+    assert [d["outcome"] for d in out] == ["act"] and out[0]["context"]["paced_ms"] == "100000"
+    assert [d["outcome"] for d in pacing.on_candidate(state, candidate("b", 4.0, T0 + 1), HOLD)] == ["act"]  # capacity 2
+    assert [d["gate"] for d in pacing.on_candidate(state, candidate("c", 3.0, T0 + 2), HOLD)] == ["no_agent_free"]
