@@ -22,10 +22,9 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
-from datetime import datetime, timezone
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from streams.decision.actions import NEEDS_CONSENT, Action, ActionSet, Policy
+from streams.decision.clock import local_time
 from streams.decision.uplift import AGENT_LED, Model, draw_seed, signal_features, vector
 from streams.rules.expr import Compiled, evaluate
 
@@ -49,7 +48,7 @@ def decision_id(signal_id: str) -> str:
 
 
 def _share_of(*parts: str) -> float:
-    return int.from_bytes(hashlib.sha256("\x1f".join(parts).encode()).digest()[:8], "big") / 2**64
+    return draw_seed(*parts) / 2**64
 
 
 def in_control_group(key: str, action_id: str, share: float) -> bool:
@@ -61,15 +60,6 @@ def in_global_holdout(key: str, share: float) -> bool:
     """Customers who never get a proactive offer, whatever the action: a hash of the key alone, so it
     is independent of each action's control group and stable across restarts, replays and rule changes."""
     return share > 0 and _share_of("holdout", key) < share
-
-
-def local_time(ts_ms: int, tz: str | None) -> datetime:
-    """The wall-clock time in the customer's zone (UTC when unknown): DST is the zone database's."""
-    try:
-        zone = ZoneInfo(tz) if tz else timezone.utc
-    except (ZoneInfoNotFoundError, ValueError):
-        zone = timezone.utc
-    return datetime.fromtimestamp(ts_ms / 1000, zone)
 
 
 def local_day(ts_ms: int, tz: str | None) -> str:

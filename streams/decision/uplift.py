@@ -20,10 +20,10 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
+
+from streams.decision.clock import local_time
 
 NOISE_VAR = 0.25        # p(1 - p) at its largest: a conservative variance for a 0/1 label
 # Prior standard deviations (the precisions below are NOISE_VAR / sd², in units of 1 / NOISE_VAR):
@@ -51,11 +51,7 @@ def _unit(value: float, scale: float) -> float:
 
 
 def _local_hour(ts_ms: int, tz: str | None) -> float:
-    try:
-        zone = ZoneInfo(tz) if tz else timezone.utc
-    except (ZoneInfoNotFoundError, ValueError):
-        zone = timezone.utc
-    local = datetime.fromtimestamp(ts_ms / 1000, zone)
+    local = local_time(ts_ms, tz)
     return local.hour + local.minute / 60.0
 
 
