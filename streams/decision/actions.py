@@ -102,11 +102,12 @@ class ActionSet:
     def answering(self, signal: str) -> list[Action]:
         return [a for a in self.actions if signal in a.answers]
 
+    def get(self, action_id: str | None) -> Action | None:
+        return next((a for a in self.actions if a.id == action_id), None)
+
     def goal_of(self, action_id: str | None) -> str:
-        for a in self.actions:
-            if a.id == action_id:
-                return a.goal
-        return "purchase"
+        action = self.get(action_id)
+        return action.goal if action is not None else "purchase"
 
 
 def _expr(text, file, line, rule_id, what) -> Compiled | None:

@@ -69,7 +69,7 @@ def paced_skill(outcome: dict, actions: ActionSet) -> str | None:
     """The skill whose pacer waits for this outcome: an answer to an offer on a channel that needs an agent."""
     if outcome["type"] not in pacing.ANSWERS or outcome.get("channel") not in AGENT_LED or not outcome.get("decision_id"):
         return None
-    action = next((a for a in actions.actions if a.id == outcome.get("action_id")), None)
+    action = actions.get(outcome.get("action_id"))
     return action.skill if action is not None else None
 
 

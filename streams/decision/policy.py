@@ -248,14 +248,17 @@ def fallback_of(decision: dict, actions: ActionSet) -> dict | None:
     for c in decision["candidates"]:
         if c.get("fallback") and c["score"] > 0 and (best is None or c["score"] > best["score"]):
             best = c
-    action = next((a for a in actions.actions if best and a.id == best["action_id"]), None)
+    action = actions.get(best["action_id"]) if best else None
     if action is None:
         return None
     context = dict(decision["context"], message_template=action.message)
     return dict(decision, action_id=action.id, channel=best["channel"], skill=None, score=best["score"],
                 ttl_ms=action.ttl_ms, context=context,
-                reason=f"{context.get('why', decision['signal'])}: {action.description or action.id} by {best['channel']} "
-                       f"(expected incremental value {best['score']:.2f}).")
+                reason=offer_reason(context.get("why", decision["signal"]), action, best["channel"], best["score"]))
+
+
+def offer_reason(why: str, action: Action, channel: str, score: float) -> str:
+    return f"{why}: {action.description or action.id} by {channel} (expected incremental value {score:.2f})."
 
 
 def score_candidates(d: dict, enriched: dict, actions: list[Action], action_set: ActionSet, model: Model,
@@ -350,5 +353,5 @@ def _gates(d: dict, enriched: dict, ledger: dict, actions: ActionSet, model: Mod
         return _stop(d, "control", "control_group",
                      f"Held out in the control group of {action.id}; it would have scored {score:.2f}.")
     d.update(outcome="act", gate=None,
-             reason=f"{why}: {action.description or action.id} by {channel} (expected incremental value {score:.2f}).")
+             reason=offer_reason(why, action, channel, score))
     return d
