@@ -1,11 +1,11 @@
 """Decides what the engine believes about an action's effect: P(convert | act) and P(convert | no act) for one customer, and how sure it is.
 
-One Bayesian linear model per action and arm (treated, held out) over the same features, on the
-0/1 conversion label: a linear probability model with a Gaussian prior centred on the action
-rule's priors (`uplift.act`, `uplift.baseline`) and a fixed noise variance. Its evidence is
-sufficient statistics, XᵀX, Xᵀy and n, which add up: each partition accumulates its own, and a
-worker's model is the prior plus the sum over partitions, whatever worker learned them, in
-whatever order they are merged. So one model serves the whole deployment.
+One Bayesian linear probability model with a treatment interaction (UpliftModel) over every action,
+on the 0/1 conversion label, with Gaussian priors centred on the action rules' priors
+(`uplift.act`, `uplift.baseline`) and a fixed noise variance. Its evidence is sufficient statistics,
+XᵀX, Xᵀy and n per action and arm, which add up: each partition accumulates its own, and a worker's
+model is the prior plus the sum over partitions, whatever worker learned them, in whatever order
+they are merged. So one model serves the whole deployment.
 
 Thompson sampling explores: a decision draws the weights from the posterior, with a generator
 seeded by the decision id and the model version, so the same inputs give the same draw, and the
@@ -13,7 +13,7 @@ draws narrow as evidence grows. The mean is used when exploration is off. Explor
 stays within EXPLORE_SD posterior standard deviations of the mean.
 
 The features (FEATURES) are what the engine knows when the signal arrives, scaled to [0, 1] (or
-[-1, 1] for the hour), so one prior suits every weight.
+[-1, 1] for the hour) and centred (CENTRE) before they meet the weights.
 """
 from __future__ import annotations
 
@@ -151,19 +151,16 @@ class UpliftModel:
     centre: np.ndarray | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
-    def _centring(self) -> np.ndarray:
-        """M with M x = [1, x[1:] - centre]."""
-        m = np.eye(self.dims)
+    def __post_init__(self) -> None:
+        # M with M x = [1, x[1:] - centre], and each action's column: fixed for the model's life
+        self._m = np.eye(self.dims)
         if self.centre is not None:
-            m[1:, 0] = -self.centre
-        return m
-
-    def _block(self) -> int:
-        return self.dims - 1 + len(self.priors)  # the shared weights and one intercept per action
+            self._m[1:, 0] = -self.centre
+        self._column = {a: self.dims - 1 + i for i, a in enumerate(self.priors)}
+        self._block = self.dims - 1 + len(self.priors)  # the shared weights and one intercept per action
 
     def _posterior(self) -> Posterior:
-        shared, order, m = self.dims - 1, list(self.priors), self._centring()
-        block = self._block()
+        shared, order, m, block = self.dims - 1, list(self.priors), self._m, self._block
         # per arm: Z_armᵀ Z_arm and Z_armᵀ y over [shared features, action one-hot]
         zz = {True: np.zeros((block, block)), False: np.zeros((block, block))}
         zy = {True: np.zeros(block), False: np.zeros(block)}
@@ -198,10 +195,9 @@ class UpliftModel:
 
     def design(self, action_id: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The rows of P(no action) and of P(act) - P(no action) for this action and these features."""
-        z = np.zeros(self._block())
-        xc = self._centring() @ x
-        z[: self.dims - 1] = xc[1:]
-        z[self.dims - 1 + list(self.priors).index(action_id)] = 1.0
+        z = np.zeros(self._block)
+        z[: self.dims - 1] = (self._m @ x)[1:]
+        z[self._column[action_id]] = 1.0
         zero = np.zeros_like(z)
         return np.concatenate([z, zero]), np.concatenate([zero, z])
 
@@ -219,29 +215,12 @@ class UpliftModel:
             u = min(u_mean + EXPLORE_SD * u_sd, max(u_mean - EXPLORE_SD * u_sd, float(lift @ w)))
         p_no = min(1.0, max(0.0, b))
         p_act = min(1.0, max(0.0, b + u))
-        return {"p_act": p_act, "p_no_act": p_no, "sd_act": float(np.hypot(b_sd, u_sd)), "sd_no_act": b_sd,
-                "uplift_mean": u_mean, "uplift_sd": u_sd}
+        return {"p_act": p_act, "p_no_act": p_no, "uplift_mean": u_mean, "uplift_sd": u_sd}
 
     def learn(self, action_id: str, x: np.ndarray, treated: bool, converted: bool) -> None:
         arm = self.treated if treated else self.untreated
         arm.setdefault(action_id, Evidence.empty(self.dims)).add(x, 1.0 if converted else 0.0)
         self._cache = {}
-
-
-class ActionModel(UpliftModel):
-    """One action alone (its features' weights its own)."""
-
-    ACTION = "action"
-
-    @classmethod
-    def new(cls, dims: int, prior_act: float, prior_baseline: float) -> "ActionModel":
-        return cls({cls.ACTION: (prior_act, prior_baseline)}, dims=dims)
-
-    def terms(self, x: np.ndarray, rng: np.random.Generator | None = None) -> dict:  # type: ignore[override]
-        return super().terms(self.ACTION, x, rng)
-
-    def learn(self, x: np.ndarray, treated: bool, converted: bool) -> None:  # type: ignore[override]
-        super().learn(self.ACTION, x, treated, converted)
 
 
 ARMS = ("treated", "untreated")

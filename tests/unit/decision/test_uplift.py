@@ -4,7 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streams.decision.uplift import ActionModel, Evidence, draw_seed
+from streams.decision.uplift import Evidence, UpliftModel, draw_seed
+
+
+def one_action(dims: int, prior_act: float, prior_baseline: float) -> UpliftModel:
+    """The model with a single action, "a": its features' weights are its own."""
+    return UpliftModel({"a": (prior_act, prior_baseline)}, dims=dims)
 
 
 def synthetic(n: int, seed: int):
@@ -19,12 +24,12 @@ def synthetic(n: int, seed: int):
 
 def test_the_model_learns_a_known_uplift_from_a_wrong_prior():
     # Given an action whose rule claims +10 points everywhere (0.35 against 0.25)
-    model = ActionModel.new(2, prior_act=0.35, prior_baseline=0.25)
+    model = one_action(2, prior_act=0.35, prior_baseline=0.25)
     # When it learns from 8,000 outcomes of treated and held-out customers
     for x, treated, converted in synthetic(8000, seed=1):
-        model.learn(x, treated, converted)
+        model.learn("a", x, treated, converted)
     # Then it finds the truth: +50 points where f = 1, none where f = 0
-    on, off = model.terms(np.array([1.0, 1.0])), model.terms(np.array([1.0, 0.0]))
+    on, off = model.terms("a", np.array([1.0, 1.0])), model.terms("a", np.array([1.0, 0.0]))
     assert on["p_act"] - on["p_no_act"] == pytest.approx(0.5, abs=0.05)
     assert off["p_act"] - off["p_no_act"] == pytest.approx(0.0, abs=0.05)
 
@@ -33,14 +38,14 @@ def test_thompson_sampling_explores_less_as_evidence_grows():
     # Given the same action with no evidence, and after 200 and 5,000 outcomes
     x = np.array([1.0, 1.0])
     spreads = []
-    model = ActionModel.new(2, 0.35, 0.25)
+    model = one_action(2, 0.35, 0.25)
     data = list(synthetic(5000, seed=2))
     for upto in (0, 200, 5000):
-        model = ActionModel.new(2, 0.35, 0.25)
+        model = one_action(2, 0.35, 0.25)
         for xi, t, c in data[:upto]:
-            model.learn(xi, t, c)
+            model.learn("a", xi, t, c)
         rng = np.random.default_rng(3)
-        draws = [model.terms(x, rng) for _ in range(400)]
+        draws = [model.terms("a", x, rng) for _ in range(400)]
         spreads.append(np.std([d["p_act"] - d["p_no_act"] for d in draws]))
     # Then the sampled uplift narrows, and its spread matches the posterior's
     assert spreads[0] > spreads[1] > spreads[2]
@@ -65,20 +70,20 @@ def test_partitions_merge_to_exactly_the_model_of_all_the_evidence():
 
 
 def test_the_same_inputs_give_the_same_draws():
-    model = ActionModel.new(2, 0.35, 0.25)
+    model = one_action(2, 0.35, 0.25)
     for x, t, c in synthetic(300, seed=5):
-        model.learn(x, t, c)
+        model.learn("a", x, t, c)
     x = np.array([1.0, 1.0])
     seed = draw_seed("decision-1", "v7")
-    a = model.terms(x, np.random.default_rng(seed))
-    b = model.terms(x, np.random.default_rng(seed))
+    a = model.terms("a", x, np.random.default_rng(seed))
+    b = model.terms("a", x, np.random.default_rng(seed))
     assert a == b
-    assert model.terms(x, np.random.default_rng(draw_seed("decision-2", "v7"))) != a
+    assert model.terms("a", x, np.random.default_rng(draw_seed("decision-2", "v7"))) != a
 
 
 def test_with_no_evidence_the_model_says_the_rules_priors():
-    model = ActionModel.new(3, 0.35, 0.10)
-    t = model.terms(np.array([1.0, 0.0, 0.0]))
+    model = one_action(3, 0.35, 0.10)
+    t = model.terms("a", np.array([1.0, 0.0, 0.0]))
     assert t["p_act"] == pytest.approx(0.35) and t["p_no_act"] == pytest.approx(0.10)
 
 
