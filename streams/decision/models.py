@@ -21,7 +21,6 @@ class ModelBook:
     def __init__(self):
         self.model = Model()
         self.records: dict[int, dict] = {}  # learner partition -> its latest ModelEvidence
-        self.versions: list[str] = [self.model.version]
 
     def offer(self, records: list[dict]) -> bool:
         """Take newer evidence of some partitions; True when the model changed."""
@@ -35,7 +34,6 @@ class ModelBook:
             model = merge(self.records)
             if model.version != self.model.version:
                 self.model = model
-                self.versions.append(model.version)
                 log.info("uplift model %s (%d outcomes learned)", model.version, model.labels)
                 return True
         return False

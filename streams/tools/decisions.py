@@ -228,16 +228,14 @@ def belief_by_type(signals: list[dict], by_signal: dict[str, dict], people: dict
     return {t: {"signals": n, "mean_uplift": round(total / n, 3)} for t, (n, total) in sorted(sums.items())}
 
 
-def model_summary(settings: Settings) -> dict:
+def model_summary(settings: Settings, action_set: ActionSet) -> dict:
     """What the model learned by the end of a run: outcomes, and each feature's weight on uplift (treated - untreated)."""
-    from streams.decision.uplift import FEATURES, merge
+    from streams.decision.models import ModelBook
+    from streams.decision.uplift import FEATURES
 
-    records = {}
-    for rec in _read(settings, topics.MODELS):
-        if rec["labels"] >= records.get(rec["partition"], {}).get("labels", -1):
-            records[rec["partition"]] = rec
-    model = merge(records)
-    action_set = load_actions(settings.rules_dir / "actions.yaml")
+    book = ModelBook()  # as a worker reads engage.models: the latest record of each partition, merged
+    book.offer(_read(settings, topics.MODELS))
+    model = book.model
     pooled = model.for_actions(action_set.priors)
     mean = pooled.posteriors().mean
     shared, block = len(FEATURES) - 1, len(mean) // 2  # [base weights, base intercepts, uplift weights, uplift intercepts]
@@ -338,7 +336,7 @@ def run_scenario(settings: Settings, scenario: Scenario, speed: float, work: Pat
         "incremental_conversions_expected": round(sum(x["p_final"] - x["base"] for x in lines), 2),
         "outcomes": stats.outcomes}
     result["engine_measured"] = measured_lift(_read(s, topics.ATTRIBUTIONS))
-    result["model"] = model_summary(s)
+    result["model"] = model_summary(s, action_set)
     result["run"] = {"events": stats.events, "speed": speed, "wall_seconds": round(wall, 1),
                      "simulated_minutes": round((scenario.duration_ms) / 60_000, 1)}
     return result
