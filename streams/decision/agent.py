@@ -41,9 +41,7 @@ def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | 
                         customer_to_contacts[key] = ledger
                     skill = paced_skill(record, book.rules()) if spec is topics.OUTCOMES else None
                     if skill is not None:  # an answer to an invitation its skill's pacer released
-                        await engine.send(topics.PACING, skill, {
-                            "kind": "outcome", "skill": skill, "ts": record["ts"], "decision_id": record["decision_id"],
-                            "score": 0.0, "decision": None, "fallback": None, "outcome": record["type"]})
+                        await engine.send(topics.PACING, skill, pacing.outcome_record(skill, record))
                     continue
                 record = engine.decode(topics.ENRICHED, msg.value)
                 key = record["key"]
@@ -54,9 +52,7 @@ def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | 
                     customer_to_contacts[key] = result.ledger
                 d = result.decision
                 if result.paced:
-                    await engine.send(topics.PACING, d["skill"], {
-                        "kind": "candidate", "skill": d["skill"], "ts": d["ts"], "decision_id": d["decision_id"],
-                        "score": d["score"], "decision": d, "fallback": result.fallback, "outcome": None})
+                    await engine.send(topics.PACING, d["skill"], pacing.candidate_record(d, result.fallback))
                 else:
                     await engine.send(topics.DECISIONS, key, d)
 

@@ -35,6 +35,18 @@ def new_state() -> dict:
     return {"clock": 0, "free": None, "total": 0, "waiting": [], "out": {}, "acc": 0.0, "ans": 0.0, "done": []}
 
 
+def candidate_record(decision: dict, fallback: dict | None) -> dict:
+    """The Pacing record that asks the decision's skill to release it (or send `fallback` if no agent is free in time)."""
+    return {"kind": "candidate", "skill": decision["skill"], "ts": decision["ts"], "decision_id": decision["decision_id"],
+            "score": decision["score"], "decision": decision, "fallback": fallback, "outcome": None}
+
+
+def outcome_record(skill: str, outcome: dict) -> dict:
+    """The Pacing record that tells the skill's pacer what became of an invitation it released."""
+    return {"kind": "outcome", "skill": skill, "ts": outcome["ts"], "decision_id": outcome["decision_id"], "score": 0.0,
+            "decision": None, "fallback": None, "outcome": outcome["type"]}
+
+
 def ratio(state: dict) -> float:
     rate = (state["acc"] + 1.0) / (state["ans"] + 2.0)  # a uniform prior: 1/2 before any answer
     return min(MAX_RATIO, max(1.0, 1.0 / rate))

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from operator import itemgetter
 
 from streams.detection.rules import DetectionRule, DetectionRuleSet
-from streams.detection.state import (ABSENT, AT, AWAITED, BUFFER, BUFFER_EVIDENCE, CART, CUSTOMER, DWELL, FINGERPRINT, LOOKS,
-                                     FIRED, INDEXED, LAST_TS, RULES, RULESET, SEEN, SESSION, SESSIONS, STEP_MASK, TIMERS,
-                                     WINDOW, WINDOW_EVIDENCE, RuleKind, Timer, timer_order)
+from streams.detection.state import (ABSENT, AT, AWAITED, BUFFER, BUFFER_EVIDENCE, CART, CUSTOMER, DWELL, FINGERPRINT,
+                                     FIRED, INDEXED, LAST_TS, LOOKS, RULES, RULESET, SEEN, SESSION, SESSIONS, STEP_MASK,
+                                     TIMERS, WINDOW, WINDOW_EVIDENCE, RuleKind, Timer, timer_order)
 
 SESSION_GAP_MS = 20 * 60_000  # 20 minutes idle ends a session
 SEEN_IDS = 64                 # recent event ids kept per visitor to drop producer duplicates
