@@ -207,6 +207,9 @@ def test_an_unknown_scenario_is_refused_in_one_line_naming_the_shipped_ones(caps
     (["report", "lift", "--from", "yesterday-ish"], "yesterday-ish"),
     (["bench-decisions", "--scenario", "no-such-world"], "no-such-world: no such scenario file"),
     (["simulate", "--rate", "5000"], "simulate: at most 1000 journeys per second"),
+    (["bench-decisions", "--warm-up", "a while"], "not a duration up to 24h like 30m or 2h: 'a while'"),
+    (["bench-decisions", "--warm-up", "3d"], "not a duration up to 24h"),
+    (["rules", "history", "--name", "offers"], "invalid choice: 'offers'"),
 ])
 def test_report_bench_and_simulate_refuse_bad_arguments_in_one_line_before_reaching_kafka(argv, expected, monkeypatch, capsys):
     # Given no broker may be touched

@@ -53,3 +53,19 @@ def test_security_settings_that_cannot_work_are_refused_with_the_setting_named(e
         Settings.from_env(env)
     assert message in str(refused.value)
     assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"ENGAGE_EXPLORE": "maybe"}, "ENGAGE_EXPLORE must be on or off, got 'maybe'"),
+    ({"ENGAGE_PACING_HOLD": "soon"}, "ENGAGE_PACING_HOLD must be a duration like 500ms, 5s, 10m, 2h or 30d, got 'soon'"),
+])
+def test_decision_settings_that_cannot_work_are_refused_with_the_setting_named(env, message):
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(env)
+    assert str(refused.value) == message
+
+
+def test_decision_settings_are_read_from_the_environment():
+    s = Settings.from_env({"ENGAGE_EXPLORE": "off", "ENGAGE_PACING_HOLD": "4s"})
+    assert s.explore is False and s.pacing_hold_ms == 4_000
+    assert Settings.from_env({}).explore is True and Settings.from_env({}).pacing_hold_ms == 10_000
