@@ -6,9 +6,11 @@ import contextlib
 import itertools
 import logging
 import traceback
+import weakref
 from dataclasses import dataclass, field
 
 import faust
+from faust import streams as faust_streams
 
 from streams import clients, faust_fixes, topics
 from streams.codec import DecodeError
@@ -35,9 +37,85 @@ class Engine:
 
     async def send(self, spec: topics.TopicSpec, key: str, record: dict, headers: dict | None = None) -> None:
         """Send and wait for the broker's ack, so an offset is only committed after its outputs exist."""
-        fut = await self.topic[spec.name].send(key=key.encode(), value=self.encode(spec, record),
-                                               headers=[(k, v.encode()) for k, v in (headers or {}).items()])
-        await fut
+        await self.send_all([(spec, key, record, headers)])
+
+    async def send_all(self, outputs) -> None:
+        """Send (spec, key, record[, headers]) in order, then wait for every ack: one wait for a batch.
+
+        A send the client gives up on is sent again, with a growing pause, until the broker takes it:
+        the batch's offsets are acked only after this returns, so nothing is lost, and a record sent
+        twice carries the same id (consumers drop such duplicates by id).
+        """
+        items = [(self.topic[o[0].name], o[1].encode(), self.encode(o[0], o[2]),
+                  [(k, v.encode()) for k, v in (o[3] if len(o) > 3 and o[3] else {}).items()]) for o in outputs]
+        pause = 0.1
+        while items:
+            futs = [await topic.send(key=key, value=value, headers=headers) for topic, key, value, headers in items]
+            results = await asyncio.gather(*futs, return_exceptions=True)
+            failed = [item for item, res in zip(items, results) if isinstance(res, BaseException)]
+            if any(isinstance(res, asyncio.CancelledError) for res in results):
+                raise asyncio.CancelledError()
+            if failed:
+                log.error("%d of %d sends failed, sending them again: %s", len(failed), len(items),
+                          type(next(r for r in results if isinstance(r, BaseException))).__name__)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+            items = failed
+
+    async def batches(self, stream, most: int):
+        """The stream's events in lists: what is already waiting, up to `most`, so a quiet stream hands on
+        each event at once and a busy one works in batches (one state write per key, one wait for acks).
+
+        The events are not acked by Faust: the caller acks a list (`ack`) once its outputs were sent and
+        its state written, so a committed offset never passes them; a list cut short by a stop or a
+        rebalance is not acked, and is read again.
+        """
+        stream.enable_acks = False
+        batch: list = []
+        async for event in stream.events():
+            batch.append(event)
+            if len(batch) >= most or stream.channel.empty():
+                yield batch
+                batch = []
+
+    async def handle_batches(self, stream, stage: str, handle) -> None:
+        """Run `handle(message)` over the stream's records in batches and send what it returns.
+
+        `handle` returns the (spec, key, record[, headers]) to send for one record, and raises a
+        ValueError for bad input; either that or a fault of ours dead-letters the record alone. The
+        batch's outputs go out together, and its offsets are acked after the broker has them all.
+        """
+        async for events in self.batches(stream, self.settings.batch_max):
+            outputs, rejected = [], []
+            for event in events:
+                try:
+                    self.in_partition_of(event)  # table reads go to this record's partition
+                    outputs += handle(event.message)
+                except ValueError as exc:
+                    rejected.append((event.message, exc, False))
+                except Exception as exc:  # noqa: BLE001 - a fault on one record: dead-lettered, not the stream
+                    rejected.append((event.message, exc, True))
+            await self.send_all(outputs)
+            for message, exc, fault in rejected:
+                await self.reject(stage, message, exc, fault=fault)
+            await self.ack(stream, events)
+
+    @staticmethod
+    def in_partition_of(event) -> None:
+        """Point Faust's tables at `event`'s partition, as while Faust iterates over it.
+
+        A table reads and writes the RocksDB store and the changelog partition of the *current
+        event* (faust 0.15.3: `Table.partition_for_key`, `RocksDB._get` and `_set`). Outside the
+        stream's own iteration, as in a batch, that is the last event taken, whatever the key: a
+        visitor of partition 3 would be read from partition 5's store (as new) and written to its
+        changelog. So each record of a batch is processed, and each key written, with its own event.
+        """
+        faust_streams._current_event.set(weakref.ref(event))
+
+    @staticmethod
+    async def ack(stream, events) -> None:
+        for event in events:
+            await stream.ack(event)
 
     def channel_of(self, *specs: topics.TopicSpec):
         """One Faust channel over several co-partitioned topics, and physical topic name -> spec."""
@@ -87,16 +165,23 @@ class Engine:
         except asyncio.CancelledError:
             raise
         except ValueError as exc:
-            await self.dead_letter(stage, message, exc)
+            await self.reject(stage, message, exc)
         except Exception as exc:  # noqa: BLE001 - see above: any fault, one record, not the stream
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            # The log gets the type and place only: the exception's text may quote the record, which
-            # may be personal data. The dead-letter record, which holds the record anyway, gets it all.
-            log.error("fault at %s on %s[%d]@%d: %s at %s:%d", stage, message.topic, message.partition,
-                      message.offset, type(exc).__name__, where.filename, where.lineno)
             if on_fault is not None:
                 on_fault()
-            await self.dead_letter(stage, message, f"fault in {stage}: {type(exc).__name__}: {exc}", logged=True)
+            await self.reject(stage, message, exc, fault=True)
+
+    async def reject(self, stage: str, message, exc: Exception, fault: bool = False) -> None:
+        """Dead-letter a record: bad input (`exc` says why), or a fault of ours on it (logged without the record)."""
+        if not fault:
+            await self.dead_letter(stage, message, exc)
+            return
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        # The log gets the type and place only: the exception's text may quote the record, which
+        # may be personal data. The dead-letter record, which holds the record anyway, gets it all.
+        log.error("fault at %s on %s[%d]@%d: %s at %s:%d", stage, message.topic, message.partition,
+                  message.offset, type(exc).__name__, where.filename, where.lineno)
+        await self.dead_letter(stage, message, f"fault in {stage}: {type(exc).__name__}: {exc}", logged=True)
 
     async def dead_letter(self, stage: str, message, error: Exception | str, logged: bool = False) -> None:
         """Send the record to the dead-letter topic and wait for the ack; never raise (but for cancellation).

@@ -172,6 +172,9 @@ class Settings:
     explore: bool = True
     # How long (event time) an offer that needs an agent may wait for one before it expires
     pacing_hold_ms: int = 10_000
+    # The most records a stage takes in one batch: what is already waiting is taken together (one
+    # state write per key, outputs sent without waiting for each ack), never more than this.
+    batch_max: int = 1_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -202,6 +205,7 @@ class Settings:
             attribution_window_ms=max(1_000, _duration_ms(env, "ENGAGE_ATTRIBUTION_WINDOW", 30 * 60_000)),
             explore=_switch(env, "ENGAGE_EXPLORE", True),
             pacing_hold_ms=_duration_ms(env, "ENGAGE_PACING_HOLD", 10_000),
+            batch_max=_int(env, "ENGAGE_BATCH_MAX", 1_000, minimum=1),
         )
 
     def with_(self, **changes) -> "Settings":

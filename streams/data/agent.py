@@ -30,20 +30,23 @@ def register(engine: Engine):
 
     @app.agent(engine.topic[topics.SIGNALS.name], name="route_signals")
     async def route_signals(stream):
-        async for msg, signal in engine.records(stream, topics.SIGNALS, STAGE):
-            async with engine.guard(STAGE, msg):
-                if signal["customer_id"]:
-                    # re-key so the join happens on the partition that holds this customer's profile
-                    await engine.send(topics.SIGNALS_BY_CUSTOMER, signal["customer_id"], signal)
-                else:
-                    enriched = enrich(signal, None)
-                    await engine.send(topics.ENRICHED, enriched["key"], enriched)
+        def route(msg) -> list:
+            signal = engine.decode(topics.SIGNALS, msg.value)
+            if signal["customer_id"]:
+                # re-key so the join happens on the partition that holds this customer's profile
+                return [(topics.SIGNALS_BY_CUSTOMER, signal["customer_id"], signal)]
+            enriched = enrich(signal, None)
+            return [(topics.ENRICHED, enriched["key"], enriched)]
+
+        await engine.handle_batches(stream, STAGE, route)
 
     @app.agent(engine.topic[topics.SIGNALS_BY_CUSTOMER.name], name="enrich_signals")
     async def enrich_signals(stream):
-        async for msg, signal in engine.records(stream, topics.SIGNALS_BY_CUSTOMER, STAGE):
-            async with engine.guard(STAGE, msg):
-                enriched = enrich(signal, customer_to_profile.get(signal["customer_id"]))
-                await engine.send(topics.ENRICHED, enriched["key"], enriched)
+        def join(msg) -> list:
+            signal = engine.decode(topics.SIGNALS_BY_CUSTOMER, msg.value)
+            enriched = enrich(signal, customer_to_profile.get(signal["customer_id"]))
+            return [(topics.ENRICHED, enriched["key"], enriched)]
+
+        await engine.handle_batches(stream, STAGE, join)
 
     return store_profiles, route_signals, enrich_signals, customer_to_profile

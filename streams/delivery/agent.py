@@ -21,11 +21,13 @@ def register(engine: Engine):
 
     @app.agent(engine.topic[topics.DECISIONS.name], name="deliver_decisions")
     async def deliver_decisions(stream):
-        async for msg, decision in engine.records(stream, topics.DECISIONS, STAGE, check_decision):
-            async with engine.guard(STAGE, msg):
-                delivery = to_delivery(decision)
-                if delivery is not None:
-                    await engine.send(topics.DELIVERY, delivery["key"], delivery,
-                                      headers={"channel": delivery["channel"]})
+        def deliver(msg) -> list:
+            decision = engine.decode(topics.DECISIONS, msg.value)
+            check_decision(msg, decision)
+            delivery = to_delivery(decision)
+            return [] if delivery is None else [(topics.DELIVERY, delivery["key"], delivery,
+                                                 {"channel": delivery["channel"]})]
+
+        await engine.handle_batches(stream, STAGE, deliver)
 
     return deliver_decisions

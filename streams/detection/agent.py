@@ -4,7 +4,9 @@ The agent reads engage.events and its own tick topic (co-partitioned), so timers
 partition fire on the worker that owns it, and table writes land in that partition's changelog.
 Purchases, cancellations and calls also go to engage.conversions under the keys decisions use,
 for attribution: detection is where a visitor's customer id is known.
-State is written only after the signals are acknowledged.
+Records are taken in batches (what is waiting, up to ENGAGE_BATCH_MAX): each key's state is
+written once per batch, only after the batch's signals are acknowledged, and the batch's offsets
+are acked only after that.
 """
 from __future__ import annotations
 
@@ -13,13 +15,13 @@ import time
 
 from streams import topics
 from streams.app import Engine
-from streams.attribution.attribute import GOAL_EVENTS
+from streams.detection.batch import EVENT, TICK, run_batch
 from streams.detection.detector import Detector
+from streams.detection.encoding import Encoded
 from streams.detection.idle import IdlePartitions
 from streams.detection.partition import Tx
-from streams.detection.state import CUSTOMER
-from streams.rules.book import RuleBook
 from streams.detection.visitor import InvalidEvent
+from streams.rules.book import RuleBook
 
 log = logging.getLogger(__name__)
 STAGE = "detection"
@@ -31,19 +33,14 @@ def check_event(msg, ev: dict) -> None:
         raise InvalidEvent("the record key must be the visitor_id")
 
 
-def conversion_keys(ev: dict, visitor_state: dict) -> tuple[dict, list[str]]:
-    """A purchase, cancellation or call, with the customer the visitor is known as, and the keys decisions
-    about it may have: the customer's and the visitor's (a decision made before the login is the visitor's)."""
-    customer = ev["customer_id"] or visitor_state.get(CUSTOMER)
-    keys = [ev["visitor_id"]] + ([customer] if customer and customer != ev["visitor_id"] else [])
-    return {**ev, "customer_id": customer}, keys
-
-
 def register(engine: Engine, book: RuleBook):
     app, settings = engine.app, engine.settings
     partitions = settings.partitions
-    visitor_to_state = app.Table(topics.VISITOR_TO_STATE, default=None, partitions=partitions, key_type=str)
-    partition_to_timers = app.Table(topics.PARTITION_TO_TIMERS, default=None, partitions=partitions, key_type=str)
+    # values are bytes the agent encodes itself (encoding.py): compact, and JSON of earlier releases still read
+    visitor_to_state = app.Table(topics.VISITOR_TO_STATE, default=None, partitions=partitions, key_type=str,
+                                 value_type=bytes)
+    partition_to_timers = app.Table(topics.PARTITION_TO_TIMERS, default=None, partitions=partitions, key_type=str,
+                                    value_type=bytes)
     detector = Detector(book.rules, lateness_ms=settings.allowed_lateness_ms, ttl_ms=settings.visitor_ttl_ms,
                         max_ahead_ms=settings.max_event_ahead_ms, max_age_ms=settings.max_event_age_ms)
     events_name = settings.topic(topics.EVENTS.name)
@@ -51,32 +48,33 @@ def register(engine: Engine, book: RuleBook):
     channel = app.topic(events_name, ticks_name, key_serializer="raw", value_serializer="raw", partitions=partitions)
     idle = IdlePartitions(settings.idle_tick_ms / 1000.0)
 
+    def read(msg) -> tuple[str, dict]:
+        if msg.topic == ticks_name:
+            return TICK, engine.decode(topics.DETECTION_TICKS, msg.value)
+        ev = engine.decode(topics.EVENTS, msg.value)
+        check_event(msg, ev)
+        return EVENT, ev
+
+    def new_tx() -> Tx:
+        return Tx(Encoded(visitor_to_state), Encoded(partition_to_timers))
+
     @app.agent(channel, name="detect_signals")
     async def detect_signals(stream):
-        async for event in stream.events():
-            msg = event.message
-            tx = Tx(visitor_to_state, partition_to_timers)
-            # DecodeError and InvalidEvent are ValueErrors (bad input); after a fault, clocks are read afresh
-            async with engine.guard(STAGE, msg, on_fault=detector.forget_partitions):
-                if msg.topic == ticks_name:
-                    tick = engine.decode(topics.DETECTION_TICKS, msg.value)
-                    signals = detector.on_tick(tx, msg.partition, tick["idle_ms"])
-                else:
-                    ev = engine.decode(topics.EVENTS, msg.value)
-                    check_event(msg, ev)
-                    if idle.saw_event(msg.partition, time.time()):
-                        log.info("detection: first event of %s[%d] at offset %d", msg.topic, msg.partition, msg.offset)
-                    detection = detector.on_event(tx, msg.partition, ev)
-                    signals = detection.signals
-                    if ev["type"] in GOAL_EVENTS and not detection.duplicate:
-                        conversion, keys = conversion_keys(ev, detection.state)
-                        for key in keys:
-                            await engine.send(topics.CONVERSIONS, key, conversion)
-                for signal in signals:
-                    await engine.send(topics.SIGNALS, signal["visitor_id"], signal)
-                # State after the signals are acked: a crash in between replays the event against the old
-                # state and re-sends the same signal ids, instead of dropping the event as a duplicate.
-                tx.apply()
+        async for events in engine.batches(stream, settings.batch_max):
+            messages = [event.message for event in events]
+            for msg in messages:
+                if msg.topic == events_name and idle.saw_event(msg.partition, time.time()):
+                    log.info("detection: first event of %s[%d] at offset %d", msg.topic, msg.partition, msg.offset)
+            # each record read, and each key written, in its own partition's store (Engine.in_partition_of)
+            batch = run_batch(detector, new_tx, messages, read, enter=lambda i: engine.in_partition_of(events[i]))
+            await engine.send_all(batch.outputs)
+            for i, exc, fault in batch.rejected:
+                await engine.reject(STAGE, messages[i], exc, fault=fault)
+            # State after the outputs are acked: a crash in between replays the events against the old
+            # state and re-sends the same signal ids, instead of dropping the events as duplicates.
+            event_of = {msg.partition: event for msg, event in zip(messages, events)}
+            batch.tx.apply(enter=lambda partition: engine.in_partition_of(event_of[partition]))
+            await engine.ack(stream, events)
 
     @app.on_partitions_revoked.connect
     async def forget_cached_clocks(app, revoked, **kwargs) -> None:  # noqa: ARG001 - Faust's signal signature

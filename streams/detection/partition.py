@@ -31,11 +31,17 @@ def _earliest(pairs: list) -> int | None:
 
 
 class Tx:
-    """Reads through to two stores (VISITORS: visitor state, INDEX: timer index), buffers writes until applied."""
+    """Reads through to two stores (VISITORS: visitor state, INDEX: timer index), buffers writes until applied.
+
+    `partition` is the partition whose record is being processed: each write remembers it, so a
+    batch spanning partitions writes every key into its own partition's store and changelog.
+    """
 
     def __init__(self, visitors, timers):
         self.stores = {VISITORS: visitors, INDEX: timers}
         self.pending: dict[tuple[str, str], object] = {}
+        self.partition: int | None = None
+        self.partition_of: dict[tuple[str, str], int | None] = {}
 
     def get(self, store: str, key: str):
         value = self.pending.get((store, key), _MISSING)
@@ -45,18 +51,20 @@ class Tx:
 
     def put(self, store: str, key: str, value) -> None:
         self.pending[(store, key)] = value
+        self.partition_of[(store, key)] = self.partition
 
-    def writes(self) -> list[tuple[object, str, object]]:
-        """(store, key, value or None to delete), in the order first written."""
-        return [(self.stores[s], k, v) for (s, k), v in self.pending.items()]
-
-    def apply(self) -> None:
-        for store, key, value in self.writes():
+    def apply(self, enter=None) -> None:
+        """Write what is pending; `enter(partition)`, when given, is called before each key's write."""
+        for (s, key), value in self.pending.items():
+            if enter is not None:
+                enter(self.partition_of[(s, key)])
+            store = self.stores[s]
             if value is None:
                 store.pop(key, None)
             else:
                 store[key] = value
         self.pending.clear()
+        self.partition_of.clear()
 
 
 class PartitionClock:

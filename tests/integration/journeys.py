@@ -99,3 +99,27 @@ def assert_every_signal_decided_once(pipe, signals: list[dict]) -> None:
     finally:
         decisions.close()
 
+
+
+def assert_state_in_its_partition(pipe) -> None:
+    """Every visitor's state and timer record sits in the changelog partition of its own events.
+
+    A table writes to the changelog partition of the event being processed: state of one visitor
+    written while another partition's event was current would be restored, after a move, on a
+    worker that never reads it there (and the visitor would start over).
+    """
+    import json
+
+    from streams import clients, topics
+
+    settings = pipe.settings
+    partition_of = {key.decode(): p for p, _, _, key, _ in clients.read_all(settings, pipe.topic("engage.events"))}
+    visitors = clients.read_all(settings, topics.changelog(settings.app_id, topics.VISITOR_TO_STATE))
+    assert visitors, "the visitors' state should be on its changelog"
+    # table keys are JSON strings on the changelog
+    misplaced = [(json.loads(key), p, partition_of.get(json.loads(key))) for p, _, _, key, _ in visitors
+                 if partition_of.get(json.loads(key)) != p]
+    assert not misplaced, f"{len(misplaced)} visitor states in another partition than their events: {misplaced[:3]}"
+    index = clients.read_all(settings, topics.changelog(settings.app_id, topics.PARTITION_TO_TIMERS))
+    misplaced = [(json.loads(key), p) for p, _, _, key, _ in index if int(json.loads(key).split(":")[0]) != p]
+    assert not misplaced, f"{len(misplaced)} timer records in another partition than theirs: {misplaced[:3]}"

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from tests.integration.journeys import assert_every_signal_decided_once, stream_of_journeys
+from tests.integration.journeys import assert_every_signal_decided_once, assert_state_in_its_partition, stream_of_journeys
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +37,8 @@ def test_a_worker_joining_then_another_leaving_mid_stream_loses_nothing_and_leav
     # Then every signal the rules imply is decided, none is invented, a repeated decision is the same
     # decision, and the remaining worker has committed every event (no partition stuck after two rebalances)
     assert_every_signal_decided_once(pipe, signals)
+    # And every visitor's state was written to the changelog partition of its own events (batches span partitions)
+    assert_state_in_its_partition(pipe)
 
 
 def test_two_workers_started_with_the_same_state_folder_share_the_work(new_pipeline):

@@ -10,7 +10,7 @@ import pytest
 from streams.rules import registry
 from streams.settings import REPO_ROOT
 from tests.integration.conftest import Producer_, Reader
-from tests.integration.journeys import assert_every_signal_decided_once, stream_of_journeys
+from tests.integration.journeys import assert_every_signal_decided_once, assert_state_in_its_partition, stream_of_journeys
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +40,8 @@ def test_worker_killed_mid_stream_resumes_without_losing_signals(new_pipeline):
     # and the new worker commits every event: a partition whose commit is stuck behind records it
     # skipped (Faust resuming partitions before seeking them) would replay them all after the next crash
     assert_every_signal_decided_once(pipe, signals)
+    # And every visitor's state was written to the changelog partition of its own events (batches span partitions)
+    assert_state_in_its_partition(pipe)
 
 
 def test_a_restarted_worker_fires_the_pending_dwell_of_an_idle_partition(new_pipeline):
