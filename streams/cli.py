@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--duration", type=_positive(float), default=None, help="stop by itself after this many seconds")
 
     be = sub.add_parser("bench", help="measure the pipeline under a fixed offered load")
-    be.add_argument("--rate", type=_positive(float), default=400.0, help="offered events per second (default 400)")
-    be.add_argument("--duration", type=_positive(float), default=30.0)
+    be.add_argument("--rate", type=_positive(float), default=1000.0, help="offered events per second (default 1000)")
+    be.add_argument("--duration", type=_positive(float), default=60.0, help="seconds of offered load (default 60)")
     be.add_argument("--out", type=Path, default=None)
 
     bd = sub.add_parser("bench-decisions", help="the engine against naive, random and oracle policies on each scenario")

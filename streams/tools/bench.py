@@ -1,9 +1,12 @@
-"""Decides how the pipeline is measured: a fixed offered load, then a backlog, on a real broker and worker.
+"""Decides how the pipeline is measured: a fixed offered load, backlogs, and the runtimes a user could pick instead.
 
-Reports sustained events/s through detection (default rules; then 50 rules, published to the
-running worker), end-to-end latency from the event's time to the decision and delivery records
-(p50/p95/p99), the worker's CPU and peak memory, and µs per event spent in rule evaluation, into
-bench/results/ with the machine's description. Nothing here asserts a timing.
+On a real broker (8 partitions) and worker: µs per event spent in rule evaluation; a fixed offered
+load (1,000 events/s for 60 s by default) with latency from the event's time to the decision and
+delivery records (p50/p95/p99, share within 100 ms); a backlog drained with 50 rules published to
+the running worker; then a stored backlog of 50,000 events from 5,000 visitors drained by a new
+worker (detection and whole pipeline, CPU µs per event, changelog bytes per event, RocksDB bytes
+per visitor, time to restore) and by the anchors under bench/anchors/ in three interleaved rounds.
+Results go to bench/results/ with the machine's description. Nothing here asserts a timing.
 """
 from __future__ import annotations
 
@@ -167,8 +170,9 @@ def rule_eval_us(events: int = 20000, runs: int = 7) -> dict:
 class Sampler(threading.Thread):
     """Samples the worker's CPU seconds and the detection group's committed offset once a second."""
 
-    def __init__(self, pid: int, settings: Settings):
+    def __init__(self, pid: int, settings: Settings, period_s: float = 1.0):
         super().__init__(daemon=True)
+        self.period_s = period_s
         self.proc = psutil.Process(pid)
         self.settings = settings
         self.stop = threading.Event()
@@ -191,13 +195,70 @@ class Sampler(threading.Thread):
                 self.samples.append((time.monotonic(), cpu, self.committed()))
             except Exception:  # noqa: BLE001 - a missed sample is not worth stopping the bench
                 pass
-            self.stop.wait(1.0)
+            self.stop.wait(self.period_s)
 
     def peak_rss_mib(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return round(int(line.split()[1]) / 1024, 1)
         return round(self.proc.memory_info().rss / 2**20, 1)
+
+
+def _pipeline_lag(settings: Settings, admin) -> int:
+    """Records of the stages' input topics (all but events) not yet committed by the worker's group."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+    inputs = [settings.topic(t.name) for t in (topics.SIGNALS, topics.ENRICHED, topics.DECISIONS)]
+    tps = [TopicPartition(t, p) for t in inputs for p in range(settings.partitions)]
+    res = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(settings.app_id, tps)])
+    committed = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in res[settings.app_id].result().topic_partitions}
+    c = clients.consumer(settings, clients.throwaway_group("bench-lag"), log_level=None)
+    try:
+        lag = 0
+        for tp in tps:
+            _, high = c.get_watermark_offsets(tp, timeout=10)
+            lag += max(0, high - committed.get((tp.topic, tp.partition), 0))
+        return lag
+    finally:
+        c.close()
+
+
+def _wait_pipeline(settings: Settings, admin, timeout_s: float) -> float | None:
+    """When no stage after detection has anything left to read (monotonic time), or None."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _pipeline_lag(settings, admin) == 0:
+            return time.monotonic()
+        time.sleep(0.5)
+    return None
+
+
+def _changelog_bytes(settings: Settings, since_ms: int, until_ms: int) -> dict:
+    """Records and bytes (key + value) each table's changelog got between the two times."""
+    out = {}
+    for table in topics.TABLES:
+        name = topics.changelog(settings.app_id, table)
+        try:
+            records = [r for r in clients.read_all(settings, name, group_prefix="bench-read") if since_ms <= r[2] <= until_ms]
+        except clients.ReadError:
+            continue
+        if records:
+            out[table] = {"records": len(records), "bytes": sum(len(r[3] or b"") + len(r[4] or b"") for r in records)}
+    return out
+
+
+def _visitor_state(settings: Settings) -> dict:
+    """The visitors held now (keys of the visitor state changelog) and the RocksDB bytes of their table."""
+    name = topics.changelog(settings.app_id, topics.VISITOR_TO_STATE)
+    latest: dict = {}
+    for _, _, _, key, value in clients.read_all(settings, name, group_prefix="bench-read"):
+        latest[key] = value
+    visitors = sum(v is not None for v in latest.values())
+    disk = sum(f.stat().st_size for d in settings.data_dir.rglob(f"{topics.VISITOR_TO_STATE}-*") if d.is_dir()
+               for f in d.rglob("*") if f.is_file())
+    sizes = sorted(len(v) for v in latest.values() if v is not None)
+    return {"visitors": visitors, "rocksdb_bytes": disk, "rocksdb_bytes_per_visitor": round(disk / max(1, visitors), 1),
+            "value_bytes_median": sizes[len(sizes) // 2] if sizes else None}
 
 
 def _wait_drained(sampler: Sampler, target: int, timeout_s: float) -> float | None:
@@ -227,12 +288,151 @@ def _latencies(settings: Settings, spec: topics.TopicSpec, since_ms: int, until_
     return out
 
 
+BACKLOG_EVENTS, BACKLOG_VISITORS, BENCH_PARTITIONS = 50_000, 5_000, 8
+
+
+def _backlog(settings: Settings, sampler: Sampler, admin, events: int, customers: int, seed: int) -> dict:
+    """Produce `events` at once, then time the worker draining them through detection and the whole pipeline."""
+    from streams.tools.simulator import run_simulator
+
+    base = sampler.samples[-1]
+    since = int(time.time() * 1000)
+    run_simulator(settings, rate=0, duration_s=None, seed=seed, customers=customers, count=events, quiet=True)
+    drained = _wait_drained(sampler, base[2] + events, 900)
+    end = sampler.samples[-1]
+    detect_s = (drained or end[0]) - base[0]
+    piped = _wait_pipeline(settings, admin, 600) if drained else None
+    cpu_end = sum(sampler.proc.cpu_times()[:2])
+    out = {"events": events, "visitors": customers, "drained": drained is not None,
+           "detection_events_per_s": round((end[2] - base[2]) / detect_s, 1),
+           "pipeline_events_per_s": round(events / (piped - base[0]), 1) if piped else None,
+           "worker_cpu_us_per_event": round((cpu_end - base[1]) / events * 1e6, 1),
+           "worker_cpu_percent_of_one_core": round((end[1] - base[1]) / (end[0] - base[0]) * 100, 1)}
+    changelogs = _changelog_bytes(settings, since, int(time.time() * 1000))
+    total = sum(c["bytes"] for c in changelogs.values())
+    out["changelog"] = {"bytes_per_event": round(total / events, 1),
+                        "records_per_event": round(sum(c["records"] for c in changelogs.values()) / events, 3),
+                        "by_table": changelogs}
+    return out
+
+
+def _worker_env(settings: Settings) -> dict:
+    return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "ENGAGE_TOPIC_PREFIX": settings.topic_prefix, "ENGAGE_APP_ID": settings.app_id,
+            "ENGAGE_DATA_DIR": str(settings.data_dir), "ENGAGE_LOG_LEVEL": "warning",
+            "ENGAGE_PARTITIONS": str(settings.partitions)}
+
+
+def _worker_on_backlog(settings: Settings, work: Path, events: int) -> dict:
+    """A new worker started on a backlog already stored: detection and whole-pipeline events/s, CPU µs per event.
+
+    Timed from the first committed progress (the worker's start-up and group join are not the job),
+    by committed offsets sampled four times a second.
+    """
+    worker = spawn(["worker"], work / f"worker-{settings.app_id}.log", env=_worker_env(settings))
+    admin = clients.admin(settings)
+    try:
+        sampler = Sampler(worker.pid, settings, period_s=0.25)
+        sampler.start()
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (sampler.samples and sampler.samples[-1][2] > 0):
+            time.sleep(0.1)
+        drained = _wait_drained(sampler, events, 600)
+        first = next(x for x in sampler.samples if x[2] > 0)
+        end = next(x for x in sampler.samples if x[2] >= events) if drained else sampler.samples[-1]
+        rate = (end[2] - first[2]) / max(1e-6, end[0] - first[0])
+        start = first[0] - first[2] / rate  # when the first of those events was taken, at that rate
+        piped = _wait_pipeline(settings, admin, 300) if drained else None
+        sampler.stop.set()
+        return {"detection_events_per_s": round(rate, 1),
+                "pipeline_events_per_s": round(events / (piped - start), 1) if piped else None,
+                "worker_cpu_us_per_event": round((end[1] - first[1]) / max(1, end[2] - first[2]) * 1e6, 1),
+                "drained": drained is not None, "peak_rss_mib": sampler.peak_rss_mib()}
+    finally:
+        stop_process(worker)
+
+
+def _restore_s(settings: Settings, work: Path, probe_seed: int) -> float | None:
+    """Seconds from a worker started with an empty state folder (its tables only on the changelogs) to the
+    commit of a new event sent as it starts: restoring its tables, and its start-up."""
+    from streams.tools.simulator import run_simulator
+
+    settings = settings.with_(data_dir=work / f"restored-{settings.app_id}")
+    t0 = time.monotonic()
+    worker = spawn(["worker"], work / f"worker-restore-{settings.app_id}.log", env=_worker_env(settings))
+    try:
+        sampler = Sampler(worker.pid, settings, period_s=0.25)
+        before = sampler.committed()
+        run_simulator(settings, rate=0, duration_s=None, seed=probe_seed, customers=10, count=8, quiet=True)
+        sampler.start()
+        done = _wait_drained(sampler, before + 8, 300)
+        sampler.stop.set()
+        return round(done - t0, 1) if done else None
+    finally:
+        stop_process(worker)
+
+
+def _rounds(settings: Settings, work: Path, run_id: str, rounds: int) -> dict:
+    """The worker and the anchors on the same stored backlog, in interleaved rounds (a fresh copy each round)."""
+    from streams.tools import anchors
+    from streams.tools.simulator import run_simulator
+
+    kinds = ["worker", *anchors.KINDS]
+    per: dict[str, list[dict]] = {k: [] for k in kinds}
+    first_round: dict = {}
+    for r in range(1, rounds + 1):
+        rs = settings.with_(topic_prefix=f"bench-{run_id}-r{r}.", app_id=f"engage-bench-{run_id}-r{r}",
+                            data_dir=work / f"state-r{r}")
+        ensure_topics(rs)
+        run_simulator(rs, rate=0, duration_s=None, seed=3, customers=BACKLOG_VISITORS, count=BACKLOG_EVENTS, quiet=True)
+        events_topic = rs.topic(topics.EVENTS.name)
+        anchors.make_output_topic(rs, events_topic)
+        order = kinds[r - 1:] + kinds[:r - 1]  # each runner goes first once: no fixed position in the round
+        for kind in order:
+            print(f"[bench] round {r}/{rounds}: {kind} on {BACKLOG_EVENTS} stored events ...", flush=True)
+            if kind == "worker":
+                res = _worker_on_backlog(rs, work, BACKLOG_EVENTS)
+                if r == 1:
+                    changelogs = _changelog_bytes(rs, 0, 2**62)
+                    first_round = {"changelog": {
+                        "bytes_per_event": round(sum(c["bytes"] for c in changelogs.values()) / BACKLOG_EVENTS, 1),
+                        "records_per_event": round(sum(c["records"] for c in changelogs.values()) / BACKLOG_EVENTS, 3),
+                        "by_table": changelogs}, "visitor_state": _visitor_state(rs),
+                        "restore_s": _restore_s(rs, work, probe_seed=99)}
+            else:
+                res = anchors.run_anchor(kind, rs.bootstrap_servers, events_topic, BACKLOG_EVENTS, rs.partitions, f"r{r}")
+            per[kind].append(res)
+    summary: dict = {"events": BACKLOG_EVENTS, "visitors": BACKLOG_VISITORS, "partitions": settings.partitions,
+                     "rounds": rounds, **first_round, "runs": per}
+    worker_rates = [x["detection_events_per_s"] for x in per["worker"]]
+    worker_cpu = [x["worker_cpu_us_per_event"] for x in per["worker"]]
+    table = {}
+    for kind in kinds:
+        rates = [x.get("events_per_s", x.get("detection_events_per_s")) for x in per[kind] if "error" not in x]
+        cpus = [x.get("cpu_us_per_event", x.get("worker_cpu_us_per_event")) for x in per[kind] if "error" not in x]
+        if not rates:
+            table[kind] = {"error": per[kind][-1].get("error")}
+            continue
+        table[kind] = {"events_per_s": _spread(rates), "cpu_us_per_event": _spread(cpus),
+                       "events_per_s_vs_worker": round(statistics.median(rates) / statistics.median(worker_rates), 2),
+                       "cpu_vs_worker": round(statistics.median(cpus) / statistics.median(worker_cpu), 3)}
+    pipe = [x["pipeline_events_per_s"] for x in per["worker"] if x.get("pipeline_events_per_s")]
+    table["worker"]["pipeline_events_per_s"] = _spread(pipe) if pipe else None
+    summary["table"] = table
+    return summary
+
+
+def _spread(xs: list[float]) -> dict:
+    return {"min": round(min(xs), 1), "median": round(statistics.median(xs), 1), "max": round(max(xs), 1)}
+
+
 def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | None) -> dict:
     from streams.tools.simulator import run_simulator
 
     run_id = time.strftime("%Y%m%d-%H%M%S")
     work = Path(tempfile.mkdtemp(prefix="engage-bench-"))
-    settings = settings.with_(topic_prefix=f"bench-{run_id}.", app_id=f"engage-bench-{run_id}", data_dir=work / "state")
+    settings = settings.with_(topic_prefix=f"bench-{run_id}.", app_id=f"engage-bench-{run_id}", data_dir=work / "state",
+                              partitions=BENCH_PARTITIONS)
     broker = localkafka.LocalBroker(port=19292, data_dir=work / "kafka")
     started = False
     if not settings.external_kafka:
@@ -241,11 +441,9 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
         settings = settings.with_(bootstrap_servers=broker.bootstrap)
     wait_for_broker(settings, 60)
     ensure_topics(settings)
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-           "ENGAGE_TOPIC_PREFIX": settings.topic_prefix, "ENGAGE_APP_ID": settings.app_id,
-           "ENGAGE_DATA_DIR": str(settings.data_dir), "ENGAGE_LOG_LEVEL": "warning"}
-    worker = spawn(["worker"], work / "worker.log", env=env)
+    worker = spawn(["worker"], work / "worker.log", env=_worker_env(settings))
     result: dict = {"run": run_id, "machine": machine(), "partitions": settings.partitions}
+    admin = clients.admin(settings)
     try:
         print("[bench] rule evaluation micro-benchmark ...", flush=True)
         result["rule_evaluation"] = rule_eval_us()
@@ -272,30 +470,14 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
             "lag_after_send_s": round((drained - t_end_send), 1) if drained else None,
             "worker_cpu_percent_of_one_core": round((end[1] - base[1]) / (end[0] - base[0]) * 100, 1),
         }
-        # Phase 2: backlog, as fast as the worker drains it
-        backlog = int(max(5000, rate * 10))
-        print(f"[bench] backlog of {backlog} events ...", flush=True)
-        base = sampler.samples[-1]
-        run_simulator(settings, rate=0, duration_s=None, seed=3, customers=500, count=backlog, quiet=True)
-        drained = _wait_drained(sampler, base[2] + backlog, 600)
-        end = sampler.samples[-1]
-        result["backlog"] = {"events": backlog, "drained": drained is not None,
-                             "detection_events_per_s": round((end[2] - base[2]) / ((drained or end[0]) - base[0]), 1),
-                             "worker_cpu_percent_of_one_core": round((end[1] - base[1]) / (end[0] - base[0]) * 100, 1)}
-        # Phase 3: the same backlog drained with 50 rules, published to the running worker (hot reload)
+        _wait_pipeline(settings, admin, 120)
+        # Phase 2: a backlog drained with 50 rules, published to the running worker (hot reload)
         from streams.rules import registry
 
         registry.publish(settings, "detection", fifty_rules(), "bench:fifty.yaml", author="bench")
         time.sleep(3)  # the worker's rules follower polls twice a second
-        print(f"[bench] backlog of {backlog} events with 50 rules ...", flush=True)
-        base = sampler.samples[-1]
-        run_simulator(settings, rate=0, duration_s=None, seed=4, customers=500, count=backlog, quiet=True)
-        drained = _wait_drained(sampler, base[2] + backlog, 600)
-        end = sampler.samples[-1]
-        result["backlog_fifty_rules"] = {
-            "events": backlog, "rules": 50, "drained": drained is not None,
-            "detection_events_per_s": round((end[2] - base[2]) / ((drained or end[0]) - base[0]), 1),
-            "worker_cpu_percent_of_one_core": round((end[1] - base[1]) / (end[0] - base[0]) * 100, 1)}
+        print("[bench] backlog of 10000 events with 50 rules ...", flush=True)
+        result["backlog_fifty_rules"] = {"rules": 50, **_backlog(settings, sampler, admin, 10_000, 1_000, seed=4)}
         sampler.stop.set()
         result["worker_peak_rss_mib"] = sampler.peak_rss_mib()
         time.sleep(3)
@@ -310,8 +492,13 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
             # phase 1 only: later records are backlog, whose latency measures queueing, not the pipeline
             for label, keep in (("event_signals", lambda sig: sig not in timed), ("timer_signals", lambda sig: sig in timed)):
                 xs = [ms for ms, did in lat if keep(signal_of.get(did))]
-                result[f"latency_event_to_{name}_ms_{label}"] = {"records": len(xs), "p50": pct(xs, .5),
-                                                                  "p95": pct(xs, .95), "p99": pct(xs, .99)}
+                result[f"latency_event_to_{name}_ms_{label}"] = {
+                    "records": len(xs), "p50": pct(xs, .5), "p95": pct(xs, .95), "p99": pct(xs, .99),
+                    "share_within_100ms": round(sum(x <= 100 for x in xs) / len(xs), 3) if xs else None}
+        stop_process(worker)
+        # Phase 3: the backlog of 50,000 events from 5,000 visitors, stored first, drained by a new worker
+        # and by the anchors (the runtimes a user could pick instead) in interleaved rounds
+        result["backlog"] = _rounds(settings, work, run_id, rounds=3)
     finally:
         stop_process(worker)
         if started:
