@@ -62,21 +62,51 @@ class Engine:
                 pause = min(pause * 2, 5.0)
             items = failed
 
-    async def batches(self, stream, most: int):
+    async def batches(self, stream, most: int, linger_s: float = 0.005, hold_s: float = 0.05):
         """The stream's events in lists: what is already waiting, up to `most`, so a quiet stream hands on
         each event at once and a busy one works in batches (one state write per key, one wait for acks).
 
-        The events are not acked by Faust: the caller acks a list (`ack`) once its outputs were sent and
-        its state written, so a committed offset never passes them; a list cut short by a stop or a
-        rebalance is not acked, and is read again.
+        After a batch of more than one event (a backlog, or traffic faster than one at a time), the
+        next is taken `linger_s` later, so the fetcher fills the queue meanwhile and batches grow
+        with the load; a lone event is never held. The events are not acked by Faust: the caller
+        acks a list (`ack`) once its outputs were sent and its state written, so a committed offset
+        never passes them; a list cut short by a stop or a rebalance is not acked, and is read again.
+
+        Events taken are never held while waiting for more beyond `hold_s`: Faust empties the queues
+        and suspends the flow when it stops or rebalances, and then waits for every event taken to
+        be acked; a batch waiting for an event that will not come would hold it up forever.
         """
         stream.enable_acks = False
+        events = stream.events().__aiter__()
         batch: list = []
-        async for event in stream.events():
-            batch.append(event)
-            if len(batch) >= most or stream.channel.empty():
-                yield batch
-                batch = []
+        following = None  # the next event, being fetched
+        try:
+            while True:
+                if following is None:
+                    following = asyncio.ensure_future(events.__anext__())
+                if batch:
+                    done, _ = await asyncio.wait({following}, timeout=hold_s)
+                    if not done:
+                        yield batch
+                        batch = []
+                        continue
+                try:
+                    event = await following
+                except StopAsyncIteration:
+                    break
+                finally:
+                    if following.done():
+                        following = None
+                batch.append(event)
+                if len(batch) >= most or stream.channel.empty():
+                    busy = len(batch) > 1
+                    yield batch
+                    batch = []
+                    if busy and linger_s:
+                        await asyncio.sleep(linger_s)
+        finally:
+            if following is not None:
+                following.cancel()
 
     async def handle_batches(self, stream, stage: str, handle) -> None:
         """Run `handle(message)` over the stream's records in batches and send what it returns.

@@ -31,30 +31,28 @@ def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | 
 
     @app.agent(channel, name="decide_actions")
     async def decide_actions(stream):
-        async for event in stream.events():
-            msg = event.message
-            async with engine.guard(STAGE, msg):
-                if by_topic[msg.topic] is not topics.ENRICHED:
-                    spec, record, key = engine.keyed_record(by_topic, msg, "customer_id, else visitor_id")
-                    ledger = note[spec.name](customer_to_contacts.get(key), record)
-                    if ledger is not None:
-                        customer_to_contacts[key] = ledger
-                    skill = paced_skill(record, book.rules()) if spec is topics.OUTCOMES else None
-                    if skill is not None:  # an answer to an invitation its skill's pacer released
-                        await engine.send(topics.PACING, skill, pacing.outcome_record(skill, record))
-                    continue
-                record = engine.decode(topics.ENRICHED, msg.value)
-                key = record["key"]
-                result = decide(record, customer_to_contacts.get(key), book.rules(), models.model, explore)
-                # The ledger first: it records the decision itself, so a replay after a crash re-sends
-                # the very same decision (same time, same gates) instead of deciding again.
-                if not result.replayed:
-                    customer_to_contacts[key] = result.ledger
-                d = result.decision
-                if result.paced:
-                    await engine.send(topics.PACING, d["skill"], pacing.candidate_record(d, result.fallback))
-                else:
-                    await engine.send(topics.DECISIONS, key, d)
+        def handle(msg) -> list:
+            if by_topic[msg.topic] is not topics.ENRICHED:
+                spec, record, key = engine.keyed_record(by_topic, msg, "customer_id, else visitor_id")
+                ledger = note[spec.name](customer_to_contacts.get(key), record)
+                if ledger is not None:
+                    customer_to_contacts[key] = ledger
+                skill = paced_skill(record, book.rules()) if spec is topics.OUTCOMES else None
+                # an answer to an invitation its skill's pacer released
+                return [] if skill is None else [(topics.PACING, skill, pacing.outcome_record(skill, record))]
+            record = engine.decode(topics.ENRICHED, msg.value)
+            key = record["key"]
+            result = decide(record, customer_to_contacts.get(key), book.rules(), models.model, explore)
+            # The ledger first: it records the decision itself, so a replay after a crash re-sends
+            # the very same decision (same time, same gates) instead of deciding again.
+            if not result.replayed:
+                customer_to_contacts[key] = result.ledger
+            d = result.decision
+            if result.paced:
+                return [(topics.PACING, d["skill"], pacing.candidate_record(d, result.fallback))]
+            return [(topics.DECISIONS, key, d)]
+
+        await engine.handle_batches(stream, STAGE, handle)
 
     register_learner(engine)
     register_pacer(engine)

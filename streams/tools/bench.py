@@ -177,16 +177,19 @@ class Sampler(threading.Thread):
         self.settings = settings
         self.stop = threading.Event()
         self.samples: list[tuple[float, float, int]] = []  # (monotonic, cpu seconds, committed events)
-        self.admin = clients.admin(settings)  # one client for the whole run, not one per sample
+        self.reader = None  # one client for the whole run, not one per sample
 
     def committed(self) -> int:
-        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+        from confluent_kafka import TopicPartition
 
+        # An offset fetch through a consumer of the group that never subscribes (so never joins it): the
+        # admin client's list_consumer_group_offsets crashed this process (SIGSEGV, confluent-kafka 2.16.1)
+        # when called while the worker's group was still forming.
+        if self.reader is None:
+            self.reader = clients.consumer(self.settings, self.settings.app_id, log_level=None)
         topic = self.settings.topic(topics.EVENTS.name)
-        req = ConsumerGroupTopicPartitions(self.settings.app_id,
-                                           [TopicPartition(topic, p) for p in range(self.settings.partitions)])
-        res = self.admin.list_consumer_group_offsets([req])[self.settings.app_id].result()
-        return sum(max(tp.offset, 0) for tp in res.topic_partitions)
+        tps = self.reader.committed([TopicPartition(topic, p) for p in range(self.settings.partitions)], timeout=10)
+        return sum(max(tp.offset, 0) for tp in tps)
 
     def run(self):
         while not self.stop.is_set():

@@ -65,6 +65,11 @@ async def put_on(wrapper, topic: str, key: bytes | None, value: bytes):
     wrapper.sent_offset += 1
     async with wrapper.new_value_processed:
         await wrapper.new_value_processed.wait()
+    # Faust's wrapper wakes us when the stream takes the value; the agents take events in batches and
+    # ack them once processed: wait for that, as a consumer's commit would
+    deadline = asyncio.get_running_loop().time() + WAIT_S
+    while not message.acked and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.001)
     return event
 
 
