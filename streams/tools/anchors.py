@@ -17,7 +17,7 @@ from streams.settings import REPO_ROOT
 
 ANCHORS = REPO_ROOT / "bench" / "anchors"
 VENV = REPO_ROOT / "bench" / ".anchors-venv"
-QUIX = ("quixstreams==3.28.1", "fastavro==1.13.1")
+REQUIREMENTS = ANCHORS / "requirements.txt"
 # name -> (script, mode, needs the quix environment)
 KINDS = {"faust_per_event": ("faust_agent.py", "", False), "faust_batched": ("faust_agent.py", "batched", False),
          "quix_streams": ("quix_app.py", "", True), "plain_confluent_loop": ("plain_loop.py", "", False)}
@@ -26,13 +26,15 @@ KINDS = {"faust_per_event": ("faust_agent.py", "", False), "faust_batched": ("fa
 def quix_python() -> Path | None:
     """The anchors' own Python with quix-streams, made if missing; None if it cannot be installed here."""
     py = VENV / "bin" / "python"
-    stamp = VENV / (".installed-" + "-".join(QUIX))
+    import hashlib
+
+    stamp = VENV / (".installed-" + hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:12])
     if stamp.exists():
         return py
     try:
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, capture_output=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", *QUIX], check=True,
-                       capture_output=True, timeout=600)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", str(REQUIREMENTS)],
+                       check=True, capture_output=True, timeout=600)
     except (subprocess.SubprocessError, OSError) as exc:
         print(f"[bench] quix-streams could not be installed, its anchor is left out: {exc}", flush=True)
         return None
