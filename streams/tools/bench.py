@@ -355,12 +355,12 @@ def _worker_on_backlog(settings: Settings, work: Path, events: int) -> dict:
         stop_process(worker)
 
 
-def _restore_s(settings: Settings, work: Path, probe_seed: int) -> float | None:
-    """Seconds from a worker started with an empty state folder (its tables only on the changelogs) to the
-    commit of a new event sent as it starts: restoring its tables, and its start-up."""
+def _restore_s(settings: Settings, work: Path, probe_seed: int, data_dir: Path | None = None) -> float | None:
+    """Seconds from a worker started with an empty state folder (its tables only on the changelogs), or with
+    `data_dir`, to the commit of a new event sent as it starts: restoring its tables, and its start-up."""
     from streams.tools.simulator import run_simulator
 
-    settings = settings.with_(data_dir=work / f"restored-{settings.app_id}")
+    settings = settings.with_(data_dir=data_dir or work / f"restored-{settings.app_id}")
     t0 = time.monotonic()
     worker = spawn(["worker"], work / f"worker-restore-{settings.app_id}.log", env=_worker_env(settings))
     try:
@@ -373,6 +373,27 @@ def _restore_s(settings: Settings, work: Path, probe_seed: int) -> float | None:
         return round(done - t0, 1) if done else None
     finally:
         stop_process(worker)
+
+
+RESTORE_EVENTS, RESTORE_CUSTOMERS = 150_000, 50_000
+
+
+def _restore_phase(settings: Settings, work: Path, run_id: str) -> dict:
+    """A worker that built the state of ~100,000 visitors is replaced: by one with its RocksDB folder (a
+    restart), and by one with an empty folder, which restores every table from the changelogs."""
+    from streams.tools.simulator import run_simulator
+
+    rs = settings.with_(topic_prefix=f"bench-{run_id}-restore.", app_id=f"engage-bench-{run_id}-restore",
+                        data_dir=work / "state-restore")
+    ensure_topics(rs)
+    run_simulator(rs, rate=0, duration_s=None, seed=5, customers=RESTORE_CUSTOMERS, count=RESTORE_EVENTS, quiet=True)
+    built = _worker_on_backlog(rs, work, RESTORE_EVENTS)
+    changelogs = _changelog_bytes(rs, 0, 2**62)
+    return {"events": RESTORE_EVENTS, "visitor_state": _visitor_state(rs), "built": built,
+            "changelog_bytes": sum(c["bytes"] for c in changelogs.values()),
+            "changelog_records": sum(c["records"] for c in changelogs.values()),
+            "restart_with_its_rocksdb_s": _restore_s(rs, work, probe_seed=98, data_dir=rs.data_dir),
+            "restore_from_changelogs_s": _restore_s(rs, work, probe_seed=99)}
 
 
 def _rounds(settings: Settings, work: Path, run_id: str, rounds: int) -> dict:
@@ -502,6 +523,8 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
         # Phase 3: the backlog of 50,000 events from 5,000 visitors, stored first, drained by a new worker
         # and by the anchors (the runtimes a user could pick instead) in interleaved rounds
         result["backlog"] = _rounds(settings, work, run_id, rounds=3)
+        print(f"[bench] restore: {RESTORE_EVENTS} events from {RESTORE_CUSTOMERS} customers, then a new worker ...", flush=True)
+        result["restore"] = _restore_phase(settings, work, run_id)
     finally:
         stop_process(worker)
         if started:
