@@ -264,6 +264,10 @@ def build_app(settings: Settings) -> Engine:
         web_enabled=False,
         table_cleanup_interval=60.0,
     )
+    # Table writes wait in Faust's producer buffer for the changelog; above 100 the conductor drains it
+    # before the next record and logs "producer buffer full" each time. A batch writes up to one
+    # record per key at once: room for a few batches keeps the same back-pressure without the alarm.
+    app.producer.buffer.max_messages = max(100, 4 * settings.batch_max)
     engine = Engine(settings=settings, app=app, codec=clients.codec(settings))
     for spec in topics.ALL:
         engine.topic[spec.name] = app.topic(settings.topic(spec.name), key_serializer="raw",

@@ -58,6 +58,8 @@ def test_security_settings_that_cannot_work_are_refused_with_the_setting_named(e
 @pytest.mark.parametrize("env, message", [
     ({"ENGAGE_EXPLORE": "maybe"}, "ENGAGE_EXPLORE must be on or off, got 'maybe'"),
     ({"ENGAGE_PACING_HOLD": "soon"}, "ENGAGE_PACING_HOLD must be a duration like 500ms, 5s, 10m, 2h or 30d, got 'soon'"),
+    ({"ENGAGE_BATCH_MAX": "0"}, "ENGAGE_BATCH_MAX must be at least 1, got 0"),
+    ({"ENGAGE_BATCH_MAX": "lots"}, "ENGAGE_BATCH_MAX must be a whole number, got 'lots'"),
 ])
 def test_decision_settings_that_cannot_work_are_refused_with_the_setting_named(env, message):
     with pytest.raises(SettingsError) as refused:
@@ -69,3 +71,4 @@ def test_decision_settings_are_read_from_the_environment():
     s = Settings.from_env({"ENGAGE_EXPLORE": "off", "ENGAGE_PACING_HOLD": "4s"})
     assert s.explore is False and s.pacing_hold_ms == 4_000
     assert Settings.from_env({}).explore is True and Settings.from_env({}).pacing_hold_ms == 10_000
+    assert Settings.from_env({"ENGAGE_BATCH_MAX": "200"}).batch_max == 200 and Settings.from_env({}).batch_max == 1_000
