@@ -14,6 +14,7 @@ import json
 
 import ormsgpack
 
+
 def _as_list(value):
     # a Timer is a NamedTuple: stored as the plain array JSON stored it as
     if isinstance(value, tuple):

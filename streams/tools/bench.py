@@ -207,38 +207,40 @@ class Sampler(threading.Thread):
         return round(self.proc.memory_info().rss / 2**20, 1)
 
 
-def _pipeline_lag(settings: Settings, admin) -> int:
-    """Records of the stages' input topics (all but events) not yet committed by the worker's group."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+def _pipeline_lag(settings: Settings, reader) -> int:
+    """Records of the stages' input topics (all but events) not yet committed by the worker's group.
+
+    `reader`: a consumer of the worker's group that never subscribes (see Sampler.committed).
+    """
+    from confluent_kafka import TopicPartition
 
     inputs = [settings.topic(t.name) for t in (topics.SIGNALS, topics.ENRICHED, topics.DECISIONS)]
     tps = [TopicPartition(t, p) for t in inputs for p in range(settings.partitions)]
-    res = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(settings.app_id, tps)])
-    committed = {(tp.topic, tp.partition): max(tp.offset, 0) for tp in res[settings.app_id].result().topic_partitions}
-    c = clients.consumer(settings, clients.throwaway_group("bench-lag"), log_level=None)
-    try:
-        lag = 0
-        for tp in tps:
-            _, high = c.get_watermark_offsets(tp, timeout=10)
-            lag += max(0, high - committed.get((tp.topic, tp.partition), 0))
-        return lag
-    finally:
-        c.close()
+    lag = 0
+    for tp in reader.committed(tps, timeout=10):
+        _, high = reader.get_watermark_offsets(tp, timeout=10)
+        lag += max(0, high - max(tp.offset, 0))
+    return lag
 
 
-def _wait_pipeline(settings: Settings, admin, timeout_s: float) -> float | None:
+def _wait_pipeline(settings: Settings, timeout_s: float) -> float | None:
     """When no stage after detection has anything left to read (monotonic time), or None."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if _pipeline_lag(settings, admin) == 0:
-            return time.monotonic()
-        time.sleep(0.5)
-    return None
+    reader = clients.consumer(settings, settings.app_id, log_level=None)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if _pipeline_lag(settings, reader) == 0:
+                return time.monotonic()
+            time.sleep(0.5)
+        return None
+    finally:
+        reader.close()
 
 
-def _changelog_bytes(settings: Settings, since_ms: int, until_ms: int) -> dict:
-    """Records and bytes (key + value) each table's changelog got between the two times."""
-    out = {}
+def _changelog_bytes(settings: Settings, events: int, since_ms: int = 0, until_ms: int = 2**62) -> dict:
+    """Records and bytes (key + value) the tables' changelogs got between the two times, in all, per
+    event of the `events` that made them, and by table."""
+    by_table = {}
     for table in topics.TABLES:
         name = topics.changelog(settings.app_id, table)
         try:
@@ -246,8 +248,10 @@ def _changelog_bytes(settings: Settings, since_ms: int, until_ms: int) -> dict:
         except clients.ReadError:
             continue
         if records:
-            out[table] = {"records": len(records), "bytes": sum(len(r[3] or b"") + len(r[4] or b"") for r in records)}
-    return out
+            by_table[table] = {"records": len(records), "bytes": sum(len(r[3] or b"") + len(r[4] or b"") for r in records)}
+    total, count = sum(c["bytes"] for c in by_table.values()), sum(c["records"] for c in by_table.values())
+    return {"bytes": total, "records": count, "bytes_per_event": round(total / events, 1),
+            "records_per_event": round(count / events, 3), "by_table": by_table}
 
 
 def _visitor_state(settings: Settings) -> dict:
@@ -294,7 +298,7 @@ def _latencies(settings: Settings, spec: topics.TopicSpec, since_ms: int, until_
 BACKLOG_EVENTS, BACKLOG_VISITORS, BENCH_PARTITIONS = 50_000, 5_000, 8
 
 
-def _backlog(settings: Settings, sampler: Sampler, admin, events: int, customers: int, seed: int) -> dict:
+def _backlog(settings: Settings, sampler: Sampler, events: int, customers: int, seed: int) -> dict:
     """Produce `events` at once, then time the worker draining them through detection and the whole pipeline."""
     from streams.tools.simulator import run_simulator
 
@@ -304,18 +308,14 @@ def _backlog(settings: Settings, sampler: Sampler, admin, events: int, customers
     drained = _wait_drained(sampler, base[2] + events, 900)
     end = sampler.samples[-1]
     detect_s = (drained or end[0]) - base[0]
-    piped = _wait_pipeline(settings, admin, 600) if drained else None
+    piped = _wait_pipeline(settings, 600) if drained else None
     cpu_end = sum(sampler.proc.cpu_times()[:2])
     out = {"events": events, "visitors": customers, "drained": drained is not None,
            "detection_events_per_s": round((end[2] - base[2]) / detect_s, 1),
            "pipeline_events_per_s": round(events / (piped - base[0]), 1) if piped else None,
            "worker_cpu_us_per_event": round((cpu_end - base[1]) / events * 1e6, 1),
            "worker_cpu_percent_of_one_core": round((end[1] - base[1]) / (end[0] - base[0]) * 100, 1)}
-    changelogs = _changelog_bytes(settings, since, int(time.time() * 1000))
-    total = sum(c["bytes"] for c in changelogs.values())
-    out["changelog"] = {"bytes_per_event": round(total / events, 1),
-                        "records_per_event": round(sum(c["records"] for c in changelogs.values()) / events, 3),
-                        "by_table": changelogs}
+    out["changelog"] = _changelog_bytes(settings, events, since, int(time.time() * 1000))
     return out
 
 
@@ -333,7 +333,6 @@ def _worker_on_backlog(settings: Settings, work: Path, events: int) -> dict:
     by committed offsets sampled four times a second.
     """
     worker = spawn(["worker"], work / f"worker-{settings.app_id}.log", env=_worker_env(settings))
-    admin = clients.admin(settings)
     try:
         sampler = Sampler(worker.pid, settings, period_s=0.25)
         sampler.start()
@@ -345,7 +344,7 @@ def _worker_on_backlog(settings: Settings, work: Path, events: int) -> dict:
         end = next(x for x in sampler.samples if x[2] >= events) if drained else sampler.samples[-1]
         rate = (end[2] - first[2]) / max(1e-6, end[0] - first[0])
         start = first[0] - first[2] / rate  # when the first of those events was taken, at that rate
-        piped = _wait_pipeline(settings, admin, 300) if drained else None
+        piped = _wait_pipeline(settings, 300) if drained else None
         sampler.stop.set()
         return {"detection_events_per_s": round(rate, 1),
                 "pipeline_events_per_s": round(events / (piped - start), 1) if piped else None,
@@ -388,10 +387,9 @@ def _restore_phase(settings: Settings, work: Path, run_id: str) -> dict:
     ensure_topics(rs)
     run_simulator(rs, rate=0, duration_s=None, seed=5, customers=RESTORE_CUSTOMERS, count=RESTORE_EVENTS, quiet=True)
     built = _worker_on_backlog(rs, work, RESTORE_EVENTS)
-    changelogs = _changelog_bytes(rs, 0, 2**62)
+    changelogs = _changelog_bytes(rs, RESTORE_EVENTS)
     return {"events": RESTORE_EVENTS, "visitor_state": _visitor_state(rs), "built": built,
-            "changelog_bytes": sum(c["bytes"] for c in changelogs.values()),
-            "changelog_records": sum(c["records"] for c in changelogs.values()),
+            "changelog_bytes": changelogs["bytes"], "changelog_records": changelogs["records"],
             "restart_with_its_rocksdb_s": _restore_s(rs, work, probe_seed=98, data_dir=rs.data_dir),
             "restore_from_changelogs_s": _restore_s(rs, work, probe_seed=99)}
 
@@ -417,12 +415,8 @@ def _rounds(settings: Settings, work: Path, run_id: str, rounds: int) -> dict:
             if kind == "worker":
                 res = _worker_on_backlog(rs, work, BACKLOG_EVENTS)
                 if r == 1:
-                    changelogs = _changelog_bytes(rs, 0, 2**62)
-                    first_round = {"changelog": {
-                        "bytes_per_event": round(sum(c["bytes"] for c in changelogs.values()) / BACKLOG_EVENTS, 1),
-                        "records_per_event": round(sum(c["records"] for c in changelogs.values()) / BACKLOG_EVENTS, 3),
-                        "by_table": changelogs}, "visitor_state": _visitor_state(rs),
-                        "restore_s": _restore_s(rs, work, probe_seed=99)}
+                    first_round = {"changelog": _changelog_bytes(rs, BACKLOG_EVENTS), "visitor_state": _visitor_state(rs),
+                                   "restore_s": _restore_s(rs, work, probe_seed=99)}
             else:
                 res = anchors.run_anchor(kind, rs.bootstrap_servers, events_topic, BACKLOG_EVENTS, rs.partitions, f"r{r}")
             per[kind].append(res)
@@ -467,7 +461,6 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
     ensure_topics(settings)
     worker = spawn(["worker"], work / "worker.log", env=_worker_env(settings))
     result: dict = {"run": run_id, "machine": machine(), "partitions": settings.partitions}
-    admin = clients.admin(settings)
     try:
         print("[bench] rule evaluation micro-benchmark ...", flush=True)
         result["rule_evaluation"] = rule_eval_us()
@@ -494,14 +487,14 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
             "lag_after_send_s": round((drained - t_end_send), 1) if drained else None,
             "worker_cpu_percent_of_one_core": round((end[1] - base[1]) / (end[0] - base[0]) * 100, 1),
         }
-        _wait_pipeline(settings, admin, 120)
+        _wait_pipeline(settings, 120)
         # Phase 2: a backlog drained with 50 rules, published to the running worker (hot reload)
         from streams.rules import registry
 
         registry.publish(settings, "detection", fifty_rules(), "bench:fifty.yaml", author="bench")
         time.sleep(3)  # the worker's rules follower polls twice a second
         print("[bench] backlog of 10000 events with 50 rules ...", flush=True)
-        result["backlog_fifty_rules"] = {"rules": 50, **_backlog(settings, sampler, admin, 10_000, 1_000, seed=4)}
+        result["backlog_fifty_rules"] = {"rules": 50, **_backlog(settings, sampler, 10_000, 1_000, seed=4)}
         sampler.stop.set()
         result["worker_peak_rss_mib"] = sampler.peak_rss_mib()
         time.sleep(3)
