@@ -1,6 +1,7 @@
-"""Decides what one worker process runs: the four stages and attribution on one Faust app, with the rules from rules/ or engage.rules."""
+"""Decides what one worker process runs: detection on its own consumer, the later stages and attribution on one Faust app, with the rules from rules/ or engage.rules."""
 from __future__ import annotations
 
+from streams import clients
 from streams.app import Engine, build_app
 from streams.attribution import agent as attribution_agent
 from streams.data import agent as data_agent
@@ -20,7 +21,8 @@ def build_worker(settings: Settings, book: RuleBook | None = None, models: Model
     book = book or RuleBook(load_detection(settings.rules_dir / "detection.yaml"))
     actions = actions or RuleBook(load_actions(settings.rules_dir / "actions.yaml"))
     engine = build_app(settings)
-    detection_agent.register(engine, book)
+    # the runner decodes on its own thread: a codec of its own, not shared with the Faust agents
+    engine.detection = detection_agent.register(engine, book, codec=clients.codec(engine.settings))
     data_agent.register(engine)
     decision_agent.register(engine, actions, models)
     delivery_agent.register(engine)
@@ -46,7 +48,8 @@ def run_worker(settings: Settings) -> None:
         from streams.schemas import RegisteredSchemas
 
         # records of writer schemas other than ours: looked up on engage.schemas (the registry does it otherwise)
-        engine.codec.lookup = RegisteredSchemas(settings, engine.codec.store)
+        for codec in (engine.codec, engine.detection.codec):
+            codec.lookup = RegisteredSchemas(settings, codec.store)
     wait_for_broker(settings)
     ensure_topics(settings)
     start_following(settings, [book, actions], engine.codec)

@@ -25,6 +25,7 @@ import psutil
 
 from streams import clients, topics
 from streams.admin import ensure_topics, wait_for_broker
+from streams.detection.runner import detection_group
 from streams.settings import REPO_ROOT, Settings
 from streams.tools import localkafka
 from streams.tools.procs import spawn, stop_process
@@ -186,7 +187,7 @@ class Sampler(threading.Thread):
         # admin client's list_consumer_group_offsets crashed this process (SIGSEGV, confluent-kafka 2.16.1)
         # when called while the worker's group was still forming.
         if self.reader is None:
-            self.reader = clients.consumer(self.settings, self.settings.app_id, log_level=None)
+            self.reader = clients.consumer(self.settings, detection_group(self.settings), log_level=None)
         topic = self.settings.topic(topics.EVENTS.name)
         tps = self.reader.committed([TopicPartition(topic, p) for p in range(self.settings.partitions)], timeout=10)
         return sum(max(tp.offset, 0) for tp in tps)

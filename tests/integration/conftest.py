@@ -140,18 +140,31 @@ class Pipeline:
         self.wait_until_assigned(proc, members)
         return proc
 
+    def group_of(self, topic: str) -> str:
+        """The consumer group that reads `topic`: detection's own for the events and its ticks, else Faust's."""
+        if topic in ("engage.events", "engage.detection-ticks"):
+            return f"{self.settings.app_id}-detection"
+        return self.settings.app_id
+
     def wait_until_assigned(self, proc: subprocess.Popen, members: int = 1, timeout_s: float = 90.0) -> None:
-        """The worker's consumer group is stable, has `members` members, and holds every partition of the events topic."""
+        """Both of the workers' consumer groups (detection's and Faust's) are stable, have `members` members,
+        and hold every partition of the events topic and of the signals topic respectively."""
         admin = AdminClient(self.client_conf)
         deadline = time.monotonic() + timeout_s
+        wanted = {self.group_of(t): {(self.topic(t), p) for p in range(self.settings.partitions)}
+                  for t in ("engage.events", "engage.signals")}
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise AssertionError(f"worker exited with {proc.returncode}: {self.logs()[-3000:]}")
             try:
-                group = admin.describe_consumer_groups([self.settings.app_id])[self.settings.app_id].result(5)
-                assigned = {(tp.topic, tp.partition) for m in group.members for tp in m.assignment.topic_partitions}
-                if str(group.state).endswith("STABLE") and len(group.members) >= members and {
-                        (self.topic("engage.events"), p) for p in range(self.settings.partitions)} <= assigned:
+                groups = admin.describe_consumer_groups(list(wanted))
+                ready = 0
+                for name, partitions in wanted.items():
+                    group = groups[name].result(5)
+                    assigned = {(tp.topic, tp.partition) for m in group.members for tp in m.assignment.topic_partitions}
+                    ready += (str(group.state).endswith("STABLE") and len(group.members) >= members
+                              and partitions <= assigned)
+                if ready == len(wanted):
                     time.sleep(1.0)  # let Faust finish table recovery after the assignment
                     return
             except Exception:  # noqa: BLE001 - group not there yet
@@ -171,8 +184,9 @@ class Pipeline:
                     for p in range(self.settings.partitions)}
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
-                req = ConsumerGroupTopicPartitions(self.settings.app_id, [TopicPartition(name, p) for p in ends])
-                res = admin.list_consumer_group_offsets([req])[self.settings.app_id].result(10)
+                group = self.group_of(topic)
+                req = ConsumerGroupTopicPartitions(group, [TopicPartition(name, p) for p in ends])
+                res = admin.list_consumer_group_offsets([req])[group].result(10)
                 if all(max(tp.offset, 0) >= ends[tp.partition] for tp in res.topic_partitions):
                     return
                 time.sleep(0.3)
@@ -194,9 +208,10 @@ class Pipeline:
             try:
                 parts = [TopicPartition(name, p, 0) for p in range(self.settings.partitions)]
                 ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
-                req = ConsumerGroupTopicPartitions(self.settings.app_id, [TopicPartition(name, p) for p in ends])
+                group = self.group_of(topic)
+                req = ConsumerGroupTopicPartitions(group, [TopicPartition(name, p) for p in ends])
                 committed = {tp.partition: tp.offset for tp in
-                             admin.list_consumer_group_offsets([req])[self.settings.app_id].result(10).topic_partitions}
+                             admin.list_consumer_group_offsets([req])[group].result(10).topic_partitions}
                 lines.append(f"{topic}: end offsets {ends}, committed {committed}")
                 c.assign(parts)
                 left, deadline = sum(ends.values()), time.monotonic() + 30

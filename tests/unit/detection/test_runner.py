@@ -1,0 +1,194 @@
+"""The detection runner over a fake consumer and producer: what it sends, in which order, and when it commits."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from streams import clients, topics
+from streams.detection import detector as detector_module
+from streams.detection.partition import INDEX, VISITORS
+from streams.detection.rules import load_detection
+from streams.detection.runner import DetectionRunner, Record, Stopped
+from streams.detection.store import PartitionDB
+from streams.settings import REPO_ROOT, Settings
+from tests.support import wire
+
+T0 = int(time.time() * 1000) - 60_000  # a minute ago: within the accepted event times
+RULES = load_detection(REPO_ROOT / "rules" / "detection.yaml")
+
+
+class FakeProducer:
+    """Takes records; a flush acks them (offsets per topic and partition), but fails the first `failures` of them."""
+
+    def __init__(self, log: list, failures: int = 0):
+        self.log, self.failures = log, failures
+        self.queue: list = []
+        self.sent: list[tuple[str, int | None, bytes | None, bytes | None]] = []
+        self.next_offset: dict = {}
+
+    def produce(self, topic, value=None, key=None, on_delivery=None, partition=None):
+        self.queue.append((topic, partition, key, value, on_delivery))
+
+    def poll(self, timeout=0):
+        return 0
+
+    def flush(self, timeout=None):
+        for topic, partition, key, value, cb in self.queue:
+            if self.failures:
+                self.failures -= 1
+                cb("broker down", None)
+                continue
+            p = 0 if partition is None else partition
+            offset = self.next_offset.get((topic, p), 0)
+            self.next_offset[(topic, p)] = offset + 1
+            self.sent.append((topic, partition, key, value))
+            self.log.append(("acked", topic))
+            if cb is not None:
+                cb(None, _Msg(offset))
+        self.queue.clear()
+        return 0
+
+
+class _Msg:
+    def __init__(self, offset):
+        self._offset = offset
+
+    def offset(self):
+        return self._offset
+
+
+class FakeConsumer:
+    def __init__(self, log: list):
+        self.log = log
+        self.commits: list[dict] = []
+
+    def commit(self, offsets=None, asynchronous=True):
+        self.commits.append({(tp.topic, tp.partition): tp.offset for tp in offsets})
+        self.log.append(("commit", None))
+
+
+def _runner(tmp_path, failures: int = 0) -> DetectionRunner:
+    settings = Settings(data_dir=tmp_path / "state")
+    runner = DetectionRunner(settings, clients.codec(settings), lambda: RULES)
+    runner.log = []
+    runner.consumer, runner.producer = FakeConsumer(runner.log), FakeProducer(runner.log, failures)
+    runner.stores.open(0)
+    runner.stores.open(1)
+    return runner
+
+
+def _event(i: int, type_: str, visitor: str = "v1", partition: int = 0, key: str | None = None, **kw) -> Record:
+    value = wire.encode("Interaction", wire.interaction(event_id=f"e{i}", visitor_id=visitor, type_=type_,
+                                                        ts=T0 + i * 1000, **kw))
+    return Record("engage.events", partition, i, (key or visitor).encode(), value)
+
+
+def _sent(runner, spec) -> list[tuple[bytes, dict]]:
+    name = runner.settings.topic(spec.name)
+    return [(key, wire.decode(spec.schema, value)) for topic, _, key, value in runner.producer.sent if topic == name]
+
+
+def _changelog(runner, table) -> list[tuple[int, str, bytes | None]]:
+    name = runner.changelog[table]
+    return [(p, json.loads(key), value) for topic, p, key, value in runner.producer.sent if topic == name]
+
+
+def test_a_cancel_search_becomes_a_signal_then_state_then_a_commit(tmp_path):
+    # Given the runner with the default rules
+    runner = _runner(tmp_path)
+    # When a visitor searches for how to cancel
+    runner.process([_event(5, "search", query="cancel my contract", path="/help/search")])
+    # Then one signal, keyed by the visitor, with the event as evidence and the rule set's version
+    [(key, signal)] = _sent(runner, topics.SIGNALS)
+    assert key == b"v1" and signal["rule_id"] == "cancel-intent" and signal["evidence"][0]["event_id"] == "e5"
+    assert signal["ruleset_version"] == RULES.version
+    # And the visitor's state went to its partition of the changelog and into RocksDB, at the offset reached
+    [(p, visitor, state)] = _changelog(runner, VISITORS)
+    assert (p, visitor) == (0, "v1") and runner.stores.dbs[0].get(VISITORS, "v1") == state
+    assert runner.stores.dbs[0].offset(VISITORS) == 1
+    # And the signal was acked before the state was sent, and the offset committed after both
+    kinds = [what if what == "commit" else topic for what, topic in runner.log]
+    assert kinds.index(runner.settings.topic("engage.signals")) < kinds.index(runner.changelog[VISITORS]) \
+        < kinds.index("commit")
+    assert runner.consumer.commits == [{("engage.events", 0): 6}]
+
+
+def test_each_key_is_written_once_per_batch_into_its_own_partition(tmp_path):
+    runner = _runner(tmp_path)
+    # When a batch holds three events of v1 (partition 0) and one of v2 (partition 1)
+    runner.process([_event(1, "page_view", path="/a"), _event(2, "page_view", visitor="v2", partition=1, path="/a"),
+                    _event(3, "page_view", path="/b"), _event(4, "page_view", path="/c")])
+    # Then each visitor's state is written once, on its own partition
+    assert sorted((p, v) for p, v, _ in _changelog(runner, VISITORS)) == [(0, "v1"), (1, "v2")]
+    assert runner.stores.dbs[1].get(VISITORS, "v2") is not None and runner.stores.dbs[0].get(VISITORS, "v2") is None
+    assert all(int(key.split(":")[0]) == p for p, key, _ in _changelog(runner, INDEX))
+    assert runner.consumer.commits == [{("engage.events", 0): 5, ("engage.events", 1): 3}]
+
+
+def test_garbage_and_a_wrong_key_are_dead_lettered_and_the_next_event_is_processed(tmp_path):
+    runner = _runner(tmp_path)
+    # When garbage, then an event under another visitor's key, then a valid event arrive in one batch
+    runner.process([Record("engage.events", 0, 1, b"v1", b"\x00garbage"),
+                    _event(2, "search", key="someone-else", query="cancel"), _event(3, "search", query="cancel")])
+    # Then both bad records are dead-lettered with their reason, and the valid one still raised its signal
+    dead = _sent(runner, topics.DEADLETTER)
+    assert [d["stage"] for _, d in dead] == ["detection", "detection"]
+    assert "the record key must be the visitor_id" in dead[1][1]["error"]
+    [(_, signal)] = _sent(runner, topics.SIGNALS)
+    assert signal["evidence"][0]["event_id"] == "e3"
+    assert runner.consumer.commits == [{("engage.events", 0): 4}]
+
+
+def test_a_fault_mid_event_dead_letters_it_alone_and_forgets_the_cached_clocks(tmp_path, monkeypatch):
+    # Given a rule engine with a fault on one visitor's events
+    real_detect = detector_module.detect
+
+    def faulty(state, ev, rules):
+        if ev["visitor_id"] == "v-boom":
+            raise RuntimeError("bug")
+        return real_detect(state, ev, rules)
+
+    monkeypatch.setattr(detector_module, "detect", faulty)
+    runner = _runner(tmp_path)
+    # When that visitor's event comes between two others in a batch
+    runner.process([_event(1, "search", query="cancel"), _event(2, "search", visitor="v-boom", query="cancel"),
+                    _event(3, "page_view", visitor="v3", path="/x")])
+    # Then it is dead-lettered as a fault, its visitor has no state, and the others are processed
+    [(_, dead)] = _sent(runner, topics.DEADLETTER)
+    assert dead["error"] == "fault in detection: RuntimeError: bug"
+    assert runner.stores.dbs[0].get(VISITORS, "v-boom") is None
+    assert {v for _, v, _ in _changelog(runner, VISITORS)} == {"v1", "v3"}
+    assert [s["visitor_id"] for _, s in _sent(runner, topics.SIGNALS)] == ["v1"]
+
+
+def test_sends_the_broker_fails_are_sent_again_and_nothing_is_committed_before(tmp_path):
+    # Given a broker that fails the first send
+    runner = _runner(tmp_path, failures=1)
+    runner.process([_event(1, "search", query="cancel")])
+    # Then the signal is sent again, once, and the offset committed after it was taken
+    assert len(_sent(runner, topics.SIGNALS)) == 1
+    assert runner.consumer.commits == [{("engage.events", 0): 2}]
+
+
+def test_a_stop_while_the_broker_is_down_commits_nothing_and_writes_no_state(tmp_path):
+    # Given a broker that fails every send, and a stop asked for meanwhile
+    runner = _runner(tmp_path, failures=10**6)
+    threading.Timer(0.3, runner.stop.set).start()
+    # When a batch is processed
+    with pytest.raises(Stopped):
+        runner.process([_event(1, "search", query="cancel")])
+    # Then no offset is committed and no state written: the events are read again next time
+    assert runner.consumer.commits == [] and runner.stores.dbs[0].get(VISITORS, "v1") is None
+
+
+def test_a_partition_db_keeps_writes_and_offsets_together_and_survives_a_reopen(tmp_path):
+    db = PartitionDB(tmp_path / "p0")
+    db.write([(VISITORS, "v1", b"\x81\xa1a\x01"), (INDEX, "0:clock", b"\x80")], {VISITORS: 7, INDEX: 3})
+    db.write([(VISITORS, "v1", None)], {VISITORS: 8})
+    db.close()
+    db = PartitionDB(tmp_path / "p0")
+    assert db.get(VISITORS, "v1") is None and db.get(INDEX, "0:clock") == b"\x80"
+    assert (db.offset(VISITORS), db.offset(INDEX)) == (8, 3)
