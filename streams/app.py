@@ -28,7 +28,7 @@ class Engine:
     app: faust.App
     codec: object
     topic: dict = field(default_factory=dict)  # contract name -> faust topic
-    detection: object = None  # the detection runner (streams/detection/runner.py), when the worker has one
+    detection: object = None  # the service running detection's process (streams/detection/agent.py), in a worker
 
     def encode(self, spec: topics.TopicSpec, record: dict) -> bytes:
         return self.codec.encode(self.settings.topic(spec.name), spec.schema, record)

@@ -1,7 +1,6 @@
-"""Decides what one worker process runs: detection on its own consumer, the later stages and attribution on one Faust app, with the rules from rules/ or engage.rules."""
+"""Decides what one worker runs: detection in a child process on its own consumer, the later stages and attribution on one Faust app, with the rules from rules/ or engage.rules."""
 from __future__ import annotations
 
-from streams import clients
 from streams.app import Engine, build_app
 from streams.attribution import agent as attribution_agent
 from streams.data import agent as data_agent
@@ -15,14 +14,13 @@ from streams.detection.rules import load_detection
 from streams.settings import Settings
 
 
-def build_worker(settings: Settings, book: RuleBook | None = None, models: ModelBook | None = None,
-                 actions: RuleBook | None = None) -> Engine:
+def build_worker(settings: Settings, models: ModelBook | None = None, actions: RuleBook | None = None) -> Engine:
     """Build the app with every stage registered; raises RuleError if a rule file is invalid."""
-    book = book or RuleBook(load_detection(settings.rules_dir / "detection.yaml"))
+    # detection's process loads its rules itself; checked here too, so a bad file stops the worker at once
+    load_detection(settings.rules_dir / "detection.yaml")
     actions = actions or RuleBook(load_actions(settings.rules_dir / "actions.yaml"))
     engine = build_app(settings)
-    # the runner decodes on its own thread: a codec of its own, not shared with the Faust agents
-    engine.detection = detection_agent.register(engine, book, codec=clients.codec(engine.settings))
+    engine.detection = detection_agent.register(engine)
     data_agent.register(engine)
     decision_agent.register(engine, actions, models)
     delivery_agent.register(engine)
@@ -40,19 +38,17 @@ def run_worker(settings: Settings) -> None:
     state = statedir.claim(settings.data_dir)
     settings = settings.with_(data_dir=state.path)
     # the files are the rule sets until a version is published to engage.rules; then the latest valid one
-    book = RuleBook(load_detection(settings.rules_dir / "detection.yaml"))
     actions = RuleBook(load_actions(settings.rules_dir / "actions.yaml"))
     models = ModelBook()
-    engine = build_worker(settings, book, models, actions)
+    engine = build_worker(settings, models, actions)
     if engine.settings.schema_registry_url is None:
         from streams.schemas import RegisteredSchemas
 
         # records of writer schemas other than ours: looked up on engage.schemas (the registry does it otherwise)
-        for codec in (engine.codec, engine.detection.codec):
-            codec.lookup = RegisteredSchemas(settings, codec.store)
+        engine.codec.lookup = RegisteredSchemas(settings, engine.codec.store)
     wait_for_broker(settings)
     ensure_topics(settings)
-    start_following(settings, [book, actions], engine.codec)
+    start_following(settings, [actions], engine.codec)
     # the uplift model learned so far, before the first decision (a restart decides with the same model)
     model_follower.start_following(settings, models, engine.codec)
     worker = _make_worker_class()(engine.app, loglevel=settings.log_level, quiet=True)

@@ -95,8 +95,7 @@ class DetectionRunner:
             self.settings, self.group, logger=log, **{
                 "partition.assignment.strategy": "range",  # the same partitions of events and ticks
                 "session.timeout.ms": self.settings.session_timeout_ms,
-                "heartbeat.interval.ms": min(3000, self.settings.session_timeout_ms // 3),
-                "fetch.wait.max.ms": 10})  # an event is not held at the broker waiting for more
+                "heartbeat.interval.ms": min(3000, self.settings.session_timeout_ms // 3)})
         self.producer = self._producer or clients.producer(self.settings, logger=log, **{"linger.ms": 1})
         self.done.clear()
         self.consumer.subscribe([self.events, self.ticks], on_assign=self._on_assign, on_revoke=self._on_revoke,
