@@ -192,20 +192,37 @@ class Sampler(threading.Thread):
         tps = self.reader.committed([TopicPartition(topic, p) for p in range(self.settings.partitions)], timeout=10)
         return sum(max(tp.offset, 0) for tp in tps)
 
+    def cpu(self) -> float:
+        """CPU seconds of the worker and its processes (detection runs in a child)."""
+        procs = [self.proc, *self.proc.children(recursive=True)]
+        total = 0.0
+        for proc in procs:
+            try:
+                total += sum(proc.cpu_times()[:2])
+            except psutil.Error:  # a child that just ended
+                pass
+        return total
+
     def run(self):
         while not self.stop.is_set():
             try:
-                cpu = sum(self.proc.cpu_times()[:2])
+                cpu = self.cpu()
                 self.samples.append((time.monotonic(), cpu, self.committed()))
             except Exception:  # noqa: BLE001 - a missed sample is not worth stopping the bench
                 pass
             self.stop.wait(self.period_s)
 
     def peak_rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-        return round(self.proc.memory_info().rss / 2**20, 1)
+        """Peak resident memory of the worker and its processes, summed."""
+        total = 0.0
+        for proc in [self.proc, *self.proc.children(recursive=True)]:
+            try:
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1]) / 1024
+            except OSError:
+                pass
+        return round(total, 1)
 
 
 def _pipeline_lag(settings: Settings, reader) -> int:
@@ -256,13 +273,14 @@ def _changelog_bytes(settings: Settings, events: int, since_ms: int = 0, until_m
 
 
 def _visitor_state(settings: Settings) -> dict:
-    """The visitors held now (keys of the visitor state changelog) and the RocksDB bytes of their table."""
+    """The visitors held now (keys of the visitor state changelog) and the bytes of detection's RocksDB folders
+    (every partition's visitors and timer index, write-ahead log included)."""
     name = topics.changelog(settings.app_id, topics.VISITOR_TO_STATE)
     latest: dict = {}
     for _, _, _, key, value in clients.read_all(settings, name, group_prefix="bench-read"):
         latest[key] = value
     visitors = sum(v is not None for v in latest.values())
-    disk = sum(f.stat().st_size for d in settings.data_dir.rglob(f"{topics.VISITOR_TO_STATE}-*") if d.is_dir()
+    disk = sum(f.stat().st_size for d in settings.data_dir.rglob("detection") if d.is_dir()
                for f in d.rglob("*") if f.is_file())
     sizes = sorted(len(v) for v in latest.values() if v is not None)
     return {"visitors": visitors, "rocksdb_bytes": disk, "rocksdb_bytes_per_visitor": round(disk / max(1, visitors), 1),
@@ -310,7 +328,7 @@ def _backlog(settings: Settings, sampler: Sampler, events: int, customers: int, 
     end = sampler.samples[-1]
     detect_s = (drained or end[0]) - base[0]
     piped = _wait_pipeline(settings, 600) if drained else None
-    cpu_end = sum(sampler.proc.cpu_times()[:2])
+    cpu_end = sampler.cpu()
     out = {"events": events, "visitors": customers, "drained": drained is not None,
            "detection_events_per_s": round((end[2] - base[2]) / detect_s, 1),
            "pipeline_events_per_s": round(events / (piped - base[0]), 1) if piped else None,
