@@ -192,3 +192,33 @@ def test_a_partition_db_keeps_writes_and_offsets_together_and_survives_a_reopen(
     db = PartitionDB(tmp_path / "p0")
     assert db.get(VISITORS, "v1") is None and db.get(INDEX, "0:clock") == b"\x80"
     assert (db.offset(VISITORS), db.offset(INDEX)) == (8, 3)
+
+
+class WatermarkConsumer(FakeConsumer):
+    """Knows each partition's high watermark from its fetches (cached) and counts requests to the broker."""
+
+    def __init__(self, log: list, cached: dict, broker: dict):
+        super().__init__(log)
+        self.cached, self.broker, self.requests = cached, broker, 0
+
+    def get_watermark_offsets(self, tp, timeout=None, cached=False):
+        if cached:
+            return 0, self.cached.get(tp.partition, -1001)
+        self.requests += 1
+        return 0, self.broker[tp.partition]
+
+
+def test_an_idle_partition_read_to_its_end_gets_a_tick_and_one_still_behind_does_not_cost_a_request(tmp_path):
+    # Given partitions 0 and 1, idle for 5 s, 0 read to its end and 1 with events not read yet (a backlog), and
+    # partition 2 with no fetch yet
+    runner = _runner(tmp_path)
+    runner.consumer = WatermarkConsumer(runner.log, cached={0: 10, 1: 500}, broker={2: 0})
+    runner.assigned = {0, 1, 2}
+    runner.position = {0: 10, 1: 20}
+    runner.idle.assigned([0, 1, 2], now=100.0)
+    # When the idle check runs
+    runner._tick_idle(105.0)
+    # Then partition 0 and the empty partition 2 get a tick; only partition 2, which no fetch told about, cost a request
+    ticks = [(p, wire.decode("Tick", v)) for t, p, _, v, _ in runner.producer.queue]
+    assert [p for p, _ in ticks] == [0, 2] and ticks[0][1]["idle_ms"] == 5000
+    assert runner.consumer.requests == 1
