@@ -255,18 +255,46 @@ class DetectionRunner:
         started = time.monotonic()
         restored = self.restore(mine)
         self.position = {}
-        if mine:
-            from confluent_kafka import TopicPartition
-
+        if partitions:
+            committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=30)}
+            if self._resume_where_faust_stopped(partitions, committed):
+                consumer.assign(partitions)  # with the offsets set (the client's own assign would drop them)
             # where each partition resumes: the idle check compares it with the high watermark
-            for tp in consumer.committed([TopicPartition(self.events, p) for p in mine], timeout=30):
-                if tp.offset >= 0:
-                    self.position[tp.partition] = tp.offset
+            self.position = {p: o for (t, p), o in committed.items() if t == self.events and o >= 0}
         self.assigned = set(mine)
         self.idle.assigned(mine, time.time())
         log.info("detection: assigned partitions %s; %d changelog records restored in %.1f s", mine, restored,
                  time.monotonic() - started)
         self.ready.set()
+
+    def _resume_where_faust_stopped(self, partitions, committed: dict) -> bool:
+        """Partitions this group never committed resume where the Faust app's group did, if it did.
+
+        Releases before this one ran detection as a Faust agent, in the app's own group: a worker
+        upgraded in place goes on from there instead of reading every stored event again (events
+        older than ENGAGE_MAX_EVENT_AGE would all be dead-lettered). The offsets are set on the
+        assigned partitions; True if any was.
+        """
+        from confluent_kafka import TopicPartition
+
+        new = [tp for tp in partitions if committed.get((tp.topic, tp.partition), -1) < 0]
+        if not new:
+            return False
+        faust_group = clients.consumer(self.settings, self.settings.app_id, log_level=None)  # never joins it
+        try:
+            earlier = faust_group.committed([TopicPartition(tp.topic, tp.partition) for tp in new], timeout=30)
+        finally:
+            faust_group.close()
+        by_tp = {(tp.topic, tp.partition): tp.offset for tp in earlier if tp.offset >= 0}
+        for tp in new:
+            offset = by_tp.get((tp.topic, tp.partition))
+            if offset is not None:
+                tp.offset = offset
+                committed[(tp.topic, tp.partition)] = offset
+        if by_tp:
+            log.warning("detection: %d partitions resume where the app's group (detection of an earlier release) "
+                        "committed", len(by_tp))
+        return bool(by_tp)
 
     def _on_revoke(self, consumer, partitions) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}

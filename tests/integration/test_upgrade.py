@@ -1,0 +1,40 @@
+"""A worker upgraded from a release that ran detection as a Faust agent: it goes on where that one stopped."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from streams.admin import ensure_topics
+from tests.integration.conftest import Producer_, Reader
+
+pytestmark = pytest.mark.integration
+
+
+def test_events_the_apps_group_committed_are_not_read_again_by_detections_own_group(new_pipeline):
+    # Given events an earlier release already processed: committed by the app's own group (where
+    # detection ran as a Faust agent), and detection's own group has never committed
+    pipe = new_pipeline(partitions=2)
+    ensure_topics(pipe.settings)
+    produce = Producer_(pipe)
+    now = int(time.time() * 1000)
+    old = f"V-old-{uuid.uuid4().hex[:6]}"
+    produce.event(event_id=f"{old}-1", visitor_id=old, type_="search", ts=now, query="cancel my contract", path="/help")
+    events = pipe.topic("engage.events")
+    earlier = Consumer({**pipe.client_conf, "group.id": pipe.settings.app_id, "enable.auto.commit": False})
+    ends = [TopicPartition(events, p, earlier.get_watermark_offsets(TopicPartition(events, p), timeout=10)[1])
+            for p in range(pipe.settings.partitions)]
+    earlier.commit(offsets=ends, asynchronous=False)
+    earlier.close()
+    signals = Reader(pipe, "engage.signals", "Signal")
+    # When the upgraded worker starts and a new visitor searches to cancel
+    pipe.start_worker()
+    new = f"V-new-{uuid.uuid4().hex[:6]}"
+    produce.event(event_id=f"{new}-1", visitor_id=new, type_="search", ts=now + 1000, query="cancel my contract",
+                  path="/help")
+    # Then the new search raises its signal, and the search already processed before the upgrade raises none
+    assert signals.wait_for(lambda s: s["visitor_id"] == new, timeout_s=60)
+    signals.settle(3)
+    assert [s for s, _ in signals.records if s["visitor_id"] == old] == []
