@@ -222,3 +222,13 @@ def test_an_idle_partition_read_to_its_end_gets_a_tick_and_one_still_behind_does
     ticks = [(p, wire.decode("Tick", v)) for t, p, _, v, _ in runner.producer.queue]
     assert [p for p, _ in ticks] == [0, 2] and ticks[0][1]["idle_ms"] == 5000
     assert runner.consumer.requests == 1
+
+
+def test_changelog_keys_are_written_and_read_as_faust_tables_of_earlier_releases_wrote_them():
+    from faust.serializers import codecs
+
+    from streams.detection.store import changelog_key, table_key
+
+    # Faust's str-keyed tables wrote JSON keys; values were raw bytes in both
+    for key in ["v1", "0:clock", "é-visitor", "3:q12"]:
+        assert changelog_key(key) == codecs.dumps("json", key) and table_key(codecs.dumps("json", key)) == key
