@@ -52,6 +52,7 @@ def run_worker(settings: Settings) -> None:
     # the uplift model learned so far, before the first decision (a restart decides with the same model)
     model_follower.start_following(settings, models, engine.codec)
     worker = _make_worker_class()(engine.app, loglevel=settings.log_level, quiet=True)
+    engine.detection.start_now()  # while Faust restores its own tables (see DetectionService.start_now)
 
     @engine.app.task
     async def report_on_sigusr1():

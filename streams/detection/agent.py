@@ -81,9 +81,16 @@ class DetectionService(mode.Service):
         self.process = None
         self.supervisor: threading.Thread | None = None
 
+    def start_now(self) -> None:
+        """Start detection's process, if not started yet. The worker calls this before Faust starts: Faust
+        starts its services only once its own tables are restored, and detection needs none of them
+        (measured: 8 s of Faust recovery before detection began restoring its own state)."""
+        if self.supervisor is None:
+            self.supervisor = threading.Thread(target=self._supervise, name="detection-supervisor", daemon=True)
+            self.supervisor.start()
+
     async def on_start(self) -> None:
-        self.supervisor = threading.Thread(target=self._supervise, name="detection-supervisor", daemon=True)
-        self.supervisor.start()
+        self.start_now()
 
     def _supervise(self) -> None:
         pause = 1.0
