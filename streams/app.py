@@ -5,7 +5,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import traceback
 import weakref
 from dataclasses import dataclass, field
 
@@ -14,7 +13,7 @@ from faust import streams as faust_streams
 
 from streams import clients, faust_fixes, topics
 from streams.codec import DecodeError
-from streams.deadletter import as_reference, dead_letter, log_dead_letter
+from streams.deadletter import as_reference, dead_letter, log_dead_letter, log_fault
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -207,12 +206,7 @@ class Engine:
         if not fault:
             await self.dead_letter(stage, message, exc)
             return
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        # The log gets the type and place only: the exception's text may quote the record, which
-        # may be personal data. The dead-letter record, which holds the record anyway, gets it all.
-        log.error("fault at %s on %s[%d]@%d: %s at %s:%d", stage, message.topic, message.partition,
-                  message.offset, type(exc).__name__, where.filename, where.lineno)
-        await self.dead_letter(stage, message, f"fault in {stage}: {type(exc).__name__}: {exc}", logged=True)
+        await self.dead_letter(stage, message, log_fault(stage, message, exc), logged=True)
 
     async def dead_letter(self, stage: str, message, error: Exception | str, logged: bool = False) -> None:
         """Send the record to the dead-letter topic and wait for the ack; never raise (but for cancellation).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import traceback
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,18 @@ def as_reference(record: dict) -> dict:
     """The record with only the first bytes of its key and value: the reference, length and hash say the rest."""
     return {**record, "key": None if record["key"] is None else record["key"][:PREFIX_BYTES],
             "value": None if record["value"] is None else record["value"][:PREFIX_BYTES], "truncated": True}
+
+
+def log_fault(stage: str, message, exc: Exception) -> str:
+    """Log a fault of ours on a record (`message`: topic, partition, offset) and return the dead-letter reason.
+
+    The log gets the type and place only: the exception's text may quote the record, which may be
+    personal data. The dead-letter record, which holds the record anyway, gets it all.
+    """
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    log.error("fault at %s on %s[%d]@%d: %s at %s:%d", stage, message.topic, message.partition, message.offset,
+              type(exc).__name__, where.filename, where.lineno)
+    return f"fault in {stage}: {type(exc).__name__}: {exc}"
 
 
 def log_dead_letter(record: dict) -> None:

@@ -24,12 +24,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
 from streams import clients, topics
-from streams.deadletter import as_reference, dead_letter, log_dead_letter
+from streams.deadletter import as_reference, dead_letter, log_dead_letter, log_fault
 from streams.detection.batch import EVENT, TICK, run_batch
 from streams.detection.detector import Detector
 from streams.detection.idle import IdlePartitions
@@ -84,7 +83,6 @@ class DetectionRunner:
         self.stores = Stores(Path(settings.data_dir) / "detection")
         self.idle = IdlePartitions(settings.idle_tick_ms / 1000.0)
         self.stop = threading.Event()
-        self.ready = threading.Event()  # set once partitions were assigned and restored
         self.assigned: set[int] = set()  # event partitions this worker holds
         self.done: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset, handed to the broker
         self.position: dict[int, int] = {}  # event partition -> next offset to process (committed, or done)
@@ -177,14 +175,7 @@ class DetectionRunner:
         return EVENT, ev
 
     def _dead_letter(self, record: Record, exc: Exception, fault: bool) -> tuple:
-        if fault:
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            # the type and place only: the exception's text may quote the record (personal data)
-            log.error("fault at %s on %s[%d]@%d: %s at %s:%d", STAGE, record.topic, record.partition, record.offset,
-                      type(exc).__name__, where.filename, where.lineno)
-            reason = f"fault in {STAGE}: {type(exc).__name__}: {exc}"
-        else:
-            reason = exc
+        reason = log_fault(STAGE, record, exc) if fault else exc
         dead = dead_letter(STAGE, record.topic, record.partition, record.offset, record.key, record.value, reason)
         if not fault:
             log_dead_letter(dead)
@@ -265,7 +256,6 @@ class DetectionRunner:
         self.idle.assigned(mine, time.time())
         log.info("detection: assigned partitions %s; %d changelog records restored in %.1f s", mine, restored,
                  time.monotonic() - started)
-        self.ready.set()
 
     def _resume_where_faust_stopped(self, partitions, committed: dict) -> bool:
         """Partitions this group never committed resume where the Faust app's group did, if it did.
@@ -299,25 +289,23 @@ class DetectionRunner:
     def _on_revoke(self, consumer, partitions) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._commit(asynchronous=False, partitions=gone)
-        self._forget({p for t, p in gone if t == self.events})
-        for key in gone:
-            self.done.pop(key, None)
+        self._forget(gone)
 
     def _on_lost(self, consumer, partitions) -> None:
         # another worker may own these already: nothing is committed, the state is read afresh
-        gone = {(tp.topic, tp.partition) for tp in partitions}
-        self._forget({p for t, p in gone if t == self.events})
-        for key in gone:
-            self.done.pop(key, None)
+        self._forget({(tp.topic, tp.partition) for tp in partitions})
 
-    def _forget(self, partitions: set[int]) -> None:
+    def _forget(self, gone: set[tuple[str, int]]) -> None:
         # another worker may own these partitions next and change their state and timers
+        events = {p for t, p in gone if t == self.events}
         self.detector.forget_partitions()
-        self.idle.revoked(partitions)
-        for p in partitions:
+        self.idle.revoked(events)
+        for p in events:
             self.stores.close(p)
             self.position.pop(p, None)
-        self.assigned -= partitions
+        self.assigned -= events
+        for key in gone:
+            self.done.pop(key, None)
 
     def restore(self, partitions: list[int]) -> int:
         """Bring each partition's RocksDB up to its changelogs' end; returns the records applied."""

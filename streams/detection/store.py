@@ -39,7 +39,6 @@ class PartitionDB:
 
     def __init__(self, path: Path):
         path.mkdir(parents=True, exist_ok=True)
-        self.path = path
         self.db = Rdict(str(path), Options(raw_mode=True))
 
     def get(self, table: str, key: str) -> bytes | None:

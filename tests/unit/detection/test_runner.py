@@ -232,3 +232,4 @@ def test_changelog_keys_are_written_and_read_as_faust_tables_of_earlier_releases
     # Faust's str-keyed tables wrote JSON keys; values were raw bytes in both
     for key in ["v1", "0:clock", "é-visitor", "3:q12"]:
         assert changelog_key(key) == codecs.dumps("json", key) and table_key(codecs.dumps("json", key)) == key
+
