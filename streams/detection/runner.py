@@ -320,16 +320,17 @@ class DetectionRunner:
             starts = []
             for p in partitions:
                 db = self.stores.open(p)
-                for table, topic in self.changelog.items():
-                    low, high = clients.watermarks(reader, TopicPartition(topic, p), time.monotonic() + 30)
+                marks = {table: clients.watermarks(reader, TopicPartition(topic, p), time.monotonic() + 30)
+                         for table, topic in self.changelog.items()}
+                if any(db.offset(table) > high for table, (_, high) in marks.items()):
+                    # a changelog is younger than this copy (the topic was made again): both tables start over
+                    log.warning("detection: local state of partition %d is ahead of its changelog; read again", p)
+                    self.stores.wipe(p)
+                    db = self.stores.open(p)
+                for table, (low, high) in marks.items():
                     start = db.offset(table)
-                    if start > high:
-                        # the changelog is younger than this copy (the topic was made again): start over
-                        log.warning("detection: local state of partition %d is ahead of %s; read again", p, topic)
-                        self.stores.wipe(p)
-                        db = self.stores.open(p)
-                        start = 0
                     if start < high:
+                        topic = self.changelog[table]
                         wanted[(topic, p)] = high
                         starts.append(TopicPartition(topic, p, start if start > low else OFFSET_BEGINNING))
             table_of = {topic: table for table, topic in self.changelog.items()}

@@ -233,3 +233,73 @@ def test_changelog_keys_are_written_and_read_as_faust_tables_of_earlier_releases
     for key in ["v1", "0:clock", "é-visitor", "3:q12"]:
         assert changelog_key(key) == codecs.dumps("json", key) and table_key(codecs.dumps("json", key)) == key
 
+
+class FakeChangelogReader:
+    """A consumer over in-memory changelogs: {(topic, partition): [(key, value), ...]}, offsets from 0."""
+
+    def __init__(self, logs: dict):
+        self.logs, self.at = logs, {}
+
+    def assign(self, tps):
+        from confluent_kafka import OFFSET_BEGINNING
+
+        self.at = {(tp.topic, tp.partition): 0 if tp.offset == OFFSET_BEGINNING else tp.offset for tp in tps}
+
+    def consume(self, n, timeout):
+        out = []
+        for (topic, p), start in self.at.items():
+            for offset, (key, value) in enumerate(self.logs[(topic, p)][start:], start):
+                out.append(_ChangelogMsg(topic, p, offset, key, value))
+            self.at[(topic, p)] = len(self.logs[(topic, p)])
+        return out
+
+    def position(self, tps):
+        from confluent_kafka import TopicPartition
+
+        return [TopicPartition(tp.topic, tp.partition, self.at[(tp.topic, tp.partition)]) for tp in tps]
+
+    def close(self):
+        pass
+
+
+class _ChangelogMsg:
+    def __init__(self, topic, partition, offset, key, value):
+        self._t, self._p, self._o, self._k, self._v = topic, partition, offset, key, value
+
+    def error(self):
+        return None
+
+    def topic(self):
+        return self._t
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def key(self):
+        return self._k
+
+    def value(self):
+        return self._v
+
+
+def test_a_copy_ahead_of_one_changelog_is_read_again_whole_from_both(tmp_path, monkeypatch):
+    from streams.detection import runner as runner_module
+    from streams.detection.store import changelog_key
+
+    # Given partition 0's RocksDB at offsets 1 (visitors) and 50 (timers), with a visitor of its own, and
+    # changelogs since: the visitors' one holds 2 records, the timers' one, made again, only 5
+    runner = _runner(tmp_path)
+    runner.stores.open(0).write([(VISITORS, "stale", b"\x80")], {VISITORS: 1, INDEX: 50})
+    logs = {(runner.changelog[VISITORS], 0): [(changelog_key(f"v{i}"), b"\x81\xa1a\x01") for i in range(2)],
+            (runner.changelog[INDEX], 0): [(changelog_key(f"0:b{i}"), b"\x90") for i in range(5)]}
+    monkeypatch.setattr(runner_module.clients, "consumer", lambda *a, **kw: FakeChangelogReader(logs))
+    monkeypatch.setattr(runner_module.clients, "watermarks", lambda reader, tp, deadline: (0, len(logs[(tp.topic, tp.partition)])))
+    # When the partition is restored
+    applied = runner.restore([0])
+    # Then the copy is dropped and both changelogs are read from their start, the visitors' one too
+    db = runner.stores.dbs[0]
+    assert applied == 7 and db.get(VISITORS, "stale") is None and db.get(VISITORS, "v0") is not None
+    assert db.get(INDEX, "0:b0") == b"\x90" and (db.offset(VISITORS), db.offset(INDEX)) == (2, 5)
