@@ -73,6 +73,13 @@ def register(settings: Settings, store: SchemaStore, loaded: tuple[str, dict, st
     return record
 
 
+def look_up_writer_schemas(settings: Settings, codec) -> None:
+    """Let `codec` read records of writer schemas other than ours, looked up on engage.schemas (without a
+    schema registry; with one, the registry does it)."""
+    if settings.schema_registry_url is None:
+        codec.lookup = RegisteredSchemas(settings, codec.store)
+
+
 class RegisteredSchemas:
     """The codec's lookup for fingerprints it does not know: the writer schemas on engage.schemas.
 

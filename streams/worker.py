@@ -32,6 +32,7 @@ def run_worker(settings: Settings) -> None:
     from streams import statedir
     from streams.admin import ensure_topics, wait_for_broker
     from streams.decision import models as model_follower
+    from streams.schemas import look_up_writer_schemas
     from streams.rules.book import start_following
 
     # its own RocksDB folder, whatever other workers run from the same checkout (held until exit)
@@ -41,11 +42,7 @@ def run_worker(settings: Settings) -> None:
     actions = RuleBook(load_actions(settings.rules_dir / "actions.yaml"))
     models = ModelBook()
     engine = build_worker(settings, models, actions)
-    if engine.settings.schema_registry_url is None:
-        from streams.schemas import RegisteredSchemas
-
-        # records of writer schemas other than ours: looked up on engage.schemas (the registry does it otherwise)
-        engine.codec.lookup = RegisteredSchemas(settings, engine.codec.store)
+    look_up_writer_schemas(settings, engine.codec)
     wait_for_broker(settings)
     ensure_topics(settings)
     start_following(settings, [actions], engine.codec)

@@ -36,6 +36,7 @@ def run_detection(settings: Settings) -> None:
     from streams.detection.rules import load_detection
     from streams.detection.runner import DetectionRunner
     from streams.rules.book import RuleBook, start_following
+    from streams.schemas import look_up_writer_schemas
 
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C reaches the worker, which stops us
@@ -43,10 +44,7 @@ def run_detection(settings: Settings) -> None:
     logfilter.install(interval_s=10.0)
     book = RuleBook(load_detection(settings.rules_dir / "detection.yaml"))
     codec = clients.codec(settings)
-    if settings.schema_registry_url is None:
-        from streams.schemas import RegisteredSchemas
-
-        codec.lookup = RegisteredSchemas(settings, codec.store)
+    look_up_writer_schemas(settings, codec)
     start_following(settings, [book], codec)
     runner = DetectionRunner(settings, codec, book.rules)
     # SIGTERM, from the worker or to the worker's process group: finish the batch, commit, leave the group

@@ -192,11 +192,14 @@ class Sampler(threading.Thread):
         tps = self.reader.committed([TopicPartition(topic, p) for p in range(self.settings.partitions)], timeout=10)
         return sum(max(tp.offset, 0) for tp in tps)
 
+    def _tree(self) -> list:
+        """The worker and its processes (detection runs in a child)."""
+        return [self.proc, *self.proc.children(recursive=True)]
+
     def cpu(self) -> float:
-        """CPU seconds of the worker and its processes (detection runs in a child)."""
-        procs = [self.proc, *self.proc.children(recursive=True)]
+        """CPU seconds of the worker and its processes."""
         total = 0.0
-        for proc in procs:
+        for proc in self._tree():
             try:
                 total += sum(proc.cpu_times()[:2])
             except psutil.Error:  # a child that just ended
@@ -215,7 +218,7 @@ class Sampler(threading.Thread):
     def peak_rss_mib(self) -> float:
         """Peak resident memory of the worker and its processes, summed."""
         total = 0.0
-        for proc in [self.proc, *self.proc.children(recursive=True)]:
+        for proc in self._tree():
             try:
                 for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
                     if line.startswith("VmHWM:"):
@@ -375,7 +378,8 @@ def _worker_on_backlog(settings: Settings, work: Path, events: int) -> dict:
 
 def _restore_s(settings: Settings, work: Path, probe_seed: int, data_dir: Path | None = None) -> float | None:
     """Seconds from a worker started with an empty state folder (its tables only on the changelogs), or with
-    `data_dir`, to the commit of a new event sent as it starts: restoring its tables, and its start-up."""
+    `data_dir`, to detection's commit of a new event sent as it starts: its start-up, and detection's
+    restore of its own state (the Faust stages restore theirs meanwhile)."""
     from streams.tools.simulator import run_simulator
 
     settings = settings.with_(data_dir=data_dir or work / f"restored-{settings.app_id}")
