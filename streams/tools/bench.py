@@ -317,6 +317,69 @@ def _latencies(settings: Settings, spec: topics.TopicSpec, since_ms: int, until_
     return out
 
 
+def _hops(settings: Settings, since_ms: int, until_ms: int, timed: set[str]) -> dict:
+    """Latency of each hop (ms, p50/p95/p99) of event-driven signals raised in [since_ms, until_ms].
+
+    From the record timestamps each stage's producer set: the event's time to its signal's record
+    (detection), to the enriched record (data), to the decision and to the delivery. Where the time
+    goes, stage by stage, under the offered load.
+    """
+    codec = clients.codec(settings)
+
+    def read(spec):
+        name = settings.topic(spec.name)
+        return [(ts, codec.decode(name, spec.schema, v))
+                for _, _, ts, _, v in clients.read_all(settings, name, group_prefix="bench-read")]
+
+    signals = {r["signal_id"]: (ts, r["ts"]) for ts, r in read(topics.SIGNALS)
+               if since_ms <= r["ts"] <= until_ms and r["signal"] not in timed}
+    enriched = {r["signal"]["signal_id"]: ts for ts, r in read(topics.ENRICHED) if r["signal"]["signal_id"] in signals}
+    decided = {r["decision_id"]: (ts, r["signal_id"]) for ts, r in read(topics.DECISIONS) if r["signal_id"] in enriched}
+    hops = {
+        "event_to_signal": [ts - event_ts for ts, event_ts in signals.values()],
+        "signal_to_enriched": [ts - signals[sid][0] for sid, ts in enriched.items()],
+        "enriched_to_decision": [ts - enriched[sid] for ts, sid in decided.values()],
+        "decision_to_delivery": [ts - decided[r["decision_id"]][0] for ts, r in read(topics.DELIVERY)
+                                 if r["decision_id"] in decided],
+    }
+    return {name: {"records": len(xs), "p50": pct(xs, .5), "p95": pct(xs, .95), "p99": pct(xs, .99)}
+            for name, xs in hops.items()}
+
+
+def _cpu_shares(pids: dict[str, int | None]):
+    """A function returning, since this call, the machine's busy share and each process's CPU (% of one core)."""
+    procs = {}
+    for name, pid in pids.items():
+        try:
+            procs[name] = psutil.Process(pid)
+        except (psutil.Error, TypeError, ValueError):
+            pass
+
+    def cpu_of(p):
+        return sum(t.user + t.system for t in (q.cpu_times() for q in [p, *_children(p)]))
+
+    start, machine0, before = time.monotonic(), psutil.cpu_times(), {n: cpu_of(p) for n, p in procs.items()}
+
+    def shares() -> dict:
+        elapsed, machine1 = time.monotonic() - start, psutil.cpu_times()
+        out = {"machine_busy_percent": round(100 * (1 - (machine1.idle - machine0.idle) / (sum(machine1) - sum(machine0))), 1),
+               "cores": psutil.cpu_count()}
+        for n, p in procs.items():
+            try:
+                out[f"{n}_cpu_percent_of_one_core"] = round(100 * (cpu_of(p) - before[n]) / elapsed, 1)
+            except psutil.Error:
+                pass
+        return out
+    return shares
+
+
+def _children(p) -> list:
+    try:
+        return p.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
 BACKLOG_EVENTS, BACKLOG_VISITORS, BENCH_PARTITIONS = 50_000, 5_000, 8
 
 
@@ -497,8 +560,11 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
         since = int(time.time() * 1000)
         base = sampler.samples[-1]
         print(f"[bench] offered load {rate:g} events/s for {duration_s:g} s ...", flush=True)
+        # the simulator runs in this process: its CPU is "bench"
+        shares = _cpu_shares({"worker": worker.pid, "broker": broker.pid(), "bench": os.getpid()})
         sent = run_simulator(settings, rate=rate, duration_s=duration_s, seed=2, customers=500, quiet=True)
         t_end_send = time.monotonic()
+        cpu_during_load = shares()
         until = int(time.time() * 1000)
         drained = _wait_drained(sampler, warm + sent, 300)
         end = sampler.samples[-1]
@@ -509,6 +575,7 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
             "detection_events_per_s": round(done / elapsed, 1), "drained": drained is not None,
             "lag_after_send_s": round((drained - t_end_send), 1) if drained else None,
             "worker_cpu_percent_of_one_core": round((end[1] - base[1]) / (end[0] - base[0]) * 100, 1),
+            "cpu_while_sending": cpu_during_load,
         }
         _wait_pipeline(settings, 120)
         # Phase 2: a backlog drained with 50 rules, published to the running worker (hot reload)
@@ -535,6 +602,7 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
                 result[f"latency_event_to_{name}_ms_{label}"] = {
                     "records": len(xs), "p50": pct(xs, .5), "p95": pct(xs, .95), "p99": pct(xs, .99),
                     "share_within_100ms": round(sum(x <= 100 for x in xs) / len(xs), 3) if xs else None}
+        result["latency_hops_ms_event_signals"] = _hops(settings, since, until, timed)
         stop_process(worker)
         # Phase 3: the backlog of 50,000 events from 5,000 visitors, stored first, drained by a new worker
         # and by the anchors (the runtimes a user could pick instead) in interleaved rounds

@@ -303,3 +303,21 @@ def test_a_copy_ahead_of_one_changelog_is_read_again_whole_from_both(tmp_path, m
     db = runner.stores.dbs[0]
     assert applied == 7 and db.get(VISITORS, "stale") is None and db.get(VISITORS, "v0") is not None
     assert db.get(INDEX, "0:b0") == b"\x90" and (db.offset(VISITORS), db.offset(INDEX)) == (2, 5)
+
+
+def test_batches_within_the_commit_interval_are_committed_together_once_it_has_passed(tmp_path, monkeypatch):
+    # Given a runner that committed its first batch at t=100 s (commit interval 1 s)
+    clock = [100.0]
+    monkeypatch.setattr("streams.detection.runner.time.monotonic", lambda: clock[0])
+    runner = _runner(tmp_path)
+    runner.process([_event(1, "page_view", path="/a")])
+    # When two more batches come within the interval
+    clock[0] = 100.4
+    runner.process([_event(2, "page_view", path="/b")])
+    runner.process([_event(3, "page_view", visitor="v2", partition=1, path="/a")])
+    # Then nothing more is committed yet
+    assert runner.consumer.commits == [{("engage.events", 0): 2}]
+    # And once the interval has passed, with no new batch, both partitions' progress is committed at once
+    clock[0] = 101.1
+    runner._commit_due(clock[0])
+    assert runner.consumer.commits[-1] == {("engage.events", 0): 3, ("engage.events", 1): 4}
