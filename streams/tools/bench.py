@@ -346,17 +346,21 @@ def _hops(settings: Settings, since_ms: int, until_ms: int, timed: set[str]) -> 
             for name, xs in hops.items()}
 
 
-def _cpu_shares(pids: dict[str, int | None]):
-    """A function returning, since this call, the machine's busy share and each process's CPU (% of one core)."""
+def _cpu_shares(pids: dict[str, tuple[int | None, bool]]):
+    """A function returning, since this call, the machine's busy share and each process's CPU (% of one core).
+
+    `pids`: name -> (pid, whether its child processes count as its own).
+    """
     procs = {}
-    for name, pid in pids.items():
+    for name, (pid, with_children) in pids.items():
         try:
-            procs[name] = psutil.Process(pid)
+            procs[name] = (psutil.Process(pid), with_children)
         except (psutil.Error, TypeError, ValueError):
             pass
 
-    def cpu_of(p):
-        return sum(t.user + t.system for t in (q.cpu_times() for q in [p, *_children(p)]))
+    def cpu_of(entry):
+        p, with_children = entry
+        return sum(t.user + t.system for t in (q.cpu_times() for q in [p, *(_children(p) if with_children else [])]))
 
     start, machine0, before = time.monotonic(), psutil.cpu_times(), {n: cpu_of(p) for n, p in procs.items()}
 
@@ -560,8 +564,9 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
         since = int(time.time() * 1000)
         base = sampler.samples[-1]
         print(f"[bench] offered load {rate:g} events/s for {duration_s:g} s ...", flush=True)
-        # the simulator runs in this process: its CPU is "bench"
-        shares = _cpu_shares({"worker": worker.pid, "broker": broker.pid(), "bench": os.getpid()})
+        # the simulator runs in this process (the worker and the broker are its children: not counted in it)
+        shares = _cpu_shares({"worker": (worker.pid, True), "broker": (broker.pid(), False),
+                              "simulator": (os.getpid(), False)})
         sent = run_simulator(settings, rate=rate, duration_s=duration_s, seed=2, customers=500, quiet=True)
         t_end_send = time.monotonic()
         cpu_during_load = shares()
