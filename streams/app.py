@@ -42,11 +42,13 @@ class Engine:
     async def send_all(self, outputs) -> None:
         """Send (spec, key, record[, headers]) in order, then wait for every ack: one wait for a batch.
 
+        A record None is a tombstone (a deletion on a compacted topic).
+
         A send the client gives up on is sent again, with a growing pause, until the broker takes it:
         the batch's offsets are acked only after this returns, so nothing is lost, and a record sent
         twice carries the same id (consumers drop such duplicates by id).
         """
-        items = [(self.topic[o[0].name], o[1].encode(), self.encode(o[0], o[2]),
+        items = [(self.topic[o[0].name], o[1].encode(), None if o[2] is None else self.encode(o[0], o[2]),
                   [(k, v.encode()) for k, v in (o[3] if len(o) > 3 and o[3] else {}).items()]) for o in outputs]
         pause = 0.1
         while items:

@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--author", default=None)
     scs.add_parser("list", help="the writer schemas registered so far")
 
+    pr = sub.add_parser("profiles", help="load a CRM export into engage.profiles")
+    prs = pr.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    pl = prs.add_parser("load", help="check every row of a CSV or JSON Lines file, then publish it (nothing if a row is wrong)")
+    pl.add_argument("path", type=Path)
+    pl.add_argument("--format", choices=("csv", "jsonl"), default=None, help="default: from the file name")
+    pl.add_argument("--check", action="store_true", help="only check the file; publish nothing")
+
     d = sub.add_parser("demo", help="broker (unless KAFKA_BOOTSTRAP_SERVERS), worker, simulator and console adapter")
     d.add_argument("--speed", type=_positive(float), default=1.0, help="simulated seconds per second (default 1)")
     d.add_argument("--duration", type=_positive(float), default=None, help="stop by itself after this many seconds")
@@ -182,6 +189,49 @@ def _rules(settings: Settings, args) -> int:
     else:
         record = registry.rollback(settings, args.name, args.to_version, author=args.author)
         print(f"rolled {args.name} back: version {record['version']} is current again ({record['author']})")
+    return 0
+
+
+def _profiles_load(settings: Settings, args) -> int:
+    import click
+
+    from streams.admin import ensure_topics, wait_for_broker
+    from streams.data import load
+
+    path: Path = args.path
+    if not path.is_file():
+        raise CliError(f"profiles load: {path} is not a file")
+    try:
+        fmt = load.file_format(path, args.format)
+    except load.RowError as exc:
+        raise CliError(f"profiles load: {exc}") from None
+    now = load.now_ms()
+    size = path.stat().st_size
+    with click.progressbar(length=size, label=f"checking {path.name}", file=sys.stderr) as bar:
+        found = load.check(path, fmt, now, progress=bar.update)
+    if found.error_count:
+        for line, reason in found.errors:
+            print(f"{path}:{line}: {reason}", file=sys.stderr)
+        more = found.error_count - len(found.errors)
+        print(f"engage: {found.error_count} row(s) of {path} cannot be profiles"
+              + (f" ({more} more not shown)" if more else "") + "; nothing was published", file=sys.stderr)
+        return 1
+    summary = (f"{found.rows} rows ({found.deletes} deletions), {len(found.customers)} customers"
+               + (f"; {found.duplicates} rows repeat a customer (the last one wins)" if found.duplicates else ""))
+    if args.check:
+        print(f"{path}: {summary}; all valid (nothing published: --check)")
+        return 0
+    wait_for_broker(settings, 15)
+    ensure_topics(settings)
+    with click.progressbar(length=size, label=f"publishing {path.name}", file=sys.stderr) as bar:
+        done = load.publish(settings, path, fmt, now, progress=bar.update)
+    if done.failed or done.stopped_at_line is not None:
+        why = (f"line {done.stopped_at_line} changed since the check, publishing stopped there"
+               if done.stopped_at_line is not None else f"first error: {done.first_failure}")
+        print(f"engage: {done.published} of {found.rows} rows published, {done.failed} refused by the broker ({why}); "
+              "load the file again: the latest record of a customer wins", file=sys.stderr)
+        return 1
+    print(f"published {path}: {summary}")
     return 0
 
 
@@ -310,6 +360,8 @@ def run(argv: list[str]) -> int:
         return _rules(settings, args)
     elif args.command == "schemas":
         return _schemas(settings, args)
+    elif args.command == "profiles":
+        return _profiles_load(settings, args)
     elif args.command == "demo":
         from streams.tools.demo import run_demo
 

@@ -26,7 +26,18 @@ RULES = TopicSpec("engage.rules", "rule set name", "RuleSet", compacted=True, pa
 # Writer schemas producers registered (`engage schemas register`): one partition, compacted by fingerprint.
 SCHEMAS = TopicSpec("engage.schemas", "fingerprint (hex)", "WriterSchema", compacted=True, partitions=1)
 SIGNALS = TopicSpec("engage.signals", "visitor_id", "Signal")
-# Signals of known customers re-keyed by customer_id, co-partitioned with engage.profiles for the join.
+# Identifiers (devices, phone numbers, e-mail addresses: what events carry as visitor_id) known to
+# belong to a customer, from CRM and the contact centre; a tombstone unlinks one.
+IDENTITY = TopicSpec("engage.identity", "visitor_id", "IdentityLink", compacted=True)
+# engage.identity re-keyed by the engine's partitioner, co-partitioned with engage.signals.
+IDENTITY_BY_VISITOR = TopicSpec("engage.identity-by-visitor", "visitor_id", "IdentityLink", compacted=True,
+                                internal=True)
+# engage.profiles re-keyed by the engine, with the engine's partitioner, so a profile lands on the
+# partition of its customer's signals whatever partitioner the CRM's producer used (as Kafka Streams
+# repartitions before a join). Compacted: the latest profile, or its deletion, per customer.
+PROFILES_BY_CUSTOMER = TopicSpec("engage.profiles-by-customer", "customer_id", "CustomerProfile", compacted=True,
+                                 internal=True)
+# Signals of known customers re-keyed by customer_id, co-partitioned with their profiles for the join.
 SIGNALS_BY_CUSTOMER = TopicSpec("engage.signals-by-customer", "customer_id", "Signal", internal=True)
 # Idle partitions' clock ticks for detection, co-partitioned with engage.events; kept one hour.
 DETECTION_TICKS = TopicSpec("engage.detection-ticks", "none (sent to the partition it is about)", "Tick", internal=True,
@@ -48,7 +59,8 @@ PACING = TopicSpec("engage.pacing", "skill", "Pacing", internal=True)
 MODELS = TopicSpec("engage.models", "learner partition (as text)", "ModelEvidence", compacted=True, partitions=1)
 DEADLETTER = TopicSpec("engage.deadletter", "the original key", "DeadLetter")
 
-ALL = (EVENTS, PROFILES, AGENT_AVAILABILITY, RULES, SCHEMAS, SIGNALS, SIGNALS_BY_CUSTOMER, DETECTION_TICKS, ENRICHED, DECISIONS, DELIVERY,
+ALL = (EVENTS, PROFILES, AGENT_AVAILABILITY, RULES, SCHEMAS, SIGNALS, IDENTITY, IDENTITY_BY_VISITOR, PROFILES_BY_CUSTOMER,
+       SIGNALS_BY_CUSTOMER, DETECTION_TICKS, ENRICHED, DECISIONS, DELIVERY,
        OUTCOMES, CONVERSIONS, ATTRIBUTIONS, PACING, MODELS, DEADLETTER)
 
 # The state tables, each with a compacted changelog topic named by Faust "<app id>-<table>-changelog",
@@ -59,6 +71,7 @@ ALL = (EVENTS, PROFILES, AGENT_AVAILABILITY, RULES, SCHEMAS, SIGNALS, SIGNALS_BY
 VISITOR_TO_STATE = "visitor_to_state"
 PARTITION_TO_TIMERS = "partition_to_timers"
 CUSTOMER_TO_PROFILE = "customer_to_profile"
+VISITOR_TO_CUSTOMER = "visitor_to_customer"  # identity links from engage.identity, partitioned like engage.signals
 CUSTOMER_TO_CONTACTS = "customer_to_contacts"
 KEY_TO_ATTRIBUTIONS = "key_to_attributions"
 # the uplift learner, partitioned like engage.attributions: decisions waiting for their window to close,
@@ -66,7 +79,7 @@ KEY_TO_ATTRIBUTIONS = "key_to_attributions"
 DECISION_TO_LABEL = "decision_to_label"
 PARTITION_TO_EVIDENCE = "partition_to_evidence"
 SKILL_TO_PACING = "skill_to_pacing"  # per skill: free agents, outstanding invitations, candidates waiting
-TABLES = (VISITOR_TO_STATE, PARTITION_TO_TIMERS, CUSTOMER_TO_PROFILE, CUSTOMER_TO_CONTACTS, KEY_TO_ATTRIBUTIONS,
+TABLES = (VISITOR_TO_STATE, PARTITION_TO_TIMERS, CUSTOMER_TO_PROFILE, VISITOR_TO_CUSTOMER, CUSTOMER_TO_CONTACTS, KEY_TO_ATTRIBUTIONS,
           DECISION_TO_LABEL, PARTITION_TO_EVIDENCE, SKILL_TO_PACING)
 
 

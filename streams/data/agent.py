@@ -1,11 +1,24 @@
-"""Decides how the data stage runs on Faust: profiles kept in a RocksDB table, signals joined with them."""
+"""Decides how the data stage runs on Faust: profiles and identity links re-keyed by the engine and kept in tables, signals identified and joined with them."""
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from streams import topics
 from streams.app import Engine
-from streams.data.enrich import enrich, validate_profile
+from streams.data.enrich import enrich, identified, validate_link, validate_profile
 
 STAGE = "data"
+
+
+class DataStage(NamedTuple):
+    repartition_profiles: object
+    store_profiles: object
+    route_signals: object
+    enrich_signals: object
+    customer_to_profile: object
+    repartition_identity: object
+    store_identity: object
+    visitor_to_customer: object
 
 
 def _check_profile(msg, profile: dict) -> None:
@@ -14,14 +27,61 @@ def _check_profile(msg, profile: dict) -> None:
         raise ValueError("the record key must be the customer_id")
 
 
+def _check_link(msg, link: dict) -> None:
+    validate_link(link)
+    if msg.key is None or msg.key.decode("utf-8", "replace") != link["visitor_id"]:
+        raise ValueError("the record key must be the visitor_id")
+
+
+def _rekeyed(engine: Engine, source: topics.TopicSpec, target: topics.TopicSpec, key_field: str, check):
+    """A handler that checks a record of `source` and sends it on to `target` keyed by `key_field`, with
+    the engine's partitioner; a tombstone (a deletion) is sent on as one."""
+    def rekey(msg) -> list:
+        if msg.value is None:
+            if msg.key is None:
+                raise ValueError(f"a tombstone on {source.name} needs the {key_field} as its key")
+            return [(target, msg.key.decode("utf-8", "replace"), None)]
+        record = engine.decode(source, msg.value)
+        check(msg, record)
+        return [(target, record[key_field], record)]
+    return rekey
+
+
 def register(engine: Engine):
     app = engine.app
     customer_to_profile = app.Table(topics.CUSTOMER_TO_PROFILE, default=None, partitions=engine.settings.partitions,
                                     key_type=str)  # values are JSON (Faust's default for untyped tables)
 
-    @app.agent(engine.topic[topics.PROFILES.name], name="store_profiles")
+    visitor_to_customer = app.Table(topics.VISITOR_TO_CUSTOMER, default=None, partitions=engine.settings.partitions,
+                                    key_type=str)
+
+    # CRM records are checked where they arrive, so a bad one is dead-lettered with its own topic and
+    # offset; then sent on keyed with the engine's partitioner, so the joins below find them on the
+    # partition of the signals whatever partitioner the CRM's producer used (as Kafka Streams
+    # repartitions before a join).
+    @app.agent(engine.topic[topics.PROFILES.name], name="repartition_profiles")
+    async def repartition_profiles(stream):
+        await engine.handle_batches(stream, STAGE, _rekeyed(engine, topics.PROFILES, topics.PROFILES_BY_CUSTOMER,
+                                                            "customer_id", _check_profile))
+
+    @app.agent(engine.topic[topics.IDENTITY.name], name="repartition_identity")
+    async def repartition_identity(stream):
+        await engine.handle_batches(stream, STAGE, _rekeyed(engine, topics.IDENTITY, topics.IDENTITY_BY_VISITOR,
+                                                            "visitor_id", _check_link))
+
+    @app.agent(engine.topic[topics.IDENTITY_BY_VISITOR.name], name="store_identity")
+    async def store_identity(stream):
+        async for msg, link in engine.records(stream, topics.IDENTITY_BY_VISITOR, STAGE, tombstones=True):
+            async with engine.guard(STAGE, msg):
+                if link is None:
+                    visitor_to_customer.pop(msg.key.decode("utf-8", "replace"), None)  # unlinked
+                else:
+                    visitor_to_customer[link["visitor_id"]] = {"customer_id": link["customer_id"],
+                                                               "source": link["source"], "ts": link["ts"]}
+
+    @app.agent(engine.topic[topics.PROFILES_BY_CUSTOMER.name], name="store_profiles")
     async def store_profiles(stream):
-        async for msg, profile in engine.records(stream, topics.PROFILES, STAGE, _check_profile, tombstones=True):
+        async for msg, profile in engine.records(stream, topics.PROFILES_BY_CUSTOMER, STAGE, tombstones=True):
             async with engine.guard(STAGE, msg):
                 if profile is None:
                     customer_to_profile.pop(msg.key.decode("utf-8", "replace"), None)  # the customer was deleted
@@ -32,6 +92,7 @@ def register(engine: Engine):
     async def route_signals(stream):
         def route(msg) -> list:
             signal = engine.decode(topics.SIGNALS, msg.value)
+            signal = identified(signal, visitor_to_customer.get(signal["visitor_id"]))
             if signal["customer_id"]:
                 # re-key so the join happens on the partition that holds this customer's profile
                 return [(topics.SIGNALS_BY_CUSTOMER, signal["customer_id"], signal)]
@@ -49,4 +110,5 @@ def register(engine: Engine):
 
         await engine.handle_batches(stream, STAGE, join)
 
-    return store_profiles, route_signals, enrich_signals, customer_to_profile
+    return DataStage(repartition_profiles, store_profiles, route_signals, enrich_signals, customer_to_profile,
+                     repartition_identity, store_identity, visitor_to_customer)

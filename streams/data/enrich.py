@@ -12,6 +12,23 @@ def enrich(signal: dict, profile: dict | None) -> dict:
     return {"key": routing_key(signal), "known": profile is not None, "signal": signal, "profile": profile}
 
 
+def validate_link(link: dict) -> None:
+    for name in ("visitor_id", "customer_id"):
+        if not link[name] or len(link[name]) > 256:
+            raise ValueError(f"{name} must be 1 to 256 characters")
+
+
+def identified(signal: dict, link: dict | None) -> dict:
+    """The signal with the customer its visitor is linked to, when the event itself did not say.
+
+    A customer_id the event carried (a login on this device, as detection remembers it) wins over a
+    CRM link: it is the freshest word on who uses the device.
+    """
+    if signal["customer_id"] or link is None:
+        return signal
+    return {**signal, "customer_id": link["customer_id"]}
+
+
 def validate_profile(profile: dict) -> None:
     if not profile.get("customer_id"):
         raise ValueError("customer_id is empty")

@@ -328,14 +328,18 @@ class Producer_:
                            partition=p)
         assert self.p.flush(30) == 0, "the test producer could not deliver every record"
 
-    def profile(self, customer_id: str, **kw) -> dict:
+    def profile(self, customer_id: str, partition: int | None = None, **kw) -> dict:
+        """Publish a CRM profile (to `partition`, if given, as a producer with another partitioner would)."""
         # where it is daytime now, unless the test says: the shipped quiet hours would otherwise turn
         # call backs into chats depending on when the suite runs
         kw.setdefault("timezone", daytime_zone())
         prof = wire.profile(customer_id, int(time.time() * 1000), **kw)
-        self.raw("engage.profiles", customer_id.encode(), wire.encode("CustomerProfile", prof))
-        # a stream-table join sees a profile only once the worker has stored it
+        self.p.produce(self.pipeline.topic("engage.profiles"), key=customer_id.encode(),
+                       value=wire.encode("CustomerProfile", prof), **({} if partition is None else {"partition": partition}))
+        assert self.p.flush(30) == 0, "the test producer could not deliver the profile"
+        # a stream-table join sees a profile only once the worker has re-keyed and stored it
         self.pipeline.wait_caught_up("engage.profiles")
+        self.pipeline.wait_caught_up("engage.profiles-by-customer")
         return prof
 
 
@@ -361,7 +365,8 @@ class Reader:
                 return
             if msg.error():
                 continue
-            meta = {"key": msg.key(), "headers": dict(msg.headers() or []), "timestamp": msg.timestamp()[1]}
+            meta = {"key": msg.key(), "headers": dict(msg.headers() or []), "timestamp": msg.timestamp()[1],
+                    "partition": msg.partition()}
             self.records.append((wire.decode(self.schema, msg.value()), meta))
 
     def wait_for(self, predicate, count: int = 1, timeout_s: float = 60.0) -> list[tuple[dict, dict]]:

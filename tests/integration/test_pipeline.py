@@ -103,6 +103,29 @@ def test_garbage_and_wrong_schema_are_dead_lettered_and_the_next_event_still_flo
     assert decisions.wait_for(lambda d: d["visitor_id"] == visitor)
 
 
+def test_a_profile_a_crm_producer_put_on_another_partition_still_joins_its_customers_signals(pipeline, produce, read):
+    from tests.support import wire
+
+    # Given a customer whose profile a CRM producer with another partitioner (e.g. librdkafka's default,
+    # CRC32) put on another partition than murmur2 gives their id, where the engine keeps their signals
+    cid = customer_outside_control("retention-callback")
+    mine = wire.murmur2_partition(cid.encode(), pipeline.settings.partitions)
+    elsewhere = (mine + 1) % pipeline.settings.partitions
+    rekeyed = read("engage.profiles-by-customer", "CustomerProfile")
+    decisions = read("engage.decisions", "Decision")
+    produce.profile(cid, partition=elsewhere, clv=1999.0)
+    # When they log in and search to cancel
+    visitor, t = f"V-{uuid.uuid4().hex[:8]}", now_ms()
+    produce.event(event_id=f"{visitor}-1", visitor_id=visitor, type_="search", ts=t, customer_id=cid,
+                  path="/help/search", query="cancel my contract")
+    # Then the engine re-keyed the profile onto the murmur2 partition of the customer id
+    [(profile, meta)] = rekeyed.wait_for(lambda p: p["customer_id"] == cid)
+    assert meta["partition"] == mine != elsewhere and meta["key"] == cid.encode()
+    # And the signal is joined with it
+    [(d, _)] = decisions.wait_for(lambda d: d["customer_id"] == cid)
+    assert d["known"] is True and d["context"]["clv"] == "1999.00"
+
+
 def test_invalid_profile_is_dead_lettered(pipeline, produce, read):
     dead = read("engage.deadletter", "DeadLetter")
     from tests.support import wire

@@ -1,4 +1,4 @@
-"""The data stage's agents on Faust's test context: profiles stored and deleted, signals re-keyed and joined."""
+"""The data stage's agents on Faust's test context: profiles re-keyed, stored and deleted, signals re-keyed and joined."""
 from __future__ import annotations
 
 import pytest
@@ -12,9 +12,15 @@ from tests.support.stage import T0, Stage, async_test, eventually, profile, sign
 def _data_stage(tmp_path):
     """The data stage with its profile table's changelog captured: (stage, store, route, enrich, table)."""
     st = Stage(tmp_path)
-    store, route, enrich, table = data_agent.register(st.engine)
-    st.without_changelog(table)
-    return st, store, route, enrich, table
+    d = data_agent.register(st.engine)
+    st.without_changelog(d.customer_to_profile)
+    return st, d.store_profiles, d.route_signals, d.enrich_signals, d.customer_to_profile
+
+
+def _repartition(tmp_path):
+    st = Stage(tmp_path)
+    d = data_agent.register(st.engine)
+    return st, d.repartition_profiles, d.customer_to_profile
 
 
 async def _store_profile(profiles, table, prof: dict) -> None:
@@ -60,36 +66,54 @@ async def test_a_tombstone_removes_the_profile(tmp_path):
 
 
 @async_test
+async def test_profiles_and_deletions_are_sent_on_keyed_by_customer_with_the_engines_partitioner(tmp_path):
+    # Given the data stage's repartitioner
+    st, rekey, _ = _repartition(tmp_path)
+    async with rekey.test_context() as profiles:
+        # When C1's profile and C2's deletion arrive on engage.profiles, wherever the CRM's producer put them
+        await profiles.put(key=b"C1", value=wire.encode("CustomerProfile", profile("C1")), partition=3)
+        await profiles.put(key=b"C2", value=None, partition=0)
+        await eventually(lambda: len([s for s in st.sent if s[0] == topics.PROFILES_BY_CUSTOMER.name]) == 2, "both sent on")
+    # Then both go to engage.profiles-by-customer keyed by customer_id, the deletion as a tombstone, and the
+    # partition is left to the engine's producer (murmur2 of the key, like every re-keyed topic)
+    [(name1, key1, value1, _), (name2, key2, value2, _)] = st.sent
+    assert (name1, key1, name2, key2, value2) == (topics.PROFILES_BY_CUSTOMER.name, b"C1",
+                                                  topics.PROFILES_BY_CUSTOMER.name, b"C2", None)
+    assert st.engine.decode(topics.PROFILES_BY_CUSTOMER, value1) == profile("C1")
+
+
+@async_test
 async def test_a_profile_keyed_by_another_customer_is_dead_lettered(tmp_path):
-    # Given the data stage
-    st, store, _, _, table = _data_stage(tmp_path)
-    async with store.test_context() as profiles:
+    # Given the data stage's repartitioner
+    st, rekey, _ = _repartition(tmp_path)
+    async with rekey.test_context() as profiles:
         # When C1's profile arrives keyed by C2 (it would land on the wrong partition for the join)
         value = wire.encode("CustomerProfile", profile("C1"))
         event = await profiles.put(key=b"C2", value=value)
         # Then it goes, whole, to the dead-letter topic with the reason and where it came from
         [(key, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
-        # And the stream goes on: the next, well-keyed profile is stored
-        await _store_profile(profiles, table, profile("C3"))
-    assert key == b"C2"
+        # And the stream goes on: the next, well-keyed profile is sent on
+        await profiles.put(key=b"C3", value=wire.encode("CustomerProfile", profile("C3")))
+        [(c3, _, _)] = await st.wait_out(topics.PROFILES_BY_CUSTOMER, 1)
+    assert key == b"C2" and c3 == b"C3"
     assert dead["stage"] == "data"
     assert dead["error"] == "ValueError: the record key must be the customer_id"
     assert (dead["topic"], dead["partition"], dead["offset"]) == ("engage.profiles", event.message.partition,
                                                                    event.message.offset)
     assert dead["key"] == b"C2" and dead["value"] == value
-    assert table.get("C1") is None and table.get("C2") is None
+    assert [k for k, _, _ in st.out(topics.PROFILES_BY_CUSTOMER)] == [b"C3"]
 
 
 @async_test
 async def test_a_profile_with_negative_clv_is_dead_lettered(tmp_path):
     # Given the data stage; When a profile with a negative lifetime value arrives
-    st, store, _, _, table = _data_stage(tmp_path)
-    async with store.test_context() as profiles:
+    st, rekey, _ = _repartition(tmp_path)
+    async with rekey.test_context() as profiles:
         await profiles.put(key=b"C1", value=wire.encode("CustomerProfile", profile("C1", clv=-5.0)))
         [(_, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
-    # Then it is dead-lettered with the reason and not stored
+    # Then it is dead-lettered with the reason and not sent on
     assert dead["error"] == "ValueError: clv must not be negative, got -5.0"
-    assert table.get("C1") is None
+    assert st.out(topics.PROFILES_BY_CUSTOMER) == []
 
 
 @async_test
@@ -116,10 +140,77 @@ async def test_route_signals_rekeys_customers_and_enriches_anonymous_visitors(tm
 async def test_route_signals_dead_letters_a_record_of_the_wrong_schema(tmp_path):
     # Given the router; When an Interaction lands on engage.signals by mistake
     st = Stage(tmp_path)
-    _, route, _, _ = data_agent.register(st.engine)
+    route = data_agent.register(st.engine).route_signals
     async with route.test_context() as signals:
         await signals.put(key=b"v1", value=wire.encode("Interaction", wire.interaction("e1", "v1", "search", T0)))
         [(_, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
     # Then it is dead-lettered naming both schemas
     assert dead["stage"] == "data" and dead["topic"] == "engage.signals"
     assert dead["error"] == "DecodeError: wrong schema: record is Interaction, expected Signal"
+
+
+def _link(visitor_id: str, customer_id: str, source: str = "crm") -> dict:
+    return {"link_id": f"{visitor_id}->{customer_id}", "ts": T0, "visitor_id": visitor_id, "customer_id": customer_id,
+            "source": source}
+
+
+def _identity_stage(tmp_path):
+    st = Stage(tmp_path)
+    d = data_agent.register(st.engine)
+    st.without_changelog(d.visitor_to_customer)
+    return st, d
+
+
+@async_test
+async def test_a_call_from_a_number_crm_links_to_a_customer_counts_for_that_customer(tmp_path):
+    # Given CRM's link of the phone number tel:+31201234567 to customer C7
+    st, d = _identity_stage(tmp_path)
+    async with d.store_identity.test_context() as links, d.route_signals.test_context() as signals:
+        await links.put(key=b"tel:+31201234567", value=wire.encode("IdentityLink", _link("tel:+31201234567", "C7")))
+        await eventually(lambda: d.visitor_to_customer.get("tel:+31201234567") is not None, "the link stored")
+        # When a signal of a call from that number arrives, the call itself naming no customer
+        call = signal("sig-call", visitor_id="tel:+31201234567", customer_id=None)
+        await signals.put(key=b"tel:+31201234567", value=wire.encode("Signal", call))
+        [(key, out, _)] = await st.wait_out(topics.SIGNALS_BY_CUSTOMER, 1)
+    # Then it goes on as C7's signal, to be joined with C7's profile
+    assert key == b"C7" and out == {**call, "customer_id": "C7"}
+    assert st.out(topics.ENRICHED) == []
+
+
+@async_test
+async def test_an_unlinked_number_is_anonymous_again_and_a_login_on_the_device_wins_over_crm(tmp_path):
+    # Given links of two devices to C7
+    st, d = _identity_stage(tmp_path)
+    async with d.store_identity.test_context() as links, d.route_signals.test_context() as signals:
+        for device in (b"tel:+31200000000", b"app-123"):
+            await links.put(key=device, value=wire.encode("IdentityLink", _link(device.decode(), "C7")))
+        # When the number is unlinked (a tombstone: it was given up)
+        await links.put(key=b"tel:+31200000000", value=None)
+        await eventually(lambda: d.visitor_to_customer.get("tel:+31200000000") is None, "the link removed")
+        # And a signal comes from the number, and one from the app where C8 has just logged in
+        await signals.put(key=b"tel:+31200000000",
+                          value=wire.encode("Signal", signal("sig-1", visitor_id="tel:+31200000000", customer_id=None)))
+        await signals.put(key=b"app-123", value=wire.encode("Signal", signal("sig-2", visitor_id="app-123",
+                                                                            customer_id="C8")))
+        await st.wait_out(topics.SIGNALS_BY_CUSTOMER, 1)
+    # Then the number's signal is anonymous, and the app's is C8's, as the login said
+    [(anon_key, anon, _)] = st.out(topics.ENRICHED)
+    assert anon_key == b"tel:+31200000000" and anon["signal"]["customer_id"] is None and anon["known"] is False
+    assert [(k, s["customer_id"]) for k, s, _ in st.out(topics.SIGNALS_BY_CUSTOMER)] == [(b"C8", "C8")]
+
+
+@async_test
+async def test_identity_links_are_rekeyed_by_visitor_and_a_wrongly_keyed_one_is_dead_lettered(tmp_path):
+    # Given the repartitioner of engage.identity
+    st, d = _identity_stage(tmp_path)
+    async with d.repartition_identity.test_context() as links:
+        # When a link keyed by another identifier, a good one and a tombstone arrive
+        await links.put(key=b"someone-else", value=wire.encode("IdentityLink", _link("app-1", "C1")))
+        await links.put(key=b"app-2", value=wire.encode("IdentityLink", _link("app-2", "C2")), partition=1)
+        await links.put(key=b"app-3", value=None)
+        await eventually(lambda: sum(s[0] == topics.IDENTITY_BY_VISITOR.name for s in st.sent) == 2, "two sent on")
+        [(_, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
+    # Then the good one and the tombstone go on keyed by visitor, and the bad one is dead-lettered with why
+    sent = [(key, value) for name, key, value, _ in st.sent if name == topics.IDENTITY_BY_VISITOR.name]
+    assert [k for k, _ in sent] == [b"app-2", b"app-3"] and sent[1][1] is None
+    assert dead["error"] == "ValueError: the record key must be the visitor_id" and dead["topic"] == "engage.identity"

@@ -1,0 +1,45 @@
+"""Identity on a real broker: a CRM link makes an anonymous device's signals its customer's, and a tombstone undoes it."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.integration.test_pipeline import customer_outside_control, now_ms
+from tests.support import wire
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_crm_link_makes_an_app_installs_signals_the_customers_and_a_tombstone_unlinks_it(pipeline, produce, read):
+    # Given a customer with a profile, and CRM's link of their app install, put by a producer on the
+    # other partition than murmur2 gives (the engine re-keys it)
+    cid = customer_outside_control("retention-callback")
+    produce.profile(cid, clv=777.0)
+    install = f"app-{uuid.uuid4().hex[:8]}"
+    elsewhere = (wire.murmur2_partition(install.encode(), pipeline.settings.partitions) + 1) % pipeline.settings.partitions
+    link = {"link_id": f"crm-{install}", "ts": now_ms(), "visitor_id": install, "customer_id": cid, "source": "crm"}
+    produce.p.produce(pipeline.topic("engage.identity"), key=install.encode(), value=wire.encode("IdentityLink", link),
+                      partition=elsewhere)
+    assert produce.p.flush(30) == 0
+    pipeline.wait_caught_up("engage.identity")
+    pipeline.wait_caught_up("engage.identity-by-visitor")
+    decisions = read("engage.decisions", "Decision")
+    # When the app, anonymous (no customer_id on its events), searches to cancel
+    produce.event(event_id=f"{install}-1", visitor_id=install, type_="search", ts=now_ms(),
+                  path="/help/search", query="cancel my contract")
+    # Then the signal is the customer's, keyed by them and joined with their profile
+    [(d, meta)] = decisions.wait_for(lambda d: d["visitor_id"] == install)
+    assert meta["key"] == cid.encode() and d["key"] == cid and d["customer_id"] == cid
+    assert d["known"] is True and d["context"]["clv"] == "777.00"
+    # When CRM unlinks the install (a tombstone: it was a shared tablet) and it searches to cancel again
+    produce.raw("engage.identity", install.encode(), None)
+    pipeline.wait_caught_up("engage.identity")
+    pipeline.wait_caught_up("engage.identity-by-visitor")
+    produce.event(event_id=f"{install}-2", visitor_id=install, type_="search", ts=now_ms(),
+                  path="/help/search", query="how do I cancel")
+    # Then that signal is anonymous again
+    found = decisions.wait_for(lambda d: d["visitor_id"] == install, count=2)
+    assert len(found) == 2
+    anon, meta = found[1]
+    assert anon["customer_id"] is None and anon["known"] is False and meta["key"] == install.encode()
