@@ -85,10 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("path", nargs="?", type=Path, default=None, help="default: rules/detection.yaml")
     rp.add_argument("--author", default=None)
     rh = rs.add_parser("history", help="the published versions, oldest first")
-    rh.add_argument("--name", default="detection", choices=("detection", "actions"))
+    rh.add_argument("--name", default="detection", choices=("detection", "actions", "segments"))
     rr = rs.add_parser("rollback", help="republish an earlier version (default: the one before the current)")
     rr.add_argument("--to", dest="to_version", default=None, help="a version (or its first characters)")
-    rr.add_argument("--name", default="detection", choices=("detection", "actions"))
+    rr.add_argument("--name", default="detection", choices=("detection", "actions", "segments"))
     rr.add_argument("--author", default=None)
     rb = rs.add_parser("backtest", help="what a rule file would have found in stored events (touches nothing live)")
     rb.add_argument("--from", dest="from_", required=True, help="ISO time (UTC unless given), or 2h / 7d ago")
@@ -138,7 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def rule_set_of(path: Path) -> str:
+    """The rule set a file is, by its name: actions*.yaml, segments*.yaml, any other detection rules."""
+    return "actions" if path.stem.startswith("action") else "segments" if path.stem.startswith("segment") else "detection"
+
+
 def _rules_validate(settings: Settings, paths: list[Path]) -> int:
+    from streams.data.value import load_segments
     from streams.decision.actions import load_actions
     from streams.detection.rules import load_detection
     from streams.rules.loader import RuleError
@@ -146,14 +152,14 @@ def _rules_validate(settings: Settings, paths: list[Path]) -> int:
     paths = paths or sorted(settings.rules_dir.glob("*.yaml"))
     failed = 0
     for path in paths:
-        loader = load_actions if path.stem.startswith("action") else load_detection
+        loader = {"actions": load_actions, "segments": load_segments, "detection": load_detection}[rule_set_of(path)]
         try:
             rs = loader(path)
         except RuleError as exc:
             print(f"invalid: {exc}", file=sys.stderr)
             failed += 1
             continue
-        n = len(getattr(rs, "rules", None) or getattr(rs, "actions", []))
+        n = len(getattr(rs, "rules", None) or getattr(rs, "actions", None) or getattr(rs, "segments", []))
         print(f"ok: {path} ({n} rules, version {rs.version})")
     return 1 if failed else 0
 
@@ -172,8 +178,7 @@ def _rules(settings: Settings, args) -> int:
         from streams.rules.loader import read_rule_file
 
         path = args.path or settings.rules_dir / "detection.yaml"
-        # the rule set is named by its file: actions*.yaml are action rules, any other file detection rules
-        name = "actions" if path.stem.startswith("action") else "detection"
+        name = rule_set_of(path)
         text, file = read_rule_file(path)
         record = registry.publish(settings, name, text, file, author=args.author)
         print(f"published {record['name']} version {record['version']} by {record['author']}; running workers switch to it now")

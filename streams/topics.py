@@ -72,6 +72,7 @@ VISITOR_TO_STATE = "visitor_to_state"
 PARTITION_TO_TIMERS = "partition_to_timers"
 CUSTOMER_TO_PROFILE = "customer_to_profile"
 VISITOR_TO_CUSTOMER = "visitor_to_customer"  # identity links from engage.identity, partitioned like engage.signals
+CUSTOMER_TO_VALUE = "customer_to_value"  # purchases summed with decay, for the CLV estimate (streams/data/value.py)
 CUSTOMER_TO_CONTACTS = "customer_to_contacts"
 KEY_TO_ATTRIBUTIONS = "key_to_attributions"
 # the uplift learner, partitioned like engage.attributions: decisions waiting for their window to close,
@@ -79,7 +80,8 @@ KEY_TO_ATTRIBUTIONS = "key_to_attributions"
 DECISION_TO_LABEL = "decision_to_label"
 PARTITION_TO_EVIDENCE = "partition_to_evidence"
 SKILL_TO_PACING = "skill_to_pacing"  # per skill: free agents, outstanding invitations, candidates waiting
-TABLES = (VISITOR_TO_STATE, PARTITION_TO_TIMERS, CUSTOMER_TO_PROFILE, VISITOR_TO_CUSTOMER, CUSTOMER_TO_CONTACTS, KEY_TO_ATTRIBUTIONS,
+TABLES = (VISITOR_TO_STATE, PARTITION_TO_TIMERS, CUSTOMER_TO_PROFILE, VISITOR_TO_CUSTOMER, CUSTOMER_TO_VALUE,
+          CUSTOMER_TO_CONTACTS, KEY_TO_ATTRIBUTIONS,
           DECISION_TO_LABEL, PARTITION_TO_EVIDENCE, SKILL_TO_PACING)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from streams.app import Engine, build_app
 from streams.attribution import agent as attribution_agent
 from streams.data import agent as data_agent
+from streams.data.value import load_segments
 from streams.decision import agent as decision_agent
 from streams.decision.actions import load_actions
 from streams.decision.models import ModelBook
@@ -14,14 +15,16 @@ from streams.detection.rules import load_detection
 from streams.settings import Settings
 
 
-def build_worker(settings: Settings, models: ModelBook | None = None, actions: RuleBook | None = None) -> Engine:
+def build_worker(settings: Settings, models: ModelBook | None = None, actions: RuleBook | None = None,
+                 segments: RuleBook | None = None) -> Engine:
     """Build the app with every stage registered; raises RuleError if a rule file is invalid."""
     # detection's process loads its rules itself; checked here too, so a bad file stops the worker at once
     load_detection(settings.rules_dir / "detection.yaml")
     actions = actions or RuleBook(load_actions(settings.rules_dir / "actions.yaml"))
+    segments = segments or RuleBook(load_segments(settings.rules_dir / "segments.yaml"))
     engine = build_app(settings)
     engine.detection = detection_agent.register(engine)
-    data_agent.register(engine)
+    data_agent.register(engine, segments)
     decision_agent.register(engine, actions, models)
     delivery_agent.register(engine)
     attribution_agent.register(engine, actions)
@@ -40,12 +43,13 @@ def run_worker(settings: Settings) -> None:
     settings = settings.with_(data_dir=state.path)
     # the files are the rule sets until a version is published to engage.rules; then the latest valid one
     actions = RuleBook(load_actions(settings.rules_dir / "actions.yaml"))
+    segments = RuleBook(load_segments(settings.rules_dir / "segments.yaml"))
     models = ModelBook()
-    engine = build_worker(settings, models, actions)
+    engine = build_worker(settings, models, actions, segments)
     look_up_writer_schemas(settings, engine.codec)
     wait_for_broker(settings)
     ensure_topics(settings)
-    start_following(settings, [actions], engine.codec)
+    start_following(settings, [actions, segments], engine.codec)
     # the uplift model learned so far, before the first decision (a restart decides with the same model)
     model_follower.start_following(settings, models, engine.codec)
     worker = _make_worker_class()(engine.app, loglevel=settings.log_level, quiet=True)

@@ -6,6 +6,8 @@ from typing import NamedTuple
 from streams import topics
 from streams.app import Engine
 from streams.data.enrich import enrich, identified, validate_link, validate_profile
+from streams.data.value import ValueRules, customer_value, on_purchase
+from streams.rules.book import RuleBook
 
 STAGE = "data"
 
@@ -19,6 +21,8 @@ class DataStage(NamedTuple):
     repartition_identity: object
     store_identity: object
     visitor_to_customer: object
+    value_customers: object
+    customer_to_value: object
 
 
 def _check_profile(msg, profile: dict) -> None:
@@ -47,13 +51,33 @@ def _rekeyed(engine: Engine, source: topics.TopicSpec, target: topics.TopicSpec,
     return rekey
 
 
-def register(engine: Engine):
+def register(engine: Engine, segments: ValueRules | RuleBook):
+    """`segments`: fixed, or a book that follows the published versions of rules/segments.yaml."""
     app = engine.app
+    book = segments if isinstance(segments, RuleBook) else RuleBook(segments)
     customer_to_profile = app.Table(topics.CUSTOMER_TO_PROFILE, default=None, partitions=engine.settings.partitions,
                                     key_type=str)  # values are JSON (Faust's default for untyped tables)
 
     visitor_to_customer = app.Table(topics.VISITOR_TO_CUSTOMER, default=None, partitions=engine.settings.partitions,
                                     key_type=str)
+    customer_to_value = app.Table(topics.CUSTOMER_TO_VALUE, default=None, partitions=engine.settings.partitions,
+                                  key_type=str)
+
+    # Purchases, re-keyed by detection onto engage.conversions once by customer (the copy kept here:
+    # it is on the partition of the customer's signals) and once by visitor (for attribution).
+    @app.agent(engine.topic[topics.CONVERSIONS.name], name="value_customers")
+    async def value_customers(stream):
+        def count(msg) -> list:
+            event = engine.decode(topics.CONVERSIONS, msg.value)
+            customer = event["customer_id"]
+            if event["type"] != "purchase" or not customer or msg.key is None or msg.key.decode() != customer:
+                return []
+            state = on_purchase(customer_to_value.get(customer), event, book.rules().half_life_ms)
+            if state is not None:
+                customer_to_value[customer] = state
+            return []
+
+        await engine.handle_batches(stream, STAGE, count)
 
     # CRM records are checked where they arrive, so a bad one is dead-lettered with its own topic and
     # offset; then sent on keyed with the engine's partitioner, so the joins below find them on the
@@ -105,10 +129,13 @@ def register(engine: Engine):
     async def enrich_signals(stream):
         def join(msg) -> list:
             signal = engine.decode(topics.SIGNALS_BY_CUSTOMER, msg.value)
-            enriched = enrich(signal, customer_to_profile.get(signal["customer_id"]))
+            customer = signal["customer_id"]
+            profile = customer_to_profile.get(customer)
+            value = customer_value(profile, customer_to_value.get(customer), signal["ts"], book.rules())
+            enriched = enrich(signal, profile, value)
             return [(topics.ENRICHED, enriched["key"], enriched)]
 
         await engine.handle_batches(stream, STAGE, join)
 
     return DataStage(repartition_profiles, store_profiles, route_signals, enrich_signals, customer_to_profile,
-                     repartition_identity, store_identity, visitor_to_customer)
+                     repartition_identity, store_identity, visitor_to_customer, value_customers, customer_to_value)

@@ -8,8 +8,10 @@ def routing_key(signal: dict) -> str:
     return signal["customer_id"] or signal["visitor_id"]
 
 
-def enrich(signal: dict, profile: dict | None) -> dict:
-    return {"key": routing_key(signal), "known": profile is not None, "signal": signal, "profile": profile}
+def enrich(signal: dict, profile: dict | None, value: dict | None = None) -> dict:
+    """`value`: the CustomerValue of a known customer_id (streams/data/value.py); None for anonymous visitors."""
+    return {"key": routing_key(signal), "known": profile is not None, "signal": signal, "profile": profile,
+            "value": value}
 
 
 def validate_link(link: dict) -> None:

@@ -23,10 +23,10 @@ _TIME_OF_DAY = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 DECISION_NAMES = Names(
     args=("c",),
-    roots={"known": ("c", "known"), "profile": ("c", "profile"), "signal": ("c", "signal"),
+    roots={"known": ("c", "known"), "profile": ("c", "profile"), "value": ("c", "value"), "signal": ("c", "signal"),
            "priority": ("c", "priority"), "cart_value": ("c", "cart_value"), "session_pages": ("c", "session_pages"),
            "channel": ("c", "channel")},
-    fields={"profile": PROFILE_FIELDS},
+    fields={"profile": PROFILE_FIELDS, "value": frozenset({"clv", "clv_source", "segment", "purchases"})},
 )
 _TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
 TEMPLATE_FIELDS = frozenset({"name", "segment", "signal", "cart_value"})

@@ -112,7 +112,8 @@ def on_outcome(ledger: dict | None, outcome: dict) -> dict | None:
 
 def context_for_expressions(enriched: dict, channel: str | None = None) -> dict:
     sig = enriched["signal"]
-    return {"known": enriched["known"], "profile": enriched["profile"] or {}, "signal": sig["signal"],
+    return {"known": enriched["known"], "profile": enriched["profile"] or {}, "value": enriched.get("value") or {},
+            "signal": sig["signal"],
             "priority": sig["priority"], "cart_value": sig["cart_value"], "session_pages": sig["session_pages"],
             "channel": channel}
 
@@ -195,6 +196,11 @@ def _base(enriched: dict, actions: ActionSet, model: Model) -> dict:
         context.update(segment=str(profile.get("segment", "")), clv=f"{float(profile.get('clv') or 0.0):.2f}")
         if profile.get("display_name"):
             context["customer_name"] = profile["display_name"]
+    value = enriched.get("value")
+    if value:  # the data stage's view: CRM's CLV or the estimate from purchases, and the derived segment
+        context["value_segment"] = value["segment"]
+        if value["clv_source"] != "none":
+            context.update(clv=f"{value['clv']:.2f}", clv_source=value["clv_source"])
     if sig["cart_value"]:
         context["cart_value"] = f"{sig['cart_value']:.2f}"
     return {

@@ -64,7 +64,8 @@ def signal_features(enriched: dict) -> dict[str, float]:
     returning = bool(sig.get("returning")) or attributes.get("returning", "").lower() in ("1", "true", "yes")
     mobile = attributes.get("device", "").lower() in ("mobile", "phone", "tablet") or any(
         e.get("channel") == "app" for e in sig["evidence"][-1:])
-    return {"bias": 1.0, "known": 1.0 if enriched["known"] else 0.0, "clv": _unit(profile.get("clv") or 0.0, CLV_SCALE),
+    clv = (enriched.get("value") or {}).get("clv") or profile.get("clv") or 0.0  # CRM's, else the estimate
+    return {"bias": 1.0, "known": 1.0 if enriched["known"] else 0.0, "clv": _unit(clv, CLV_SCALE),
             "returning": 1.0 if returning else 0.0, "mobile": 1.0 if mobile else 0.0,
             "pages": _unit(sig["session_pages"], PAGES_SCALE), "events": _unit(sig["session_events"], EVENTS_SCALE),
             "cart": _unit(sig["cart_value"], CART_SCALE), "dwell": _unit(sig.get("session_seconds") or 0.0, DWELL_SCALE_S),

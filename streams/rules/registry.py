@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 from streams import clients, topics
 from streams.decision.actions import compile_actions
+from streams.data.value import compile_segments
 from streams.detection.rules import compile_detection
 from streams.schemas import whoami
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 # rule set name -> how it is compiled (validated); the RuleSet record's `kind` is the name
-COMPILERS = {"detection": compile_detection, "actions": compile_actions}
+COMPILERS = {"detection": compile_detection, "actions": compile_actions, "segments": compile_segments}
 KIND = "detection"
 
 

@@ -73,3 +73,22 @@ def test_a_loaded_export_joins_signals_and_a_deletion_in_a_later_file_removes_th
                   path="/help/search", query="cancel my contract")
     later = decisions.wait_for(lambda d: d["customer_id"] == cid, count=2)
     assert len(later) == 2 and later[1][0]["known"] is False and "clv" not in later[1][0]["context"]
+
+
+def test_a_customer_without_a_crm_value_gets_one_estimated_from_their_purchases(pipeline, produce, read):
+    # Given a customer CRM knows nothing of, who logs in and buys for 100
+    cid = customer_outside_control("retention-callback")
+    visitor, t = f"V-{uuid.uuid4().hex[:8]}", now_ms()
+    decisions = read("engage.decisions", "Decision")
+    produce.event(event_id=f"{visitor}-1", visitor_id=visitor, type_="login", ts=t, customer_id=cid, path="/login")
+    produce.event(event_id=f"{visitor}-2", visitor_id=visitor, type_="purchase", ts=t + 1000, customer_id=cid,
+                  path="/checkout/done", value=100.0)
+    pipeline.wait_caught_up("engage.conversions")
+    # When they search to cancel
+    produce.event(event_id=f"{visitor}-3", visitor_id=visitor, type_="search", ts=t + 2000, customer_id=cid,
+                  path="/help/search", query="cancel my contract")
+    # Then the decision's context carries the estimate (rules/segments.yaml: 180-day half-life, 3 years)
+    # and the segment of a first purchase this month
+    [(d, _)] = decisions.wait_for(lambda d: d["customer_id"] == cid)
+    assert d["known"] is False and d["context"]["clv_source"] == "estimate"
+    assert d["context"]["clv"] == "421.66" and d["context"]["value_segment"] == "new"

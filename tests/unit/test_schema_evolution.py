@@ -98,3 +98,23 @@ def test_an_incompatible_or_unknown_schema_is_refused(tmp_path: Path, schema, re
     with pytest.raises(RegistrationError) as refused:
         load_writer(STORE, path)
     assert reason in str(refused.value)
+
+
+PROFILE = json.loads((REPO_ROOT / "schemas" / "CustomerProfile.avsc").read_text())
+# a CRM connector built before `timezone` and `attributes`, and one that adds a field of its own
+PROFILE_OLDER = {**PROFILE, "fields": [f for f in PROFILE["fields"] if f["name"] not in ("timezone", "attributes")]}
+PROFILE_NEWER = {**PROFILE, "fields": PROFILE["fields"] + [{"name": "loyalty_tier", "type": "string", "default": ""}]}
+CRM_ROW = {"customer_id": "C1", "updated_ts": 1_700_000_000_000, "display_name": None, "segment": "gold", "clv": 10.0,
+           "preferred_channel": None, "marketing_consent": True, "opted_out": False, "channels_opted_out": []}
+
+
+@pytest.mark.parametrize("writer, record, expected", [
+    (PROFILE_OLDER, CRM_ROW, {**CRM_ROW, "timezone": "UTC", "attributes": {}}),
+    (PROFILE_NEWER, {**CRM_ROW, "timezone": "Europe/Paris", "attributes": {}, "loyalty_tier": "2"},
+     {**CRM_ROW, "timezone": "Europe/Paris", "attributes": {}}),
+])
+def test_profiles_from_an_older_or_newer_crm_connector_are_read_once_registered(writer, record, expected):
+    fp = bytes.fromhex(fingerprint(to_parsing_canonical_form(parse_schema(writer)), "CRC-64-AVRO"))
+    codec = SingleObjectCodec(SchemaStore(REPO_ROOT / "schemas"),
+                              lookup=lambda f: ("CustomerProfile", writer) if f == fp else None)
+    assert codec.decode("engage.profiles", "CustomerProfile", written_with(writer, record)) == expected

@@ -5,21 +5,26 @@ import pytest
 
 from streams import topics
 from streams.data import agent as data_agent
+from streams.data.value import DAY_MS, load_segments
+from streams.settings import REPO_ROOT
 from tests.support import wire
 from tests.support.stage import T0, Stage, async_test, eventually, profile, signal
+
+
+SEGMENTS = load_segments(REPO_ROOT / "rules" / "segments.yaml")
 
 
 def _data_stage(tmp_path):
     """The data stage with its profile table's changelog captured: (stage, store, route, enrich, table)."""
     st = Stage(tmp_path)
-    d = data_agent.register(st.engine)
+    d = data_agent.register(st.engine, SEGMENTS)
     st.without_changelog(d.customer_to_profile)
     return st, d.store_profiles, d.route_signals, d.enrich_signals, d.customer_to_profile
 
 
 def _repartition(tmp_path):
     st = Stage(tmp_path)
-    d = data_agent.register(st.engine)
+    d = data_agent.register(st.engine, SEGMENTS)
     return st, d.repartition_profiles, d.customer_to_profile
 
 
@@ -132,7 +137,7 @@ async def test_route_signals_rekeys_customers_and_enriches_anonymous_visitors(tm
     # And v9's goes straight to engage.enriched, keyed by visitor, with no CRM data
     [(key, out, _)] = st.out(topics.ENRICHED)
     assert key == b"v9"
-    assert out == {"key": "v9", "known": False, "signal": anonymous, "profile": None}
+    assert out == {"key": "v9", "known": False, "signal": anonymous, "profile": None, "value": None}
     assert [name for name, *_ in st.sent] == ["engage.signals-by-customer", "engage.enriched"]
 
 
@@ -140,7 +145,7 @@ async def test_route_signals_rekeys_customers_and_enriches_anonymous_visitors(tm
 async def test_route_signals_dead_letters_a_record_of_the_wrong_schema(tmp_path):
     # Given the router; When an Interaction lands on engage.signals by mistake
     st = Stage(tmp_path)
-    route = data_agent.register(st.engine).route_signals
+    route = data_agent.register(st.engine, SEGMENTS).route_signals
     async with route.test_context() as signals:
         await signals.put(key=b"v1", value=wire.encode("Interaction", wire.interaction("e1", "v1", "search", T0)))
         [(_, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
@@ -156,7 +161,7 @@ def _link(visitor_id: str, customer_id: str, source: str = "crm") -> dict:
 
 def _identity_stage(tmp_path):
     st = Stage(tmp_path)
-    d = data_agent.register(st.engine)
+    d = data_agent.register(st.engine, SEGMENTS)
     st.without_changelog(d.visitor_to_customer)
     return st, d
 
@@ -214,3 +219,44 @@ async def test_identity_links_are_rekeyed_by_visitor_and_a_wrongly_keyed_one_is_
     sent = [(key, value) for name, key, value, _ in st.sent if name == topics.IDENTITY_BY_VISITOR.name]
     assert [k for k, _ in sent] == [b"app-2", b"app-3"] and sent[1][1] is None
     assert dead["error"] == "ValueError: the record key must be the visitor_id" and dead["topic"] == "engage.identity"
+
+
+@async_test
+async def test_a_customers_purchases_give_a_clv_estimate_and_a_segment_on_their_next_signal(tmp_path):
+    # Given the data stage, and two purchases of C5 on engage.conversions: each comes keyed once by
+    # customer and once by visitor (for attribution); only the customer's copy counts
+    st = Stage(tmp_path)
+    d = data_agent.register(st.engine, SEGMENTS)
+    st.without_changelog(d.customer_to_value)
+    st.without_changelog(d.customer_to_profile)
+    async with d.value_customers.test_context() as conversions, d.enrich_signals.test_context() as signals:
+        for i, amount in enumerate((100.0, 50.0)):
+            purchase = {**wire.interaction(f"p{i}", "v5", "purchase", T0 + i * 90 * DAY_MS, customer_id="C5"),
+                        "value": amount}
+            for key in (b"C5", b"v5"):
+                await conversions.put(key=key, value=wire.encode("Interaction", purchase))
+        await eventually(lambda: (d.customer_to_value.get("C5") or {}).get("n") == 2, "two purchases counted")
+        # When C5, who has no CRM profile, raises a signal 30 days after the second purchase
+        await signals.put(key=b"C5", value=wire.encode("Signal", signal("sig-v", customer_id="C5",
+                                                                        ts=T0 + 120 * DAY_MS)))
+        [(_, out, _)] = await st.wait_out(topics.ENRICHED, 1)
+    # Then it carries the estimated CLV (the worked example of streams/data/value.py) and the segment
+    assert out["known"] is False and out["profile"] is None
+    assert out["value"] == {"clv": 453.46, "clv_source": "estimate", "segment": "active", "purchases": 2,
+                            "last_purchase_ts": T0 + 90 * DAY_MS}
+
+
+@async_test
+async def test_a_profile_that_arrives_after_a_customers_first_signal_joins_the_next(tmp_path):
+    # Given C1's signal enriched before CRM has published their profile
+    st, store, _, enrich, table = _data_stage(tmp_path)
+    async with store.test_context() as profiles, enrich.test_context() as signals:
+        await signals.put(key=b"C1", value=wire.encode("Signal", signal("sig-early")))
+        await st.wait_out(topics.ENRICHED, 1)
+        # When the profile arrives, then C1's next signal
+        await _store_profile(profiles, table, profile())
+        await signals.put(key=b"C1", value=wire.encode("Signal", signal("sig-late")))
+        [(_, early, _), (_, late, _)] = await st.wait_out(topics.ENRICHED, 2)
+    # Then the first went without CRM data and the next has it
+    assert early["known"] is False and late["known"] is True and late["profile"]["segment"] == "platinum"
+    assert late["value"]["clv_source"] == "crm" and late["value"]["clv"] == pytest.approx(3121.13)
