@@ -221,7 +221,7 @@ def _profiles_load(settings: Settings, args) -> int:
         print(f"engage: {found.error_count} row(s) of {path} cannot be profiles"
               + (f" ({more} more not shown)" if more else "") + "; nothing was published", file=sys.stderr)
         return 1
-    summary = (f"{found.rows} rows ({found.deletes} deletions), {len(found.customers)} customers"
+    summary = (f"{found.rows} rows ({found.deletes} deletions), {found.customers} customers"
                + (f"; {found.duplicates} rows repeat a customer (the last one wins)" if found.duplicates else ""))
     if args.check:
         print(f"{path}: {summary}; all valid (nothing published: --check)")

@@ -3,14 +3,16 @@
 `engage profiles load FILE` reads CSV (a header row naming CustomerProfile fields, `attributes.<name>`
 columns for the attribute map, lists separated by `;`) or JSON Lines (one object per line, the
 schema's field names). A row with `_delete` true is a tombstone: the customer's profile is deleted.
-The file is read twice, so memory does not grow with it: once to check every row (errors name the
-line and the reason, and nothing is sent if there is one), once to publish. Each row is bounded:
+The file is read twice, not held: once to check every row (errors name the line and the reason,
+and nothing is sent if there is one; 8 bytes a row are kept to count repeated customers), once to
+publish. Each row is bounded:
 a line of at most 64 KiB, at most 64 attributes of at most 1 KiB each.
 """
 from __future__ import annotations
 
 import csv
 import io
+from array import array
 import json
 import math
 import time
@@ -51,11 +53,18 @@ class Check:
     deletes: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)  # (line, reason), the first `keep` of them
     error_count: int = 0
-    customers: set = field(default_factory=set)
+    # a 64-bit hash per row, not the ids: 8 bytes a row (a set of 1M ids took ~80 MB)
+    hashes: array = field(default_factory=lambda: array("q"))
+
+    @property
+    def customers(self) -> int:
+        import numpy as np
+
+        return int(np.unique(np.frombuffer(self.hashes, dtype=np.int64)).size) if self.hashes else 0
 
     @property
     def duplicates(self) -> int:
-        return self.rows - len(self.customers)
+        return self.rows - self.customers
 
 
 def file_format(path: Path, given: str | None) -> str:
@@ -82,7 +91,7 @@ def check(path: Path, fmt: str, now_ms: int, keep: int = 50, progress=None) -> C
         if isinstance(row, Row):
             found.rows += 1
             found.deletes += row.profile is None
-            found.customers.add(row.customer_id)
+            found.hashes.append(hash(row.customer_id))
             size = row.size
         else:
             line, reason, size = row
