@@ -46,6 +46,8 @@ ENRICHED = TopicSpec("engage.enriched", "customer_id, else visitor_id", "Enriche
 DECISIONS = TopicSpec("engage.decisions", "customer_id, else visitor_id", "Decision")
 DELIVERY = TopicSpec("engage.delivery", "customer_id, else visitor_id", "Delivery")
 OUTCOMES = TopicSpec("engage.outcomes", "customer_id, else visitor_id", "Outcome")
+# A visitor's journey before they were known, moved to the customer's key when a signal says who they are.
+JOURNEY_MOVES = TopicSpec("engage.journey-moves", "customer_id", "JourneyMove", internal=True)
 # Purchases, cancellations and calls, re-keyed by detection to the keys decisions use (customer_id
 # and visitor_id), so attribution joins them with decisions on one partition.
 CONVERSIONS = TopicSpec("engage.conversions", "customer_id and visitor_id (one record each)", "Interaction", internal=True)
@@ -61,7 +63,7 @@ DEADLETTER = TopicSpec("engage.deadletter", "the original key", "DeadLetter")
 
 ALL = (EVENTS, PROFILES, AGENT_AVAILABILITY, RULES, SCHEMAS, SIGNALS, IDENTITY, IDENTITY_BY_VISITOR, PROFILES_BY_CUSTOMER,
        SIGNALS_BY_CUSTOMER, DETECTION_TICKS, ENRICHED, DECISIONS, DELIVERY,
-       OUTCOMES, CONVERSIONS, ATTRIBUTIONS, PACING, MODELS, DEADLETTER)
+       OUTCOMES, CONVERSIONS, JOURNEY_MOVES, ATTRIBUTIONS, PACING, MODELS, DEADLETTER)
 
 # The state tables, each with a compacted changelog topic named by Faust "<app id>-<table>-changelog",
 # partitioned like the stream it is updated from. They are created with the topics above, before a
@@ -73,6 +75,7 @@ PARTITION_TO_TIMERS = "partition_to_timers"
 CUSTOMER_TO_PROFILE = "customer_to_profile"
 VISITOR_TO_CUSTOMER = "visitor_to_customer"  # identity links from engage.identity, partitioned like engage.signals
 CUSTOMER_TO_VALUE = "customer_to_value"  # purchases summed with decay, for the CLV estimate (streams/data/value.py)
+KEY_TO_JOURNEY = "key_to_journey"  # recent steps, offers and outcomes (streams/data/journey.py), keyed like decisions
 CUSTOMER_TO_CONTACTS = "customer_to_contacts"
 KEY_TO_ATTRIBUTIONS = "key_to_attributions"
 # the uplift learner, partitioned like engage.attributions: decisions waiting for their window to close,
@@ -81,7 +84,7 @@ DECISION_TO_LABEL = "decision_to_label"
 PARTITION_TO_EVIDENCE = "partition_to_evidence"
 SKILL_TO_PACING = "skill_to_pacing"  # per skill: free agents, outstanding invitations, candidates waiting
 TABLES = (VISITOR_TO_STATE, PARTITION_TO_TIMERS, CUSTOMER_TO_PROFILE, VISITOR_TO_CUSTOMER, CUSTOMER_TO_VALUE,
-          CUSTOMER_TO_CONTACTS, KEY_TO_ATTRIBUTIONS,
+          KEY_TO_JOURNEY, CUSTOMER_TO_CONTACTS, KEY_TO_ATTRIBUTIONS,
           DECISION_TO_LABEL, PARTITION_TO_EVIDENCE, SKILL_TO_PACING)
 
 

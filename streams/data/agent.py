@@ -5,6 +5,7 @@ from typing import NamedTuple
 
 from streams import topics
 from streams.app import Engine
+from streams.data import journey
 from streams.data.enrich import enrich, identified, validate_link, validate_profile
 from streams.data.value import ValueRules, customer_value, on_purchase
 from streams.rules.book import RuleBook
@@ -21,8 +22,9 @@ class DataStage(NamedTuple):
     repartition_identity: object
     store_identity: object
     visitor_to_customer: object
-    value_customers: object
+    follow_customers: object
     customer_to_value: object
+    key_to_journey: object
 
 
 def _check_profile(msg, profile: dict) -> None:
@@ -63,21 +65,52 @@ def register(engine: Engine, segments: ValueRules | RuleBook):
     customer_to_value = app.Table(topics.CUSTOMER_TO_VALUE, default=None, partitions=engine.settings.partitions,
                                   key_type=str)
 
-    # Purchases, re-keyed by detection onto engage.conversions once by customer (the copy kept here:
-    # it is on the partition of the customer's signals) and once by visitor (for attribution).
-    @app.agent(engine.topic[topics.CONVERSIONS.name], name="value_customers")
-    async def value_customers(stream):
-        def count(msg) -> list:
-            event = engine.decode(topics.CONVERSIONS, msg.value)
-            customer = event["customer_id"]
-            if event["type"] != "purchase" or not customer or msg.key is None or msg.key.decode() != customer:
-                return []
-            state = on_purchase(customer_to_value.get(customer), event, book.rules().half_life_ms)
-            if state is not None:
-                customer_to_value[customer] = state
+    key_to_journey = app.Table(topics.KEY_TO_JOURNEY, default=None, partitions=engine.settings.partitions,
+                               key_type=str)
+
+    def journey_add(key: str, steps: list) -> list | None:
+        """The key's journey before `steps`, and the steps written into it (once each)."""
+        before = key_to_journey.get(key)
+        after = journey.added(before, steps)
+        if after is not None:
+            key_to_journey[key] = after
+        return before
+
+    # What a customer does after the signals, keyed like the decisions (customer_id, else visitor_id):
+    # purchases, cancellations and calls (re-keyed by detection onto engage.conversions once by
+    # customer and once by visitor: the copy under the decisions' key is kept), offers made and what
+    # became of them, and journeys moved from a visitor to the customer they turned out to be.
+    channel, by_topic = engine.channel_of(topics.CONVERSIONS, topics.DECISIONS, topics.OUTCOMES, topics.JOURNEY_MOVES)
+
+    @app.agent(channel, name="follow_customers")
+    async def follow_customers(stream):
+        def follow(msg) -> list:
+            spec, record, key = engine.keyed_record(by_topic, msg, "customer_id, else visitor_id")
+            if spec is topics.CONVERSIONS:
+                customer = record["customer_id"]
+                if key != (customer or record["visitor_id"]):
+                    return []  # the visitor's copy of a known customer's conversion (for attribution)
+                step = journey.step_of_conversion(record)
+                link = None if customer else visitor_to_customer.get(key)
+                if link is not None:  # e.g. a call from a number CRM links to a customer: to their journey
+                    linked = link["customer_id"]
+                    return [(topics.JOURNEY_MOVES, linked, {"key": linked, "from_key": key, "steps": [step]})]
+                journey_add(key, [step])
+                if record["type"] == "purchase":
+                    state = on_purchase(customer_to_value.get(key), record, book.rules().half_life_ms)
+                    if state is not None:
+                        customer_to_value[key] = state
+            elif spec is topics.DECISIONS:
+                step = journey.step_of_decision(record)
+                if step is not None:
+                    journey_add(key, [step])
+            elif spec is topics.OUTCOMES:
+                journey_add(key, [journey.step_of_outcome(record)])
+            else:
+                journey_add(key, record["steps"])
             return []
 
-        await engine.handle_batches(stream, STAGE, count)
+        await engine.handle_batches(stream, STAGE, follow)
 
     # CRM records are checked where they arrive, so a bad one is dead-lettered with its own topic and
     # offset; then sent on keyed with the engine's partitioner, so the joins below find them on the
@@ -116,11 +149,19 @@ def register(engine: Engine, segments: ValueRules | RuleBook):
     async def route_signals(stream):
         def route(msg) -> list:
             signal = engine.decode(topics.SIGNALS, msg.value)
-            signal = identified(signal, visitor_to_customer.get(signal["visitor_id"]))
-            if signal["customer_id"]:
-                # re-key so the join happens on the partition that holds this customer's profile
-                return [(topics.SIGNALS_BY_CUSTOMER, signal["customer_id"], signal)]
-            enriched = enrich(signal, None)
+            visitor = signal["visitor_id"]
+            signal = identified(signal, visitor_to_customer.get(visitor))
+            customer = signal["customer_id"]
+            if customer:
+                # re-key so the join happens on the partition that holds this customer's profile; what
+                # the visitor did before they were known moves to the customer's journey
+                out = [(topics.SIGNALS_BY_CUSTOMER, customer, signal)]
+                before = key_to_journey.get(visitor) if visitor != customer else None
+                if before:
+                    out.append((topics.JOURNEY_MOVES, customer, {"key": customer, "from_key": visitor, "steps": before}))
+                    del key_to_journey[visitor]
+                return out
+            enriched = enrich(signal, None, journey=journey_add(visitor, journey.steps_of_signal(signal)))
             return [(topics.ENRICHED, enriched["key"], enriched)]
 
         await engine.handle_batches(stream, STAGE, route)
@@ -132,10 +173,11 @@ def register(engine: Engine, segments: ValueRules | RuleBook):
             customer = signal["customer_id"]
             profile = customer_to_profile.get(customer)
             value = customer_value(profile, customer_to_value.get(customer), signal["ts"], book.rules())
-            enriched = enrich(signal, profile, value)
+            enriched = enrich(signal, profile, value, journey_add(customer, journey.steps_of_signal(signal)))
             return [(topics.ENRICHED, enriched["key"], enriched)]
 
         await engine.handle_batches(stream, STAGE, join)
 
     return DataStage(repartition_profiles, store_profiles, route_signals, enrich_signals, customer_to_profile,
-                     repartition_identity, store_identity, visitor_to_customer, value_customers, customer_to_value)
+                     repartition_identity, store_identity, visitor_to_customer, follow_customers, customer_to_value,
+                     key_to_journey)

@@ -8,10 +8,11 @@ def routing_key(signal: dict) -> str:
     return signal["customer_id"] or signal["visitor_id"]
 
 
-def enrich(signal: dict, profile: dict | None, value: dict | None = None) -> dict:
-    """`value`: the CustomerValue of a known customer_id (streams/data/value.py); None for anonymous visitors."""
+def enrich(signal: dict, profile: dict | None, value: dict | None = None, journey: list | None = None) -> dict:
+    """`value`: the CustomerValue of a known customer_id (streams/data/value.py), None for anonymous visitors;
+    `journey`: the steps before this signal (streams/data/journey.py)."""
     return {"key": routing_key(signal), "known": profile is not None, "signal": signal, "profile": profile,
-            "value": value}
+            "value": value, "journey": journey or []}
 
 
 def validate_link(link: dict) -> None:

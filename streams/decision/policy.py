@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streams.data.journey import lines as journey_lines
 from streams.decision.actions import NEEDS_CONSENT, Action, ActionSet, Policy
 from streams.decision.clock import local_time
 from streams.decision.uplift import AGENT_LED, Model, draw_seed, signal_features, vector
@@ -203,6 +204,8 @@ def _base(enriched: dict, actions: ActionSet, model: Model) -> dict:
             context.update(clv=f"{value['clv']:.2f}", clv_source=value["clv_source"])
     if sig["cart_value"]:
         context["cart_value"] = f"{sig['cart_value']:.2f}"
+    if enriched.get("journey"):  # what they did before, across channels, and what we offered and how it went
+        context["journey"] = journey_lines(enriched["journey"])
     return {
         "decision_id": decision_id(sig["signal_id"]), "key": enriched["key"], "ts": sig["ts"],
         "signal_id": sig["signal_id"], "signal": sig["signal"], "signal_ts": sig["ts"],

@@ -43,3 +43,36 @@ def test_a_crm_link_makes_an_app_installs_signals_the_customers_and_a_tombstone_
     assert len(found) == 2
     anon, meta = found[1]
     assert anon["customer_id"] is None and anon["known"] is False and meta["key"] == install.encode()
+
+
+def test_the_journey_follows_the_customer_from_anonymous_browsing_to_a_call_from_their_number(pipeline, produce, read):
+    # Given a visitor who searches to cancel before logging in, then logs in as a customer
+    cid = customer_outside_control("retention-callback")
+    produce.profile(cid, clv=1500.0)
+    browser, phone = f"V-{uuid.uuid4().hex[:8]}", f"tel:+3120{uuid.uuid4().int % 10**7:07d}"
+    decisions = read("engage.decisions", "Decision")
+    t = now_ms()
+    produce.event(event_id=f"{browser}-1", visitor_id=browser, type_="search", ts=t, path="/help/search",
+                  query="cancel my contract")
+    decisions.wait_for(lambda d: d["visitor_id"] == browser)
+    produce.event(event_id=f"{browser}-2", visitor_id=browser, type_="login", ts=t + 1000, customer_id=cid,
+                  path="/login")
+    produce.event(event_id=f"{browser}-3", visitor_id=browser, type_="search", ts=t + 2000, customer_id=cid,
+                  path="/help/search", query="terminate contract early")
+    decisions.wait_for(lambda d: d["customer_id"] == cid)
+    # And CRM links their phone number, from which they then call
+    link = {"link_id": f"crm-{phone}", "ts": now_ms(), "visitor_id": phone, "customer_id": cid, "source": "crm"}
+    produce.raw("engage.identity", phone.encode(), wire.encode("IdentityLink", link))
+    pipeline.wait_caught_up("engage.identity-by-visitor")
+    produce.event(event_id=f"{phone}-1", visitor_id=phone, type_="call", ts=t + 3000, path="/ivr/cancellations")
+    pipeline.wait_caught_up("engage.conversions")
+    pipeline.wait_caught_up("engage.journey-moves")
+    # When the customer searches to cancel once more
+    produce.event(event_id=f"{browser}-4", visitor_id=browser, type_="search", ts=t + 4000, customer_id=cid,
+                  path="/help/search", query="cancel now")
+    # Then the decision's context shows the agent the journey across devices and channels: the search
+    # before the login, the search after it, and the call from the linked number
+    found = decisions.wait_for(lambda d: d["customer_id"] == cid, count=2)
+    journey = found[-1][0]["context"]["journey"]
+    assert "search 'cancel my contract'" in journey and "search 'terminate contract early'" in journey
+    assert "call /ivr/cancellations" in journey

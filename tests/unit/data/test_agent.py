@@ -8,7 +8,7 @@ from streams.data import agent as data_agent
 from streams.data.value import DAY_MS, load_segments
 from streams.settings import REPO_ROOT
 from tests.support import wire
-from tests.support.stage import T0, Stage, async_test, eventually, profile, signal
+from tests.support.stage import T0, Stage, async_test, decision, eventually, profile, put_on, signal
 
 
 SEGMENTS = load_segments(REPO_ROOT / "rules" / "segments.yaml")
@@ -137,7 +137,7 @@ async def test_route_signals_rekeys_customers_and_enriches_anonymous_visitors(tm
     # And v9's goes straight to engage.enriched, keyed by visitor, with no CRM data
     [(key, out, _)] = st.out(topics.ENRICHED)
     assert key == b"v9"
-    assert out == {"key": "v9", "known": False, "signal": anonymous, "profile": None, "value": None}
+    assert out == {"key": "v9", "known": False, "signal": anonymous, "profile": None, "value": None, "journey": []}
     assert [name for name, *_ in st.sent] == ["engage.signals-by-customer", "engage.enriched"]
 
 
@@ -227,14 +227,14 @@ async def test_a_customers_purchases_give_a_clv_estimate_and_a_segment_on_their_
     # customer and once by visitor (for attribution); only the customer's copy counts
     st = Stage(tmp_path)
     d = data_agent.register(st.engine, SEGMENTS)
-    st.without_changelog(d.customer_to_value)
-    st.without_changelog(d.customer_to_profile)
-    async with d.value_customers.test_context() as conversions, d.enrich_signals.test_context() as signals:
+    for table in (d.customer_to_value, d.customer_to_profile, d.key_to_journey):
+        st.without_changelog(table)
+    async with d.follow_customers.test_context() as follow, d.enrich_signals.test_context() as signals:
         for i, amount in enumerate((100.0, 50.0)):
             purchase = {**wire.interaction(f"p{i}", "v5", "purchase", T0 + i * 90 * DAY_MS, customer_id="C5"),
                         "value": amount}
             for key in (b"C5", b"v5"):
-                await conversions.put(key=key, value=wire.encode("Interaction", purchase))
+                await put_on(follow, topics.CONVERSIONS.name, key, wire.encode("Interaction", purchase))
         await eventually(lambda: (d.customer_to_value.get("C5") or {}).get("n") == 2, "two purchases counted")
         # When C5, who has no CRM profile, raises a signal 30 days after the second purchase
         await signals.put(key=b"C5", value=wire.encode("Signal", signal("sig-v", customer_id="C5",
@@ -260,3 +260,40 @@ async def test_a_profile_that_arrives_after_a_customers_first_signal_joins_the_n
     # Then the first went without CRM data and the next has it
     assert early["known"] is False and late["known"] is True and late["profile"]["segment"] == "platinum"
     assert late["value"]["clv_source"] == "crm" and late["value"]["clv"] == pytest.approx(3121.13)
+
+
+@async_test
+async def test_what_a_visitor_did_before_logging_in_moves_to_the_customers_journey_with_offers_and_outcomes(tmp_path):
+    # Given the data stage
+    st = Stage(tmp_path)
+    d = data_agent.register(st.engine, SEGMENTS)
+    for table in (d.customer_to_value, d.customer_to_profile, d.key_to_journey):
+        st.without_changelog(table)
+    async with d.route_signals.test_context() as signals, d.follow_customers.test_context() as follow, \
+            d.enrich_signals.test_context() as by_customer:
+        # When anonymous visitor v3 raises a signal, then logs in as C3 and raises another
+        anonymous = signal("sig-anon", visitor_id="v3", customer_id=None, ts=T0)
+        await signals.put(key=b"v3", value=wire.encode("Signal", anonymous))
+        await eventually(lambda: d.key_to_journey.get("v3") is not None, "the visitor's journey")
+        known = signal("sig-known", visitor_id="v3", customer_id="C3", ts=T0 + 60_000)
+        await signals.put(key=b"v3", value=wire.encode("Signal", known))
+        [(move_key, move, _)] = await st.wait_out(topics.JOURNEY_MOVES, 1)
+        # Then the visitor's steps are sent to C3's key and no longer kept under the visitor
+        assert move_key == b"C3" and move["from_key"] == "v3" and [s["ref"] for s in move["steps"]] == ["e1", "sig-anon"]
+        assert d.key_to_journey.get("v3") is None
+        # When the move, an offer to C3 and its outcome reach the customer's partition
+        await put_on(follow, topics.JOURNEY_MOVES.name, b"C3", st.engine.encode(topics.JOURNEY_MOVES, move))
+        offer = decision("sig-known", decision_id="d-1", key="C3", ts=T0 + 61_000, visitor_id="v3", customer_id="C3")
+        await put_on(follow, topics.DECISIONS.name, b"C3", st.engine.encode(topics.DECISIONS, offer))
+        outcome = {"outcome_id": "o-1", "key": "C3", "ts": T0 + 62_000, "type": "declined", "delivery_id": None,
+                   "decision_id": "d-1", "action_id": "retention-callback", "channel": "voice_callback",
+                   "visitor_id": "v3", "customer_id": "C3", "value": None, "source": "test"}
+        await put_on(follow, topics.OUTCOMES.name, b"C3", wire.encode("Outcome", outcome))
+        # And C3's signal is enriched
+        await by_customer.put(key=b"C3", value=wire.encode("Signal", known))
+        (_, out, _) = (await st.wait_out(topics.ENRICHED, 2))[-1]  # the first is the anonymous signal
+    # Then its journey holds what the visitor did before the login, the offer and how it went, in order
+    assert [(s["kind"], s["ref"]) for s in out["journey"]] == [
+        ("search", "e1"), ("signal", "sig-anon"), ("offer", "d-1"), ("outcome", "o-1")]
+    # And the signal itself is in the journey now, for the next one, in its place in time
+    assert [s["ref"] for s in d.key_to_journey.get("C3")] == ["e1", "sig-anon", "sig-known", "d-1", "o-1"]

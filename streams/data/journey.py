@@ -1,0 +1,80 @@
+"""Decides what a customer's journey holds: their recent steps across channels, offers and outcomes, capped in count and age.
+
+A journey is keyed like the decisions (customer_id, else visitor_id) and holds, newest last:
+signals raised and the events that raised them (searches, pages, form errors ... on any channel),
+purchases, cancellations and calls, offers made (decisions to act) and what became of them
+(shown, accepted, declined ...). At most MAX_STEPS steps younger than MAX_AGE_MS (in event time,
+against the newest step) are kept, each text at most TEXT_CHARS characters: a journey stays under
+~4 KiB however busy the customer. A step is identified by its `ref` (event, signal, decision or
+outcome id), so a record read twice (a replay) adds nothing.
+
+Page views and searches that match no rule are not in the journey: every event would then cost a
+state write; the signals carry the events that made them, which is what an agent needs to see.
+"""
+from __future__ import annotations
+
+MAX_STEPS = 30
+MAX_AGE_MS = 7 * 86_400_000
+TEXT_CHARS = 120
+IN_CONTEXT = 8  # steps written into a decision's context for the agent
+
+
+def _step(ts: int, channel: str | None, kind: str, text: str, ref: str) -> dict:
+    return {"ts": int(ts), "channel": channel or "", "kind": kind, "text": (text or "")[:TEXT_CHARS], "ref": ref}
+
+
+def _event_text(ev: dict) -> str:
+    if ev.get("query"):
+        return f"'{ev['query']}'"
+    if ev.get("value") is not None and ev.get("type") in ("purchase", "add_to_cart"):
+        return f"{ev['value']:.2f}" + (f" at {ev['path']}" if ev.get("path") else "")
+    return ev.get("path") or ""
+
+
+def steps_of_signal(signal: dict) -> list[dict]:
+    """The events that raised the signal, then the signal."""
+    steps = [_step(e["ts"], e.get("channel"), e["type"], _event_text(e), e["event_id"]) for e in signal["evidence"]]
+    why = signal.get("rule_description") or signal["rule_id"]
+    steps.append(_step(signal["ts"], (signal["evidence"][-1].get("channel") if signal["evidence"] else None),
+                       "signal", f"{signal['signal']}: {why}", signal["signal_id"]))
+    return steps
+
+
+def step_of_conversion(ev: dict) -> dict:
+    return _step(ev["ts"], ev.get("channel"), ev["type"], _event_text(ev), ev["event_id"])
+
+
+def step_of_decision(d: dict) -> dict | None:
+    """An offer made; decisions not to act (no action, control, suppressed) are not steps the customer took part in."""
+    if d["outcome"] != "act":
+        return None
+    return _step(d["ts"], d.get("channel"), "offer", f"{d['action_id']} on {d['channel']}", d["decision_id"])
+
+
+def step_of_outcome(o: dict) -> dict:
+    what = f"{o['type']}" + (f" {o['action_id']}" if o.get("action_id") else "") + (
+        f" on {o['channel']}" if o.get("channel") else "")
+    return _step(o["ts"], o.get("channel"), "outcome", what, o["outcome_id"])
+
+
+def added(journey: list[dict] | None, steps: list[dict]) -> list[dict] | None:
+    """The journey with `steps` in it, in time order, capped; None when nothing changed."""
+    journey = list(journey or [])
+    refs = {s["ref"] for s in journey}
+    new = [s for s in steps if s["ref"] not in refs]
+    if not new:
+        return None
+    merged = sorted(journey + new, key=lambda s: s["ts"])
+    newest = merged[-1]["ts"]
+    return [s for s in merged if s["ts"] > newest - MAX_AGE_MS][-MAX_STEPS:]
+
+
+def lines(journey: list[dict] | None, most: int = IN_CONTEXT) -> str:
+    """The last `most` steps as text for an agent, newest last: `2026-12-01 14:02 web search 'cancel my contract'`."""
+    import time
+
+    out = []
+    for s in (journey or [])[-most:]:
+        when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(s["ts"] / 1000))
+        out.append(" ".join(x for x in (when, s["channel"], s["kind"], s["text"]) if x))
+    return "\n".join(out)
