@@ -239,6 +239,13 @@ class Engine:
                 pause = min(pause * 2, 5.0)
 
 
+def _reachable(bind: str) -> str:
+    """The host other workers reach this one by, when ENGAGE_HTTP_HOST does not say."""
+    import socket
+
+    return socket.gethostname() if bind in ("0.0.0.0", "::", "") else bind
+
+
 def build_app(settings: Settings) -> Engine:
     faust_fixes.apply()  # stream partitions sought before they resume: see the module
     app = faust.App(
@@ -258,7 +265,16 @@ def build_app(settings: Settings) -> Engine:
         # a third of the session, as Kafka advises (Faust's default is a fixed 3 s)
         broker_heartbeat_interval=min(3.0, settings.session_timeout_ms / 3000.0),
         producer_acks=-1,
-        web_enabled=False,
+        # the context service (streams/data/context.py) only: Faust's own pages would show table
+        # contents to anyone (/table) or describe the cluster (/router, /graph, /stats)
+        web_enabled=settings.http_port > 0,
+        web_port=settings.http_port or 6066,
+        web_bind=settings.http_bind,
+        canonical_url=f"http://{settings.http_host or _reachable(settings.http_bind)}:{settings.http_port or 6066}",
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
         table_cleanup_interval=60.0,
     )
     # Table writes wait in Faust's producer buffer for the changelog; above 100 the conductor drains it

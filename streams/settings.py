@@ -175,6 +175,14 @@ class Settings:
     # The most records a stage takes in one batch: what is already waiting is taken together (one
     # state write per key, outputs sent without waiting for each ack), never more than this.
     batch_max: int = 1_000
+    # The context service (GET /customers/{id}/context, /visitors/{id}/context) on every worker: the
+    # first worker of a checkout listens on http_port, the next on http_port + 1, ...; 0: none.
+    # http_host is the name other workers reach this one by (requests are passed to the key's owner).
+    http_port: int = 6066
+    http_bind: str = "127.0.0.1"
+    http_host: str = ""
+    # The bearer token callers must send; unset: every request is refused (401). Never logged.
+    context_token: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -206,6 +214,10 @@ class Settings:
             explore=_switch(env, "ENGAGE_EXPLORE", True),
             pacing_hold_ms=_duration_ms(env, "ENGAGE_PACING_HOLD", 10_000),
             batch_max=_int(env, "ENGAGE_BATCH_MAX", 1_000, minimum=1),
+            http_port=_int(env, "ENGAGE_HTTP_PORT", 6066),
+            http_bind=env.get("ENGAGE_HTTP_BIND", "") or "127.0.0.1",
+            http_host=env.get("ENGAGE_HTTP_HOST", ""),
+            context_token=env.get("ENGAGE_CONTEXT_TOKEN", ""),
         )
 
     def with_(self, **changes) -> "Settings":

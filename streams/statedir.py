@@ -47,3 +47,8 @@ def claim(data_dir: Path) -> ClaimedDir:
         slot.mkdir(exist_ok=True)
         return ClaimedDir(slot, fd)
     raise StateDirError(f"{MAX_SLOTS} workers already use {data_dir}; give this one its own ENGAGE_DATA_DIR")
+
+
+def slot_of(path: Path) -> int:
+    """N of a claimed `worker-N` folder: the worker's place among those of one state folder."""
+    return int(path.name.rsplit("-", 1)[1])

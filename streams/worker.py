@@ -4,6 +4,7 @@ from __future__ import annotations
 from streams.app import Engine, build_app
 from streams.attribution import agent as attribution_agent
 from streams.data import agent as data_agent
+from streams.data import context
 from streams.data.value import load_segments
 from streams.decision import agent as decision_agent
 from streams.decision.actions import load_actions
@@ -24,8 +25,10 @@ def build_worker(settings: Settings, models: ModelBook | None = None, actions: R
     segments = segments or RuleBook(load_segments(settings.rules_dir / "segments.yaml"))
     engine = build_app(settings)
     engine.detection = detection_agent.register(engine)
-    data_agent.register(engine, segments)
-    decision_agent.register(engine, actions, models)
+    data = data_agent.register(engine, segments)
+    _, customer_to_contacts = decision_agent.register(engine, actions, models)
+    if settings.http_port:
+        context.register(engine, data, customer_to_contacts, segments)
     delivery_agent.register(engine)
     attribution_agent.register(engine, actions)
     return engine
@@ -41,6 +44,8 @@ def run_worker(settings: Settings) -> None:
     # its own RocksDB folder, whatever other workers run from the same checkout (held until exit)
     state = statedir.claim(settings.data_dir)
     settings = settings.with_(data_dir=state.path)
+    if settings.http_port:  # worker-N of a checkout listens on the N-th port from ENGAGE_HTTP_PORT
+        settings = settings.with_(http_port=settings.http_port + statedir.slot_of(state.path))
     # the files are the rule sets until a version is published to engage.rules; then the latest valid one
     actions = RuleBook(load_actions(settings.rules_dir / "actions.yaml"))
     segments = RuleBook(load_segments(settings.rules_dir / "segments.yaml"))

@@ -33,6 +33,9 @@ def _docker_answers() -> bool:
         return False
 
 
+CONTEXT_TOKEN = "test-token-" + uuid.uuid4().hex
+
+
 def _free_ports(n: int) -> int:
     """The first of `n` consecutive free ports on 127.0.0.1."""
     for _ in range(50):
@@ -104,6 +107,7 @@ class Pipeline:
     workers: list = field(default_factory=list)
     security_env: dict = field(default_factory=dict)  # KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* for the workers
     extra_env: dict = field(default_factory=dict)  # settings of this test's workers, e.g. ENGAGE_PACING_HOLD
+    http_ports: list = field(default_factory=list)  # each started worker's context service port (its slot 0)
 
     @property
     def client_conf(self) -> dict:
@@ -126,13 +130,17 @@ class Pipeline:
                 # checked by the tests that are about it)
                 "ENGAGE_EXPLORE": "off",
                 # the workers' logs are kept in the test folder; ENGAGE_TEST_LOG_LEVEL=info shows rebalances
-                "ENGAGE_LOG_LEVEL": os.environ.get("ENGAGE_TEST_LOG_LEVEL", "warning"), **self.extra_env}
+                "ENGAGE_LOG_LEVEL": os.environ.get("ENGAGE_TEST_LOG_LEVEL", "warning"),
+                "ENGAGE_CONTEXT_TOKEN": CONTEXT_TOKEN, **self.extra_env}
 
     def topic(self, name: str) -> str:
         return self.settings.topic(name)
 
     def start_worker(self, state_dir: str = "state", members: int = 1) -> subprocess.Popen:
-        env = {**self.env, "ENGAGE_DATA_DIR": str(self.workdir / state_dir)}
+        # the context service of each worker on ports of its own (workers sharing a state folder take the next ones)
+        port = _free_ports(4)
+        env = {**self.env, "ENGAGE_DATA_DIR": str(self.workdir / state_dir), "ENGAGE_HTTP_PORT": str(port)}
+        self.http_ports.append(port)
         log = open(self.workdir / f"worker-{len(self.workers)}.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, cwd=REPO_ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

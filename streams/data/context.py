@@ -1,0 +1,181 @@
+"""Decides what an agent or a channel may ask a worker about a customer or a visitor, and who answers it.
+
+`GET /customers/{id}/context` and `GET /visitors/{id}/context`, JSON, on every worker's HTTP port
+(Faust's web server). The tables are partitioned like the topics that feed them, all by the same
+key, so one worker holds everything about a key: a worker asked about a key it does not hold passes
+the request on to the one that does (the group's assignment says which, as Faust's table routing;
+here computed from the key's bytes as the topics partition them) and returns its answer.
+
+Every request needs `Authorization: Bearer <ENGAGE_CONTEXT_TOKEN>` (401 without it, or when no
+token is configured); ids are at most 256 characters without control characters (400); each
+client address gets at most RATE_PER_S requests a second (429); an answer is at most MAX_BODY_BYTES
+(its parts are bounded: a journey of 30 steps, a profile of 64 attributes). Nothing about the
+customer is logged: the web server's access log (which would print the path, with the id) is off.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections import OrderedDict
+
+from streams.data.value import customer_value
+
+log = logging.getLogger(__name__)
+
+MAX_ID_CHARS = 256
+MAX_BODY_BYTES = 256 * 1024
+RATE_PER_S, BURST = 20.0, 40
+CLIENTS_TRACKED = 10_000
+ROUTED_HEADER = "X-Engage-Routed"  # set on a request passed to the key's owner: it is not passed on again
+
+
+class Refused(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def check_id(text: str) -> str:
+    if not text or len(text) > MAX_ID_CHARS or any(ord(c) < 32 or c == "\x7f" for c in text):
+        raise Refused(400, f"an id is 1 to {MAX_ID_CHARS} characters without control characters")
+    return text
+
+
+def check_token(header: str | None, token: str) -> None:
+    """Raise Refused(401) unless the header is `Bearer <token>` and a token is configured (compared in constant time)."""
+    if not token:
+        raise Refused(401, "no token is configured on this worker (ENGAGE_CONTEXT_TOKEN)")
+    given = (header or "")[len("Bearer "):] if (header or "").startswith("Bearer ") else ""
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise Refused(401, "a bearer token is needed: Authorization: Bearer <token>")
+
+
+class RateLimit:
+    """A token bucket per client address: RATE_PER_S a second, bursts of BURST; the least recent clients forgotten first."""
+
+    def __init__(self, rate: float = RATE_PER_S, burst: int = BURST, clock=time.monotonic):
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, client: str) -> None:
+        now = self.clock()
+        tokens, at = self.buckets.pop(client, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < 1:
+            self.buckets[client] = (tokens, now)
+            raise Refused(429, "too many requests; slow down")
+        self.buckets[client] = (tokens - 1, now)
+        while len(self.buckets) > CLIENTS_TRACKED:
+            self.buckets.popitem(last=False)
+
+
+def customer_context(customer_id: str, profile: dict | None, value_state: dict | None, journey: list | None,
+                     ledger: dict | None, rules, now_ms: int) -> dict:
+    """What an agent should know of a customer now: who, worth, segment, the journey, offers so far."""
+    offers = {}
+    if ledger:
+        offers = {"offers_today": ledger.get("offers_today", 0), "offers_this_week": ledger.get("offers_week", 0),
+                  "last_offer_ts": ledger.get("last_offer_ts") or None,
+                  "declined": sorted(ledger.get("declined", {})),
+                  "last_purchase_ts": ledger.get("purchase_ts") or None}
+    return {"customer_id": customer_id, "known": profile is not None, "profile": profile,
+            "value": customer_value(profile, value_state, now_ms, rules), "journey": journey or [],
+            "contacts": offers}
+
+
+def body_of(answer: dict) -> bytes:
+    body = json.dumps(answer, separators=(",", ":"), default=str).encode()
+    if len(body) > MAX_BODY_BYTES:  # cannot happen with the bounds above; refused rather than sent
+        raise Refused(500, "the answer is larger than the bound")
+    return body
+
+
+def register(engine, data_stage, contacts_table, segments_book) -> None:
+    """The two routes on the engine's Faust app (its web server must be enabled)."""
+    app, settings = engine.app, engine.settings
+    limiter = RateLimit()
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the access log prints ids in paths
+
+    def owner(table, key: str):
+        """The URL of the worker holding `key` (as the topics partition it), or None when this one does."""
+        from yarl import URL
+
+        topic = table.changelog_topic.get_topic_name()
+        try:
+            url = app.assignor.key_store(topic, key.encode())
+        except KeyError:
+            raise Refused(503, "the partitions are being assigned; try again") from None
+        mine = URL(str(app.conf.canonical_url))
+        return None if (url.host, url.port) == (mine.host, mine.port) else url
+
+    async def answer(web, request, table, key: str, local):
+        try:
+            limiter.take(request.remote or "?")
+            check_token(request.headers.get("Authorization"), settings.context_token)
+            key = check_id(key)
+            elsewhere = owner(table, key)
+            if elsewhere is not None:
+                if request.headers.get(ROUTED_HEADER):
+                    raise Refused(503, "the partition moved meanwhile; try again")
+                return await pass_on(web, request, elsewhere)
+            return web.bytes(body_of(await local(key)), content_type="application/json")
+        except Refused as refused:
+            return web.json({"error": refused.reason}, status=refused.status)
+
+    async def pass_on(web, request, url):
+        import aiohttp
+
+        routed = request.url.with_host(url.host).with_port(int(url.port))
+        headers = {"Authorization": request.headers.get("Authorization", ""), ROUTED_HEADER: "1"}
+        try:
+            async with app.http_client.get(routed, headers=headers, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                body = await resp.content.read(MAX_BODY_BYTES + 1)
+                if len(body) > MAX_BODY_BYTES:
+                    raise Refused(502, "the owning worker's answer is larger than the bound")
+                return web.bytes(body, content_type="application/json", status=resp.status)
+        except (aiohttp.ClientError, TimeoutError):
+            raise Refused(503, "the worker holding this key did not answer; try again") from None
+
+    def customer_now(customer_id: str) -> dict:
+        return customer_context(customer_id, data_stage.customer_to_profile.get(customer_id),
+                                data_stage.customer_to_value.get(customer_id),
+                                data_stage.key_to_journey.get(customer_id), contacts_table.get(customer_id),
+                                segments_book.rules(), int(time.time() * 1000))
+
+    @app.page("/customers/{customer_id}/context")
+    async def customer_page(web, request, customer_id):
+        async def local(key):
+            return customer_now(key)
+        return await answer(web, request, data_stage.customer_to_profile, customer_id, local)
+
+    @app.page("/visitors/{visitor_id}/context")
+    async def visitor_page(web, request, visitor_id):
+        async def local(key):
+            link = data_stage.visitor_to_customer.get(key)
+            out = {"visitor_id": key, "customer_id": link["customer_id"] if link else None,
+                   "linked_by": link["source"] if link else None,
+                   "journey": data_stage.key_to_journey.get(key) or []}
+            if link:  # the customer's context, from whichever worker holds it
+                customer = link["customer_id"]
+                where = owner(data_stage.customer_to_profile, customer)
+                if where is None:
+                    out["customer"] = customer_now(customer)
+                else:
+                    out["customer"] = await fetch_elsewhere(where, customer, request)
+            return out
+        return await answer(web, request, data_stage.visitor_to_customer, visitor_id, local)
+
+    async def fetch_elsewhere(url, customer: str, request) -> dict | None:
+        import aiohttp
+        from urllib.parse import quote
+
+        target = url.with_path(f"/customers/{quote(customer, safe='')}/context")
+        headers = {"Authorization": request.headers.get("Authorization", ""), ROUTED_HEADER: "1"}
+        try:
+            async with app.http_client.get(target, headers=headers, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                body = await resp.content.read(MAX_BODY_BYTES + 1)
+                return json.loads(body) if resp.status == 200 and len(body) <= MAX_BODY_BYTES else None
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
