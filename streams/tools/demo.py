@@ -14,6 +14,33 @@ from streams.tools.procs import spawn, stop_process
 LOG_DIR = REPO_ROOT / ".engage" / "logs"
 
 
+TOKEN_FILE = REPO_ROOT / ".engage" / "context-token"
+
+
+def _with_context_token(settings: Settings) -> dict:
+    """The worker's environment, with a context-service token made for this run unless one is set.
+
+    Written to a file only its owner reads, and named by path, not printed: a token is a secret.
+    """
+    import os
+    import secrets
+
+    env = dict(os.environ)
+    if not settings.context_token:
+        TOKEN_FILE.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(24))
+        env["ENGAGE_CONTEXT_TOKEN"] = TOKEN_FILE.read_text()
+        where = f"$(cat {TOKEN_FILE.relative_to(REPO_ROOT)})"
+    else:
+        where = "$ENGAGE_CONTEXT_TOKEN"
+    if settings.http_port:
+        print(f"[demo] what an agent sees of a customer: curl -H \"Authorization: Bearer {where}\" "
+              f"http://127.0.0.1:{settings.http_port}/customers/<customer id>/context", flush=True)
+    return env
+
+
 def run_demo(settings: Settings, speed: float, duration_s: float | None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -31,7 +58,7 @@ def run_demo(settings: Settings, speed: float, duration_s: float | None) -> int:
             started_broker = localkafka.up(broker)
         ensure_topics(settings)
         print(f"[demo] topics ready; starting worker (log: {LOG_DIR / 'worker.log'})", flush=True)
-        procs.append(("worker", spawn(["worker"], LOG_DIR / "worker.log")))
+        procs.append(("worker", spawn(["worker"], LOG_DIR / "worker.log", env=_with_context_token(settings))))
         procs.append(("console adapter", spawn(["adapter", "console"], None)))
         time.sleep(2)
         print(f"[demo] playing the default scenario at {speed:g}x (log: {LOG_DIR / 'simulator.log'}); offers appear below. "
