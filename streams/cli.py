@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--format", choices=("csv", "jsonl"), default=None, help="default: from the file name")
     pl.add_argument("--check", action="store_true", help="only check the file; publish nothing")
 
+    fg = sub.add_parser("forget", help="forget a customer: their state in every table, their identity links and profile")
+    fg.add_argument("customer_id")
+    fg.add_argument("--by", default=None, help="who asks (default: your user name)")
+    fg.add_argument("--reason", default="", help="e.g. the ticket of the erasure request")
+
     d = sub.add_parser("demo", help="broker (unless KAFKA_BOOTSTRAP_SERVERS), worker, simulator and console adapter")
     d.add_argument("--speed", type=_positive(float), default=1.0, help="simulated seconds per second (default 1)")
     d.add_argument("--duration", type=_positive(float), default=None, help="stop by itself after this many seconds")
@@ -237,6 +242,50 @@ def _profiles_load(settings: Settings, args) -> int:
               "load the file again: the latest record of a customer wins", file=sys.stderr)
         return 1
     print(f"published {path}: {summary}")
+    return 0
+
+
+def _forget(settings: Settings, args) -> int:
+    from streams import clients, topics
+    from streams.admin import ensure_topics, wait_for_broker
+    from streams.audit import audit
+    from streams.data.context import Refused, check_id
+    from streams.schemas import whoami
+
+    try:
+        customer = check_id(args.customer_id)
+    except Refused as exc:
+        raise CliError(f"forget: {exc.reason}") from None
+    reason = args.reason[:500]
+    wait_for_broker(settings, 15)
+    ensure_topics(settings)
+    codec = clients.codec(settings)
+    name = settings.topic(topics.IDENTITY.name)
+    latest: dict[bytes, bytes | None] = {}
+    for _, _, _, key, value in clients.read_all(settings, name, group_prefix=f"{settings.app_id}-forget"):
+        if key is not None:
+            latest[key] = value
+    links = [key for key, value in latest.items()
+             if value is not None and codec.decode(name, topics.IDENTITY.schema, value)["customer_id"] == customer]
+    by = args.by or whoami()
+    now = int(time.time() * 1000)
+    producer = clients.producer(settings)
+    sends = [(topics.IDENTITY, key, None) for key in links] + [
+        (topics.PROFILES, customer.encode(), None),
+        (topics.FORGET, customer.encode(), codec.encode(settings.topic(topics.FORGET.name), topics.FORGET.schema,
+                                                        {"customer_id": customer, "ts": now, "requested_by": by,
+                                                         "reason": reason}))]
+    spec, key, record = audit(customer, "cli", f"tombstones sent: the profile and {len(links)} identity link(s); "
+                                               f"asked by {by}" + (f": {reason}" if reason else ""))
+    sends.append((spec, key.encode(), codec.encode(settings.topic(spec.name), spec.schema, record)))
+    failed = []
+    for spec, key, value in sends:
+        producer.produce(settings.topic(spec.name), key=key, value=value,
+                         on_delivery=lambda err, _m: failed.append(err) if err else None)
+    if producer.flush(30) or failed:
+        raise CliError(f"forget: the broker did not take every record ({failed[:1] or 'no answer'}); run it again")
+    print(f"forgetting {customer}: profile and {len(links)} identity link(s) deleted; the workers delete the rest "
+          f"and record what they did on {settings.topic(topics.AUDIT.name)}")
     return 0
 
 
@@ -367,6 +416,8 @@ def run(argv: list[str]) -> int:
         return _schemas(settings, args)
     elif args.command == "profiles":
         return _profiles_load(settings, args)
+    elif args.command == "forget":
+        return _forget(settings, args)
     elif args.command == "demo":
         from streams.tools.demo import run_demo
 

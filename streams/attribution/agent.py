@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from streams import topics
 from streams.app import Engine
+from streams.audit import audit
 from streams.attribution.attribute import Attributor, new_state
 from streams.decision.actions import ActionSet
 from streams.rules.book import RuleBook
@@ -23,7 +24,7 @@ def register(engine: Engine, actions: ActionSet | RuleBook):
     book = actions if isinstance(actions, RuleBook) else RuleBook(actions)
     # the goal of the action rules running now (they may be republished while the worker runs)
     attributor = Attributor(window_ms=settings.attribution_window_ms, goal_of=lambda aid: book.rules().goal_of(aid))
-    channel, by_topic = engine.channel_of(topics.DECISIONS, topics.OUTCOMES, topics.CONVERSIONS)
+    channel, by_topic = engine.channel_of(topics.DECISIONS, topics.OUTCOMES, topics.CONVERSIONS, topics.FORGET)
     fold = {topics.DECISIONS.name: attributor.on_decision, topics.OUTCOMES.name: attributor.on_outcome,
             topics.CONVERSIONS.name: attributor.on_conversion}
 
@@ -33,6 +34,10 @@ def register(engine: Engine, actions: ActionSet | RuleBook):
             msg = event.message
             async with engine.guard(STAGE, msg):
                 spec, record, key = engine.keyed_record(by_topic, msg, "customer_id, else visitor_id")
+                if spec is topics.FORGET:  # the attributions already published stay on their topic (their own retention)
+                    had = key_to_attributions.pop(key, None) is not None
+                    await engine.send(*audit(key, STAGE, f"{'deleted from' if had else 'nothing in'} key_to_attributions"))
+                    continue
                 state = key_to_attributions.get(key) or new_state()
                 changed = fold[spec.name](state, record)
                 for attribution in changed:

@@ -1,9 +1,11 @@
 """Decides how the data stage runs on Faust: profiles and identity links re-keyed by the engine and kept in tables, signals identified and joined with them."""
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 from streams import topics
+from streams.audit import audit
 from streams.app import Engine
 from streams.data import journey
 from streams.data.enrich import enrich, identified, validate_link, validate_profile
@@ -25,6 +27,7 @@ class DataStage(NamedTuple):
     follow_customers: object
     customer_to_value: object
     key_to_journey: object
+    customer_to_forgotten: object
 
 
 def _check_profile(msg, profile: dict) -> None:
@@ -67,11 +70,13 @@ def register(engine: Engine, segments: ValueRules | RuleBook):
 
     key_to_journey = app.Table(topics.KEY_TO_JOURNEY, default=None, partitions=engine.settings.partitions,
                                key_type=str)
+    customer_to_forgotten = app.Table(topics.CUSTOMER_TO_FORGOTTEN, default=None, partitions=engine.settings.partitions,
+                                      key_type=str)
 
     def journey_add(key: str, steps: list) -> list | None:
         """The key's journey before `steps`, and the steps written into it (once each)."""
         before = key_to_journey.get(key)
-        after = journey.added(before, steps)
+        after = journey.added(before, steps, until_ts=int(time.time() * 1000) + engine.settings.max_event_ahead_ms)
         if after is not None:
             key_to_journey[key] = after
         return before
@@ -80,12 +85,24 @@ def register(engine: Engine, segments: ValueRules | RuleBook):
     # purchases, cancellations and calls (re-keyed by detection onto engage.conversions once by
     # customer and once by visitor: the copy under the decisions' key is kept), offers made and what
     # became of them, and journeys moved from a visitor to the customer they turned out to be.
-    channel, by_topic = engine.channel_of(topics.CONVERSIONS, topics.DECISIONS, topics.OUTCOMES, topics.JOURNEY_MOVES)
+    # A forgotten customer's profile, value and journey are deleted (tombstones in their changelogs),
+    # and nothing of them is kept again: their signals are dropped here, so no offer follows.
+    channel, by_topic = engine.channel_of(topics.CONVERSIONS, topics.DECISIONS, topics.OUTCOMES, topics.JOURNEY_MOVES,
+                                          topics.FORGET)
 
     @app.agent(channel, name="follow_customers")
     async def follow_customers(stream):
         def follow(msg) -> list:
             spec, record, key = engine.keyed_record(by_topic, msg, "customer_id, else visitor_id")
+            if spec is topics.FORGET:
+                cleared = [t.name for t in (customer_to_profile, customer_to_value, key_to_journey) if key in t]
+                for table in (customer_to_profile, customer_to_value, key_to_journey):
+                    table.pop(key, None)
+                customer_to_forgotten[key] = record["ts"]
+                return [audit(key, STAGE, f"deleted from {', '.join(cleared) or 'no table'}; "
+                                          "their signals are dropped from now on")]
+            if customer_to_forgotten.get(key) is not None:
+                return []
             if spec is topics.CONVERSIONS:
                 customer = record["customer_id"]
                 if key != (customer or record["visitor_id"]):
@@ -96,7 +113,7 @@ def register(engine: Engine, segments: ValueRules | RuleBook):
                     linked = link["customer_id"]
                     return [(topics.JOURNEY_MOVES, linked, {"key": linked, "from_key": key, "steps": [step]})]
                 journey_add(key, [step])
-                if record["type"] == "purchase":
+                if record["type"] == "purchase" and customer:  # value is kept for customers, not devices
                     state = on_purchase(customer_to_value.get(key), record, book.rules().half_life_ms)
                     if state is not None:
                         customer_to_value[key] = state
@@ -142,7 +159,7 @@ def register(engine: Engine, segments: ValueRules | RuleBook):
             async with engine.guard(STAGE, msg):
                 if profile is None:
                     customer_to_profile.pop(msg.key.decode("utf-8", "replace"), None)  # the customer was deleted
-                else:
+                elif customer_to_forgotten.get(profile["customer_id"]) is None:  # a forgotten one is not kept again
                     customer_to_profile[profile["customer_id"]] = profile
 
     @app.agent(engine.topic[topics.SIGNALS.name], name="route_signals")
@@ -171,6 +188,8 @@ def register(engine: Engine, segments: ValueRules | RuleBook):
         def join(msg) -> list:
             signal = engine.decode(topics.SIGNALS_BY_CUSTOMER, msg.value)
             customer = signal["customer_id"]
+            if customer_to_forgotten.get(customer) is not None:
+                return []  # forgotten: no journey, no decision, no offer
             profile = customer_to_profile.get(customer)
             value = customer_value(profile, customer_to_value.get(customer), signal["ts"], book.rules())
             enriched = enrich(signal, profile, value, journey_add(customer, journey.steps_of_signal(signal)))
@@ -180,4 +199,4 @@ def register(engine: Engine, segments: ValueRules | RuleBook):
 
     return DataStage(repartition_profiles, store_profiles, route_signals, enrich_signals, customer_to_profile,
                      repartition_identity, store_identity, visitor_to_customer, follow_customers, customer_to_value,
-                     key_to_journey)
+                     key_to_journey, customer_to_forgotten)

@@ -29,6 +29,7 @@ MAX_BODY_BYTES = 256 * 1024
 RATE_PER_S, BURST = 20.0, 40
 CLIENTS_TRACKED = 10_000
 ROUTED_HEADER = "X-Engage-Routed"  # set on a request passed to the key's owner: it is not passed on again
+ANSWERED_BY = "X-Engage-Answered-By"  # the worker whose tables gave the answer
 
 
 class Refused(Exception):
@@ -99,44 +100,68 @@ def register(engine, data_stage, contacts_table, segments_book) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the access log prints ids in paths
 
     def owner(table, key: str):
-        """The URL of the worker holding `key` (as the topics partition it), or None when this one does."""
+        """The URL of the worker holding `key`'s partition (as the topics partition it), or None when this one does.
+
+        Decided from this worker's own assignment, not by comparing addresses: workers on several hosts
+        all advertising 127.0.0.1 would otherwise each take every key for their own.
+        """
+        from aiokafka.partitioner import murmur2
+        from faust.types import TP
         from yarl import URL
 
         topic = table.changelog_topic.get_topic_name()
+        partition = (murmur2(key.encode()) & 0x7FFFFFFF) % settings.partitions
+        if TP(topic, partition) in app.assignor.assigned_actives():
+            return None
         try:
-            url = app.assignor.key_store(topic, key.encode())
-        except KeyError:
+            url = URL(str(app.assignor.key_store(topic, key.encode())))
+        except (KeyError, TypeError, ValueError):
             raise Refused(503, "the partitions are being assigned; try again") from None
         mine = URL(str(app.conf.canonical_url))
-        return None if (url.host, url.port) == (mine.host, mine.port) else url
+        if (url.host, url.port) == (mine.host, mine.port):  # another worker advertises this one's address
+            raise Refused(503, "the worker holding this key cannot be reached: give every worker its own "
+                               "ENGAGE_HTTP_HOST") from None
+        return url
 
     async def answer(web, request, table, key: str, local):
         try:
-            limiter.take(request.remote or "?")
             check_token(request.headers.get("Authorization"), settings.context_token)
+            routed = bool(request.headers.get(ROUTED_HEADER))
+            if not routed:  # counted where the request came in, not again where it is passed on
+                limiter.take(request.remote or "?")
             key = check_id(key)
             elsewhere = owner(table, key)
             if elsewhere is not None:
-                if request.headers.get(ROUTED_HEADER):
+                if routed:
                     raise Refused(503, "the partition moved meanwhile; try again")
                 return await pass_on(web, request, elsewhere)
-            return web.bytes(body_of(await local(key)), content_type="application/json")
+            return web.bytes(body_of(await local(key)), content_type="application/json",
+                             headers={ANSWERED_BY: str(app.conf.canonical_url)})
         except Refused as refused:
             return web.json({"error": refused.reason}, status=refused.status)
 
-    async def pass_on(web, request, url):
+    async def read_bounded(resp) -> bytes:
+        """The whole body, refused beyond MAX_BODY_BYTES (one read() may return only what has arrived)."""
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                raise Refused(502, "the owning worker's answer is larger than the bound")
+        return bytes(body)
+
+    async def get_from(url, request):
         import aiohttp
 
-        routed = request.url.with_host(url.host).with_port(int(url.port))
         headers = {"Authorization": request.headers.get("Authorization", ""), ROUTED_HEADER: "1"}
         try:
-            async with app.http_client.get(routed, headers=headers, timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                body = await resp.content.read(MAX_BODY_BYTES + 1)
-                if len(body) > MAX_BODY_BYTES:
-                    raise Refused(502, "the owning worker's answer is larger than the bound")
-                return web.bytes(body, content_type="application/json", status=resp.status)
+            async with app.http_client.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                return resp.status, await read_bounded(resp), resp.headers.get(ANSWERED_BY, "")
         except (aiohttp.ClientError, TimeoutError):
             raise Refused(503, "the worker holding this key did not answer; try again") from None
+
+    async def pass_on(web, request, url):
+        status, body, who = await get_from(request.url.with_host(url.host).with_port(int(url.port)), request)
+        return web.bytes(body, content_type="application/json", status=status, headers={ANSWERED_BY: who})
 
     def customer_now(customer_id: str) -> dict:
         return customer_context(customer_id, data_stage.customer_to_profile.get(customer_id),
@@ -168,14 +193,10 @@ def register(engine, data_stage, contacts_table, segments_book) -> None:
         return await answer(web, request, data_stage.visitor_to_customer, visitor_id, local)
 
     async def fetch_elsewhere(url, customer: str, request) -> dict | None:
-        import aiohttp
         from urllib.parse import quote
 
-        target = url.with_path(f"/customers/{quote(customer, safe='')}/context")
-        headers = {"Authorization": request.headers.get("Authorization", ""), ROUTED_HEADER: "1"}
         try:
-            async with app.http_client.get(target, headers=headers, timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                body = await resp.content.read(MAX_BODY_BYTES + 1)
-                return json.loads(body) if resp.status == 200 and len(body) <= MAX_BODY_BYTES else None
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+            status, body, _ = await get_from(url.with_path(f"/customers/{quote(customer, safe='')}/context"), request)
+            return json.loads(body) if status == 200 else None
+        except (Refused, ValueError):
             return None

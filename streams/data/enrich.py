@@ -33,7 +33,19 @@ def identified(signal: dict, link: dict | None) -> dict:
 
 
 def validate_profile(profile: dict) -> None:
+    """A profile from any CRM producer, bounded as `engage profiles load` bounds its rows (streams/data/load.py)."""
+    from streams.data.load import MAX_ATTRIBUTE_CHARS, MAX_ATTRIBUTES, MAX_ID_CHARS
+
     if not profile.get("customer_id"):
         raise ValueError("customer_id is empty")
     if profile.get("clv", 0.0) < 0:
         raise ValueError(f"clv must not be negative, got {profile['clv']}")
+    for name, most in (("customer_id", MAX_ID_CHARS), ("display_name", MAX_ID_CHARS), ("segment", 64),
+                       ("timezone", 64), ("preferred_channel", 64)):
+        if len(profile.get(name) or "") > most:
+            raise ValueError(f"{name} is longer than {most} characters")
+    attributes = profile.get("attributes") or {}
+    if len(attributes) > MAX_ATTRIBUTES or len(profile.get("channels_opted_out") or []) > MAX_ATTRIBUTES:
+        raise ValueError(f"at most {MAX_ATTRIBUTES} attributes and {MAX_ATTRIBUTES} opted-out channels")
+    if any(len(k) > 64 or len(v) > MAX_ATTRIBUTE_CHARS for k, v in attributes.items()):
+        raise ValueError(f"attribute names are at most 64 characters, values {MAX_ATTRIBUTE_CHARS}")

@@ -57,11 +57,15 @@ def step_of_outcome(o: dict) -> dict:
     return _step(o["ts"], o.get("channel"), "outcome", what, o["outcome_id"])
 
 
-def added(journey: list[dict] | None, steps: list[dict]) -> list[dict] | None:
-    """The journey with `steps` in it, in time order, capped; None when nothing changed."""
+def added(journey: list[dict] | None, steps: list[dict], until_ts: int | None = None) -> list[dict] | None:
+    """The journey with `steps` in it, in time order, capped; None when nothing changed.
+
+    Steps dated after `until_ts` (the wall clock plus the lateness events may have) are left out: one
+    record dated years ahead would otherwise push every real step out of the age cap.
+    """
     journey = list(journey or [])
     refs = {s["ref"] for s in journey}
-    new = [s for s in steps if s["ref"] not in refs]
+    new = [s for s in steps if s["ref"] not in refs and (until_ts is None or s["ts"] <= until_ts)]
     if not new:
         return None
     merged = sorted(journey + new, key=lambda s: s["ts"])

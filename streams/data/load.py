@@ -15,6 +15,7 @@ import io
 from array import array
 import json
 import math
+import re
 import time
 import zoneinfo
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ DELETE = "_delete"
 FIELDS = ("customer_id", "updated_ts", "display_name", "segment", "clv", "preferred_channel", "marketing_consent",
           "opted_out", "channels_opted_out", "timezone", "attributes")
 _TRUE, _FALSE = {"true", "1", "yes", "y"}, {"false", "0", "no", "n", ""}
+_DIGITS = re.compile(r"^[0-9]{1,15}$")
 
 
 class RowError(ValueError):
@@ -183,7 +185,9 @@ def _timestamp(value, now_ms: int) -> int:
     """Milliseconds since the epoch from a number of them or an ISO 8601 time with its zone; missing: now."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return now_ms
-    if isinstance(value, (int, float)) and not isinstance(value, bool) or (isinstance(value, str) and value.strip().isdigit()):
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RowError(f"updated_ts must be a time, got {value}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) or (isinstance(value, str) and _DIGITS.match(value.strip())):
         ms = int(value)
     else:
         try:
@@ -256,6 +260,12 @@ def _jsonl_rows(f, now_ms: int):
         except (RowError, UnicodeDecodeError) as exc:
             yield number, str(exc), len(line)
             continue
+        except RecursionError:
+            yield number, "the JSON is nested too deeply", len(line)
+            continue
+        except (ValueError, OverflowError) as exc:  # e.g. a number too large for a float
+            yield number, f"a value cannot be read: {exc}", len(line)
+            continue
         yield Row(number, customer_id, profile, len(line))
 
 
@@ -287,6 +297,9 @@ def _csv_rows(f, now_ms: int):
             continue
         if not raw_line.strip():
             continue
+        if raw_line.count(b'"') % 2:  # a quoted field left open: it goes on on the next line
+            yield number, "a quoted field spans lines; write one row per line", len(raw_line)
+            continue
         try:
             text = raw_line.decode("utf-8")
             values = next(csv.reader(io.StringIO(text)))
@@ -305,7 +318,7 @@ def _csv_rows(f, now_ms: int):
                 raw[name] = value if value != "" else None
         try:
             customer_id, profile = to_profile(raw, now_ms)
-        except RowError as exc:
+        except (RowError, ValueError, OverflowError) as exc:
             yield number, str(exc), len(raw_line)
             continue
         yield Row(number, customer_id, profile, len(raw_line))

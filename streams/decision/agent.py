@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from streams import topics
 from streams.app import Engine
+from streams.audit import audit
 from streams.decision import pacing
 from streams.decision.actions import ActionSet
 from streams.decision.learn import due, label_of, learn, new_partition_state, step_to
@@ -26,12 +27,16 @@ def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | 
                                      key_type=str)  # values are JSON (Faust's default for untyped tables)
     # Signals to decide on, and what the contact policy must hear of: purchases (suppression after a
     # purchase) and outcomes (declines). Keyed alike (customer_id, else visitor_id), partitioned alike.
-    channel, by_topic = engine.channel_of(topics.ENRICHED, topics.CONVERSIONS, topics.OUTCOMES)
+    channel, by_topic = engine.channel_of(topics.ENRICHED, topics.CONVERSIONS, topics.OUTCOMES, topics.FORGET)
     note = {topics.CONVERSIONS.name: on_conversion, topics.OUTCOMES.name: on_outcome}
 
     @app.agent(channel, name="decide_actions")
     async def decide_actions(stream):
         def handle(msg) -> list:
+            if by_topic[msg.topic] is topics.FORGET:  # the data stage drops their signals: no decision follows
+                _, _, key = engine.keyed_record(by_topic, msg, "customer_id")
+                had = customer_to_contacts.pop(key, None) is not None
+                return [audit(key, STAGE, f"{'deleted from' if had else 'nothing in'} customer_to_contacts")]
             if by_topic[msg.topic] is not topics.ENRICHED:
                 spec, record, key = engine.keyed_record(by_topic, msg, "customer_id, else visitor_id")
                 ledger = note[spec.name](customer_to_contacts.get(key), record)

@@ -18,13 +18,21 @@ pytestmark = pytest.mark.integration
 
 
 def get(port: int, path: str, token: str | None = CONTEXT_TOKEN) -> tuple[int, dict]:
+    status, body, _ = get_answered(port, path, token)
+    return status, body
+
+
+def get_answered(port: int, path: str, token: str | None = CONTEXT_TOKEN) -> tuple[int, dict, str]:
+    """(status, JSON body, the worker whose tables answered)."""
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
                                  headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
+            return resp.status, json.loads(resp.read()), resp.headers.get("X-Engage-Answered-By", "")
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
+        return err.code, json.loads(err.read() or b"{}"), ""
+    except urllib.error.URLError:  # not listening yet (a worker starting): no answer, asked again by `until`
+        return 0, {}, ""
 
 
 def until(fn, timeout_s: float = 30.0):
@@ -97,11 +105,63 @@ def test_any_worker_answers_for_a_key_the_other_one_holds(new_pipeline, read):
     for cid in customers:
         decisions.wait_for(lambda d, cid=cid: d["customer_id"] == cid)
     # When each customer's context is asked of each worker
+    owners = set()
     for cid in customers:
         answers = [until(lambda port=port: (lambda r: r if r[0] == 200 and r[1]["journey"] else None)(
-            get(port, f"/customers/{cid}/context"))) for port in pipe.http_ports]
-        # Then both answer, with the same customer, profile and journey (one of them from the other's tables)
+            get_answered(port, f"/customers/{cid}/context"))) for port in pipe.http_ports]
+        # Then both answer, with the same customer, profile and journey, from the tables of the same worker:
+        # the one holding the key answered itself, the other passed the request on to it
         assert all(a and a[0] == 200 for a in answers), answers
-        (_, a), (_, b) = answers
-        assert a["customer_id"] == b["customer_id"] == cid and a["profile"] == b["profile"]
+        (_, a, by_a), (_, b, by_b) = answers
+        assert by_a == by_b != "" and a["customer_id"] == b["customer_id"] == cid and a["profile"] == b["profile"]
         assert a["journey"] == b["journey"] and any(s["kind"] == "signal" for s in a["journey"])
+        owners.add(by_a)
+    # And each worker held some of the customers (one per partition)
+    assert len(owners) == 2
+
+
+def test_forget_removes_the_customer_everywhere_stops_offers_and_a_restart_brings_nothing_back(new_pipeline, read):
+    import subprocess
+    import sys
+
+    from streams.settings import REPO_ROOT
+    from tests.integration.conftest import Producer_
+
+    # Given a customer with a profile, a linked phone, a journey and an offer, on a worker of their own
+    pipe = new_pipeline(partitions=2)
+    worker = pipe.start_worker()
+    produce = Producer_(pipe)
+    decisions, audit = read("engage.decisions", "Decision", on=pipe), read("engage.audit", "AuditRecord", on=pipe)
+    cid, phone = browse_then_call(pipe, produce, decisions)
+    kept, _ = browse_then_call(pipe, produce, decisions)  # another customer, not forgotten
+    port = pipe.http_ports[0]
+    assert until(lambda: get(port, f"/customers/{cid}/context")[1].get("journey"))
+    # When the customer is forgotten
+    run = subprocess.run([sys.executable, "-m", "streams.cli", "forget", cid, "--by", "dpo", "--reason", "ticket 7"],
+                         env=pipe.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "1 identity link(s) deleted" in run.stdout
+    # Then every stage records what it deleted
+    found = audit.wait_for(lambda r: r["customer_id"] == cid, count=4)
+    assert {r["stage"] for r, _ in found} == {"cli", "data", "decision", "attribution"}
+    # And nothing is known of them any more, by id or by their phone number
+    def forgotten(p: int) -> bool:
+        _, body = get(p, f"/customers/{cid}/context")
+        _, by_phone = get(p, f"/visitors/{quote(phone, safe='')}/context")
+        return (body.get("profile") is None and body.get("journey") == [] and body.get("contacts") == {}
+                and by_phone.get("customer_id") is None)
+    assert until(lambda: forgotten(port))
+    # And a new search to cancel gets no decision
+    visitor = f"V-{uuid.uuid4().hex[:8]}"
+    produce.event(event_id=f"{visitor}-1", visitor_id=visitor, type_="search", ts=now_ms(), customer_id=cid,
+                  path="/help/search", query="cancel my contract")
+    decisions.settle(8)
+    assert len([d for d, _ in decisions.records if d["customer_id"] == cid]) == 1  # only the one before
+    # When the worker is replaced by one with an empty folder, which restores every table from the changelogs
+    pipe.kill(worker)
+    pipe.start_worker(state_dir="state-empty")
+    # Then the other customer's state is back (the tables were restored), and nothing of the forgotten one
+    new_port = pipe.http_ports[-1]
+    assert until(lambda: (lambda b: b.get("profile") and b.get("journey"))(get(new_port, f"/customers/{kept}/context")[1]),
+                 timeout_s=60)
+    assert forgotten(new_port)

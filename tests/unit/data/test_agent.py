@@ -297,3 +297,34 @@ async def test_what_a_visitor_did_before_logging_in_moves_to_the_customers_journ
         ("search", "e1"), ("signal", "sig-anon"), ("offer", "d-1"), ("outcome", "o-1")]
     # And the signal itself is in the journey now, for the next one, in its place in time
     assert [s["ref"] for s in d.key_to_journey.get("C3")] == ["e1", "sig-anon", "sig-known", "d-1", "o-1"]
+
+
+@async_test
+async def test_a_forgotten_customer_is_deleted_from_every_data_table_and_nothing_of_them_is_kept_again(tmp_path):
+    # Given C9's profile, purchases and journey in the data stage's tables
+    st = Stage(tmp_path)
+    d = data_agent.register(st.engine, SEGMENTS)
+    for table in (d.customer_to_value, d.customer_to_profile, d.key_to_journey, d.customer_to_forgotten):
+        st.without_changelog(table)
+    async with d.follow_customers.test_context() as follow, d.store_profiles.test_context() as profiles, \
+            d.enrich_signals.test_context() as signals:
+        await _store_profile(profiles, d.customer_to_profile, profile("C9"))
+        purchase = {**wire.interaction("p1", "v9", "purchase", T0, customer_id="C9"), "value": 10.0}
+        await put_on(follow, topics.CONVERSIONS.name, b"C9", wire.encode("Interaction", purchase))
+        await eventually(lambda: d.key_to_journey.get("C9") is not None, "C9's journey")
+        # When C9 is forgotten
+        request = {"customer_id": "C9", "ts": T0 + 1, "requested_by": "dpo", "reason": "ticket 42"}
+        await put_on(follow, topics.FORGET.name, b"C9", wire.encode("ForgetRequest", request))
+        [(_, audit, _)] = await st.wait_out(topics.AUDIT, 1)
+        # Then the profile, the value and the journey are deleted, each with a tombstone in its changelog
+        assert all(t.get("C9") is None for t in (d.customer_to_profile, d.customer_to_value, d.key_to_journey))
+        deleted = {c.args[1] for c in st.changelog.call_args_list if c.kwargs.get("value", "absent") is None}
+        assert deleted == {"C9"} and sum(c.kwargs.get("value", "absent") is None
+                                         for c in st.changelog.call_args_list) == 3
+        assert audit["customer_id"] == "C9" and audit["stage"] == "data" and "customer_to_profile" in audit["detail"]
+        # And nothing of them is kept again: a new profile, a purchase, a signal
+        await profiles.put(key=b"C9", value=wire.encode("CustomerProfile", profile("C9")))
+        await put_on(follow, topics.CONVERSIONS.name, b"C9", wire.encode("Interaction", {**purchase, "event_id": "p2"}))
+        await signals.put(key=b"C9", value=wire.encode("Signal", signal("sig-9", customer_id="C9")))
+    assert d.customer_to_profile.get("C9") is None and d.key_to_journey.get("C9") is None
+    assert st.out(topics.ENRICHED) == []  # no enriched signal: no decision, no offer

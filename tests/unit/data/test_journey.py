@@ -41,3 +41,9 @@ def test_only_offers_made_are_steps_and_an_agent_reads_the_last_ones_newest_last
     j = journey.added(None, [journey.step_of_decision(offer), journey.step_of_outcome(outcome)])
     assert journey.lines(j) == ("2023-11-14 22:13 voice_callback offer retention-callback on voice_callback\n"
                                 "2023-11-14 22:14 voice_callback outcome declined retention-callback on voice_callback")
+
+
+def test_a_step_dated_far_ahead_is_left_out_instead_of_pushing_the_real_ones_out():
+    j = journey.added(None, [_step(1, T0)])
+    assert journey.added(j, [_step(2, T0 + 10 * journey.MAX_AGE_MS)], until_ts=T0 + 600_000) is None
+    assert [s["ref"] for s in journey.added(j, [_step(3, T0 + 1000)], until_ts=T0 + 600_000)] == ["r1", "r3"]

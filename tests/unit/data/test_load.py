@@ -113,3 +113,23 @@ def test_repeated_customers_are_counted_and_the_format_comes_from_the_name(tmp_p
     assert _check(path).duplicates == 1
     with pytest.raises(load.RowError, match="--format"):
         load.file_format(tmp_path / "crm.txt", None)
+
+
+def test_hostile_values_are_reported_by_line_not_raised(tmp_path):
+    # Given numbers a float cannot hold, digits that are not ASCII, and JSON nested far too deeply
+    path = tmp_path / "crm.jsonl"
+    path.write_text('{"customer_id": "a", "updated_ts": NaN}\n'
+                    '{"customer_id": "b", "updated_ts": 1e400}\n'
+                    '{"customer_id": "c", "updated_ts": "\u00b2"}\n'
+                    + "[" * 60000 + "\n"
+                    + '{"customer_id": "ok"}\n')
+    # Then each is a line with a reason, and the good row is counted
+    found = _check(path)
+    assert found.rows == 1 and [line for line, _ in found.errors] == [1, 2, 3, 4]
+
+
+def test_a_quoted_csv_field_that_spans_lines_is_refused_not_split_into_rows(tmp_path):
+    path = tmp_path / "crm.csv"
+    path.write_text('customer_id,display_name\nc1,"Ann\nc2,Bob"\nc3,"Say ""hi"""\n')
+    found = _check(path)
+    assert [line for line, _ in found.errors] == [2, 3] and "spans lines" in found.errors[0][1] and found.rows == 1
