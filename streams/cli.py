@@ -249,6 +249,7 @@ def _forget(settings: Settings, args) -> int:
     from streams import clients, topics
     from streams.admin import ensure_topics, wait_for_broker
     from streams.audit import audit
+    from streams.codec import DecodeError
     from streams.data.context import Refused, check_id
     from streams.schemas import whoami
 
@@ -261,32 +262,55 @@ def _forget(settings: Settings, args) -> int:
     ensure_topics(settings)
     codec = clients.codec(settings)
     name = settings.topic(topics.IDENTITY.name)
-    latest: dict[bytes, bytes | None] = {}
-    for _, _, _, key, value in clients.read_all(settings, name, group_prefix=f"{settings.app_id}-forget"):
-        if key is not None:
-            latest[key] = value
-    links = [key for key, value in latest.items()
-             if value is not None and codec.decode(name, topics.IDENTITY.schema, value)["customer_id"] == customer]
+    # (partition, key) -> linked to this customer now? Only their links are kept, not the whole topic
+    linked: dict[tuple[int, bytes], bool] = {}
+    try:
+        for partition, _, _, key, value in clients.read_all(settings, name, group_prefix=f"{settings.app_id}-forget"):
+            if key is None:
+                continue
+            try:
+                mine = value is not None and codec.decode(name, topics.IDENTITY.schema, value)["customer_id"] == customer
+            except DecodeError:
+                mine = False  # not a link the engine can read (dead-lettered by the workers): not theirs to us
+            if mine:
+                linked[(partition, key)] = True
+            else:
+                linked.pop((partition, key), None)
+    except clients.ReadError as exc:
+        raise CliError(f"forget: could not read {name}: {exc}") from None
+    links = list(linked)
     by = args.by or whoami()
     now = int(time.time() * 1000)
     producer = clients.producer(settings)
-    sends = [(topics.IDENTITY, key, None) for key in links] + [
-        (topics.PROFILES, customer.encode(), None),
-        (topics.FORGET, customer.encode(), codec.encode(settings.topic(topics.FORGET.name), topics.FORGET.schema,
-                                                        {"customer_id": customer, "ts": now, "requested_by": by,
-                                                         "reason": reason}))]
+    # each tombstone on the partition its record is on (a CRM producer may partition otherwise than
+    # murmur2): the profile's on every partition of engage.profiles, the links' where they were read
+    profile_partitions = _partitions_of(settings, topics.PROFILES)
+    sends = [(topics.IDENTITY, key, None, partition) for partition, key in links]
+    sends += [(topics.PROFILES, customer.encode(), None, p) for p in profile_partitions]
+    sends.append((topics.FORGET, customer.encode(), codec.encode(
+        settings.topic(topics.FORGET.name), topics.FORGET.schema,
+        {"customer_id": customer, "ts": now, "requested_by": by, "reason": reason}), None))
     spec, key, record = audit(customer, "cli", f"tombstones sent: the profile and {len(links)} identity link(s); "
                                                f"asked by {by}" + (f": {reason}" if reason else ""))
-    sends.append((spec, key.encode(), codec.encode(settings.topic(spec.name), spec.schema, record)))
+    sends.append((spec, key.encode(), codec.encode(settings.topic(spec.name), spec.schema, record), None))
     failed = []
-    for spec, key, value in sends:
+    for spec, key, value, partition in sends:
         producer.produce(settings.topic(spec.name), key=key, value=value,
-                         on_delivery=lambda err, _m: failed.append(err) if err else None)
+                         on_delivery=lambda err, _m: failed.append(err) if err else None,
+                         **({} if partition is None else {"partition": partition}))
     if producer.flush(30) or failed:
         raise CliError(f"forget: the broker did not take every record ({failed[:1] or 'no answer'}); run it again")
     print(f"forgetting {customer}: profile and {len(links)} identity link(s) deleted; the workers delete the rest "
           f"and record what they did on {settings.topic(topics.AUDIT.name)}")
     return 0
+
+
+def _partitions_of(settings: Settings, spec) -> list[int]:
+    from streams import clients
+
+    name = settings.topic(spec.name)
+    meta = clients.admin(settings).list_topics(name, timeout=15)
+    return sorted(meta.topics[name].partitions)
 
 
 def _schemas(settings: Settings, args) -> int:

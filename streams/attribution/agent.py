@@ -15,6 +15,7 @@ from streams.decision.actions import ActionSet
 from streams.rules.book import RuleBook
 
 STAGE = "attribution"
+FORGOTTEN = "forgotten"  # the only field of a forgotten customer's state
 
 
 def register(engine: Engine, actions: ActionSet | RuleBook):
@@ -34,11 +35,17 @@ def register(engine: Engine, actions: ActionSet | RuleBook):
             msg = event.message
             async with engine.guard(STAGE, msg):
                 spec, record, key = engine.keyed_record(by_topic, msg, "customer_id, else visitor_id")
-                if spec is topics.FORGET:  # the attributions already published stay on their topic (their own retention)
-                    had = key_to_attributions.pop(key, None) is not None
-                    await engine.send(*audit(key, STAGE, f"{'deleted from' if had else 'nothing in'} key_to_attributions"))
+                if spec is topics.FORGET:
+                    had = key_to_attributions.get(key) is not None
+                    # a marker holding nothing but when: later records of theirs change nothing. The
+                    # attributions already published stay on compacted engage.attributions (README)
+                    key_to_attributions[key] = {FORGOTTEN: record["ts"]}
+                    await engine.send(*audit(key, STAGE, f"{'deleted' if had else 'no'} attribution state; "
+                                                         "kept: the time they were forgotten"))
                     continue
                 state = key_to_attributions.get(key) or new_state()
+                if FORGOTTEN in state:
+                    continue
                 changed = fold[spec.name](state, record)
                 for attribution in changed:
                     await engine.send(topics.ATTRIBUTIONS, attribution["decision_id"], attribution)

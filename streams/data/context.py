@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 MAX_ID_CHARS = 256
 MAX_BODY_BYTES = 256 * 1024
 RATE_PER_S, BURST = 20.0, 40
+ROUTED_RATE_PER_S = 500.0  # requests another worker passes on, per worker
 CLIENTS_TRACKED = 10_000
 ROUTED_HEADER = "X-Engage-Routed"  # set on a request passed to the key's owner: it is not passed on again
 ANSWERED_BY = "X-Engage-Answered-By"  # the worker whose tables gave the answer
@@ -96,7 +97,7 @@ def body_of(answer: dict) -> bytes:
 def register(engine, data_stage, contacts_table, segments_book) -> None:
     """The two routes on the engine's Faust app (its web server must be enabled)."""
     app, settings = engine.app, engine.settings
-    limiter = RateLimit()
+    limiter, routed_limiter = RateLimit(), RateLimit(rate=ROUTED_RATE_PER_S, burst=int(2 * ROUTED_RATE_PER_S))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the access log prints ids in paths
 
     def owner(table, key: str):
@@ -125,10 +126,11 @@ def register(engine, data_stage, contacts_table, segments_book) -> None:
 
     async def answer(web, request, table, key: str, local):
         try:
-            check_token(request.headers.get("Authorization"), settings.context_token)
             routed = bool(request.headers.get(ROUTED_HEADER))
-            if not routed:  # counted where the request came in, not again where it is passed on
-                limiter.take(request.remote or "?")
+            # every request counts, refused ones too; one passed on by another worker counts on that
+            # worker's budget for passing on, so clients' requests are not held back as one client
+            (routed_limiter if routed else limiter).take(request.remote or "?")
+            check_token(request.headers.get("Authorization"), settings.context_token)
             key = check_id(key)
             elsewhere = owner(table, key)
             if elsewhere is not None:
@@ -164,6 +166,8 @@ def register(engine, data_stage, contacts_table, segments_book) -> None:
         return web.bytes(body, content_type="application/json", status=status, headers={ANSWERED_BY: who})
 
     def customer_now(customer_id: str) -> dict:
+        if data_stage.customer_to_forgotten.get(customer_id) is not None:
+            return {"customer_id": customer_id, "forgotten": True}
         return customer_context(customer_id, data_stage.customer_to_profile.get(customer_id),
                                 data_stage.customer_to_value.get(customer_id),
                                 data_stage.key_to_journey.get(customer_id), contacts_table.get(customer_id),

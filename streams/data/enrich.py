@@ -1,6 +1,8 @@
 """Decides how a signal is keyed downstream and what customer data travels with it."""
 from __future__ import annotations
 
+import math
+
 
 def routing_key(signal: dict) -> str:
     """Known customers are keyed by customer_id, so every device of theirs shares one contact
@@ -40,6 +42,8 @@ def validate_profile(profile: dict) -> None:
         raise ValueError("customer_id is empty")
     if profile.get("clv", 0.0) < 0:
         raise ValueError(f"clv must not be negative, got {profile['clv']}")
+    if not math.isfinite(profile.get("clv", 0.0)):
+        raise ValueError("clv must be a finite number")
     for name, most in (("customer_id", MAX_ID_CHARS), ("display_name", MAX_ID_CHARS), ("segment", 64),
                        ("timezone", 64), ("preferred_channel", 64)):
         if len(profile.get(name) or "") > most:

@@ -298,7 +298,8 @@ def _csv_rows(f, now_ms: int):
         if not raw_line.strip():
             continue
         if raw_line.count(b'"') % 2:  # a quoted field left open: it goes on on the next line
-            yield number, "a quoted field spans lines; write one row per line", len(raw_line)
+            yield number, ('an unbalanced quote: a quoted field spans lines, or a quote in a field is not '
+                           'written "" inside a quoted field'), len(raw_line)
             continue
         try:
             text = raw_line.decode("utf-8")

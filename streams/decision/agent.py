@@ -13,6 +13,7 @@ from streams.decision.uplift import AGENT_LED, evidence_record
 from streams.rules.book import RuleBook
 
 STAGE = "decision"
+FORGOTTEN = "forgotten"  # the only field of a forgotten customer's ledger
 LEARN_STAGE = "learning"
 PACING_STAGE = "pacing"
 
@@ -33,12 +34,16 @@ def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | 
     @app.agent(channel, name="decide_actions")
     async def decide_actions(stream):
         def handle(msg) -> list:
-            if by_topic[msg.topic] is topics.FORGET:  # the data stage drops their signals: no decision follows
-                _, _, key = engine.keyed_record(by_topic, msg, "customer_id")
-                had = customer_to_contacts.pop(key, None) is not None
-                return [audit(key, STAGE, f"{'deleted from' if had else 'nothing in'} customer_to_contacts")]
+            if by_topic[msg.topic] is topics.FORGET:
+                _, request, key = engine.keyed_record(by_topic, msg, "customer_id")
+                had = customer_to_contacts.get(key) is not None
+                # the ledger becomes a marker holding nothing but when: later records of theirs change nothing
+                customer_to_contacts[key] = {FORGOTTEN: request["ts"]}
+                return [audit(key, STAGE, f"{'deleted' if had else 'no'} contact ledger; kept: the time they were forgotten")]
             if by_topic[msg.topic] is not topics.ENRICHED:
                 spec, record, key = engine.keyed_record(by_topic, msg, "customer_id, else visitor_id")
+                if FORGOTTEN in (customer_to_contacts.get(key) or {}):
+                    return []
                 ledger = note[spec.name](customer_to_contacts.get(key), record)
                 if ledger is not None:
                     customer_to_contacts[key] = ledger
@@ -47,6 +52,8 @@ def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | 
                 return [] if skill is None else [(topics.PACING, skill, pacing.outcome_record(skill, record))]
             record = engine.decode(topics.ENRICHED, msg.value)
             key = record["key"]
+            if FORGOTTEN in (customer_to_contacts.get(key) or {}):
+                return []  # a signal already on its way when they were forgotten: no decision
             result = decide(record, customer_to_contacts.get(key), book.rules(), models.model, explore)
             # The ledger first: it records the decision itself, so a replay after a crash re-sends
             # the very same decision (same time, same gates) instead of deciding again.
