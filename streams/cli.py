@@ -149,17 +149,14 @@ def rule_set_of(path: Path) -> str:
 
 
 def _rules_validate(settings: Settings, paths: list[Path]) -> int:
-    from streams.data.value import load_segments
-    from streams.decision.actions import load_actions
-    from streams.detection.rules import load_detection
-    from streams.rules.loader import RuleError
+    from streams.rules.loader import RuleError, read_rule_file
+    from streams.rules.registry import COMPILERS
 
     paths = paths or sorted(settings.rules_dir.glob("*.yaml"))
     failed = 0
     for path in paths:
-        loader = {"actions": load_actions, "segments": load_segments, "detection": load_detection}[rule_set_of(path)]
         try:
-            rs = loader(path)
+            rs = COMPILERS[rule_set_of(path)](*read_rule_file(path))  # as a worker compiles a published version
         except RuleError as exc:
             print(f"invalid: {exc}", file=sys.stderr)
             failed += 1

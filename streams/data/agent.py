@@ -95,9 +95,8 @@ def register(engine: Engine, segments: ValueRules | RuleBook):
         def follow(msg) -> list:
             spec, record, key = engine.keyed_record(by_topic, msg, "customer_id, else visitor_id")
             if spec is topics.FORGET:
-                cleared = [t.name for t in (customer_to_profile, customer_to_value, key_to_journey) if key in t]
-                for table in (customer_to_profile, customer_to_value, key_to_journey):
-                    table.pop(key, None)
+                cleared = [t.name for t in (customer_to_profile, customer_to_value, key_to_journey)
+                           if t.pop(key, None) is not None]
                 customer_to_forgotten[key] = record["ts"]
                 return [audit(key, STAGE, f"deleted from {', '.join(cleared) or 'no table'}; "
                                           "their signals are dropped from now on")]

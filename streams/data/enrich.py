@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+from streams.data.load import MAX_ATTRIBUTE_CHARS, MAX_ATTRIBUTES, MAX_ID_CHARS
+
 
 def routing_key(signal: dict) -> str:
     """Known customers are keyed by customer_id, so every device of theirs shares one contact
@@ -19,8 +21,8 @@ def enrich(signal: dict, profile: dict | None, value: dict | None = None, journe
 
 def validate_link(link: dict) -> None:
     for name in ("visitor_id", "customer_id"):
-        if not link[name] or len(link[name]) > 256:
-            raise ValueError(f"{name} must be 1 to 256 characters")
+        if not link[name] or len(link[name]) > MAX_ID_CHARS:
+            raise ValueError(f"{name} must be 1 to {MAX_ID_CHARS} characters")
 
 
 def identified(signal: dict, link: dict | None) -> dict:
@@ -36,8 +38,6 @@ def identified(signal: dict, link: dict | None) -> dict:
 
 def validate_profile(profile: dict) -> None:
     """A profile from any CRM producer, bounded as `engage profiles load` bounds its rows (streams/data/load.py)."""
-    from streams.data.load import MAX_ATTRIBUTE_CHARS, MAX_ATTRIBUTES, MAX_ID_CHARS
-
     if not profile.get("customer_id"):
         raise ValueError("customer_id is empty")
     if profile.get("clv", 0.0) < 0:

@@ -13,6 +13,8 @@ state write; the signals carry the events that made them, which is what an agent
 """
 from __future__ import annotations
 
+import time
+
 MAX_STEPS = 30
 MAX_AGE_MS = 7 * 86_400_000
 TEXT_CHARS = 120
@@ -75,8 +77,6 @@ def added(journey: list[dict] | None, steps: list[dict], until_ts: int | None = 
 
 def lines(journey: list[dict] | None, most: int = IN_CONTEXT) -> str:
     """The last `most` steps as text for an agent, newest last: `2026-12-01 14:02 web search 'cancel my contract'`."""
-    import time
-
     out = []
     for s in (journey or [])[-most:]:
         when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(s["ts"] / 1000))

@@ -194,17 +194,11 @@ class Sampler(threading.Thread):
 
     def _tree(self) -> list:
         """The worker and its processes (detection runs in a child)."""
-        return [self.proc, *self.proc.children(recursive=True)]
+        return _processes(self.proc)
 
     def cpu(self) -> float:
         """CPU seconds of the worker and its processes."""
-        total = 0.0
-        for proc in self._tree():
-            try:
-                total += sum(proc.cpu_times()[:2])
-            except psutil.Error:  # a child that just ended
-                pass
-        return total
+        return cpu_seconds(self._tree())
 
     def run(self):
         while not self.stop.is_set():
@@ -359,8 +353,7 @@ def _cpu_shares(pids: dict[str, tuple[int | None, bool]]):
             pass
 
     def cpu_of(entry):
-        p, with_children = entry
-        return sum(t.user + t.system for t in (q.cpu_times() for q in [p, *(_children(p) if with_children else [])]))
+        return cpu_seconds(_processes(*entry))
 
     start, machine0, before = time.monotonic(), psutil.cpu_times(), {n: cpu_of(p) for n, p in procs.items()}
 
@@ -369,19 +362,28 @@ def _cpu_shares(pids: dict[str, tuple[int | None, bool]]):
         out = {"machine_busy_percent": round(100 * (1 - (machine1.idle - machine0.idle) / (sum(machine1) - sum(machine0))), 1),
                "cores": psutil.cpu_count()}
         for n, p in procs.items():
-            try:
-                out[f"{n}_cpu_percent_of_one_core"] = round(100 * (cpu_of(p) - before[n]) / elapsed, 1)
-            except psutil.Error:
-                pass
+            out[f"{n}_cpu_percent_of_one_core"] = round(100 * (cpu_of(p) - before[n]) / elapsed, 1)
         return out
     return shares
 
 
-def _children(p) -> list:
+def _processes(proc, with_children: bool = True) -> list:
+    """The process and, when asked, its children (detection runs in a child of the worker)."""
     try:
-        return p.children(recursive=True)
-    except psutil.Error:
+        return [proc, *(proc.children(recursive=True) if with_children else [])]
+    except psutil.Error:  # it ended
         return []
+
+
+def cpu_seconds(procs: list) -> float:
+    """CPU seconds (user and system) of the processes, leaving out one that just ended."""
+    total = 0.0
+    for proc in procs:
+        try:
+            total += sum(proc.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
 
 
 BACKLOG_EVENTS, BACKLOG_VISITORS, BENCH_PARTITIONS = 50_000, 5_000, 8

@@ -28,10 +28,10 @@ def _with_context_token(settings: Settings) -> dict:
     env = dict(os.environ)
     if not settings.context_token:
         TOKEN_FILE.parent.mkdir(parents=True, exist_ok=True)
+        env["ENGAGE_CONTEXT_TOKEN"] = secrets.token_urlsafe(24)
         fd = os.open(TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(24))
-        env["ENGAGE_CONTEXT_TOKEN"] = TOKEN_FILE.read_text()
+            f.write(env["ENGAGE_CONTEXT_TOKEN"])
         where = f"$(cat {TOKEN_FILE.relative_to(REPO_ROOT)})"
     else:
         where = "$ENGAGE_CONTEXT_TOKEN"
