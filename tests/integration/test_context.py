@@ -81,6 +81,11 @@ def test_an_agent_taking_a_call_sees_the_web_journey_of_seconds_ago(pipeline, pr
     assert get(port, f"/customers/{cid}/context", token=None)[0] == 401
     assert get(port, f"/customers/{cid}/context", token="guess")[0] == 401
     assert get(port, f"/customers/{'x' * 300}/context")[0] == 400
+    assert get(port, "/customers/C1%0A%1B%5B31m/context")[0] == 400  # control characters, percent-encoded
+    assert get(port, "/visitors/%00/context")[0] == 400
+    # And a client flooding the service is held back (20 a second, bursts of 40), the others not
+    flood = [get(port, f"/customers/{cid}/context", token="guess")[0] for _ in range(60)]
+    assert 429 in flood and set(flood) <= {401, 429}
 
 
 def test_any_worker_answers_for_a_key_the_other_one_holds(new_pipeline, read):

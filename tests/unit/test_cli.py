@@ -225,3 +225,16 @@ def test_report_bench_and_simulate_refuse_bad_arguments_in_one_line_before_reach
     code, out, err = run_main(argv, capsys)
     assert code == 2 and out == ""
     assert one_line(err).startswith("engage: ") and expected in one_line(err)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["forget", "C" * 300], "forget: an id is 1 to 256 characters without control characters"),
+    (["forget", "C1\x1b[31m"], "forget: an id is 1 to 256 characters without control characters"),
+    (["profiles", "load", "/no/such/export.csv"], "profiles load: /no/such/export.csv is not a file"),
+    (["profiles", "load", str(REPO_ROOT / "README.md")], "cannot tell the format from the name"),
+])
+def test_forget_and_profiles_load_refuse_bad_input_in_one_line_before_reaching_kafka(argv, expected, capsys):
+    # Given no broker at all; When an id or a file cannot be used
+    code, _, err = run_main(argv, capsys)
+    # Then one line names the problem and the exit code is 2
+    assert code == 2 and expected in one_line(err)
