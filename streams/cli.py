@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--by", default=None, help="who asks (default: your user name)")
     fg.add_argument("--reason", default="", help="e.g. the ticket of the erasure request")
 
+    mg = sub.add_parser("merge", help="merge a duplicate customer into another: its journey, purchases and contact "
+                                      "counts join theirs, its later signals follow")
+    mg.add_argument("from_customer_id", help="the duplicate, merged away")
+    mg.add_argument("into_customer_id", help="the customer that keeps both histories")
+    mg.add_argument("--by", default=None, help="who asks (default: your user name)")
+    mg.add_argument("--reason", default="", help="e.g. the CRM's duplicate record")
+
     d = sub.add_parser("demo", help="broker (unless KAFKA_BOOTSTRAP_SERVERS), worker, simulator and console adapter")
     d.add_argument("--speed", type=_positive(float), default=1.0, help="simulated seconds per second (default 1)")
     d.add_argument("--duration", type=_positive(float), default=None, help="stop by itself after this many seconds")
@@ -302,6 +309,44 @@ def _forget(settings: Settings, args) -> int:
     return 0
 
 
+def _merge(settings: Settings, args) -> int:
+    import uuid
+
+    from streams import clients, topics
+    from streams.admin import ensure_topics, wait_for_broker
+    from streams.audit import audit
+    from streams.data.context import Refused, check_id
+    from streams.data.enrich import validate_merge
+    from streams.schemas import whoami
+
+    try:
+        source, into = check_id(args.from_customer_id), check_id(args.into_customer_id)
+    except Refused as exc:
+        raise CliError(f"merge: {exc.reason}") from None
+    by = args.by or whoami()
+    merge = {"merge_id": f"cli:{uuid.uuid4().hex}", "ts": int(time.time() * 1000), "from_key": source,
+             "into_key": into, "source": "crm", "requested_by": by[:200], "reason": args.reason[:500]}
+    try:
+        validate_merge(merge)
+    except ValueError as exc:
+        raise CliError(f"merge: {exc}") from None
+    wait_for_broker(settings, 15)
+    ensure_topics(settings)
+    codec = clients.codec(settings)
+    spec, key, record = audit(source, "cli", f"merge {merge['merge_id']} into {into} sent; asked by {by}"
+                              + (f": {merge['reason']}" if merge["reason"] else ""), action="merge")
+    failed: list = []
+    producer = clients.producer(settings)
+    for s, k, r in ((topics.MERGES, source, merge), (spec, key, record)):
+        producer.produce(settings.topic(s.name), key=k.encode(), value=codec.encode(settings.topic(s.name), s.schema, r),
+                         on_delivery=lambda err, _m: failed.append(err) if err else None)
+    if producer.flush(30) or failed:
+        raise CliError(f"merge: the broker did not take the merge ({failed[:1] or 'no answer'}); run it again")
+    print(f"merging {source} into {into} (merge {merge['merge_id']}); the workers move the state and record what "
+          f"they did on {settings.topic(topics.AUDIT.name)}")
+    return 0
+
+
 def _partitions_of(settings: Settings, spec) -> list[int]:
     from streams import clients
 
@@ -439,6 +484,8 @@ def run(argv: list[str]) -> int:
         return _profiles_load(settings, args)
     elif args.command == "forget":
         return _forget(settings, args)
+    elif args.command == "merge":
+        return _merge(settings, args)
     elif args.command == "demo":
         from streams.tools.demo import run_demo
 

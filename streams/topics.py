@@ -62,11 +62,19 @@ MODELS = TopicSpec("engage.models", "learner partition (as text)", "ModelEvidenc
 DEADLETTER = TopicSpec("engage.deadletter", "the original key", "DeadLetter")
 # Customers to forget (`engage forget`), kept (compacted) so they stay forgotten; and what each stage did.
 FORGET = TopicSpec("engage.forget", "customer_id", "ForgetRequest", compacted=True)
+# Keys merged into others (`engage merge`, CRM, and visitors at their first identified signal), kept
+# (compacted) so a duplicate stays merged; and what the merged key had, sent to the surviving key's partition.
+MERGES = TopicSpec("engage.merges", "from_key", "KeyMerge", compacted=True)
+# engage.merges re-keyed by the engine's partitioner (as profiles and identity links are), with the
+# engine's own merges of visitors into customers at their first identified signal.
+MERGES_BY_KEY = TopicSpec("engage.merges-by-key", "from_key", "KeyMerge", compacted=True, internal=True)
+STATE_MOVES = TopicSpec("engage.state-moves", "into key", "StateMove", internal=True)
 AUDIT = TopicSpec("engage.audit", "customer_id", "AuditRecord", config=(("retention.ms", "-1"),))
 
 ALL = (EVENTS, PROFILES, AGENT_AVAILABILITY, RULES, SCHEMAS, SIGNALS, IDENTITY, IDENTITY_BY_VISITOR, PROFILES_BY_CUSTOMER,
        SIGNALS_BY_CUSTOMER, DETECTION_TICKS, ENRICHED, DECISIONS, DELIVERY,
-       OUTCOMES, CONVERSIONS, JOURNEY_MOVES, ATTRIBUTIONS, PACING, MODELS, DEADLETTER, FORGET, AUDIT)
+       OUTCOMES, CONVERSIONS, JOURNEY_MOVES, ATTRIBUTIONS, PACING, MODELS, DEADLETTER, FORGET,
+       MERGES, MERGES_BY_KEY, STATE_MOVES, AUDIT)
 
 # The state tables, each with a compacted changelog topic named by Faust "<app id>-<table>-changelog",
 # partitioned like the stream it is updated from. They are created with the topics above, before a
@@ -80,6 +88,7 @@ VISITOR_TO_CUSTOMER = "visitor_to_customer"  # identity links from engage.identi
 CUSTOMER_TO_VALUE = "customer_to_value"  # purchases summed with decay, for the CLV estimate (streams/data/value.py)
 KEY_TO_JOURNEY = "key_to_journey"  # recent steps, offers and outcomes (streams/data/journey.py), keyed like decisions
 CUSTOMER_TO_FORGOTTEN = "customer_to_forgotten"  # when each forgotten customer was forgotten: nothing more is kept of them
+CUSTOMER_TO_SUCCESSOR = "customer_to_successor"  # a duplicate customer -> the one it was merged into
 CUSTOMER_TO_CONTACTS = "customer_to_contacts"
 KEY_TO_ATTRIBUTIONS = "key_to_attributions"
 # the uplift learner, partitioned like engage.attributions: decisions waiting for their window to close,
@@ -88,7 +97,7 @@ DECISION_TO_LABEL = "decision_to_label"
 PARTITION_TO_EVIDENCE = "partition_to_evidence"
 SKILL_TO_PACING = "skill_to_pacing"  # per skill: free agents, outstanding invitations, candidates waiting
 TABLES = (VISITOR_TO_STATE, PARTITION_TO_TIMERS, CUSTOMER_TO_PROFILE, VISITOR_TO_CUSTOMER, CUSTOMER_TO_VALUE,
-          KEY_TO_JOURNEY, CUSTOMER_TO_FORGOTTEN, CUSTOMER_TO_CONTACTS, KEY_TO_ATTRIBUTIONS,
+          KEY_TO_JOURNEY, CUSTOMER_TO_FORGOTTEN, CUSTOMER_TO_SUCCESSOR, CUSTOMER_TO_CONTACTS, KEY_TO_ATTRIBUTIONS,
           DECISION_TO_LABEL, PARTITION_TO_EVIDENCE, SKILL_TO_PACING)
 
 

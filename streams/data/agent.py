@@ -8,7 +8,8 @@ from streams import topics
 from streams.audit import audit
 from streams.app import Engine
 from streams.data import journey
-from streams.data.enrich import enrich, identified, validate_link, validate_profile
+from streams.data import value as values
+from streams.data.enrich import enrich, identified, login_merge, redirected, validate_link, validate_merge, validate_profile
 from streams.data.value import ValueRules, customer_value, on_purchase
 from streams.rules.book import RuleBook
 
@@ -28,6 +29,8 @@ class DataStage(NamedTuple):
     customer_to_value: object
     key_to_journey: object
     customer_to_forgotten: object
+    customer_to_successor: object
+    repartition_merges: object
 
 
 def _check_profile(msg, profile: dict) -> None:
@@ -72,6 +75,8 @@ def register(engine: Engine, segments: ValueRules | RuleBook):
                                key_type=str)
     customer_to_forgotten = app.Table(topics.CUSTOMER_TO_FORGOTTEN, default=None, partitions=engine.settings.partitions,
                                       key_type=str)
+    customer_to_successor = app.Table(topics.CUSTOMER_TO_SUCCESSOR, default=None, partitions=engine.settings.partitions,
+                                      key_type=str)
 
     def journey_add(key: str, steps: list) -> list | None:
         """The key's journey before `steps`, and the steps written into it (once each)."""
@@ -87,21 +92,42 @@ def register(engine: Engine, segments: ValueRules | RuleBook):
     # became of them, and journeys moved from a visitor to the customer they turned out to be.
     # A forgotten customer's profile, value and journey are deleted (tombstones in their changelogs),
     # and nothing of them is kept again: their signals are dropped here, so no offer follows.
+    # A duplicate customer merged into another (engage.merges, source crm) hands on its journey and
+    # purchases, and whatever of theirs comes later follows them there; the surviving customer keeps
+    # the purchases under the duplicate's key (engage.state-moves), so a merge read twice counts once.
     channel, by_topic = engine.channel_of(topics.CONVERSIONS, topics.DECISIONS, topics.OUTCOMES, topics.JOURNEY_MOVES,
-                                          topics.FORGET)
+                                          topics.FORGET, topics.MERGES_BY_KEY, topics.STATE_MOVES)
+
+    def value_move(merge_id: str, key: str, into: str, ts: int) -> list:
+        moved = values.purchase_sum(customer_to_value.get(key), book.rules().half_life_ms)
+        if moved is None:
+            return []
+        return [(topics.STATE_MOVES, into, {"merge_id": merge_id, "key": into, "from_key": key, "ts": ts,
+                                            "ledger": None, "value": moved})]
 
     @app.agent(channel, name="follow_customers")
     async def follow_customers(stream):
         def follow(msg) -> list:
             spec, record, key = engine.keyed_record(by_topic, msg, "customer_id, else visitor_id")
             if spec is topics.FORGET:
-                cleared = [t.name for t in (customer_to_profile, customer_to_value, key_to_journey)
+                cleared = [t.name for t in (customer_to_profile, customer_to_value, key_to_journey, customer_to_successor)
                            if t.pop(key, None) is not None]
                 customer_to_forgotten[key] = record["ts"]
                 return [audit(key, STAGE, f"deleted from {', '.join(cleared) or 'no table'}; "
                                           "their signals are dropped from now on")]
             if customer_to_forgotten.get(key) is not None:
                 return []
+            if spec is topics.MERGES_BY_KEY:
+                return merged(key, record)
+            if spec is topics.STATE_MOVES:
+                if record["value"] is not None:
+                    state = values.on_merge(customer_to_value.get(key), record["from_key"], record["value"])
+                    if state is not None:
+                        customer_to_value[key] = state
+                return []
+            successor = customer_to_successor.get(key)
+            if successor is not None:
+                return after_merge(spec, key, record, successor)
             if spec is topics.CONVERSIONS:
                 customer = record["customer_id"]
                 if key != (customer or record["visitor_id"]):
@@ -126,6 +152,34 @@ def register(engine: Engine, segments: ValueRules | RuleBook):
                 journey_add(key, record["steps"])
             return []
 
+        def merged(key: str, merge: dict) -> list:
+            validate_merge(merge)
+            if merge["source"] == "login":
+                return []  # route_signals moved the visitor's journey; the decision stage moves its contact counts
+            into = merge["into_key"]
+            customer_to_successor[key] = {"into": into, "merge_id": merge["merge_id"], "ts": merge["ts"]}
+            out = value_move(merge["merge_id"], key, into, merge["ts"])
+            steps = key_to_journey.get(key)
+            if steps:
+                out.append((topics.JOURNEY_MOVES, into, {"key": into, "from_key": key, "steps": steps}))
+            return out + [audit(key, STAGE, f"merged into {into} (merge {merge['merge_id']}): journey and purchases "
+                                            "moved; their later signals follow", action="merge")]
+
+        def after_merge(spec, key: str, record: dict, successor: dict) -> list:
+            """A record of a customer merged away: its journey step and purchase go to the surviving customer."""
+            into = successor["into"]
+            step = (journey.step_of_conversion(record) if spec is topics.CONVERSIONS else
+                    journey.step_of_decision(record) if spec is topics.DECISIONS else
+                    journey.step_of_outcome(record) if spec is topics.OUTCOMES else None)
+            steps = [step] if step is not None else record["steps"] if spec is topics.JOURNEY_MOVES else []
+            out = [(topics.JOURNEY_MOVES, into, {"key": into, "from_key": key, "steps": steps})] if steps else []
+            if spec is topics.CONVERSIONS and record["type"] == "purchase" and record["customer_id"] == key:
+                state = on_purchase(customer_to_value.get(key), record, book.rules().half_life_ms)
+                if state is not None:
+                    customer_to_value[key] = state
+                    out += value_move(successor["merge_id"], key, into, record["ts"])
+            return out
+
         await engine.handle_batches(stream, STAGE, follow)
 
     # CRM records are checked where they arrive, so a bad one is dead-lettered with its own topic and
@@ -141,6 +195,19 @@ def register(engine: Engine, segments: ValueRules | RuleBook):
     async def repartition_identity(stream):
         await engine.handle_batches(stream, STAGE, _rekeyed(engine, topics.IDENTITY, topics.IDENTITY_BY_VISITOR,
                                                             "visitor_id", _check_link))
+
+    @app.agent(engine.topic[topics.MERGES.name], name="repartition_merges")
+    async def repartition_merges(stream):
+        def rekey(msg) -> list:
+            if msg.value is None:
+                raise ValueError("a merge is not undone by a tombstone: merge the keys the other way, or forget one")
+            merge = engine.decode(topics.MERGES, msg.value)
+            validate_merge(merge)
+            if msg.key is None or msg.key.decode("utf-8", "replace") != merge["from_key"]:
+                raise ValueError("the record key must be the from_key")
+            return [(topics.MERGES_BY_KEY, merge["from_key"], merge)]
+
+        await engine.handle_batches(stream, STAGE, rekey)
 
     @app.agent(engine.topic[topics.IDENTITY_BY_VISITOR.name], name="store_identity")
     async def store_identity(stream):
@@ -175,6 +242,8 @@ def register(engine: Engine, segments: ValueRules | RuleBook):
                 before = key_to_journey.get(visitor) if visitor != customer else None
                 if before:
                     out.append((topics.JOURNEY_MOVES, customer, {"key": customer, "from_key": visitor, "steps": before}))
+                    # offers made to the visitor count against the customer's caps from now on
+                    out.append((topics.MERGES_BY_KEY, visitor, login_merge(signal, visitor, customer)))
                     del key_to_journey[visitor]
                 return out
             enriched = enrich(signal, None, journey=journey_add(visitor, journey.steps_of_signal(signal)))
@@ -189,6 +258,9 @@ def register(engine: Engine, segments: ValueRules | RuleBook):
             customer = signal["customer_id"]
             if customer_to_forgotten.get(customer) is not None:
                 return []  # forgotten: no journey, no decision, no offer
+            successor = customer_to_successor.get(customer)
+            if successor is not None:  # a duplicate merged away: on to the customer that keeps both histories
+                return [(topics.SIGNALS_BY_CUSTOMER, successor["into"], redirected(signal, successor["into"]))]
             profile = customer_to_profile.get(customer)
             value = customer_value(profile, customer_to_value.get(customer), signal["ts"], book.rules())
             enriched = enrich(signal, profile, value, journey_add(customer, journey.steps_of_signal(signal)))
@@ -198,4 +270,4 @@ def register(engine: Engine, segments: ValueRules | RuleBook):
 
     return DataStage(repartition_profiles, store_profiles, route_signals, enrich_signals, customer_to_profile,
                      repartition_identity, store_identity, visitor_to_customer, follow_customers, customer_to_value,
-                     key_to_journey, customer_to_forgotten)
+                     key_to_journey, customer_to_forgotten, customer_to_successor, repartition_merges)

@@ -76,12 +76,14 @@ class RateLimit:
 def customer_context(customer_id: str, profile: dict | None, value_state: dict | None, journey: list | None,
                      ledger: dict | None, rules, now_ms: int) -> dict:
     """What an agent should know of a customer now: who, worth, segment, the journey, offers so far."""
+    from streams.decision.policy import counts_of
+
     offers = {}
     if ledger:
-        offers = {"offers_today": ledger.get("offers_today", 0), "offers_this_week": ledger.get("offers_week", 0),
-                  "last_offer_ts": ledger.get("last_offer_ts") or None,
-                  "declined": sorted(ledger.get("declined", {})),
-                  "last_purchase_ts": ledger.get("purchase_ts") or None}
+        counts = counts_of(dict(ledger))  # with the offers of keys merged into this one (devices, duplicates)
+        offers = {"day": counts["day"] or None, "offers_today": counts["offers_today"],
+                  "offers_this_week": counts["offers_week"], "last_offer_ts": counts["last_offer_ts"] or None,
+                  "declined": sorted(counts["declined"]), "last_purchase_ts": counts["purchase_ts"] or None}
     return {"customer_id": customer_id, "known": profile is not None, "profile": profile,
             "value": customer_value(profile, value_state, now_ms, rules), "journey": journey or [],
             "contacts": offers}
@@ -168,6 +170,9 @@ def register(engine, data_stage, contacts_table, segments_book) -> None:
     def customer_now(customer_id: str) -> dict:
         if data_stage.customer_to_forgotten.get(customer_id) is not None:
             return {"customer_id": customer_id, "forgotten": True}
+        successor = data_stage.customer_to_successor.get(customer_id)
+        if successor is not None:  # a duplicate: ask about the customer it was merged into
+            return {"customer_id": customer_id, "merged_into": successor["into"]}
         return customer_context(customer_id, data_stage.customer_to_profile.get(customer_id),
                                 data_stage.customer_to_value.get(customer_id),
                                 data_stage.key_to_journey.get(customer_id), contacts_table.get(customer_id),

@@ -53,3 +53,38 @@ def validate_profile(profile: dict) -> None:
         raise ValueError(f"at most {MAX_ATTRIBUTES} attributes and {MAX_ATTRIBUTES} opted-out channels")
     if any(len(k) > 64 or len(v) > MAX_ATTRIBUTE_CHARS for k, v in attributes.items()):
         raise ValueError(f"attribute names are at most 64 characters, values {MAX_ATTRIBUTE_CHARS}")
+
+
+MERGE_SOURCES = ("crm", "login", "operator")
+MAX_MERGE_HOPS = 4  # a signal re-keyed through more merged customers than this is in a merge cycle
+MERGED_FROM = "merged_from"  # the signal attribute naming the customers it was re-keyed from
+
+
+def validate_merge(merge: dict) -> None:
+    """A KeyMerge from any producer: two different bounded keys and a known source."""
+    for name in ("from_key", "into_key"):
+        key = merge[name]
+        if not key or len(key) > MAX_ID_CHARS or any(ord(c) < 32 for c in key):
+            raise ValueError(f"{name} must be 1 to {MAX_ID_CHARS} characters without control characters")
+    if merge["from_key"] == merge["into_key"]:
+        raise ValueError("a key cannot be merged into itself")
+    if merge["source"] not in MERGE_SOURCES:
+        raise ValueError(f"source must be one of {', '.join(MERGE_SOURCES)}, got {merge['source'][:64]!r}")
+    for name in ("merge_id", "requested_by", "reason"):
+        if len(merge.get(name) or "") > MAX_ATTRIBUTE_CHARS:
+            raise ValueError(f"{name} is longer than {MAX_ATTRIBUTE_CHARS} characters")
+
+
+def login_merge(signal: dict, visitor: str, customer: str) -> dict:
+    """The KeyMerge the engine sends when a visitor's signal first names their customer: the contact
+    counts of the visitor's offers join the customer's. Its id is the signal's, so a replay sends the same."""
+    return {"merge_id": f"login:{signal['signal_id']}", "ts": signal["ts"], "from_key": visitor, "into_key": customer,
+            "source": "login", "requested_by": "", "reason": "the visitor's signal named the customer"}
+
+
+def redirected(signal: dict, into: str) -> dict:
+    """The signal of a customer merged into `into`, as `into`'s; ValueError past MAX_MERGE_HOPS (a merge cycle)."""
+    hops = [h for h in signal["attributes"].get(MERGED_FROM, "").split(" ") if h] + [signal["customer_id"]]
+    if len(hops) > MAX_MERGE_HOPS:
+        raise ValueError(f"re-keyed through {len(hops)} merged customers ({' '.join(hops)[:200]}): a merge cycle?")
+    return {**signal, "customer_id": into, "attributes": {**signal["attributes"], MERGED_FROM: " ".join(hops)}}

@@ -28,6 +28,7 @@ from streams.rules.loader import RuleError, check_keys, duration_ms, line_of, lo
 
 DAY_MS = 86_400_000
 RECENT_PURCHASE_IDS = 20  # purchases remembered by event id, so a replayed one is not counted twice
+MERGED_KEPT = 16  # keys merged into one customer whose purchases count, the most recent kept
 MAX_SEGMENTS = 50
 SEGMENT_NAMES = Names(args=("f",), roots={name: ("f", name) for name in (
     "clv", "clv_source", "purchases", "days_since_purchase", "days_as_customer", "crm_segment", "known")}, fields={})
@@ -72,6 +73,35 @@ def on_purchase(state: dict | None, event: dict, half_life_ms: int) -> dict | No
     return state
 
 
+def purchase_sum(state: dict | None, half_life_ms: int) -> dict | None:
+    """A key's purchases with those of the keys merged into it, as one sum (a StateMove's PurchaseSum)."""
+    if not state:
+        return None
+    parts = [state] + list(state.get("merged", {}).values())
+    at = max(p["at"] for p in parts)
+    return {"n": sum(p["n"] for p in parts), "s": sum(p["s"] * _decay(at - p["at"], half_life_ms) for p in parts),
+            "at": at, "first": min(p["first"] for p in parts), "last": max(p["last"] for p in parts)}
+
+
+def on_merge(state: dict | None, from_key: str, moved: dict) -> dict | None:
+    """The value state with another key's purchases in it (a StateMove); None when nothing changed.
+
+    Kept under `from_key`, replacing what that key sent before: a move received twice, or again after
+    more purchases, is never counted twice. A state that only holds merged keys has no purchases of its own."""
+    moved = {k: moved[k] for k in ("n", "s", "at", "first", "last")}
+    state = dict(state) if state else {"n": 0, "s": 0.0, "at": moved["at"], "first": moved["first"],
+                                       "last": moved["last"], "ids": []}
+    merged = dict(state.get("merged", {}))
+    if merged.get(from_key) == moved:
+        return None
+    merged.pop(from_key, None)
+    merged[from_key] = moved
+    while len(merged) > MERGED_KEPT:
+        merged.pop(next(iter(merged)))
+    state["merged"] = merged
+    return state
+
+
 def _decay(elapsed_ms: int, half_life_ms: int) -> float:
     return 2.0 ** (-max(elapsed_ms, 0) / half_life_ms)
 
@@ -86,6 +116,9 @@ def estimated_clv(state: dict | None, at_ts: int, rules: ValueRules) -> float:
 
 def customer_value(profile: dict | None, state: dict | None, at_ts: int, rules: ValueRules) -> dict:
     """The CustomerValue record for a signal at `at_ts`: CRM's CLV when it gives one, else the estimate."""
+    state = purchase_sum(state, rules.half_life_ms)
+    if state is not None and not state["n"]:
+        state = None
     if profile is not None and profile.get("clv", 0.0) > 0:
         clv, source = float(profile["clv"]), "crm"
     elif state:

@@ -8,12 +8,14 @@ from streams.decision import pacing
 from streams.decision.actions import ActionSet
 from streams.decision.learn import due, label_of, learn, new_partition_state, step_to
 from streams.decision.models import ModelBook
-from streams.decision.policy import decide, on_conversion, on_outcome
+from streams.data.enrich import validate_merge
+from streams.decision.policy import counts_of, decide, on_conversion, on_merge, on_outcome
 from streams.decision.uplift import AGENT_LED, evidence_record
 from streams.rules.book import RuleBook
 
 STAGE = "decision"
 FORGOTTEN = "forgotten"  # the only field of a forgotten customer's ledger
+MERGED_INTO = "merged_into"  # a duplicate customer's ledger: later purchases and declines are handed on
 LEARN_STAGE = "learning"
 PACING_STAGE = "pacing"
 
@@ -28,8 +30,26 @@ def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | 
                                      key_type=str)  # values are JSON (Faust's default for untyped tables)
     # Signals to decide on, and what the contact policy must hear of: purchases (suppression after a
     # purchase) and outcomes (declines). Keyed alike (customer_id, else visitor_id), partitioned alike.
-    channel, by_topic = engine.channel_of(topics.ENRICHED, topics.CONVERSIONS, topics.OUTCOMES, topics.FORGET)
+    # Merges: a merged key's contact counts go to the partition of the key it joined (engage.state-moves),
+    # so offers made to a device before its login, or to a duplicate customer, count against the caps.
+    channel, by_topic = engine.channel_of(topics.ENRICHED, topics.CONVERSIONS, topics.OUTCOMES, topics.FORGET,
+                                          topics.MERGES_BY_KEY, topics.STATE_MOVES)
     note = {topics.CONVERSIONS.name: on_conversion, topics.OUTCOMES.name: on_outcome}
+
+    def counts_move(merge_id: str, key: str, into: str, ts: int, ledger: dict) -> tuple:
+        return (topics.STATE_MOVES, into, {"merge_id": merge_id, "key": into, "from_key": key, "ts": ts,
+                                           "ledger": counts_of(ledger), "value": None})
+
+    def merged(key: str, merge: dict) -> list:
+        validate_merge(merge)
+        ledger = customer_to_contacts.get(key)
+        if ledger is not None and FORGOTTEN in ledger:
+            return []
+        into = merge["into_key"]
+        if merge["source"] != "login":  # a duplicate: what it is told later is handed on too
+            ledger = {**(ledger or {}), MERGED_INTO: {"into": into, "merge_id": merge["merge_id"]}}
+            customer_to_contacts[key] = ledger
+        return [] if ledger is None else [counts_move(merge["merge_id"], key, into, merge["ts"], ledger)]
 
     @app.agent(channel, name="decide_actions")
     async def decide_actions(stream):
@@ -44,12 +64,24 @@ def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | 
                 spec, record, key = engine.keyed_record(by_topic, msg, "customer_id, else visitor_id")
                 if FORGOTTEN in (customer_to_contacts.get(key) or {}):
                     return []
+                if spec is topics.MERGES_BY_KEY:
+                    return merged(key, record)
+                if spec is topics.STATE_MOVES:
+                    if record["ledger"] is not None:
+                        ledger = on_merge(customer_to_contacts.get(key), record["from_key"], record["ledger"])
+                        if ledger is not None:
+                            customer_to_contacts[key] = ledger
+                    return []
                 ledger = note[spec.name](customer_to_contacts.get(key), record)
+                out = []
                 if ledger is not None:
                     customer_to_contacts[key] = ledger
+                    successor = ledger.get(MERGED_INTO)
+                    if successor:  # a duplicate's purchase or decline: the customer it joined hears of it
+                        out.append(counts_move(successor["merge_id"], key, successor["into"], record["ts"], ledger))
                 skill = paced_skill(record, book.rules()) if spec is topics.OUTCOMES else None
                 # an answer to an invitation its skill's pacer released
-                return [] if skill is None else [(topics.PACING, skill, pacing.outcome_record(skill, record))]
+                return out if skill is None else out + [(topics.PACING, skill, pacing.outcome_record(skill, record))]
             record = engine.decode(topics.ENRICHED, msg.value)
             key = record["key"]
             if FORGOTTEN in (customer_to_contacts.get(key) or {}):

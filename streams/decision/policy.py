@@ -31,6 +31,7 @@ from streams.rules.expr import Compiled, evaluate
 
 RECENT_DECISIONS = 16  # kept per key so a redelivered signal gets the very same decision back
 DECLINES_KEPT = 16     # declined actions remembered per key (the most recent)
+MERGED_KEPT = 16       # keys merged into one (its devices before login, duplicates), the most recent kept
 
 
 @dataclass
@@ -82,6 +83,52 @@ def _upgraded(ledger: dict) -> dict:
     for key, value in new_ledger().items():
         ledger.setdefault(key, value)
     return ledger
+
+
+def counts_of(ledger: dict) -> dict:
+    """What a merged key hands on (a StateMove's ContactCounts): its offers on the latest day and week
+    it knows of, counting what was merged into it in turn, its last offer and purchase, its declines."""
+    ledger = _upgraded(ledger)
+    merged = list(ledger.get("merged", {}).values())
+    day = max([ledger["day"]] + [c["day"] for c in merged])  # ISO dates and weeks sort as text
+    week = max([ledger["week"]] + [c["week"] for c in merged])
+    return {"day": day, "offers_today": offers_in(ledger, "day", day), "week": week,
+            "offers_week": offers_in(ledger, "week", week), "last_offer_ts": ledger["last_offer_ts"],
+            "purchase_ts": ledger["purchase_ts"], "declined": dict(ledger["declined"])}
+
+
+def offers_in(ledger: dict, period: str, which: str) -> int:
+    """Offers made on local day (period "day") or ISO week ("week") `which`, this key's and its merged keys'."""
+    count = "offers_today" if period == "day" else "offers_week"
+    own = ledger[count] if ledger[period] == which else 0
+    return own + sum(c[count] for c in ledger.get("merged", {}).values() if c[period] == which)
+
+
+def on_merge(ledger: dict | None, from_key: str, counts: dict) -> dict | None:
+    """The ledger with another key's counts in it (a StateMove); None when nothing changed.
+
+    The counts are kept under `from_key`, replacing what that key sent before, so a move received
+    twice, or again after the key made more offers, is never counted twice. The last offer and
+    purchase are the latest of both; a declined action stays declined from the latest decline."""
+    ledger = _upgraded(new_ledger() if ledger is None else ledger)
+    merged = ledger.setdefault("merged", {})
+    offers = {k: counts[k] for k in ("day", "offers_today", "week", "offers_week")}
+    changed = merged.get(from_key) != offers
+    if changed:
+        merged.pop(from_key, None)
+        merged[from_key] = offers  # the most recent last
+        while len(merged) > MERGED_KEPT:
+            merged.pop(next(iter(merged)))
+    for field in ("last_offer_ts", "purchase_ts"):
+        if counts[field] > ledger[field]:
+            ledger[field], changed = counts[field], True
+    for action, ts in counts["declined"].items():
+        if ts > ledger["declined"].get(action, 0):
+            ledger["declined"].pop(action, None)
+            ledger["declined"][action], changed = ts, True
+    while len(ledger["declined"]) > DECLINES_KEPT:
+        ledger["declined"].pop(min(ledger["declined"], key=ledger["declined"].get))
+    return ledger if changed else None
 
 
 def on_conversion(ledger: dict | None, event: dict) -> dict | None:
@@ -343,12 +390,13 @@ def _gates(d: dict, enriched: dict, ledger: dict, actions: ActionSet, model: Mod
         ledger["day"], ledger["offers_today"] = day, 0
     if ledger["week"] != week:
         ledger["week"], ledger["offers_week"] = week, 0
-    cap = policy.max_offers_per_day
-    if ledger["offers_today"] >= cap:
-        return _stop(d, "suppressed", "daily_cap", f"Already {ledger['offers_today']} offers today (cap {cap}).")
-    week_cap = policy.max_offers_per_week
-    if week_cap is not None and ledger["offers_week"] >= week_cap:
-        return _stop(d, "suppressed", "weekly_cap", f"Already {ledger['offers_week']} offers this week (cap {week_cap}).")
+    # the caps count the offers made to keys merged into this one too (a device before its login, a duplicate)
+    cap, today = policy.max_offers_per_day, offers_in(ledger, "day", day)
+    if today >= cap:
+        return _stop(d, "suppressed", "daily_cap", f"Already {today} offers today (cap {cap}).")
+    week_cap, this_week = policy.max_offers_per_week, offers_in(ledger, "week", week)
+    if week_cap is not None and this_week >= week_cap:
+        return _stop(d, "suppressed", "weekly_cap", f"Already {this_week} offers this week (cap {week_cap}).")
     # The hold-outs come after every other gate, so a held-out decision is one that would have been
     # an offer: treated and control are compared like for like. Its action_id is the action it would have
     # taken, and it counts against the cap as that offer would have, so caps thin both arms alike.

@@ -164,7 +164,7 @@ def _whole_stage(tmp_path):
     st = Stage(tmp_path)
     d = data_agent.register(st.engine, SEGMENTS)
     for table in (d.customer_to_profile, d.visitor_to_customer, d.customer_to_value, d.key_to_journey,
-                  d.customer_to_forgotten):
+                  d.customer_to_forgotten, d.customer_to_successor):
         st.without_changelog(table)
     return st, d
 
@@ -278,6 +278,10 @@ async def test_what_a_visitor_did_before_logging_in_moves_to_the_customers_journ
         # Then the visitor's steps are sent to C3's key and no longer kept under the visitor
         assert move_key == b"C3" and move["from_key"] == "v3" and [s["ref"] for s in move["steps"]] == ["e1", "sig-anon"]
         assert d.key_to_journey.get("v3") is None
+        # And the offers made to the visitor join C3's contact counts: a merge of v3 into C3, named after the signal
+        [(merge_key, merge, _)] = st.out(topics.MERGES_BY_KEY)
+        assert merge_key == b"v3" and (merge["from_key"], merge["into_key"], merge["source"]) == ("v3", "C3", "login")
+        assert merge["merge_id"] == "login:sig-known"
         # When the move, an offer to C3 and its outcome reach the customer's partition
         await put_on(follow, topics.JOURNEY_MOVES.name, b"C3", st.engine.encode(topics.JOURNEY_MOVES, move))
         offer = decision("sig-known", decision_id="d-1", key="C3", ts=T0 + 61_000, visitor_id="v3", customer_id="C3")

@@ -45,12 +45,15 @@ def test_a_client_gets_its_burst_then_the_rate_and_others_are_not_held_back():
 
 
 def test_a_customers_context_says_who_what_they_are_worth_their_journey_and_offers_so_far():
-    ledger = {"offers_today": 1, "offers_week": 2, "last_offer_ts": 5, "declined": {"chat-offer": 3}, "purchase_ts": 0}
+    # one offer today to C1, and one this week to the device they used before logging in (merged into C1)
+    ledger = {"day": "2026-12-01", "offers_today": 1, "week": "2026-W49", "offers_week": 1, "last_offer_ts": 5,
+              "declined": {"chat-offer": 3}, "purchase_ts": 0,
+              "merged": {"v1": {"day": "2026-11-30", "offers_today": 1, "week": "2026-W49", "offers_week": 1}}}
     step = {"ts": 1, "channel": "web", "kind": "search", "text": "'cancel'", "ref": "e1"}
     ctx = customer_context("C1", {"customer_id": "C1", "clv": 2500.0, "segment": "gold"}, None, [step], ledger, RULES, 10)
     assert ctx["value"]["segment"] == "high-value" and ctx["journey"] == [step]
-    assert ctx["contacts"] == {"offers_today": 1, "offers_this_week": 2, "last_offer_ts": 5, "declined": ["chat-offer"],
-                               "last_purchase_ts": None}
+    assert ctx["contacts"] == {"day": "2026-12-01", "offers_today": 1, "offers_this_week": 2, "last_offer_ts": 5,
+                               "declined": ["chat-offer"], "last_purchase_ts": None}
     assert len(body_of(ctx)) < MAX_BODY_BYTES
     with pytest.raises(Refused):
         body_of({"x": "y" * MAX_BODY_BYTES})

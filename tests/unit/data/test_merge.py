@@ -1,0 +1,106 @@
+"""Merging keys in the data stage: a duplicate's journey and purchases join the surviving customer's, its later signals follow."""
+from __future__ import annotations
+
+import pytest
+
+from streams import topics
+from streams.data import agent as data_agent
+from streams.data import value as values
+from streams.data.value import DAY_MS, load_segments
+from streams.settings import REPO_ROOT
+from tests.support import wire
+from tests.support.stage import T0, Stage, async_test, eventually, put_on, signal
+
+SEGMENTS = load_segments(REPO_ROOT / "rules" / "segments.yaml")
+WORKED = values.ValueRules("t", "1", half_life_ms=180 * DAY_MS, lifetime_years=3, margin=1.0,
+                           segments=SEGMENTS.segments)
+
+
+def _purchase(event_id: str, customer: str, ts: int, amount: float) -> dict:
+    return {**wire.interaction(event_id, "v-" + customer, "purchase", ts, customer_id=customer), "value": amount}
+
+
+def test_purchases_merged_from_a_duplicate_count_as_if_one_customer_made_them():
+    # Given the worked example's two purchases (100, then 50 ninety days later), made under two customer ids
+    dup = values.on_purchase(None, _purchase("p1", "C9", 0, 100.0), WORKED.half_life_ms)
+    own = values.on_purchase(None, _purchase("p2", "C1", 90 * DAY_MS, 50.0), WORKED.half_life_ms)
+    # When C9 is merged into C1 (the move arrives twice: a replay)
+    merged = values.on_merge(own, "C9", values.purchase_sum(dup, WORKED.half_life_ms))
+    assert values.on_merge(merged, "C9", values.purchase_sum(dup, WORKED.half_life_ms)) is None
+    # Then C1's value 30 days after the second purchase is the worked example's: 453.46 from two purchases
+    v = values.customer_value(None, merged, 120 * DAY_MS, WORKED)
+    assert v["clv"] == pytest.approx(453.46, abs=0.01) and v["purchases"] == 2 and v["clv_source"] == "estimate"
+
+
+def _merge(from_key: str, into: str, merge_id: str = "m-1") -> dict:
+    return {"merge_id": merge_id, "ts": T0 + 10, "from_key": from_key, "into_key": into, "source": "crm",
+            "requested_by": "crm-dedupe", "reason": "same e-mail"}
+
+
+def _stage(tmp_path):
+    st = Stage(tmp_path)
+    d = data_agent.register(st.engine, SEGMENTS)
+    for table in (d.customer_to_value, d.key_to_journey, d.customer_to_successor):
+        st.without_changelog(table)
+    return st, d
+
+
+@async_test
+async def test_a_duplicates_journey_and_purchases_move_and_its_later_signals_follow(tmp_path):
+    # Given C9 (a duplicate of C1) with a purchase in its journey and value
+    st, d = _stage(tmp_path)
+    async with d.follow_customers.test_context() as follow, d.enrich_signals.test_context() as by_customer:
+        await put_on(follow, topics.CONVERSIONS.name, b"C9", wire.encode("Interaction", _purchase("p9", "C9", T0, 80.0)))
+        await eventually(lambda: d.customer_to_value.get("C9") is not None, "C9's purchases")
+        # When CRM merges C9 into C1 (and the merge is read twice)
+        for _ in range(2):
+            await put_on(follow, topics.MERGES_BY_KEY.name, b"C9", wire.encode("KeyMerge", _merge("C9", "C1")))
+        moves = await st.wait_out(topics.STATE_MOVES, 2)
+        journeys = await st.wait_out(topics.JOURNEY_MOVES, 2)
+        # Then C9's purchases and journey go to C1's key, the same both times
+        assert [k for k, _, _ in moves] == [b"C1", b"C1"] and moves[0][1] == moves[1][1]
+        assert moves[0][1]["value"]["n"] == 1 and moves[0][1]["value"]["s"] == pytest.approx(80.0)
+        assert journeys[0][0] == b"C1" and [s["ref"] for s in journeys[0][1]["steps"]] == ["p9"]
+        [(_, audit, _), _] = await st.wait_out(topics.AUDIT, 2)
+        assert audit["action"] == "merge" and audit["customer_id"] == "C9" and "into C1" in audit["detail"]
+        # When C1's partition gets the value move twice, then a signal of C9 arrives
+        for k, move, _ in moves:
+            await put_on(follow, topics.STATE_MOVES.name, k, wire.encode("StateMove", move))
+        await by_customer.put(key=b"C9", value=wire.encode("Signal", signal("sig-9", customer_id="C9")))
+        [(key, rekeyed, _)] = await st.wait_out(topics.SIGNALS_BY_CUSTOMER, 1)
+    # Then C1 counts C9's purchase once
+    assert values.purchase_sum(d.customer_to_value.get("C1"), SEGMENTS.half_life_ms)["n"] == 1
+    # And the signal goes on as C1's, saying whom it came from
+    assert key == b"C1" and rekeyed["customer_id"] == "C1" and rekeyed["attributes"]["merged_from"] == "C9"
+    assert st.out(topics.ENRICHED) == []
+
+
+@async_test
+async def test_a_merge_cycle_is_dead_lettered_not_passed_around_forever(tmp_path):
+    # Given C1 merged into C2 on this partition
+    st, d = _stage(tmp_path)
+    async with d.follow_customers.test_context() as follow, d.enrich_signals.test_context() as by_customer:
+        await put_on(follow, topics.MERGES_BY_KEY.name, b"C1", wire.encode("KeyMerge", _merge("C1", "C2")))
+        await eventually(lambda: d.customer_to_successor.get("C1") is not None, "C1's successor")
+        # When a signal arrives that was already re-keyed through four merged customers (C2 -> C3 -> C4 -> C1 ...)
+        looping = signal("sig-x", customer_id="C1", attributes={"merged_from": "C2 C3 C4 C1"})
+        await by_customer.put(key=b"C1", value=wire.encode("Signal", looping))
+        [(_, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
+    # Then it is dead-lettered with the reason instead of going round again
+    assert "merge cycle" in dead["error"] and st.out(topics.SIGNALS_BY_CUSTOMER) == []
+
+
+@async_test
+async def test_merges_from_any_producer_are_checked_and_re_keyed_and_a_tombstone_is_refused(tmp_path):
+    st, d = _stage(tmp_path)
+    async with d.repartition_merges.test_context() as merges:
+        # Given a good merge, one whose key is not its from_key, and a tombstone
+        await merges.put(key=b"C9", value=wire.encode("KeyMerge", _merge("C9", "C1")))
+        await merges.put(key=b"C1", value=wire.encode("KeyMerge", _merge("C9", "C1", "m-2")))
+        await merges.put(key=b"C9", value=None)
+        [(key, merge, _)] = await st.wait_out(topics.MERGES_BY_KEY, 1)
+        dead = await st.wait_out(topics.DEADLETTER, 2)
+    # Then the good one is re-keyed with the engine's partitioner, the others dead-lettered with the reason
+    assert key == b"C9" and merge["merge_id"] == "m-1"
+    assert "the record key must be the from_key" in dead[0][1]["error"]
+    assert "not undone by a tombstone" in dead[1][1]["error"]
