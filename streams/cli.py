@@ -85,10 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("path", nargs="?", type=Path, default=None, help="default: rules/detection.yaml")
     rp.add_argument("--author", default=None)
     rh = rs.add_parser("history", help="the published versions, oldest first")
-    rh.add_argument("--name", default="detection", choices=("detection", "actions", "segments"))
+    rh.add_argument("--name", default="detection", choices=("detection", "actions", "segments", "customer"))
     rr = rs.add_parser("rollback", help="republish an earlier version (default: the one before the current)")
     rr.add_argument("--to", dest="to_version", default=None, help="a version (or its first characters)")
-    rr.add_argument("--name", default="detection", choices=("detection", "actions", "segments"))
+    rr.add_argument("--name", default="detection", choices=("detection", "actions", "segments", "customer"))
     rr.add_argument("--author", default=None)
     rb = rs.add_parser("backtest", help="what a rule file would have found in stored events (touches nothing live)")
     rb.add_argument("--from", dest="from_", required=True, help="ISO time (UTC unless given), or 2h / 7d ago")
@@ -151,8 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def rule_set_of(path: Path) -> str:
-    """The rule set a file is, by its name: actions*.yaml, segments*.yaml, any other detection rules."""
-    return "actions" if path.stem.startswith("action") else "segments" if path.stem.startswith("segment") else "detection"
+    """The rule set a file is, by its name: actions*.yaml, segments*.yaml, customer*.yaml, any other detection rules."""
+    for prefix, name in (("action", "actions"), ("segment", "segments"), ("customer", "customer")):
+        if path.stem.startswith(prefix):
+            return name
+    return "detection"
 
 
 def _rules_validate(settings: Settings, paths: list[Path]) -> int:

@@ -5,6 +5,7 @@ from streams.app import Engine, build_app
 from streams.attribution import agent as attribution_agent
 from streams.data import agent as data_agent
 from streams.data import context
+from streams.data.customer_rules import load_customer_rules
 from streams.data.value import load_segments
 from streams.decision import agent as decision_agent
 from streams.decision.actions import load_actions
@@ -17,15 +18,16 @@ from streams.settings import Settings
 
 
 def build_worker(settings: Settings, models: ModelBook | None = None, actions: RuleBook | None = None,
-                 segments: RuleBook | None = None) -> Engine:
+                 segments: RuleBook | None = None, customers: RuleBook | None = None) -> Engine:
     """Build the app with every stage registered; raises RuleError if a rule file is invalid."""
     # detection's process loads its rules itself; checked here too, so a bad file stops the worker at once
     load_detection(settings.rules_dir / "detection.yaml")
     actions = actions or RuleBook(load_actions(settings.rules_dir / "actions.yaml"))
     segments = segments or RuleBook(load_segments(settings.rules_dir / "segments.yaml"))
+    customers = customers or RuleBook(load_customer_rules(settings.rules_dir / "customer.yaml"))
     engine = build_app(settings)
     engine.detection = detection_agent.register(engine)
-    data = data_agent.register(engine, segments)
+    data = data_agent.register(engine, segments, customers)
     _, customer_to_contacts = decision_agent.register(engine, actions, models)
     if settings.http_port:
         context.register(engine, data, customer_to_contacts, segments)
@@ -49,12 +51,13 @@ def run_worker(settings: Settings) -> None:
     # the files are the rule sets until a version is published to engage.rules; then the latest valid one
     actions = RuleBook(load_actions(settings.rules_dir / "actions.yaml"))
     segments = RuleBook(load_segments(settings.rules_dir / "segments.yaml"))
+    customers = RuleBook(load_customer_rules(settings.rules_dir / "customer.yaml"))
     models = ModelBook()
-    engine = build_worker(settings, models, actions, segments)
+    engine = build_worker(settings, models, actions, segments, customers)
     look_up_writer_schemas(settings, engine.codec)
     wait_for_broker(settings)
     ensure_topics(settings)
-    start_following(settings, [actions, segments], engine.codec)
+    start_following(settings, [actions, segments, customers], engine.codec)
     # the uplift model learned so far, before the first decision (a restart decides with the same model)
     model_follower.start_following(settings, models, engine.codec)
     worker = _make_worker_class()(engine.app, loglevel=settings.log_level, quiet=True)

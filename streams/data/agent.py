@@ -8,6 +8,7 @@ from streams import topics
 from streams.audit import audit
 from streams.app import Engine
 from streams.data import journey
+from streams.data import customer_rules
 from streams.data import value as values
 from streams.data.enrich import enrich, identified, login_merge, redirected, validate_link, validate_merge, validate_profile
 from streams.data.value import ValueRules, customer_value, on_purchase
@@ -59,10 +60,14 @@ def _rekeyed(engine: Engine, source: topics.TopicSpec, target: topics.TopicSpec,
     return rekey
 
 
-def register(engine: Engine, segments: ValueRules | RuleBook):
-    """`segments`: fixed, or a book that follows the published versions of rules/segments.yaml."""
+def register(engine: Engine, segments: ValueRules | RuleBook,
+             customers: customer_rules.CustomerRuleSet | RuleBook | None = None):
+    """`segments`, `customers`: fixed, or books that follow the published versions of rules/segments.yaml and
+    rules/customer.yaml (no customer rules when not given)."""
     app = engine.app
     book = segments if isinstance(segments, RuleBook) else RuleBook(segments)
+    customers = customers if isinstance(customers, RuleBook) else RuleBook(
+        customers or customer_rules.CustomerRuleSet(name="customer", version="none", rules=()))
     customer_to_profile = app.Table(topics.CUSTOMER_TO_PROFILE, default=None, partitions=engine.settings.partitions,
                                     key_type=str)  # values are JSON (Faust's default for untyped tables)
 
@@ -264,7 +269,12 @@ def register(engine: Engine, segments: ValueRules | RuleBook):
             profile = customer_to_profile.get(customer)
             value = customer_value(profile, customer_to_value.get(customer), signal["ts"], book.rules())
             enriched = enrich(signal, profile, value, journey_add(customer, journey.steps_of_signal(signal)))
-            return [(topics.ENRICHED, enriched["key"], enriched)]
+            out = [(topics.ENRICHED, enriched["key"], enriched)]
+            # what counts across the customer's devices, now that this signal is in their journey
+            for raised in customer_rules.fired(customers.rules(), key_to_journey.get(customer) or [], signal):
+                journey_add(customer, journey.steps_of_signal(raised))  # where the rule counts afresh from
+                out.append((topics.SIGNALS_BY_CUSTOMER, customer, raised))
+            return out
 
         await engine.handle_batches(stream, STAGE, join)
 

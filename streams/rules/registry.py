@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from streams import clients, topics
 from streams.decision.actions import compile_actions
+from streams.data.customer_rules import compile_customer_rules
 from streams.data.value import compile_segments
 from streams.detection.rules import compile_detection
 from streams.schemas import whoami
@@ -19,7 +20,8 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 # rule set name -> how it is compiled (validated); the RuleSet record's `kind` is the name
-COMPILERS = {"detection": compile_detection, "actions": compile_actions, "segments": compile_segments}
+COMPILERS = {"detection": compile_detection, "actions": compile_actions, "segments": compile_segments,
+             "customer": compile_customer_rules}
 KIND = "detection"
 
 

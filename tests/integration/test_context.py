@@ -169,3 +169,45 @@ def test_forget_removes_the_customer_everywhere_stops_offers_and_a_restart_bring
     assert until(lambda: (lambda b: b.get("profile") and b.get("journey"))(get(new_port, f"/customers/{kept}/context")[1]),
                  timeout_s=60)
     assert forgotten(new_port)
+
+
+def test_a_duplicate_merged_by_crm_brings_its_journey_and_offers_and_its_later_signals_follow(pipeline, produce, read):
+    import subprocess
+    import sys
+
+    from streams.settings import REPO_ROOT
+
+    # Given a customer who searched to cancel on the web and got an offer, and the customer CRM finds
+    # they duplicate (nothing of theirs on this channel yet)
+    decisions, audit = read("engage.decisions", "Decision"), read("engage.audit", "AuditRecord")
+    dup, _ = browse_then_call(pipeline, produce, decisions)
+    [(offer, _)] = decisions.wait_for(lambda d: d["customer_id"] == dup)
+    assert offer["outcome"] == "act"
+    keep = customer_outside_control("retention-callback")
+    produce.profile(keep, clv=2100.0, display_name="Ada")
+    pipeline.wait_caught_up("engage.profiles-by-customer")
+    port = pipeline.http_ports[0]
+    # When CRM merges the duplicate into the customer
+    run = subprocess.run([sys.executable, "-m", "streams.cli", "merge", dup, keep, "--by", "crm-dedupe", "--reason",
+                          "same e-mail"], env=pipeline.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    # Then the command and the data stage record it
+    found = audit.wait_for(lambda r: r["customer_id"] == dup and r["action"] == "merge", count=2)
+    assert {r["stage"] for r, _ in found} == {"cli", "data"}
+    # And the duplicate's context points to the customer, whose context now holds the web journey and the offer
+    assert until(lambda: get(port, f"/customers/{dup}/context")[1] == {"customer_id": dup, "merged_into": keep})
+
+    def merged_in():
+        body = get(port, f"/customers/{keep}/context")[1]
+        texts = [s["text"] for s in body.get("journey", [])]
+        return body if "'cancel my contract'" in texts and body["contacts"].get("offers_today") == 1 else None
+    body = until(merged_in)
+    assert body and any(s["kind"] == "offer" for s in body["journey"])
+    # When the duplicate's browser searches to cancel again, still logged in under the old id
+    browser = offer["visitor_id"]
+    produce.event(event_id=f"{browser}-9", visitor_id=browser, type_="search", ts=now_ms(), customer_id=dup,
+                  path="/help/search", query="how do I cancel")
+    # Then the decision is the customer's, and their caps count the duplicate's offer of a moment ago
+    [(d, meta)] = decisions.wait_for(lambda d: d["signal"] == "cancel_intent" and d["customer_id"] == keep)
+    assert meta["key"] == keep.encode() and d["known"] is True
+    assert d["outcome"] == "suppressed" and d["gate"] == "min_gap", d["reason"]

@@ -76,3 +76,26 @@ def test_the_journey_follows_the_customer_from_anonymous_browsing_to_a_call_from
     journey = found[-1][0]["context"]["journey"]
     assert "search 'cancel my contract'" in journey and "search 'terminate contract early'" in journey
     assert "call /ivr/cancellations" in journey
+
+
+def test_failed_logins_on_two_devices_of_one_customer_count_together(pipeline, produce, read):
+    # Given a customer whose phone app and laptop browser CRM links to them
+    cid = customer_outside_control("login-help")
+    produce.profile(cid, clv=1500.0)
+    phone, laptop = f"app-{uuid.uuid4().hex[:8]}", f"V-{uuid.uuid4().hex[:8]}"
+    for device in (phone, laptop):
+        link = {"link_id": f"crm-{device}", "ts": now_ms(), "visitor_id": device, "customer_id": cid, "source": "crm"}
+        produce.raw("engage.identity", device.encode(), wire.encode("IdentityLink", link))
+    pipeline.wait_caught_up("engage.identity-by-visitor")
+    decisions = read("engage.decisions", "Decision")
+    # When they fail to log in twice on the phone and once on the laptop, within minutes
+    t = now_ms()
+    for n, (device, at) in enumerate(((phone, t), (phone, t + 30_000), (laptop, t + 90_000))):
+        produce.event(event_id=f"{device}-lf{n}", visitor_id=device, type_="login_failed", ts=at, path="/account/login")
+    # Then the customer rule raises one login_trouble signal for the customer, with the three failures as
+    # evidence, and the decision stage decides on it under the customer's key
+    [(d, meta)] = decisions.wait_for(lambda d: d["signal_id"].startswith("customer:failed-logins-across-devices:"))
+    assert meta["key"] == cid.encode() and d["customer_id"] == cid and d["signal"] == "login_trouble"
+    assert d["rules_fired"] == ["failed-logins-across-devices"]
+    # (the phone's two failures also raised detection's own login-trouble signal, on that device)
+    assert decisions.wait_for(lambda d: d["customer_id"] == cid and d["rules_fired"] == ["login-trouble"])

@@ -1,0 +1,115 @@
+"""Customer rules: counts over a customer's journey, across their devices, raising customer signals once per window."""
+from __future__ import annotations
+
+import pytest
+
+from streams import topics
+from streams.data import agent as data_agent
+from streams.data import journey
+from streams.data.customer_rules import compile_customer_rules, fired
+from streams.data.value import load_segments
+from streams.rules.loader import RuleError
+from streams.settings import REPO_ROOT
+from tests.support import wire
+from tests.support.stage import T0, Stage, async_test, eventually, signal
+
+RULES = compile_customer_rules("""
+rules:
+  - id: failed-logins-across-devices
+    description: Failed to log in three times within ten minutes, on any of their devices
+    count: {step: login_failed, at_least: 3, within: 10m}
+    signal: login_trouble
+    priority: 75
+""", "customer.yaml")
+M = 60_000
+
+
+def failed_login(n: int, visitor: str, ts: int) -> dict:
+    """The signal detection raises for one failed login on `visitor` (a device) of C1."""
+    ev = {"event_id": f"{visitor}-lf{n}", "ts": ts, "type": "login_failed", "channel": "app" if "phone" in visitor else "web",
+          "path": "/account/login", "query": None, "value": None}
+    return signal(f"sig-lf-{visitor}-{n}", visitor_id=visitor, customer_id="C1", name="login_failed", ts=ts,
+                  rule_id="login-failed", evidence=[ev], priority=20)
+
+
+def _journey_of(signals: list[dict]) -> list[dict]:
+    steps = None
+    for s in signals:
+        steps = journey.added(steps, journey.steps_of_signal(s)) or steps
+    return steps
+
+
+def test_two_failed_logins_on_the_phone_and_one_on_the_laptop_raise_one_customer_signal():
+    # Given C1's journey: two failed logins on the phone and, minutes later, one on the laptop
+    sigs = [failed_login(1, "phone", T0), failed_login(2, "phone", T0 + M), failed_login(1, "laptop", T0 + 4 * M)]
+    steps = _journey_of(sigs)
+    # When the laptop's signal arrives
+    [raised] = fired(RULES, steps, sigs[-1])
+    # Then one customer signal, with the three failures as evidence, from both devices
+    assert raised["signal"] == "login_trouble" and raised["customer_id"] == "C1" and raised["priority"] == 75
+    assert [e["event_id"] for e in raised["evidence"]] == ["phone-lf1", "phone-lf2", "laptop-lf1"]
+    assert {e["channel"] for e in raised["evidence"]} == {"app", "web"}
+    assert raised["ts"] == T0 + 4 * M and raised["attributes"] == {"scope": "customer"}
+    assert raised["signal_id"].startswith("customer:failed-logins-across-devices:")
+    # And the same journey gives the same signal (a replay), and a customer signal is not counted again
+    assert fired(RULES, steps, sigs[-1]) == [raised]
+    assert fired(RULES, steps, raised) == []
+
+
+def test_once_fired_the_rule_counts_afresh_and_failures_too_far_apart_do_not_count():
+    sigs = [failed_login(i, "phone", T0 + i * M) for i in range(3)]
+    steps = _journey_of(sigs)
+    [raised] = fired(RULES, steps, sigs[-1])
+    # Given the customer signal in the journey (where the rule counts afresh from)
+    steps = journey.added(steps, journey.steps_of_signal(raised))
+    # When a fourth failure comes, then a fifth: not yet three new ones
+    more = [failed_login(3, "laptop", T0 + 3 * M), failed_login(4, "laptop", T0 + 4 * M)]
+    steps = journey.added(steps, [s for x in more for s in journey.steps_of_signal(x)])
+    assert fired(RULES, steps, more[-1]) == []
+    # And three failures over more than ten minutes do not fire either
+    apart = [failed_login(i, "phone", T0 + i * 6 * M) for i in range(3)]
+    assert fired(RULES, _journey_of(apart), apart[-1]) == []
+
+
+@pytest.mark.parametrize("body, line, reason", [
+    ("  - id: x\n    count: {step: login_failed, at_least: 1, within: 10m}\n    signal: s\n", 2, "at_least must be"),
+    ("  - id: x\n    count: {step: Login-Failed, at_least: 3, within: 10m}\n    signal: s\n", 2, "step must be"),
+    ("  - id: x\n    count: {step: login_failed, at_least: 3, within: 30d}\n    signal: s\n", 2, "within must be at most 7"),
+    ("  - id: x\n    count: {step: login_failed, at_least: 3, within: 10m}\n    signal: s\n    when: y\n", 1,
+     "unknown key 'when'"),
+    ("  - id: x\n    count: {step: login_failed, at_least: 3}\n    signal: s\n", 2, "count needs 'within'"),
+])
+def test_a_wrong_customer_rule_is_refused_with_file_line_and_reason(body, line, reason):
+    with pytest.raises(RuleError) as refused:
+        compile_customer_rules("rules:\n" + body, "customer.yaml")
+    assert refused.value.file == "customer.yaml" and refused.value.line == line + 1 and reason in refused.value.reason
+
+
+def test_the_shipped_customer_rules_compile():
+    from streams.data.customer_rules import load_customer_rules
+
+    assert [r.id for r in load_customer_rules(REPO_ROOT / "rules" / "customer.yaml").rules] == [
+        "failed-logins-across-devices"]
+    assert load_customer_rules(REPO_ROOT / "rules" / "missing.yaml").rules == ()
+
+
+@async_test
+async def test_the_data_stage_raises_the_customer_signal_for_the_decision_stage(tmp_path):
+    # Given the data stage with the customer rule
+    st = Stage(tmp_path)
+    d = data_agent.register(st.engine, load_segments(REPO_ROOT / "rules" / "segments.yaml"), RULES)
+    st.without_changelog(d.key_to_journey)
+    async with d.enrich_signals.test_context() as by_customer:
+        # When C1's failed logins arrive: two from the phone, one from the laptop
+        for s in (failed_login(1, "phone", T0), failed_login(2, "phone", T0 + M), failed_login(1, "laptop", T0 + 4 * M)):
+            await by_customer.put(key=b"C1", value=wire.encode("Signal", s))
+        [(key, raised, _)] = await st.wait_out(topics.SIGNALS_BY_CUSTOMER, 1)
+        # Then the customer signal goes on keyed by C1, to be enriched and decided on like any other
+        assert key == b"C1" and raised["signal"] == "login_trouble" and len(raised["evidence"]) == 3
+        await by_customer.put(key=b"C1", value=wire.encode("Signal", raised))
+        await st.wait_out(topics.ENRICHED, 4)
+        await eventually(lambda: any(s["ref"] == raised["signal_id"] for s in d.key_to_journey.get("C1")), "its step")
+    # And it raises nothing more
+    assert len(st.out(topics.SIGNALS_BY_CUSTOMER)) == 1
+    [(_, enriched, _)] = [o for o in st.out(topics.ENRICHED) if o[1]["signal"]["signal"] == "login_trouble"]
+    assert enriched["key"] == "C1" and enriched["signal"]["attributes"]["scope"] == "customer"
