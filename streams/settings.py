@@ -183,6 +183,9 @@ class Settings:
     http_host: str = ""
     # The bearer token callers must send; unset: every request is refused (401). Never logged.
     context_token: str = field(default="", repr=False)
+    # Requests a second each client address may make (bursts of twice as many), beyond which 429: a
+    # contact centre's desktop server asking for every agent comes from one address and needs more.
+    context_rate_per_s: int = 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -218,6 +221,7 @@ class Settings:
             http_bind=env.get("ENGAGE_HTTP_BIND", "") or "127.0.0.1",
             http_host=env.get("ENGAGE_HTTP_HOST", ""),
             context_token=env.get("ENGAGE_CONTEXT_TOKEN", ""),
+            context_rate_per_s=_int(env, "ENGAGE_CONTEXT_RATE", 20, minimum=1),
         )
 
     def with_(self, **changes) -> "Settings":

@@ -8,7 +8,7 @@ here computed from the key's bytes as the topics partition them) and returns its
 
 Every request needs `Authorization: Bearer <ENGAGE_CONTEXT_TOKEN>` (401 without it, or when no
 token is configured); ids are at most 256 characters without control characters (400); each
-client address gets at most RATE_PER_S requests a second (429); an answer is at most MAX_BODY_BYTES
+client address gets at most ENGAGE_CONTEXT_RATE requests a second, bursts of twice as many (429); an answer is at most MAX_BODY_BYTES
 (its parts are bounded: a journey of 30 steps, a profile of 64 attributes). Nothing about the
 customer is logged: the web server's access log (which would print the path, with the id) is off.
 """
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 MAX_ID_CHARS = 256
 MAX_BODY_BYTES = 256 * 1024
-RATE_PER_S, BURST = 20.0, 40
+RATE_PER_S, BURST = 20.0, 40  # the defaults (Settings.context_rate_per_s)
 ROUTED_RATE_PER_S = 500.0  # requests another worker passes on, per worker
 CLIENTS_TRACKED = 10_000
 ROUTED_HEADER = "X-Engage-Routed"  # set on a request passed to the key's owner: it is not passed on again
@@ -99,7 +99,8 @@ def body_of(answer: dict) -> bytes:
 def register(engine, data_stage, contacts_table, segments_book) -> None:
     """The two routes on the engine's Faust app (its web server must be enabled)."""
     app, settings = engine.app, engine.settings
-    limiter, routed_limiter = RateLimit(), RateLimit(rate=ROUTED_RATE_PER_S, burst=int(2 * ROUTED_RATE_PER_S))
+    limiter = RateLimit(rate=float(settings.context_rate_per_s), burst=2 * settings.context_rate_per_s)
+    routed_limiter = RateLimit(rate=ROUTED_RATE_PER_S, burst=int(2 * ROUTED_RATE_PER_S))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the access log prints ids in paths
 
     def owner(table, key: str):

@@ -252,9 +252,11 @@ def _wait_pipeline(settings: Settings, timeout_s: float) -> float | None:
         reader.close()
 
 
-def _changelog_bytes(settings: Settings, events: int, since_ms: int = 0, until_ms: int = 2**62) -> dict:
+def _changelog_bytes(settings: Settings, events: int, since_ms: int = 0, until_ms: int = 2**62,
+                     live: dict | None = None) -> dict:
     """Records and bytes (key + value) the tables' changelogs got between the two times, in all, per
-    event of the `events` that made them, and by table."""
+    event of the `events` that made them, and by table. `live`, when given, gets table -> {key: bytes
+    of its latest value} (deleted keys left out): what the tables hold now."""
     by_table = {}
     for table in topics.TABLES:
         name = topics.changelog(settings.app_id, table)
@@ -264,9 +266,109 @@ def _changelog_bytes(settings: Settings, events: int, since_ms: int = 0, until_m
             continue
         if records:
             by_table[table] = {"records": len(records), "bytes": sum(len(r[3] or b"") + len(r[4] or b"") for r in records)}
+        if live is not None:
+            latest: dict = {}
+            for r in records:
+                latest[r[3]] = None if r[4] is None else len(r[3] or b"") + len(r[4])
+            live[table] = {k: v for k, v in latest.items() if v is not None}
     total, count = sum(c["bytes"] for c in by_table.values()), sum(c["records"] for c in by_table.values())
     return {"bytes": total, "records": count, "bytes_per_event": round(total / events, 1),
             "records_per_event": round(count / events, 3), "by_table": by_table}
+
+
+def _table_state(settings: Settings, live: dict) -> dict:
+    """What each table holds now: keys, bytes of their latest key and value, bytes per key, and the
+    table's RocksDB files on the worker's disk (every partition; detection's two tables share one
+    RocksDB per partition, counted under visitor_to_state)."""
+    disk: dict[str, int] = {}
+    for d in settings.data_dir.rglob("*.db"):
+        if d.is_dir():
+            table = d.name.rsplit("-", 1)[0]
+            disk[table] = disk.get(table, 0) + sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+    disk[topics.VISITOR_TO_STATE] = sum(f.stat().st_size for d in settings.data_dir.rglob("detection") if d.is_dir()
+                                        for f in d.rglob("*") if f.is_file())
+    out = {}
+    for table, keys in live.items():
+        held = sum(keys.values())
+        out[table] = {"keys": len(keys), "bytes": held, "bytes_per_key": round(held / len(keys), 1) if keys else None,
+                      "rocksdb_bytes": disk.get(table, 0)}
+    customer_tables = (topics.CUSTOMER_TO_PROFILE, topics.CUSTOMER_TO_VALUE, topics.KEY_TO_JOURNEY,
+                       topics.CUSTOMER_TO_CONTACTS, topics.KEY_TO_ATTRIBUTIONS)
+    # the customers who did something (a journey), with their profile, value, ledger and attributions
+    customers = set(live.get(topics.CUSTOMER_TO_PROFILE, {})) & set(live.get(topics.KEY_TO_JOURNEY, {}))
+    per_customer = [sum(live.get(t, {}).get(c, 0) for t in customer_tables) for c in customers]
+    visitors = live.get(topics.VISITOR_TO_STATE, {})
+    journeys = sorted(live.get(topics.KEY_TO_JOURNEY, {}).values())
+    return {"by_table": out,
+            "customers_with_a_journey": len(customers),
+            "bytes_per_customer_median": sorted(per_customer)[len(per_customer) // 2] if per_customer else None,
+            "bytes_per_customer_max": max(per_customer) if per_customer else None,
+            "journey_bytes_median": journeys[len(journeys) // 2] if journeys else None,
+            "journey_bytes_max": journeys[-1] if journeys else None,
+            "visitors": len(visitors),
+            "bytes_per_visitor": round((sum(visitors.values()) + sum(live.get(topics.VISITOR_TO_CUSTOMER, {}).values())
+                                        + sum(live.get(topics.PARTITION_TO_TIMERS, {}).values())) / len(visitors), 1)
+            if visitors else None}
+
+
+CONTEXT_CLIENTS, CONTEXT_REQUESTS = 50, 5_000
+
+
+def _context_latency(settings: Settings, work: Path, customers: list[str]) -> dict:
+    """The context service of a worker restarted on its folder, asked by 50 clients at once (5,000
+    requests in all, each for a random customer with state): latency p50/p95/p99 and requests/s.
+    The clients run in this process, on the same 2 cores as the worker and the broker."""
+    import concurrent.futures
+    import http.client
+    import random
+    import secrets
+    import socket
+
+    if not customers:
+        return {"error": "no customer has state"}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_urlsafe(24)
+    env = {**_worker_env(settings), "ENGAGE_HTTP_PORT": str(port), "ENGAGE_CONTEXT_TOKEN": token,
+           "ENGAGE_CONTEXT_RATE": "1000000"}
+    worker = spawn(["worker"], work / f"worker-context-{settings.app_id}.log", env=env)
+    local = threading.local()
+
+    def ask(customer: str) -> tuple[float, int]:
+        if getattr(local, "conn", None) is None:
+            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        t0 = time.perf_counter()
+        try:
+            local.conn.request("GET", f"/customers/{customer}/context", headers={"Authorization": f"Bearer {token}"})
+            resp = local.conn.getresponse()
+            resp.read()
+            status = resp.status
+        except (OSError, http.client.HTTPException):
+            local.conn.close()
+            local.conn, status = None, 0
+        return (time.perf_counter() - t0) * 1000, status
+
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # the worker answers once its tables are recovered
+            if ask(customers[0])[1] == 200:
+                break
+            time.sleep(0.5)
+        else:
+            return {"error": f"the worker did not answer; see {work}"}
+        rng = random.Random(11)
+        asked = [rng.choice(customers) for _ in range(CONTEXT_REQUESTS)]
+        t0 = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(CONTEXT_CLIENTS) as pool:
+            answers = list(pool.map(ask, asked))
+        elapsed = time.monotonic() - t0
+        ok = sorted(ms for ms, status in answers if status == 200)
+        return {"customers_with_state": len(customers), "clients": CONTEXT_CLIENTS, "requests": len(answers),
+                "answered_200": len(ok), "requests_per_s": round(len(answers) / elapsed, 1),
+                "p50_ms": pct(ok, 0.50), "p95_ms": pct(ok, 0.95), "p99_ms": pct(ok, 0.99)}
+    finally:
+        stop_process(worker)
 
 
 def _visitor_state(settings: Settings) -> dict:
@@ -414,7 +516,8 @@ def _worker_env(settings: Settings) -> dict:
     return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
             "ENGAGE_TOPIC_PREFIX": settings.topic_prefix, "ENGAGE_APP_ID": settings.app_id,
             "ENGAGE_DATA_DIR": str(settings.data_dir), "ENGAGE_LOG_LEVEL": "warning",
-            "ENGAGE_PARTITIONS": str(settings.partitions)}
+            "ENGAGE_PARTITIONS": str(settings.partitions),
+            "ENGAGE_HTTP_PORT": "0"}  # no context service, but where measured: a bench beside `make run` would take its port
 
 
 def _worker_on_backlog(settings: Settings, work: Path, events: int) -> dict:
@@ -466,7 +569,7 @@ def _restore_s(settings: Settings, work: Path, probe_seed: int, data_dir: Path |
         stop_process(worker)
 
 
-RESTORE_EVENTS, RESTORE_CUSTOMERS = 150_000, 50_000
+RESTORE_EVENTS, RESTORE_CUSTOMERS = 150_000, 100_000
 
 
 def _restore_phase(settings: Settings, work: Path, run_id: str) -> dict:
@@ -479,8 +582,13 @@ def _restore_phase(settings: Settings, work: Path, run_id: str) -> dict:
     ensure_topics(rs)
     run_simulator(rs, rate=0, duration_s=None, seed=5, customers=RESTORE_CUSTOMERS, count=RESTORE_EVENTS, quiet=True)
     built = _worker_on_backlog(rs, work, RESTORE_EVENTS)
-    changelogs = _changelog_bytes(rs, RESTORE_EVENTS)
-    return {"events": RESTORE_EVENTS, "visitor_state": _visitor_state(rs), "built": built,
+    live: dict = {}
+    changelogs = _changelog_bytes(rs, RESTORE_EVENTS, live=live)
+    with_state = sorted(set(live.get(topics.CUSTOMER_TO_PROFILE, {})) & set(live.get(topics.KEY_TO_JOURNEY, {})))
+    print("[bench] the context service, 50 clients at once ...", flush=True)
+    context = _context_latency(rs, work, [json.loads(k) for k in with_state])
+    return {"events": RESTORE_EVENTS, "customers": RESTORE_CUSTOMERS, "visitor_state": _visitor_state(rs),
+            "tables": _table_state(rs, live), "context_service": context, "built": built,
             "changelog_bytes": changelogs["bytes"], "changelog_records": changelogs["records"],
             "restart_with_its_rocksdb_s": _restore_s(rs, work, probe_seed=98, data_dir=rs.data_dir),
             "restore_from_changelogs_s": _restore_s(rs, work, probe_seed=99)}
