@@ -10,7 +10,8 @@ from streams.app import Engine
 from streams.data import journey
 from streams.data import customer_rules
 from streams.data import value as values
-from streams.data.enrich import enrich, identified, login_merge, redirected, validate_link, validate_merge, validate_profile
+from streams.data.enrich import (check_hops, enrich, identified, login_merge, redirected, validate_link, validate_merge,
+                                 validate_profile, without_reserved)
 from streams.data.value import ValueRules, customer_value, on_purchase
 from streams.rules.book import RuleBook
 
@@ -83,6 +84,15 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
     customer_to_successor = app.Table(topics.CUSTOMER_TO_SUCCESSOR, default=None, partitions=engine.settings.partitions,
                                       key_type=str)
 
+    def raise_customer_signals(customer: str, trigger: dict) -> list:
+        """The signals customer rules raise now that the customer's journey has a new step; each one's step
+        goes into the journey at once, where its rule counts afresh from."""
+        out = []
+        for raised in customer_rules.fired(customers.rules(), key_to_journey.get(customer) or [], trigger):
+            journey_add(customer, journey.steps_of_signal(raised))
+            out.append((topics.SIGNALS_BY_CUSTOMER, customer, raised))
+        return out
+
     def journey_add(key: str, steps: list) -> list | None:
         """The key's journey before `steps`, and the steps written into it (once each)."""
         before = key_to_journey.get(key)
@@ -103,12 +113,14 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
     channel, by_topic = engine.channel_of(topics.CONVERSIONS, topics.DECISIONS, topics.OUTCOMES, topics.JOURNEY_MOVES,
                                           topics.FORGET, topics.MERGES_BY_KEY, topics.STATE_MOVES)
 
-    def value_move(merge_id: str, key: str, into: str, ts: int) -> list:
+    def value_move(merge_id: str, key: str, into: str, ts: int, hops: int = 0) -> list:
+        """`key`'s purchases (with those merged into it) for the key it was merged into; sent whole each
+        time, as the receiver replaces what `key` sent before."""
         moved = values.purchase_sum(customer_to_value.get(key), book.rules().half_life_ms)
         if moved is None:
             return []
         return [(topics.STATE_MOVES, into, {"merge_id": merge_id, "key": into, "from_key": key, "ts": ts,
-                                            "ledger": None, "value": moved})]
+                                            "hops": check_hops(hops), "ledger": None, "value": moved})]
 
     @app.agent(channel, name="follow_customers")
     async def follow_customers(stream):
@@ -124,13 +136,16 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
                 return []
             if spec is topics.MERGES_BY_KEY:
                 return merged(key, record)
-            if spec is topics.STATE_MOVES:
-                if record["value"] is not None:
-                    state = values.on_merge(customer_to_value.get(key), record["from_key"], record["value"])
-                    if state is not None:
-                        customer_to_value[key] = state
-                return []
             successor = customer_to_successor.get(key)
+            if spec is topics.STATE_MOVES:
+                if record["value"] is None:
+                    return []
+                state = values.on_merge(customer_to_value.get(key), record["from_key"], record["value"])
+                if state is not None:
+                    customer_to_value[key] = state
+                # a chain (this key was merged on in turn): what it holds now goes on to the next
+                return [] if successor is None else value_move(successor["merge_id"], key, successor["into"],
+                                                               record["ts"], record["hops"] + 1)
             if successor is not None:
                 return after_merge(spec, key, record, successor)
             if spec is topics.CONVERSIONS:
@@ -142,19 +157,25 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
                 if link is not None:  # e.g. a call from a number CRM links to a customer: to their journey
                     linked = link["customer_id"]
                     return [(topics.JOURNEY_MOVES, linked, {"key": linked, "from_key": key, "steps": [step]})]
+                if not customer and record["type"] in journey.JOURNEY_EVENTS:
+                    return []  # e.g. a failed login of a device nobody is known on: kept for customers only
                 journey_add(key, [step])
                 if record["type"] == "purchase" and customer:  # value is kept for customers, not devices
                     state = on_purchase(customer_to_value.get(key), record, book.rules().half_life_ms)
                     if state is not None:
                         customer_to_value[key] = state
+                if customer:
+                    return raise_customer_signals(key, customer_rules.trigger_of(key, record["visitor_id"], record["ts"]))
             elif spec is topics.DECISIONS:
                 step = journey.step_of_decision(record)
                 if step is not None:
                     journey_add(key, [step])
             elif spec is topics.OUTCOMES:
                 journey_add(key, [journey.step_of_outcome(record)])
-            else:
+            else:  # steps moved to this customer from a device of theirs, or a duplicate merged into them
                 journey_add(key, record["steps"])
+                at = max((s["ts"] for s in record["steps"]), default=0)
+                return raise_customer_signals(key, customer_rules.trigger_of(key, record["from_key"], at))
             return []
 
         def merged(key: str, merge: dict) -> list:
@@ -177,12 +198,14 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
                     journey.step_of_decision(record) if spec is topics.DECISIONS else
                     journey.step_of_outcome(record) if spec is topics.OUTCOMES else None)
             steps = [step] if step is not None else record["steps"] if spec is topics.JOURNEY_MOVES else []
-            out = [(topics.JOURNEY_MOVES, into, {"key": into, "from_key": key, "steps": steps})] if steps else []
+            hops = check_hops(record["hops"] + 1 if spec is topics.JOURNEY_MOVES else 1)
+            out = [(topics.JOURNEY_MOVES, into, {"key": into, "from_key": key, "steps": steps, "hops": hops})] if steps else []
             if spec is topics.CONVERSIONS and record["type"] == "purchase" and record["customer_id"] == key:
                 state = on_purchase(customer_to_value.get(key), record, book.rules().half_life_ms)
                 if state is not None:
                     customer_to_value[key] = state
-                    out += value_move(successor["merge_id"], key, into, record["ts"])
+                # sent even when the purchase was counted already: it may be a replay whose move was lost
+                out += value_move(successor["merge_id"], key, into, record["ts"])
             return out
 
         await engine.handle_batches(stream, STAGE, follow)
@@ -236,7 +259,7 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
     @app.agent(engine.topic[topics.SIGNALS.name], name="route_signals")
     async def route_signals(stream):
         def route(msg) -> list:
-            signal = engine.decode(topics.SIGNALS, msg.value)
+            signal = without_reserved(engine.decode(topics.SIGNALS, msg.value))
             visitor = signal["visitor_id"]
             signal = identified(signal, visitor_to_customer.get(visitor))
             customer = signal["customer_id"]
@@ -269,12 +292,8 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
             profile = customer_to_profile.get(customer)
             value = customer_value(profile, customer_to_value.get(customer), signal["ts"], book.rules())
             enriched = enrich(signal, profile, value, journey_add(customer, journey.steps_of_signal(signal)))
-            out = [(topics.ENRICHED, enriched["key"], enriched)]
             # what counts across the customer's devices, now that this signal is in their journey
-            for raised in customer_rules.fired(customers.rules(), key_to_journey.get(customer) or [], signal):
-                journey_add(customer, journey.steps_of_signal(raised))  # where the rule counts afresh from
-                out.append((topics.SIGNALS_BY_CUSTOMER, customer, raised))
-            return out
+            return [(topics.ENRICHED, enriched["key"], enriched)] + raise_customer_signals(customer, signal)
 
         await engine.handle_batches(stream, STAGE, join)
 

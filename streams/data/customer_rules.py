@@ -13,8 +13,9 @@ the phone and one on the laptop:
         signal: login_trouble
         priority: 75
 
-The data stage evaluates them on the customer's partition each time a signal of theirs arrives,
-after its steps are in the journey. A rule that fires raises a Signal like detection's (its
+The data stage evaluates them on the customer's partition each time their journey gets a step that
+may count (a signal of theirs, an event detection routes to the journey such as a failed login, a
+journey moved from a device). A rule that fires raises a Signal like detection's (its
 evidence: the steps counted, its id: a hash of the rule and those steps, so a replay raises the same
 one), which goes on to the decision stage keyed by the customer; its step in the journey marks
 where the rule counts afresh from. Customer signals are not counted by customer rules again.
@@ -25,12 +26,13 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.data.enrich import SCOPE_ATTRIBUTE
 from streams.data.journey import MAX_AGE_MS, MAX_STEPS
 from streams.detection.rules import SIGNAL_NAME_OK
 from streams.rules.loader import RuleError, check_keys, duration_ms, line_of, line_of_key, load_yaml, read_rule_file
 
 MAX_RULES = 50
-SCOPE = "scope"  # the signal attribute that says a customer rule raised it
+SCOPE = SCOPE_ATTRIBUTE  # the signal attribute that says a customer rule raised it
 CUSTOMER = "customer"
 REF_PREFIX = "customer:"  # a customer signal's id: customer:<rule id>:<hash of the steps>
 
@@ -61,15 +63,32 @@ def fired(rules: CustomerRuleSet, journey: list[dict], trigger: dict) -> list[di
     out = []
     for rule in rules.rules:
         marker = f"{REF_PREFIX}{rule.id}:"
-        since = max((s["ts"] for s in journey if s["ref"].startswith(marker)), default=None)
-        counted = [s for s in journey if s["kind"] in rule.kinds and (since is None or s["ts"] > since)]
+        # The rule counts afresh after its last signal; a signal of its own, or later, is not that
+        # point (a trigger read again after a crash finds the marker its first reading wrote: it
+        # raises the same signal again, with the same id, which downstream stages recognise). A step
+        # older than the window's newest, arriving late from another device's partition, raises
+        # nothing the window raised already.
+        since = max((s["ts"] for s in journey if s["ref"].startswith(marker) and s["ts"] < trigger["ts"]),
+                    default=None)
+        counted = [s for s in journey if s["kind"] in rule.kinds and not s["ref"].startswith(REF_PREFIX)
+                   and (since is None or s["ts"] > since)]
         if len(counted) < rule.at_least:
             continue
         window = counted[-rule.at_least:]  # the newest: the window this signal completed
-        if window[-1]["ts"] - window[0]["ts"] > rule.within_ms:
-            continue
-        out.append(_signal(rules, rule, window, trigger))
+        if window[-1]["ts"] - window[0]["ts"] > rule.within_ms or trigger["ts"] - window[0]["ts"] > rule.within_ms:
+            continue  # too far apart, or old history a new rule would find: not a moment of now
+        raised = _signal(rules, rule, window, trigger)
+        if trigger["ts"] < window[-1]["ts"] and any(s["ref"] == raised["signal_id"] for s in journey):
+            continue  # raised already, when the step completing it came (this one came later, out of order)
+        out.append(raised)
     return out
+
+
+def trigger_of(customer: str, visitor: str, ts: int) -> dict:
+    """What a customer signal raised by a step that came without a signal (an event on engage.conversions,
+    a journey moved from a device) says of its moment: the device and the time, no session."""
+    return {"ts": ts, "visitor_id": visitor, "customer_id": customer, "session_id": "", "session_pages": 0,
+            "session_events": 0, "cart_value": 0.0, "returning": False, "session_seconds": 0.0, "attributes": {}}
 
 
 def _signal(rules: CustomerRuleSet, rule: CustomerRule, steps: list[dict], trigger: dict) -> dict:

@@ -58,6 +58,7 @@ def validate_profile(profile: dict) -> None:
 MERGE_SOURCES = ("crm", "login", "operator")
 MAX_MERGE_HOPS = 4  # a signal re-keyed through more merged customers than this is in a merge cycle
 MERGED_FROM = "merged_from"  # the signal attribute naming the customers it was re-keyed from
+SCOPE_ATTRIBUTE = "scope"  # "customer" on the signals customer rules raise (streams/data/customer_rules.py)
 
 
 def validate_merge(merge: dict) -> None:
@@ -80,6 +81,21 @@ def login_merge(signal: dict, visitor: str, customer: str) -> dict:
     counts of the visitor's offers join the customer's. Its id is the signal's, so a replay sends the same."""
     return {"merge_id": f"login:{signal['signal_id']}", "ts": signal["ts"], "from_key": visitor, "into_key": customer,
             "source": "login", "requested_by": "", "reason": "the visitor's signal named the customer"}
+
+
+def check_hops(hops: int) -> int:
+    """`hops`, or a ValueError (the record is dead-lettered) past MAX_MERGE_HOPS: keys merged in a circle."""
+    if hops > MAX_MERGE_HOPS:
+        raise ValueError(f"passed on through {hops} merged keys: a merge cycle? (merge the keys one way only)")
+    return hops
+
+
+def without_reserved(signal: dict) -> dict:
+    """A signal from detection without the attributes the data stage sets (an event's attributes could name them)."""
+    attrs = signal["attributes"]
+    if SCOPE_ATTRIBUTE in attrs or MERGED_FROM in attrs:
+        return {**signal, "attributes": {k: v for k, v in attrs.items() if k not in (SCOPE_ATTRIBUTE, MERGED_FROM)}}
+    return signal
 
 
 def redirected(signal: dict, into: str) -> dict:

@@ -15,6 +15,11 @@ from __future__ import annotations
 
 import time
 
+# Events that reach a known customer's journey without raising a signal, routed by detection onto
+# engage.conversions with the purchases, cancellations and calls: what customer rules may count across
+# devices (rules/customer.yaml) though no detection rule fires on one alone. Only customers' journeys
+# keep them (an anonymous, unlinked device's are dropped): they cost no signal, decision or ledger write.
+JOURNEY_EVENTS = frozenset({"login_failed"})
 MAX_STEPS = 30
 MAX_AGE_MS = 7 * 86_400_000
 TEXT_CHARS = 120

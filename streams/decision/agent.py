@@ -8,7 +8,7 @@ from streams.decision import pacing
 from streams.decision.actions import ActionSet
 from streams.decision.learn import due, label_of, learn, new_partition_state, step_to
 from streams.decision.models import ModelBook
-from streams.data.enrich import validate_merge
+from streams.data.enrich import check_hops, validate_merge
 from streams.decision.policy import counts_of, decide, on_conversion, on_merge, on_outcome
 from streams.decision.uplift import AGENT_LED, evidence_record
 from streams.rules.book import RuleBook
@@ -36,9 +36,11 @@ def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | 
                                           topics.MERGES_BY_KEY, topics.STATE_MOVES)
     note = {topics.CONVERSIONS.name: on_conversion, topics.OUTCOMES.name: on_outcome}
 
-    def counts_move(merge_id: str, key: str, into: str, ts: int, ledger: dict) -> tuple:
+    def counts_move(merge_id: str, key: str, into: str, ts: int, ledger: dict, hops: int = 0) -> tuple:
+        """`key`'s contact counts (with those merged into it) for the key it was merged into; sent whole
+        each time, as the receiver replaces what `key` sent before."""
         return (topics.STATE_MOVES, into, {"merge_id": merge_id, "key": into, "from_key": key, "ts": ts,
-                                           "ledger": counts_of(ledger), "value": None})
+                                           "hops": check_hops(hops), "ledger": counts_of(dict(ledger)), "value": None})
 
     def merged(key: str, merge: dict) -> list:
         validate_merge(merge)
@@ -67,18 +69,25 @@ def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | 
                 if spec is topics.MERGES_BY_KEY:
                     return merged(key, record)
                 if spec is topics.STATE_MOVES:
-                    if record["ledger"] is not None:
-                        ledger = on_merge(customer_to_contacts.get(key), record["from_key"], record["ledger"])
-                        if ledger is not None:
-                            customer_to_contacts[key] = ledger
-                    return []
-                ledger = note[spec.name](customer_to_contacts.get(key), record)
+                    if record["ledger"] is None:
+                        return []
+                    ledger = on_merge(customer_to_contacts.get(key), record["from_key"], record["ledger"])
+                    if ledger is not None:
+                        customer_to_contacts[key] = ledger
+                    ledger = ledger or customer_to_contacts.get(key)
+                    successor = ledger.get(MERGED_INTO)
+                    # a chain (this key was merged on in turn): what it holds now goes on to the next
+                    return [] if not successor else [counts_move(successor["merge_id"], key, successor["into"],
+                                                                 record["ts"], ledger, record["hops"] + 1)]
+                before = customer_to_contacts.get(key)
+                ledger = note[spec.name](before, record)
                 out = []
                 if ledger is not None:
                     customer_to_contacts[key] = ledger
-                    successor = ledger.get(MERGED_INTO)
-                    if successor:  # a duplicate's purchase or decline: the customer it joined hears of it
-                        out.append(counts_move(successor["merge_id"], key, successor["into"], record["ts"], ledger))
+                successor = (ledger or before or {}).get(MERGED_INTO)
+                if successor:  # a duplicate's purchase or decline (or a replay of one): the customer it joined hears of it
+                    out.append(counts_move(successor["merge_id"], key, successor["into"], record["ts"],
+                                           ledger or before))
                 skill = paced_skill(record, book.rules()) if spec is topics.OUTCOMES else None
                 # an answer to an invitation its skill's pacer released
                 return out if skill is None else out + [(topics.PACING, skill, pacing.outcome_record(skill, record))]

@@ -14,6 +14,7 @@ from typing import Callable
 
 from streams import topics
 from streams.attribution.attribute import GOAL_EVENTS
+from streams.data.journey import JOURNEY_EVENTS
 from streams.codec import DecodeError
 from streams.detection.detector import Detector
 from streams.detection.partition import Tx
@@ -85,7 +86,7 @@ def _one(detector: Detector, batch: Batch, i: int, message, read) -> None:
         else:
             detection = detector.on_event(batch.tx, message.partition, record)
             signals = detection.signals
-            if record["type"] in GOAL_EVENTS and not detection.duplicate:
+            if (record["type"] in GOAL_EVENTS or record["type"] in JOURNEY_EVENTS) and not detection.duplicate:
                 conversion, keys = conversion_keys(record, detection.state)
                 batch.outputs += [(topics.CONVERSIONS, key, conversion) for key in keys]
     except InvalidEvent as exc:  # refused before anything changed

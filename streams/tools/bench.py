@@ -323,6 +323,7 @@ def _context_latency(settings: Settings, work: Path, customers: list[str]) -> di
     import random
     import secrets
     import socket
+    from urllib.parse import quote
 
     if not customers:
         return {"error": "no customer has state"}
@@ -340,7 +341,8 @@ def _context_latency(settings: Settings, work: Path, customers: list[str]) -> di
             local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         t0 = time.perf_counter()
         try:
-            local.conn.request("GET", f"/customers/{customer}/context", headers={"Authorization": f"Bearer {token}"})
+            local.conn.request("GET", f"/customers/{quote(customer, safe='')}/context",
+                               headers={"Authorization": f"Bearer {token}"})
             resp = local.conn.getresponse()
             resp.read()
             status = resp.status

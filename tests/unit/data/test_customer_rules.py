@@ -11,7 +11,7 @@ from streams.data.value import load_segments
 from streams.rules.loader import RuleError
 from streams.settings import REPO_ROOT
 from tests.support import wire
-from tests.support.stage import T0, Stage, async_test, eventually, signal
+from tests.support.stage import T0, Stage, async_test, eventually, put_on, signal
 
 RULES = compile_customer_rules("""
 rules:
@@ -113,3 +113,71 @@ async def test_the_data_stage_raises_the_customer_signal_for_the_decision_stage(
     assert len(st.out(topics.SIGNALS_BY_CUSTOMER)) == 1
     [(_, enriched, _)] = [o for o in st.out(topics.ENRICHED) if o[1]["signal"]["signal"] == "login_trouble"]
     assert enriched["key"] == "C1" and enriched["signal"]["attributes"]["scope"] == "customer"
+
+
+def test_a_trigger_read_again_after_its_signal_was_marked_raises_the_same_signal():
+    # Given the three failures and the customer signal's step already in the journey (written before a crash)
+    sigs = [failed_login(1, "phone", T0), failed_login(2, "phone", T0 + M), failed_login(1, "laptop", T0 + 4 * M)]
+    steps = _journey_of(sigs)
+    [raised] = fired(RULES, steps, sigs[-1])
+    marked = journey.added(steps, journey.steps_of_signal(raised))
+    # When the laptop's signal is read again, then a later failure comes
+    assert fired(RULES, marked, sigs[-1]) == [raised]
+    later = failed_login(2, "laptop", T0 + 5 * M)
+    # Then the same signal is raised again (same id: the decision stage recognises it), and the later one counts afresh
+    assert fired(RULES, journey.added(marked, journey.steps_of_signal(later)), later) == []
+
+
+def test_customer_signals_are_not_counted_and_old_history_does_not_fire_a_new_rule():
+    signals_rule = compile_customer_rules("""
+rules:
+  - {id: many-signals, count: {step: signal, at_least: 2, within: 1d}, signal: busy}
+""", "customer.yaml")
+    # Given a journey with one signal of a customer rule and one ordinary signal
+    sigs = [failed_login(i, "phone", T0 + i * M) for i in range(3)]
+    [raised] = fired(RULES, _journey_of(sigs), sigs[-1])
+    steps = journey.added(_journey_of(sigs[:1]), journey.steps_of_signal(raised))
+    # Then a rule counting signals does not count the customer signal
+    assert fired(signals_rule, steps, sigs[0]) == []
+    # And three failures of days ago (a rule published today would find them) do not fire on today's search
+    today = signal("sig-today", customer_id="C1", ts=T0 + 3 * 86_400_000)
+    old = _journey_of(sigs)
+    assert fired(RULES, journey.added(old, journey.steps_of_signal(today)), today) == []
+
+
+def _failed_login_event(n: int, visitor: str, ts: int, customer: str | None = "C1") -> dict:
+    """A failed login as detection routes it to engage.conversions (no signal of its own)."""
+    return wire.interaction(f"{visitor}-ev{n}", visitor, "login_failed", ts, customer_id=customer, path="/account/login")
+
+
+@async_test
+async def test_failed_logins_reach_the_customers_journey_without_signals_and_count_across_devices(tmp_path):
+    # Given the data stage with the customer rule
+    st = Stage(tmp_path)
+    d = data_agent.register(st.engine, load_segments(REPO_ROOT / "rules" / "segments.yaml"), RULES)
+    st.without_changelog(d.key_to_journey)
+    async with d.follow_customers.test_context() as follow:
+        # When C1 fails to log in twice on the phone and once on the laptop (routed by detection to the
+        # conversions topic under C1's key), and an unknown device fails once
+        for n, (visitor, at) in enumerate((("phone", T0), ("phone", T0 + M), ("laptop", T0 + 4 * M))):
+            await put_on(follow, topics.CONVERSIONS.name, b"C1", wire.encode("Interaction", _failed_login_event(n, visitor, at)))
+        await put_on(follow, topics.CONVERSIONS.name, b"v-x",
+                     wire.encode("Interaction", _failed_login_event(9, "v-x", T0, customer=None)))
+        [(key, raised, _)] = await st.wait_out(topics.SIGNALS_BY_CUSTOMER, 1)
+    # Then the customer rule raises login_trouble for C1 from the three failures, with no signal per failure
+    assert key == b"C1" and raised["signal"] == "login_trouble" and raised["visitor_id"] == "laptop"
+    assert [e["event_id"] for e in raised["evidence"]] == ["phone-ev0", "phone-ev1", "laptop-ev2"]
+    # And the unknown device's failure is not kept
+    assert d.key_to_journey.get("v-x") is None
+
+
+def test_a_step_arriving_late_from_another_device_raises_nothing_already_raised():
+    # Given the laptop's failure arrived first, then the phone's two (from another partition), completing the window
+    sigs = [failed_login(1, "phone", T0), failed_login(2, "phone", T0 + M), failed_login(1, "laptop", T0 + 4 * M)]
+    steps = _journey_of(sigs)
+    [raised] = fired(RULES, steps, sigs[1])  # completed by the phone's late step: raised there
+    marked = journey.added(steps, journey.steps_of_signal(raised))
+    # When the phone's earlier signal (login trouble on that device) comes after it
+    late = signal("sig-phone-trouble", visitor_id="phone", customer_id="C1", name="login_trouble", ts=T0 + M)
+    # Then it raises nothing again
+    assert fired(RULES, marked, late) == []

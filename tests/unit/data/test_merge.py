@@ -104,3 +104,37 @@ async def test_merges_from_any_producer_are_checked_and_re_keyed_and_a_tombstone
     assert key == b"C9" and merge["merge_id"] == "m-1"
     assert "the record key must be the from_key" in dead[0][1]["error"]
     assert "not undone by a tombstone" in dead[1][1]["error"]
+
+
+@async_test
+async def test_moves_go_on_along_a_chain_of_merges_and_a_circle_of_merges_is_dead_lettered(tmp_path):
+    # Given C2 merged into C3 on this partition
+    st, d = _stage(tmp_path)
+    async with d.follow_customers.test_context() as follow:
+        await put_on(follow, topics.MERGES_BY_KEY.name, b"C2", wire.encode("KeyMerge", _merge("C2", "C3", "m-23")))
+        await eventually(lambda: d.customer_to_successor.get("C2") is not None, "C2's successor")
+        # When C1's purchases, merged into C2 earlier, reach C2
+        moved = {"n": 2, "s": 150.0, "at": T0, "first": T0 - DAY_MS, "last": T0}
+        move = {"merge_id": "m-12", "key": "C2", "from_key": "C1", "ts": T0, "hops": 0, "ledger": None, "value": moved}
+        await put_on(follow, topics.STATE_MOVES.name, b"C2", wire.encode("StateMove", move))
+        [(key, onward, _)] = await st.wait_out(topics.STATE_MOVES, 1)
+        # Then they go on to C3, within what C2 holds, one hop further
+        assert key == b"C3" and onward["from_key"] == "C2" and onward["hops"] == 1 and onward["value"]["n"] == 2
+        # When a journey move has gone round merged keys four times already (C2 -> C3 -> C2 ...)
+        steps = [{"ts": T0, "channel": "web", "kind": "search", "text": "x", "ref": "e1"}]
+        circling = {"key": "C2", "from_key": "C3", "steps": steps, "hops": 4}
+        await put_on(follow, topics.JOURNEY_MOVES.name, b"C2", st.engine.encode(topics.JOURNEY_MOVES, circling))
+        [(_, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
+    # Then it is dead-lettered with the reason, not passed on again
+    assert "merge cycle" in dead["error"] and st.out(topics.JOURNEY_MOVES) == []
+
+
+@async_test
+async def test_attributes_an_event_could_set_to_pose_as_a_merged_or_customer_signal_are_dropped(tmp_path):
+    st, d = _stage(tmp_path)
+    async with d.route_signals.test_context() as signals:
+        posing = signal("sig-p", visitor_id="v5", customer_id=None,
+                        attributes={"scope": "customer", "merged_from": "a b c d e", "device": "phone"})
+        await signals.put(key=b"v5", value=wire.encode("Signal", posing))
+        [(_, out, _)] = await st.wait_out(topics.ENRICHED, 1)
+    assert out["signal"]["attributes"] == {"device": "phone"}

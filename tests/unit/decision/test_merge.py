@@ -92,7 +92,11 @@ async def test_a_duplicate_customers_offers_follow_them_into_the_customer_they_w
                    "customer_id": "C9", "value": None, "source": "test"}
         await put_on(inbox, topics.OUTCOMES.name, b"C9", wire.encode("Outcome", outcome))
         moves = await st.wait_out(topics.STATE_MOVES, 2)
-    assert moves[-1][0] == b"C1" and moves[-1][1]["ledger"]["declined"] == {"retention-chat": T0 + 90_000}
+        assert moves[-1][0] == b"C1" and moves[-1][1]["ledger"]["declined"] == {"retention-chat": T0 + 90_000}
+        # And read again (a replay after a crash that lost the move), it is handed on again, the same
+        await put_on(inbox, topics.OUTCOMES.name, b"C9", wire.encode("Outcome", outcome))
+        moves = await st.wait_out(topics.STATE_MOVES, 3)
+    assert moves[-1][1] == moves[-2][1]
 
 
 @async_test
