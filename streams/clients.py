@@ -20,6 +20,13 @@ from streams.settings import Settings
 PRODUCER_PARTITIONER = {"partitioner": "murmur2_random"}
 
 
+def partition_of(key: str, partitions: int) -> int:
+    """The partition the engine's producers put `key` on (murmur2, as Kafka's Java clients)."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
 def librdkafka_config(settings: Settings) -> dict[str, Any]:
     """The connection part of every confluent-kafka client's configuration: brokers and security."""
     sec = settings.security

@@ -42,11 +42,16 @@ SIGNALS_BY_CUSTOMER = TopicSpec("engage.signals-by-customer", "customer_id", "Si
 # Idle partitions' clock ticks for detection, co-partitioned with engage.events; kept one hour.
 DETECTION_TICKS = TopicSpec("engage.detection-ticks", "none (sent to the partition it is about)", "Tick", internal=True,
                             config=(("retention.ms", "3600000"),))
+# The data stage's sweep: each worker's timer sends one record to every partition, hourly; the worker
+# holding it deletes that partition's journeys with no step for ENGAGE_VISITOR_TTL. Kept one hour.
+DATA_SWEEPS = TopicSpec("engage.data-sweeps", "none (sent to the partition it is about)", "Tick", internal=True,
+                        config=(("retention.ms", "3600000"),))
 ENRICHED = TopicSpec("engage.enriched", "customer_id, else visitor_id", "EnrichedSignal")
 DECISIONS = TopicSpec("engage.decisions", "customer_id, else visitor_id", "Decision")
 DELIVERY = TopicSpec("engage.delivery", "customer_id, else visitor_id", "Delivery")
 OUTCOMES = TopicSpec("engage.outcomes", "customer_id, else visitor_id", "Outcome")
-# A visitor's journey before they were known, moved to the customer's key when a signal says who they are.
+# Steps for a customer's journey from elsewhere: a visitor's journey before they were known, moved when a
+# signal says who they are; steps of a duplicate merged into them; failed logins (from detection).
 JOURNEY_MOVES = TopicSpec("engage.journey-moves", "customer_id", "JourneyMove", internal=True)
 # Purchases, cancellations and calls, re-keyed by detection to the keys decisions use (customer_id
 # and visitor_id), so attribution joins them with decisions on one partition.
@@ -66,13 +71,14 @@ FORGET = TopicSpec("engage.forget", "customer_id", "ForgetRequest", compacted=Tr
 # (compacted) so a duplicate stays merged; and what the merged key had, sent to the surviving key's partition.
 MERGES = TopicSpec("engage.merges", "from_key", "KeyMerge", compacted=True)
 # engage.merges re-keyed by the engine's partitioner (as profiles and identity links are), with the
-# engine's own merges of visitors into customers at their first identified signal.
-MERGES_BY_KEY = TopicSpec("engage.merges-by-key", "from_key", "KeyMerge", compacted=True, internal=True)
+# engine's own merges of visitors into customers at their first identified signal. Not compacted: a
+# conduit (the tables keep what a merge did), and one record per visitor who logged in would pile up.
+MERGES_BY_KEY = TopicSpec("engage.merges-by-key", "from_key", "KeyMerge", internal=True)
 STATE_MOVES = TopicSpec("engage.state-moves", "into key", "StateMove", internal=True)
 AUDIT = TopicSpec("engage.audit", "customer_id", "AuditRecord", config=(("retention.ms", "-1"),))
 
 ALL = (EVENTS, PROFILES, AGENT_AVAILABILITY, RULES, SCHEMAS, SIGNALS, IDENTITY, IDENTITY_BY_VISITOR, PROFILES_BY_CUSTOMER,
-       SIGNALS_BY_CUSTOMER, DETECTION_TICKS, ENRICHED, DECISIONS, DELIVERY,
+       SIGNALS_BY_CUSTOMER, DETECTION_TICKS, DATA_SWEEPS, ENRICHED, DECISIONS, DELIVERY,
        OUTCOMES, CONVERSIONS, JOURNEY_MOVES, ATTRIBUTIONS, PACING, MODELS, DEADLETTER, FORGET,
        MERGES, MERGES_BY_KEY, STATE_MOVES, AUDIT)
 

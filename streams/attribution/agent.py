@@ -10,7 +10,7 @@ from __future__ import annotations
 from streams import topics
 from streams.app import Engine
 from streams.audit import audit
-from streams.attribution.attribute import GOAL_EVENTS, Attributor, new_state
+from streams.attribution.attribute import Attributor, new_state
 from streams.decision.actions import ActionSet
 from streams.rules.book import RuleBook
 
@@ -43,8 +43,6 @@ def register(engine: Engine, actions: ActionSet | RuleBook):
                     await engine.send(*audit(key, STAGE, f"{'deleted' if had else 'no'} attribution state; "
                                                          "kept: the time they were forgotten"))
                     continue
-                if spec is topics.CONVERSIONS and record["type"] not in GOAL_EVENTS:
-                    continue  # an event on its way to the journey (e.g. a failed login): nothing to attribute
                 state = key_to_attributions.get(key) or new_state()
                 if FORGOTTEN in state:
                     continue

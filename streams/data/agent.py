@@ -5,6 +5,7 @@ import time
 from typing import NamedTuple
 
 from streams import topics
+from streams.clients import partition_of
 from streams.audit import audit
 from streams.app import Engine
 from streams.data import journey
@@ -16,6 +17,8 @@ from streams.data.value import ValueRules, customer_value, on_purchase
 from streams.rules.book import RuleBook
 
 STAGE = "data"
+SWEEP_EVERY_S = 3600.0
+SWEEP_MOST = 10_000  # journeys deleted per partition per sweep (the rest at the next)
 
 
 class DataStage(NamedTuple):
@@ -110,8 +113,34 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
     # A duplicate customer merged into another (engage.merges, source crm) hands on its journey and
     # purchases, and whatever of theirs comes later follows them there; the surviving customer keeps
     # the purchases under the duplicate's key (engage.state-moves), so a merge read twice counts once.
+    # Journeys with no step for ENGAGE_VISITOR_TTL are deleted (an anonymous device's would otherwise stay
+    # for good): swept hourly, each partition by the worker holding it, when engage.data-sweeps says so.
     channel, by_topic = engine.channel_of(topics.CONVERSIONS, topics.DECISIONS, topics.OUTCOMES, topics.JOURNEY_MOVES,
-                                          topics.FORGET, topics.MERGES_BY_KEY, topics.STATE_MOVES)
+                                          topics.FORGET, topics.MERGES_BY_KEY, topics.STATE_MOVES, topics.DATA_SWEEPS)
+
+    def sweep(partition: int, now_ms: int) -> list:
+        """Delete this partition's journeys whose newest step is older than the visitor TTL (at most SWEEP_MOST)."""
+        horizon = now_ms - engine.settings.visitor_ttl_ms
+        quiet = []
+        for key in list(key_to_journey.keys()):
+            if partition_of(key, engine.settings.partitions) != partition:
+                continue  # another partition's, held by this worker too: swept with that partition's record
+            steps = key_to_journey.get(key)
+            if not steps or steps[-1]["ts"] < horizon:  # steps are in time order, newest last
+                quiet.append(key)
+                if len(quiet) >= SWEEP_MOST:
+                    break
+        for key in quiet:
+            key_to_journey.pop(key, None)
+        return []
+
+    @app.timer(interval=SWEEP_EVERY_S, on_leader=False)
+    async def send_sweeps():
+        now = int(time.time() * 1000)
+        for p in range(engine.settings.partitions):
+            await engine.topic[topics.DATA_SWEEPS.name].send(
+                value=engine.encode(topics.DATA_SWEEPS, {"partition": p, "wall_ts": now, "watermark_ts": now, "idle_ms": 0}),
+                partition=p)
 
     def value_move(merge_id: str, key: str, into: str, ts: int, hops: int = 0) -> list:
         """`key`'s purchases (with those merged into it) for the key it was merged into; sent whole each
@@ -125,6 +154,8 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
     @app.agent(channel, name="follow_customers")
     async def follow_customers(stream):
         def follow(msg) -> list:
+            if by_topic[msg.topic] is topics.DATA_SWEEPS:
+                return sweep(msg.partition, engine.decode(topics.DATA_SWEEPS, msg.value)["wall_ts"])
             spec, record, key = engine.keyed_record(by_topic, msg, "customer_id, else visitor_id")
             if spec is topics.FORGET:
                 cleared = [t.name for t in (customer_to_profile, customer_to_value, key_to_journey, customer_to_successor)
@@ -157,8 +188,6 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
                 if link is not None:  # e.g. a call from a number CRM links to a customer: to their journey
                     linked = link["customer_id"]
                     return [(topics.JOURNEY_MOVES, linked, {"key": linked, "from_key": key, "steps": [step]})]
-                if not customer and record["type"] in journey.JOURNEY_EVENTS:
-                    return []  # e.g. a failed login of a device nobody is known on: kept for customers only
                 journey_add(key, [step])
                 if record["type"] == "purchase" and customer:  # value is kept for customers, not devices
                     state = on_purchase(customer_to_value.get(key), record, book.rules().half_life_ms)
@@ -192,21 +221,17 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
                                             "moved; their later signals follow", action="merge")]
 
         def after_merge(spec, key: str, record: dict, successor: dict) -> list:
-            """A record of a customer merged away: its journey step and purchase go to the surviving customer."""
+            """A record of a customer merged away goes to the surviving customer: a purchase, cancellation or call
+            as theirs (so the decision and attribution stages there see it too), other steps into their journey."""
             into = successor["into"]
-            step = (journey.step_of_conversion(record) if spec is topics.CONVERSIONS else
-                    journey.step_of_decision(record) if spec is topics.DECISIONS else
+            if spec is topics.CONVERSIONS:
+                # the device's copy (keyed by visitor) stays where it is; the customer's copy moves on
+                return [(topics.CONVERSIONS, into, redirected(record, into))] if record["customer_id"] == key else []
+            step = (journey.step_of_decision(record) if spec is topics.DECISIONS else
                     journey.step_of_outcome(record) if spec is topics.OUTCOMES else None)
             steps = [step] if step is not None else record["steps"] if spec is topics.JOURNEY_MOVES else []
             hops = check_hops(record["hops"] + 1 if spec is topics.JOURNEY_MOVES else 1)
-            out = [(topics.JOURNEY_MOVES, into, {"key": into, "from_key": key, "steps": steps, "hops": hops})] if steps else []
-            if spec is topics.CONVERSIONS and record["type"] == "purchase" and record["customer_id"] == key:
-                state = on_purchase(customer_to_value.get(key), record, book.rules().half_life_ms)
-                if state is not None:
-                    customer_to_value[key] = state
-                # sent even when the purchase was counted already: it may be a replay whose move was lost
-                out += value_move(successor["merge_id"], key, into, record["ts"])
-            return out
+            return [(topics.JOURNEY_MOVES, into, {"key": into, "from_key": key, "steps": steps, "hops": hops})] if steps else []
 
         await engine.handle_batches(stream, STAGE, follow)
 

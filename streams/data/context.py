@@ -109,12 +109,13 @@ def register(engine, data_stage, contacts_table, segments_book) -> None:
         Decided from this worker's own assignment, not by comparing addresses: workers on several hosts
         all advertising 127.0.0.1 would otherwise each take every key for their own.
         """
-        from aiokafka.partitioner import murmur2
         from faust.types import TP
         from yarl import URL
 
+        from streams.clients import partition_of
+
         topic = table.changelog_topic.get_topic_name()
-        partition = (murmur2(key.encode()) & 0x7FFFFFFF) % settings.partitions
+        partition = partition_of(key, settings.partitions)
         if TP(topic, partition) in app.assignor.assigned_actives():
             return None
         try:

@@ -99,7 +99,7 @@ def without_reserved(signal: dict) -> dict:
 
 
 def redirected(signal: dict, into: str) -> dict:
-    """The signal of a customer merged into `into`, as `into`'s; ValueError past MAX_MERGE_HOPS (a merge cycle)."""
+    """The signal (or event) of a customer merged into `into`, as `into`'s; ValueError past MAX_MERGE_HOPS (a merge cycle)."""
     hops = [h for h in signal["attributes"].get(MERGED_FROM, "").split(" ") if h] + [signal["customer_id"]]
     if len(hops) > MAX_MERGE_HOPS:
         raise ValueError(f"re-keyed through {len(hops)} merged customers ({' '.join(hops)[:200]}): a merge cycle?")

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import time
 
-# Events that reach a known customer's journey without raising a signal, routed by detection onto
-# engage.conversions with the purchases, cancellations and calls: what customer rules may count across
-# devices (rules/customer.yaml) though no detection rule fires on one alone. Only customers' journeys
-# keep them (an anonymous, unlinked device's are dropped): they cost no signal, decision or ledger write.
+# Events that reach the journey of the customer a device is known as (a login on it) without raising a
+# signal: detection sends each as a step onto engage.journey-moves, which only the data stage reads. What
+# customer rules may count across devices (rules/customer.yaml) though no detection rule fires on one
+# alone; they cost no signal, decision, ledger or attribution write (a signal each halved the
+# pipeline's throughput in make bench).
 JOURNEY_EVENTS = frozenset({"login_failed"})
 MAX_STEPS = 30
 MAX_AGE_MS = 7 * 86_400_000

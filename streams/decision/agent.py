@@ -85,7 +85,9 @@ def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | 
                 if ledger is not None:
                     customer_to_contacts[key] = ledger
                 successor = (ledger or before or {}).get(MERGED_INTO)
-                if successor:  # a duplicate's purchase or decline (or a replay of one): the customer it joined hears of it
+                # a duplicate's decline (or a replay of one): the customer it joined hears of it (its purchases
+                # reach them as theirs: the data stage sends them on, keyed by the customer)
+                if successor and spec is topics.OUTCOMES:
                     out.append(counts_move(successor["merge_id"], key, successor["into"], record["ts"],
                                            ledger or before))
                 skill = paced_skill(record, book.rules()) if spec is topics.OUTCOMES else None

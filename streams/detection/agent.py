@@ -8,8 +8,8 @@ events/s offered, event to decision: p50 1.4 s and p99 14.9 s with detection on 
 and p99 1.7 s in a process, against 760 ms and 2.8 s as a Faust agent). The child dies with the worker (a `kill -9` of the worker takes it along), ignores the
 terminal's Ctrl-C (the worker stops it, after its last commit), and is started again if it fails.
 Purchases, cancellations and calls also go to engage.conversions under the keys decisions use, for
-attribution, and failed logins, for the customer's journey: detection is where a visitor's customer
-id is known.
+attribution, and failed logins to the known customer's journey (engage.journey-moves): detection is
+where a visitor's customer id is known.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from typing import Callable
 
 from streams import topics
 from streams.attribution.attribute import GOAL_EVENTS
-from streams.data.journey import JOURNEY_EVENTS
+from streams.data.journey import JOURNEY_EVENTS, step_of_conversion
 from streams.codec import DecodeError
 from streams.detection.detector import Detector
 from streams.detection.partition import Tx
@@ -31,6 +31,17 @@ def conversion_keys(ev: dict, visitor_state: dict) -> tuple[dict, list[str]]:
     customer = ev["customer_id"] or visitor_state.get(CUSTOMER)
     keys = [ev["visitor_id"]] + ([customer] if customer and customer != ev["visitor_id"] else [])
     return {**ev, "customer_id": customer}, keys
+
+
+def journey_step(ev: dict, visitor_state: dict) -> list:
+    """An event that goes to the journey of the customer the device is known as, without a signal (e.g. a
+    failed login, for customer rules): straight onto engage.journey-moves, which only the data stage reads.
+    Nothing when no customer is known on the device: an anonymous device's journey would only grow."""
+    customer = ev["customer_id"] or visitor_state.get(CUSTOMER)
+    if not customer:
+        return []
+    return [(topics.JOURNEY_MOVES, customer, {"key": customer, "from_key": ev["visitor_id"],
+                                              "steps": [step_of_conversion(ev)], "hops": 0})]
 
 
 @dataclass
@@ -86,9 +97,11 @@ def _one(detector: Detector, batch: Batch, i: int, message, read) -> None:
         else:
             detection = detector.on_event(batch.tx, message.partition, record)
             signals = detection.signals
-            if (record["type"] in GOAL_EVENTS or record["type"] in JOURNEY_EVENTS) and not detection.duplicate:
+            if record["type"] in GOAL_EVENTS and not detection.duplicate:
                 conversion, keys = conversion_keys(record, detection.state)
                 batch.outputs += [(topics.CONVERSIONS, key, conversion) for key in keys]
+            elif record["type"] in JOURNEY_EVENTS and not detection.duplicate:
+                batch.outputs += journey_step(record, detection.state)
     except InvalidEvent as exc:  # refused before anything changed
         batch.rejected.append((i, exc, False))
         return

@@ -79,17 +79,16 @@ def test_the_journey_follows_the_customer_from_anonymous_browsing_to_a_call_from
 
 
 def test_failed_logins_on_two_devices_of_one_customer_count_together(pipeline, produce, read):
-    # Given a customer whose phone app and laptop browser CRM links to them
+    # Given a customer who has logged in on their phone app and on their laptop before
     cid = customer_outside_control("login-help")
     produce.profile(cid, clv=1500.0)
     phone, laptop = f"app-{uuid.uuid4().hex[:8]}", f"V-{uuid.uuid4().hex[:8]}"
-    for device in (phone, laptop):
-        link = {"link_id": f"crm-{device}", "ts": now_ms(), "visitor_id": device, "customer_id": cid, "source": "crm"}
-        produce.raw("engage.identity", device.encode(), wire.encode("IdentityLink", link))
-    pipeline.wait_caught_up("engage.identity-by-visitor")
-    decisions = read("engage.decisions", "Decision")
-    # When they fail to log in twice on the phone and once on the laptop, within minutes
     t = now_ms()
+    for device in (phone, laptop):
+        produce.event(event_id=f"{device}-in", visitor_id=device, type_="login", ts=t - 60_000, customer_id=cid,
+                      path="/account/login")
+    decisions = read("engage.decisions", "Decision")
+    # When they fail to log in twice on the phone and once on the laptop, within minutes (signed out: no customer_id)
     for n, (device, at) in enumerate(((phone, t), (phone, t + 30_000), (laptop, t + 90_000))):
         produce.event(event_id=f"{device}-lf{n}", visitor_id=device, type_="login_failed", ts=at, path="/account/login")
     # Then the customer rule raises one login_trouble signal for the customer, with the three failures as

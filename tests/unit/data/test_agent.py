@@ -326,3 +326,31 @@ async def test_a_forgotten_customer_is_deleted_from_every_data_table_and_nothing
         await signals.put(key=b"C9", value=wire.encode("Signal", signal("sig-9", customer_id="C9")))
     assert d.customer_to_profile.get("C9") is None and d.key_to_journey.get("C9") is None
     assert st.out(topics.ENRICHED) == []  # no enriched signal: no decision, no offer
+
+
+@async_test
+async def test_journeys_gone_quiet_for_the_visitor_ttl_are_swept_from_their_partition(tmp_path):
+    from streams.clients import partition_of
+
+    def on_partition_0(prefix: str) -> str:
+        return next(f"{prefix}-{i}" for i in range(100) if partition_of(f"{prefix}-{i}", st.engine.settings.partitions) == 0)
+
+    # Given three journeys on partition 0: one quiet for 31 days, one with a step yesterday; and one of
+    # another partition (held by this worker too), as quiet
+    st, d = _whole_stage(tmp_path)
+    day = 86_400_000
+    quiet, recent = on_partition_0("v-quiet"), on_partition_0("v-recent")
+    elsewhere = next(f"v-other-{i}" for i in range(100) if partition_of(f"v-other-{i}", st.engine.settings.partitions) == 1)
+    async with d.follow_customers.test_context() as follow:
+        for key, ts in ((quiet, T0), (recent, T0 + 30 * day), (elsewhere, T0)):
+            move = {"key": key, "from_key": "x", "steps": [{"ts": ts, "channel": "web", "kind": "search", "text": "",
+                                                            "ref": f"e-{key}"}], "hops": 0}
+            await put_on(follow, topics.JOURNEY_MOVES.name, key.encode(), st.engine.encode(topics.JOURNEY_MOVES, move))
+        await eventually(lambda: d.key_to_journey.get(quiet) is not None, "the journeys")
+        # When partition 0's sweep comes, 31 days after the quiet one's last step
+        tick = {"partition": 0, "wall_ts": T0 + 31 * day, "watermark_ts": T0 + 31 * day, "idle_ms": 0}
+        await put_on(follow, topics.DATA_SWEEPS.name, None, st.engine.encode(topics.DATA_SWEEPS, tick))
+        await eventually(lambda: d.key_to_journey.get(quiet) is None, "the quiet journey deleted")
+    # Then only the quiet journey of that partition is deleted, with a tombstone in the changelog
+    assert d.key_to_journey.get(recent) is not None and d.key_to_journey.get(elsewhere) is not None
+    assert any(c.args[1] == quiet and c.kwargs.get("value", "absent") is None for c in st.changelog.call_args_list)

@@ -145,9 +145,10 @@ rules:
     assert fired(RULES, journey.added(old, journey.steps_of_signal(today)), today) == []
 
 
-def _failed_login_event(n: int, visitor: str, ts: int, customer: str | None = "C1") -> dict:
-    """A failed login as detection routes it to engage.conversions (no signal of its own)."""
-    return wire.interaction(f"{visitor}-ev{n}", visitor, "login_failed", ts, customer_id=customer, path="/account/login")
+def _failed_login_step(n: int, visitor: str, ts: int) -> dict:
+    """A failed login as detection sends it to the journey of the customer known on the device (no signal)."""
+    ev = wire.interaction(f"{visitor}-ev{n}", visitor, "login_failed", ts, customer_id="C1", path="/account/login")
+    return {"key": "C1", "from_key": visitor, "steps": [journey.step_of_conversion(ev)], "hops": 0}
 
 
 @async_test
@@ -157,27 +158,11 @@ async def test_failed_logins_reach_the_customers_journey_without_signals_and_cou
     d = data_agent.register(st.engine, load_segments(REPO_ROOT / "rules" / "segments.yaml"), RULES)
     st.without_changelog(d.key_to_journey)
     async with d.follow_customers.test_context() as follow:
-        # When C1 fails to log in twice on the phone and once on the laptop (routed by detection to the
-        # conversions topic under C1's key), and an unknown device fails once
+        # When C1 fails to log in twice on the phone and once on the laptop (each sent by detection to C1's journey)
         for n, (visitor, at) in enumerate((("phone", T0), ("phone", T0 + M), ("laptop", T0 + 4 * M))):
-            await put_on(follow, topics.CONVERSIONS.name, b"C1", wire.encode("Interaction", _failed_login_event(n, visitor, at)))
-        await put_on(follow, topics.CONVERSIONS.name, b"v-x",
-                     wire.encode("Interaction", _failed_login_event(9, "v-x", T0, customer=None)))
+            await put_on(follow, topics.JOURNEY_MOVES.name, b"C1",
+                         st.engine.encode(topics.JOURNEY_MOVES, _failed_login_step(n, visitor, at)))
         [(key, raised, _)] = await st.wait_out(topics.SIGNALS_BY_CUSTOMER, 1)
     # Then the customer rule raises login_trouble for C1 from the three failures, with no signal per failure
     assert key == b"C1" and raised["signal"] == "login_trouble" and raised["visitor_id"] == "laptop"
     assert [e["event_id"] for e in raised["evidence"]] == ["phone-ev0", "phone-ev1", "laptop-ev2"]
-    # And the unknown device's failure is not kept
-    assert d.key_to_journey.get("v-x") is None
-
-
-def test_a_step_arriving_late_from_another_device_raises_nothing_already_raised():
-    # Given the laptop's failure arrived first, then the phone's two (from another partition), completing the window
-    sigs = [failed_login(1, "phone", T0), failed_login(2, "phone", T0 + M), failed_login(1, "laptop", T0 + 4 * M)]
-    steps = _journey_of(sigs)
-    [raised] = fired(RULES, steps, sigs[1])  # completed by the phone's late step: raised there
-    marked = journey.added(steps, journey.steps_of_signal(raised))
-    # When the phone's earlier signal (login trouble on that device) comes after it
-    late = signal("sig-phone-trouble", visitor_id="phone", customer_id="C1", name="login_trouble", ts=T0 + M)
-    # Then it raises nothing again
-    assert fired(RULES, marked, late) == []

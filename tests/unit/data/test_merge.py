@@ -138,3 +138,22 @@ async def test_attributes_an_event_could_set_to_pose_as_a_merged_or_customer_sig
         await signals.put(key=b"v5", value=wire.encode("Signal", posing))
         [(_, out, _)] = await st.wait_out(topics.ENRICHED, 1)
     assert out["signal"]["attributes"] == {"device": "phone"}
+
+
+@async_test
+async def test_a_purchase_under_a_merged_id_goes_on_as_the_surviving_customers(tmp_path):
+    # Given C9 merged into C1
+    st, d = _stage(tmp_path)
+    async with d.follow_customers.test_context() as follow:
+        await put_on(follow, topics.MERGES_BY_KEY.name, b"C9", wire.encode("KeyMerge", _merge("C9", "C1")))
+        await eventually(lambda: d.customer_to_successor.get("C9") is not None, "C9's successor")
+        # When a purchase arrives under C9 (a device still logged in with the old id), and the device's copy of it
+        purchase = _purchase("p-late", "C9", T0 + 60_000, 40.0)
+        await put_on(follow, topics.CONVERSIONS.name, b"C9", wire.encode("Interaction", purchase))
+        await put_on(follow, topics.CONVERSIONS.name, b"v-C9", wire.encode("Interaction", purchase))
+        [(key, moved, _)] = await st.wait_out(topics.CONVERSIONS, 1)
+    # Then the customer's copy goes on as C1's, for C1's caps, value and attribution; the device's copy stays
+    assert key == b"C1" and moved["customer_id"] == "C1" and moved["attributes"]["merged_from"] == "C9"
+    assert {k: v for k, v in moved.items() if k not in ("customer_id", "attributes")} == {
+        k: v for k, v in purchase.items() if k not in ("customer_id", "attributes")}
+    assert d.customer_to_value.get("C9") is None

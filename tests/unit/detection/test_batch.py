@@ -164,3 +164,19 @@ def test_every_write_of_a_batch_goes_to_the_partition_of_the_record_that_made_it
     # Then each record was entered in order, and each key was written in its own partition
     assert entered == list(range(len(messages)))
     assert written and all(p == (int(k.split(":")[0]) if ":" in k else partition_of[k]) for k, p in written)
+
+
+def test_a_failed_login_goes_to_the_journey_of_the_customer_known_on_the_device_and_nowhere_else():
+    # Given a device on which C7 logged in, and another nobody logged in on
+    t = 1_700_000_000_000
+    ev = lambda i, visitor, type_, customer=None: SimpleNamespace(partition=0, value={  # noqa: E731
+        "event_id": f"e{i}", "ts": t + i * 1000, "visitor_id": visitor, "customer_id": customer, "channel": "app",
+        "type": type_, "path": "/account/login", "query": None, "value": None, "attributes": {}})
+    messages = [ev(1, "phone", "login", "C7"), ev(2, "phone", "login_failed"), ev(3, "kiosk", "login_failed")]
+    # When detection reads a failed login on each
+    outputs, rejected, _, _ = run(messages, lambda: 3)
+    # Then the known device's goes, as a step, to C7's journey; the unknown device's nowhere; no conversion either
+    moves = [(key, rec) for spec, key, rec in outputs if spec is topics.JOURNEY_MOVES]
+    assert moves == [("C7", {"key": "C7", "from_key": "phone", "hops": 0, "steps": [
+        {"ts": t + 2000, "channel": "app", "kind": "login_failed", "text": "/account/login", "ref": "e2"}]})]
+    assert not [o for o in outputs if o[0] is topics.CONVERSIONS] and rejected == []
