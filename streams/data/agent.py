@@ -87,9 +87,12 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
     customer_to_successor = app.Table(topics.CUSTOMER_TO_SUCCESSOR, default=None, partitions=engine.settings.partitions,
                                       key_type=str)
 
-    def raise_customer_signals(customer: str, trigger: dict) -> list:
-        """The signals customer rules raise now that the customer's journey has a new step; each one's step
-        goes into the journey at once, where its rule counts afresh from."""
+    def raise_customer_signals(customer: str, trigger: dict, grew: bool) -> list:
+        """The signals customer rules raise now that the customer's journey has a new step (`grew`: a record
+        read again adds none, and raises nothing); each one's step goes into the journey at once, where its
+        rule counts afresh from."""
+        if not grew:
+            return []
         out = []
         for raised in customer_rules.fired(customers.rules(), key_to_journey.get(customer) or [], trigger):
             journey_add(customer, journey.steps_of_signal(raised))
@@ -98,11 +101,15 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
 
     def journey_add(key: str, steps: list) -> list | None:
         """The key's journey before `steps`, and the steps written into it (once each)."""
+        return add_steps(key, steps)[0]
+
+    def add_steps(key: str, steps: list) -> tuple[list | None, bool]:
+        """(the key's journey before `steps`, whether any of them was new), the new ones written into it."""
         before = key_to_journey.get(key)
         after = journey.added(before, steps, until_ts=int(time.time() * 1000) + engine.settings.max_event_ahead_ms)
         if after is not None:
             key_to_journey[key] = after
-        return before
+        return before, after is not None
 
     # What a customer does after the signals, keyed like the decisions (customer_id, else visitor_id):
     # purchases, cancellations and calls (re-keyed by detection onto engage.conversions once by
@@ -134,7 +141,7 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
             key_to_journey.pop(key, None)
         return []
 
-    @app.timer(interval=SWEEP_EVERY_S, on_leader=False)
+    @app.timer(interval=SWEEP_EVERY_S, on_leader=True)  # one worker sends for all
     async def send_sweeps():
         now = int(time.time() * 1000)
         for p in range(engine.settings.partitions):
@@ -188,23 +195,25 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
                 if link is not None:  # e.g. a call from a number CRM links to a customer: to their journey
                     linked = link["customer_id"]
                     return [(topics.JOURNEY_MOVES, linked, {"key": linked, "from_key": key, "steps": [step]})]
-                journey_add(key, [step])
+                _, grew = add_steps(key, [step])
                 if record["type"] == "purchase" and customer:  # value is kept for customers, not devices
                     state = on_purchase(customer_to_value.get(key), record, book.rules().half_life_ms)
                     if state is not None:
                         customer_to_value[key] = state
                 if customer:
-                    return raise_customer_signals(key, customer_rules.trigger_of(key, record["visitor_id"], record["ts"]))
-            elif spec is topics.DECISIONS:
-                step = journey.step_of_decision(record)
+                    return raise_customer_signals(key, customer_rules.trigger_of(key, record["visitor_id"], record["ts"]),
+                                                  grew)
+            elif spec is topics.DECISIONS or spec is topics.OUTCOMES:
+                step = journey.step_of_decision(record) if spec is topics.DECISIONS else journey.step_of_outcome(record)
                 if step is not None:
-                    journey_add(key, [step])
-            elif spec is topics.OUTCOMES:
-                journey_add(key, [journey.step_of_outcome(record)])
+                    _, grew = add_steps(key, [step])
+                    if record["customer_id"] == key:  # customer rules may count offers and outcomes too
+                        return raise_customer_signals(
+                            key, customer_rules.trigger_of(key, record.get("visitor_id") or key, record["ts"]), grew)
             else:  # steps moved to this customer from a device of theirs, or a duplicate merged into them
-                journey_add(key, record["steps"])
+                _, grew = add_steps(key, record["steps"])
                 at = max((s["ts"] for s in record["steps"]), default=0)
-                return raise_customer_signals(key, customer_rules.trigger_of(key, record["from_key"], at))
+                return raise_customer_signals(key, customer_rules.trigger_of(key, record["from_key"], at), grew)
             return []
 
         def merged(key: str, merge: dict) -> list:
@@ -316,9 +325,10 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
                 return [(topics.SIGNALS_BY_CUSTOMER, successor["into"], redirected(signal, successor["into"]))]
             profile = customer_to_profile.get(customer)
             value = customer_value(profile, customer_to_value.get(customer), signal["ts"], book.rules())
-            enriched = enrich(signal, profile, value, journey_add(customer, journey.steps_of_signal(signal)))
+            before, grew = add_steps(customer, journey.steps_of_signal(signal))
+            enriched = enrich(signal, profile, value, before)
             # what counts across the customer's devices, now that this signal is in their journey
-            return [(topics.ENRICHED, enriched["key"], enriched)] + raise_customer_signals(customer, signal)
+            return [(topics.ENRICHED, enriched["key"], enriched)] + raise_customer_signals(customer, signal, grew)
 
         await engine.handle_batches(stream, STAGE, join)
 

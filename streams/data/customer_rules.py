@@ -18,7 +18,8 @@ may count (a signal of theirs, an event detection routes to the journey such as 
 journey moved from a device). A rule that fires raises a Signal like detection's (its
 evidence: the steps counted, its id: a hash of the rule and those steps, so a replay raises the same
 one), which goes on to the decision stage keyed by the customer; its step in the journey marks
-where the rule counts afresh from. Customer signals are not counted by customer rules again.
+where the rule counts afresh from. Customer signals are not counted by customer rules again. Rules
+are evaluated only when a record adds a step to the journey: one read again adds none.
 """
 from __future__ import annotations
 
@@ -63,24 +64,17 @@ def fired(rules: CustomerRuleSet, journey: list[dict], trigger: dict) -> list[di
     out = []
     for rule in rules.rules:
         marker = f"{REF_PREFIX}{rule.id}:"
-        # The rule counts afresh after its last signal; a signal of its own, or later, is not that
-        # point (a trigger read again after a crash finds the marker its first reading wrote: it
-        # raises the same signal again, with the same id, which downstream stages recognise). A step
-        # older than the window's newest, arriving late from another device's partition, raises
-        # nothing the window raised already.
-        since = max((s["ts"] for s in journey if s["ref"].startswith(marker) and s["ts"] < trigger["ts"]),
-                    default=None)
+        # the rule counts afresh after its last signal: steps dated before it, arriving late from another
+        # device's partition, count for nothing (they would make a second window of steps counted already)
+        since = max((s["ts"] for s in journey if s["ref"].startswith(marker)), default=None)
         counted = [s for s in journey if s["kind"] in rule.kinds and not s["ref"].startswith(REF_PREFIX)
                    and (since is None or s["ts"] > since)]
         if len(counted) < rule.at_least:
             continue
-        window = counted[-rule.at_least:]  # the newest: the window this signal completed
+        window = counted[-rule.at_least:]  # the newest: the window this step completed
         if window[-1]["ts"] - window[0]["ts"] > rule.within_ms or trigger["ts"] - window[0]["ts"] > rule.within_ms:
             continue  # too far apart, or old history a new rule would find: not a moment of now
-        raised = _signal(rules, rule, window, trigger)
-        if trigger["ts"] < window[-1]["ts"] and any(s["ref"] == raised["signal_id"] for s in journey):
-            continue  # raised already, when the step completing it came (this one came later, out of order)
-        out.append(raised)
+        out.append(_signal(rules, rule, window, trigger))
     return out
 
 

@@ -85,9 +85,9 @@ def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | 
                 if ledger is not None:
                     customer_to_contacts[key] = ledger
                 successor = (ledger or before or {}).get(MERGED_INTO)
-                # a duplicate's decline (or a replay of one): the customer it joined hears of it (its purchases
-                # reach them as theirs: the data stage sends them on, keyed by the customer)
-                if successor and spec is topics.OUTCOMES:
+                # a duplicate's purchase or decline (or a replay of one): the customer it joined hears of it (a
+                # purchase may also reach them as theirs, re-keyed by the data stage: the latest counts, once)
+                if successor:
                     out.append(counts_move(successor["merge_id"], key, successor["into"], record["ts"],
                                            ledger or before))
                 skill = paced_skill(record, book.rules()) if spec is topics.OUTCOMES else None

@@ -14,6 +14,7 @@ from typing import Callable
 
 from streams import topics
 from streams.attribution.attribute import GOAL_EVENTS
+from streams.data.enrich import MERGED_FROM
 from streams.data.journey import JOURNEY_EVENTS, step_of_conversion
 from streams.codec import DecodeError
 from streams.detection.detector import Detector
@@ -30,7 +31,9 @@ def conversion_keys(ev: dict, visitor_state: dict) -> tuple[dict, list[str]]:
     about it may have: the customer's and the visitor's (a decision made before the login is the visitor's)."""
     customer = ev["customer_id"] or visitor_state.get(CUSTOMER)
     keys = [ev["visitor_id"]] + ([customer] if customer and customer != ev["visitor_id"] else [])
-    return {**ev, "customer_id": customer}, keys
+    # without the attribute the data stage counts a merged customer's re-keyings in (an event could set it)
+    attrs = {k: v for k, v in ev["attributes"].items() if k != MERGED_FROM}
+    return {**ev, "customer_id": customer, "attributes": attrs}, keys
 
 
 def journey_step(ev: dict, visitor_state: dict) -> list:

@@ -107,24 +107,29 @@ async def test_the_data_stage_raises_the_customer_signal_for_the_decision_stage(
         # Then the customer signal goes on keyed by C1, to be enriched and decided on like any other
         assert key == b"C1" and raised["signal"] == "login_trouble" and len(raised["evidence"]) == 3
         await by_customer.put(key=b"C1", value=wire.encode("Signal", raised))
-        await st.wait_out(topics.ENRICHED, 4)
+        # and the phone's own login trouble signal for its two failures, dated with the second, comes after
+        trouble = signal("sig-phone-trouble", visitor_id="phone", customer_id="C1", name="login_trouble", ts=T0 + M,
+                         evidence=failed_login(1, "phone", T0)["evidence"] + failed_login(2, "phone", T0 + M)["evidence"])
+        await by_customer.put(key=b"C1", value=wire.encode("Signal", trouble))
+        await st.wait_out(topics.ENRICHED, 5)
         await eventually(lambda: any(s["ref"] == raised["signal_id"] for s in d.key_to_journey.get("C1")), "its step")
     # And it raises nothing more
     assert len(st.out(topics.SIGNALS_BY_CUSTOMER)) == 1
-    [(_, enriched, _)] = [o for o in st.out(topics.ENRICHED) if o[1]["signal"]["signal"] == "login_trouble"]
+    [(_, enriched, _)] = [o for o in st.out(topics.ENRICHED) if o[1]["signal"]["signal_id"] == raised["signal_id"]]
     assert enriched["key"] == "C1" and enriched["signal"]["attributes"]["scope"] == "customer"
 
 
-def test_a_trigger_read_again_after_its_signal_was_marked_raises_the_same_signal():
-    # Given the three failures and the customer signal's step already in the journey (written before a crash)
-    sigs = [failed_login(1, "phone", T0), failed_login(2, "phone", T0 + M), failed_login(1, "laptop", T0 + 4 * M)]
+def test_steps_dated_before_the_rules_last_signal_count_for_nothing():
+    # Given failures at 0, 2 and 4 minutes that raised the customer signal (its step in the journey)
+    sigs = [failed_login(1, "phone", T0), failed_login(2, "phone", T0 + 2 * M), failed_login(1, "laptop", T0 + 4 * M)]
     steps = _journey_of(sigs)
     [raised] = fired(RULES, steps, sigs[-1])
     marked = journey.added(steps, journey.steps_of_signal(raised))
-    # When the laptop's signal is read again, then a later failure comes
-    assert fired(RULES, marked, sigs[-1]) == [raised]
-    later = failed_login(2, "laptop", T0 + 5 * M)
-    # Then the same signal is raised again (same id: the decision stage recognises it), and the later one counts afresh
+    # When a failure of minute 3 arrives late from another device's partition, then one of minute 5
+    late, later = failed_login(3, "tablet", T0 + 3 * M), failed_login(4, "tablet", T0 + 5 * M)
+    marked = journey.added(marked, journey.steps_of_signal(late))
+    # Then neither makes a second window of steps counted already
+    assert fired(RULES, marked, late) == []
     assert fired(RULES, journey.added(marked, journey.steps_of_signal(later)), later) == []
 
 
