@@ -30,7 +30,8 @@ from pathlib import Path
 from streams.data.enrich import SCOPE_ATTRIBUTE
 from streams.data.journey import MAX_AGE_MS, MAX_STEPS
 from streams.detection.rules import SIGNAL_NAME_OK
-from streams.rules.loader import RuleError, check_keys, duration_ms, line_of, line_of_key, load_yaml, read_rule_file
+from streams.rules.loader import (RuleError, check_keys, compile_each, duration_ms, line_of, line_of_key, load_yaml,
+                                  read_rule_file)
 
 MAX_RULES = 50
 SCOPE = SCOPE_ATTRIBUTE  # the signal attribute that says a customer rule raised it
@@ -110,15 +111,7 @@ def compile_customer_rules(text: str, file: str, name: str | None = None) -> Cus
     items = doc["rules"] or []
     if not isinstance(items, list):
         raise RuleError(file, line_of(doc, 1), "rules must be a list")
-    if len(items) > MAX_RULES:
-        raise RuleError(file, line_of(items[MAX_RULES], 1), f"the file has {len(items)} rules; at most {MAX_RULES}")
-    rules, seen = [], {}
-    for node in items:
-        rule = _compile_rule(node, file)
-        if rule.id in seen:
-            raise RuleError(file, rule.line, f"id is used twice (first at line {seen[rule.id]})", rule.id)
-        seen[rule.id] = rule.line
-        rules.append(rule)
+    rules = compile_each(items, file, _compile_rule, MAX_RULES)
     return CustomerRuleSet(name=name or Path(file).stem, version=hashlib.sha256(text.encode()).hexdigest()[:12],
                            rules=tuple(rules))
 

@@ -16,7 +16,8 @@ from typing import Callable
 
 from streams.detection.state import RuleKind
 from streams.rules.expr import Compiled, ExprError, Names, compile_expr
-from streams.rules.loader import RuleError, check_keys, duration_ms, line_of, line_of_key, load_yaml, read_rule_file
+from streams.rules.loader import (RuleError, check_keys, compile_each, duration_ms, line_of, line_of_key, load_yaml,
+                                  read_rule_file)
 
 EVENT_FIELDS = ("event_id", "ts", "visitor_id", "customer_id", "channel", "type", "path", "query", "value", "attributes")
 SESSION_FIELDS = frozenset({"pages", "events", "duration_s", "returning", "searches"})
@@ -323,15 +324,7 @@ def compile_detection(text: str, file: str, name: str | None = None) -> Detectio
         items = doc
     if not isinstance(items, list) or not items:
         raise RuleError(file, 1, "a detection file is a list of rules (or a mapping with 'rules:')")
-    if len(items) > MAX_RULES:
-        raise RuleError(file, line_of(items[MAX_RULES], 1), f"the file has {len(items)} rules; at most {MAX_RULES}")
-    rules, seen = [], {}
-    for node in items:
-        rule = _compile_rule(node, file)
-        if rule.id in seen:
-            raise RuleError(file, rule.line, f"id is used twice (first at line {seen[rule.id]})", rule.id)
-        seen[rule.id] = rule.line
-        rules.append(rule)
+    rules = compile_each(items, file, _compile_rule, MAX_RULES)
     version = hashlib.sha256(text.encode()).hexdigest()[:12]
     return DetectionRuleSet(name=name or Path(file).stem, version=version, rules=rules, source=text)
 

@@ -113,6 +113,21 @@ def check_keys(node: dict, allowed: set[str], required: set[str], file: str, rul
         raise RuleError(file, line, f"{what} needs {missing[0]!r}", rule_id)
 
 
+def compile_each(items: list, file: str, compile_rule, most: int) -> list:
+    """Each rule of a file compiled by `compile_rule(node, file)` (which gives it .id and .line), at most
+    `most` of them, each id once; RuleError naming the file and line otherwise."""
+    if len(items) > most:
+        raise RuleError(file, line_of(items[most], 1), f"the file has {len(items)} rules; at most {most}")
+    rules, seen = [], {}
+    for node in items:
+        rule = compile_rule(node, file)
+        if rule.id in seen:
+            raise RuleError(file, rule.line, f"id is used twice (first at line {seen[rule.id]})", rule.id)
+        seen[rule.id] = rule.line
+        rules.append(rule)
+    return rules
+
+
 def read_rule_file(path: Path) -> tuple[str, str]:
     """The text of a rule file and the name errors should use for it."""
     try:
