@@ -87,14 +87,14 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
     customer_to_successor = app.Table(topics.CUSTOMER_TO_SUCCESSOR, default=None, partitions=engine.settings.partitions,
                                       key_type=str)
 
-    def raise_customer_signals(customer: str, trigger: dict, grew: bool) -> list:
-        """The signals customer rules raise now that the customer's journey has a new step (`grew`: a record
-        read again adds none, and raises nothing); each one's step goes into the journey at once, where its
-        rule counts afresh from."""
-        if not grew:
+    def raise_customer_signals(customer: str, trigger: dict, steps_now: list | None) -> list:
+        """The signals customer rules raise now that the customer's journey has a new step (`steps_now`: the
+        journey with it; None when the record added no step, as one read again: it raises nothing); each
+        signal's step goes into the journey at once, where its rule counts afresh from."""
+        if steps_now is None:
             return []
         out = []
-        for raised in customer_rules.fired(customers.rules(), key_to_journey.get(customer) or [], trigger):
+        for raised in customer_rules.fired(customers.rules(), steps_now, trigger):
             journey_add(customer, journey.steps_of_signal(raised))
             out.append((topics.SIGNALS_BY_CUSTOMER, customer, raised))
         return out
@@ -103,13 +103,14 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
         """The key's journey before `steps`, and the steps written into it (once each)."""
         return add_steps(key, steps)[0]
 
-    def add_steps(key: str, steps: list) -> tuple[list | None, bool]:
-        """(the key's journey before `steps`, whether any of them was new), the new ones written into it."""
+    def add_steps(key: str, steps: list) -> tuple[list | None, list | None]:
+        """(the key's journey before `steps`, after them or None when none of them was new); the new ones are
+        written into it."""
         before = key_to_journey.get(key)
         after = journey.added(before, steps, until_ts=int(time.time() * 1000) + engine.settings.max_event_ahead_ms)
         if after is not None:
             key_to_journey[key] = after
-        return before, after is not None
+        return before, after
 
     # What a customer does after the signals, keyed like the decisions (customer_id, else visitor_id):
     # purchases, cancellations and calls (re-keyed by detection onto engage.conversions once by
@@ -195,25 +196,25 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
                 if link is not None:  # e.g. a call from a number CRM links to a customer: to their journey
                     linked = link["customer_id"]
                     return [(topics.JOURNEY_MOVES, linked, {"key": linked, "from_key": key, "steps": [step]})]
-                _, grew = add_steps(key, [step])
+                _, now = add_steps(key, [step])
                 if record["type"] == "purchase" and customer:  # value is kept for customers, not devices
                     state = on_purchase(customer_to_value.get(key), record, book.rules().half_life_ms)
                     if state is not None:
                         customer_to_value[key] = state
                 if customer:
                     return raise_customer_signals(key, customer_rules.trigger_of(key, record["visitor_id"], record["ts"]),
-                                                  grew)
+                                                  now)
             elif spec is topics.DECISIONS or spec is topics.OUTCOMES:
                 step = journey.step_of_decision(record) if spec is topics.DECISIONS else journey.step_of_outcome(record)
                 if step is not None:
-                    _, grew = add_steps(key, [step])
+                    _, now = add_steps(key, [step])
                     if record["customer_id"] == key:  # customer rules may count offers and outcomes too
                         return raise_customer_signals(
-                            key, customer_rules.trigger_of(key, record.get("visitor_id") or key, record["ts"]), grew)
+                            key, customer_rules.trigger_of(key, record.get("visitor_id") or key, record["ts"]), now)
             else:  # steps moved to this customer from a device of theirs, or a duplicate merged into them
-                _, grew = add_steps(key, record["steps"])
+                _, now = add_steps(key, record["steps"])
                 at = max((s["ts"] for s in record["steps"]), default=0)
-                return raise_customer_signals(key, customer_rules.trigger_of(key, record["from_key"], at), grew)
+                return raise_customer_signals(key, customer_rules.trigger_of(key, record["from_key"], at), now)
             return []
 
         def merged(key: str, merge: dict) -> list:
@@ -325,10 +326,10 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
                 return [(topics.SIGNALS_BY_CUSTOMER, successor["into"], redirected(signal, successor["into"]))]
             profile = customer_to_profile.get(customer)
             value = customer_value(profile, customer_to_value.get(customer), signal["ts"], book.rules())
-            before, grew = add_steps(customer, journey.steps_of_signal(signal))
+            before, now = add_steps(customer, journey.steps_of_signal(signal))
             enriched = enrich(signal, profile, value, before)
             # what counts across the customer's devices, now that this signal is in their journey
-            return [(topics.ENRICHED, enriched["key"], enriched)] + raise_customer_signals(customer, signal, grew)
+            return [(topics.ENRICHED, enriched["key"], enriched)] + raise_customer_signals(customer, signal, now)
 
         await engine.handle_batches(stream, STAGE, join)
 

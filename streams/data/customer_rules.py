@@ -29,9 +29,8 @@ from pathlib import Path
 
 from streams.data.enrich import SCOPE_ATTRIBUTE
 from streams.data.journey import MAX_AGE_MS, MAX_STEPS
-from streams.detection.rules import SIGNAL_NAME_OK
-from streams.rules.loader import (RuleError, check_keys, compile_each, duration_ms, line_of, line_of_key, load_yaml,
-                                  read_rule_file)
+from streams.rules.loader import (SIGNAL_NAME_OK, RuleError, check_keys, compile_each, duration_ms, line_of,
+                                  line_of_key, load_yaml, read_rule_file, signal_and_priority)
 
 MAX_RULES = 50
 SCOPE = SCOPE_ATTRIBUTE  # the signal attribute that says a customer rule raised it
@@ -124,13 +123,7 @@ def _compile_rule(node, file: str) -> CustomerRule:
     if not isinstance(rule_id, str) or not rule_id.strip() or len(rule_id) > 64 or ":" in rule_id:
         raise RuleError(file, line, "a rule needs an id: a short name (at most 64 characters, no ':')")
     check_keys(node, {"id", "description", "count", "signal", "priority"}, {"count", "signal"}, file, rule_id, "a rule")
-    signal = node["signal"]
-    if not isinstance(signal, str) or not signal or not set(signal) <= SIGNAL_NAME_OK:
-        raise RuleError(file, line_of_key(node, "signal", line), f"signal must be a lower_case_name, got {signal!r}", rule_id)
-    priority = node.get("priority", 50)
-    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= 100:
-        raise RuleError(file, line_of_key(node, "priority", line), f"priority must be a whole number from 0 to 100, "
-                                                                   f"got {priority!r}", rule_id)
+    signal, priority = signal_and_priority(node, file, line, rule_id)
     count = node["count"]
     cline = line_of_key(node, "count", line)
     if not isinstance(count, dict):

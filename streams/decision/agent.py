@@ -42,11 +42,9 @@ def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | 
         return (topics.STATE_MOVES, into, {"merge_id": merge_id, "key": into, "from_key": key, "ts": ts,
                                            "hops": check_hops(hops), "ledger": counts_of(dict(ledger)), "value": None})
 
-    def merged(key: str, merge: dict) -> list:
+    def merged(key: str, merge: dict, ledger: dict | None) -> list:
+        """`ledger`: the merged key's, not forgotten."""
         validate_merge(merge)
-        ledger = customer_to_contacts.get(key)
-        if ledger is not None and FORGOTTEN in ledger:
-            return []
         into = merge["into_key"]
         if merge["source"] != "login":  # a duplicate: what it is told later is handed on too
             ledger = {**(ledger or {}), MERGED_INTO: {"into": into, "merge_id": merge["merge_id"]}}
@@ -64,22 +62,22 @@ def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | 
                 return [audit(key, STAGE, f"{'deleted' if had else 'no'} contact ledger; kept: the time they were forgotten")]
             if by_topic[msg.topic] is not topics.ENRICHED:
                 spec, record, key = engine.keyed_record(by_topic, msg, "customer_id, else visitor_id")
-                if FORGOTTEN in (customer_to_contacts.get(key) or {}):
+                before = customer_to_contacts.get(key)  # read once: a record's handling changes it at most once
+                if FORGOTTEN in (before or {}):
                     return []
                 if spec is topics.MERGES_BY_KEY:
-                    return merged(key, record)
+                    return merged(key, record, before)
                 if spec is topics.STATE_MOVES:
                     if record["ledger"] is None:
                         return []
-                    ledger = on_merge(customer_to_contacts.get(key), record["from_key"], record["ledger"])
+                    ledger = on_merge(before, record["from_key"], record["ledger"])
                     if ledger is not None:
                         customer_to_contacts[key] = ledger
-                    ledger = ledger or customer_to_contacts.get(key)
+                    ledger = ledger or before
                     successor = ledger.get(MERGED_INTO)
                     # a chain (this key was merged on in turn): what it holds now goes on to the next
                     return [] if not successor else [counts_move(successor["merge_id"], key, successor["into"],
                                                                  record["ts"], ledger, record["hops"] + 1)]
-                before = customer_to_contacts.get(key)
                 ledger = note[spec.name](before, record)
                 out = []
                 if ledger is not None:
@@ -95,9 +93,10 @@ def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | 
                 return out if skill is None else out + [(topics.PACING, skill, pacing.outcome_record(skill, record))]
             record = engine.decode(topics.ENRICHED, msg.value)
             key = record["key"]
-            if FORGOTTEN in (customer_to_contacts.get(key) or {}):
+            ledger = customer_to_contacts.get(key)
+            if FORGOTTEN in (ledger or {}):
                 return []  # a signal already on its way when they were forgotten: no decision
-            result = decide(record, customer_to_contacts.get(key), book.rules(), models.model, explore)
+            result = decide(record, ledger, book.rules(), models.model, explore)
             # The ledger first: it records the decision itself, so a replay after a crash re-sends
             # the very same decision (same time, same gates) instead of deciding again.
             if not result.replayed:

@@ -17,7 +17,7 @@ from typing import Callable
 from streams.detection.state import RuleKind
 from streams.rules.expr import Compiled, ExprError, Names, compile_expr
 from streams.rules.loader import (RuleError, check_keys, compile_each, duration_ms, line_of, line_of_key, load_yaml,
-                                  read_rule_file)
+                                  read_rule_file, signal_and_priority, whole_number)
 
 EVENT_FIELDS = ("event_id", "ts", "visitor_id", "customer_id", "channel", "type", "path", "query", "value", "attributes")
 SESSION_FIELDS = frozenset({"pages", "events", "duration_s", "returning", "searches"})
@@ -29,7 +29,6 @@ DETECTION_NAMES = Names(
     fields={"session": SESSION_FIELDS, "cart": CART_FIELDS, "event": frozenset(EVENT_FIELDS)},
 )
 
-SIGNAL_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 MAX_STEPS = 10
 MAX_COUNT = 100  # bounds a count rule's state: at most this many events per visitor
 MAX_RULES = 500  # rules in one file: detection runs the ones an event concerns on every event
@@ -232,12 +231,6 @@ def compile_condition(node, file: str, line: int, rule_id: str, what: str, extra
                      first.path_prefix or second.path_prefix)
 
 
-def _positive_int(value, lo, hi, file, line, rule_id, what) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise RuleError(file, line, f"{what} must be a whole number from {lo} to {hi}, got {value!r}", rule_id)
-    return value
-
-
 def _fingerprint(rule_id: str, when) -> str:
     return hashlib.sha256(json.dumps([rule_id, when], sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -256,7 +249,7 @@ def _compile_when(when: dict, wline: int, file: str, rule_id: str) -> dict:
                 raise RuleError(file, cline, f"count needs {key!r}", rule_id)
         cond = compile_condition(count, file, cline, rule_id, "count", extra={"at_least", "within"})
         return dict(kind=RuleKind.COUNT, steps=(cond,),
-                    at_least=_positive_int(count["at_least"], 2, MAX_COUNT, file, line_of_key(count, "at_least", cline),
+                    at_least=whole_number(count["at_least"], 2, MAX_COUNT, file, line_of_key(count, "at_least", cline),
                                            rule_id, "at_least"),
                     within_ms=duration_ms(count["within"], file, line_of_key(count, "within", cline), rule_id, "within"))
     if "sequence" in when:
@@ -288,10 +281,7 @@ def _compile_rule(node, file: str) -> DetectionRule:
     if not isinstance(rule_id, str) or not rule_id.strip():
         raise RuleError(file, line, "a rule needs an id (a short name)")
     check_keys(node, RULE_KEYS, {"when", "signal"}, file, rule_id, "a rule")
-    signal = node["signal"]
-    if not isinstance(signal, str) or not signal or not set(signal) <= SIGNAL_NAME_OK:
-        raise RuleError(file, line_of_key(node, "signal", line), f"signal must be a lower_case_name, got {signal!r}", rule_id)
-    priority = _positive_int(node.get("priority", 50), 0, 100, file, line_of_key(node, "priority", line), rule_id, "priority")
+    signal, priority = signal_and_priority(node, file, line, rule_id)
     once = node.get("once_per_session", False)
     if not isinstance(once, bool):
         raise RuleError(file, line_of_key(node, "once_per_session", line), "once_per_session must be true or false", rule_id)

@@ -113,6 +113,25 @@ def check_keys(node: dict, allowed: set[str], required: set[str], file: str, rul
         raise RuleError(file, line, f"{what} needs {missing[0]!r}", rule_id)
 
 
+SIGNAL_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def whole_number(value, lo: int, hi: int, file: str, line: int, rule_id: str | None, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise RuleError(file, line, f"{what} must be a whole number from {lo} to {hi}, got {value!r}", rule_id)
+    return value
+
+
+def signal_and_priority(node: dict, file: str, line: int, rule_id: str) -> tuple[str, int]:
+    """The signal a rule raises (a lower_case_name) and its priority (0..100, default 50)."""
+    signal = node["signal"]
+    if not isinstance(signal, str) or not signal or not set(signal) <= SIGNAL_NAME_OK:
+        raise RuleError(file, line_of_key(node, "signal", line), f"signal must be a lower_case_name, got {signal!r}", rule_id)
+    priority = whole_number(node.get("priority", 50), 0, 100, file, line_of_key(node, "priority", line), rule_id,
+                            "priority")
+    return signal, priority
+
+
 def compile_each(items: list, file: str, compile_rule, most: int) -> list:
     """Each rule of a file compiled by `compile_rule(node, file)` (which gives it .id and .line), at most
     `most` of them, each id once; RuleError naming the file and line otherwise."""

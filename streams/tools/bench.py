@@ -285,8 +285,7 @@ def _table_state(settings: Settings, live: dict) -> dict:
         if d.is_dir():
             table = d.name.rsplit("-", 1)[0]
             disk[table] = disk.get(table, 0) + sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-    disk[topics.VISITOR_TO_STATE] = sum(f.stat().st_size for d in settings.data_dir.rglob("detection") if d.is_dir()
-                                        for f in d.rglob("*") if f.is_file())
+    disk[topics.VISITOR_TO_STATE] = _detection_disk_bytes(settings)
     out = {}
     for table, keys in live.items():
         held = sum(keys.values())
@@ -373,6 +372,12 @@ def _context_latency(settings: Settings, work: Path, customers: list[str]) -> di
         stop_process(worker)
 
 
+def _detection_disk_bytes(settings: Settings) -> int:
+    """Bytes of detection's RocksDB folders (every partition's visitors and timer index, write-ahead log included)."""
+    return sum(f.stat().st_size for d in settings.data_dir.rglob("detection") if d.is_dir()
+               for f in d.rglob("*") if f.is_file())
+
+
 def _visitor_state(settings: Settings) -> dict:
     """The visitors held now (keys of the visitor state changelog) and the bytes of detection's RocksDB folders
     (every partition's visitors and timer index, write-ahead log included)."""
@@ -381,8 +386,7 @@ def _visitor_state(settings: Settings) -> dict:
     for _, _, _, key, value in clients.read_all(settings, name, group_prefix="bench-read"):
         latest[key] = value
     visitors = sum(v is not None for v in latest.values())
-    disk = sum(f.stat().st_size for d in settings.data_dir.rglob("detection") if d.is_dir()
-               for f in d.rglob("*") if f.is_file())
+    disk = _detection_disk_bytes(settings)
     sizes = sorted(len(v) for v in latest.values() if v is not None)
     return {"visitors": visitors, "rocksdb_bytes": disk, "rocksdb_bytes_per_visitor": round(disk / max(1, visitors), 1),
             "value_bytes_median": sizes[len(sizes) // 2] if sizes else None}

@@ -14,6 +14,7 @@ from unittest.mock import AsyncMock, MagicMock
 
 from streams import topics
 from streams.app import build_app
+from streams.data.value import load_segments
 from streams.decision.actions import load_actions
 from streams.decision.policy import decision_id
 from streams.settings import REPO_ROOT, Settings
@@ -25,6 +26,7 @@ SHIPPED_ACTIONS = load_actions(REPO_ROOT / "rules" / "actions.yaml")
 # tests of those gates use SHIPPED_ACTIONS or a policy of their own.
 ACTIONS = dataclasses.replace(SHIPPED_ACTIONS, policy=dataclasses.replace(SHIPPED_ACTIONS.policy, holdout_share=0.0,
                                                                           quiet_hours=None, min_gap_ms=0))
+SEGMENTS = load_segments(REPO_ROOT / "rules" / "segments.yaml")
 T0 = 1_700_000_000_000  # 2023-11-14 22:13 UTC, the same day in Europe/London
 TEST_TIMEOUT_S = 10.0
 WAIT_S = 2.0
@@ -131,6 +133,30 @@ class Stage:
     async def wait_out(self, spec: topics.TopicSpec, n: int) -> list[tuple[bytes | None, dict, dict]]:
         await eventually(lambda: sum(1 for s in self.sent if s[0] == spec.name) >= n, f"{n} record(s) on {spec.name}")
         return self.out(spec)
+
+
+def data_stage(tmp_path, customers=None):
+    """The data stage (shipped segments; `customers`: customer rules, none when not given) with every
+    table's changelog captured: (stage, DataStage)."""
+    from streams.data import agent as data_agent
+
+    st = Stage(tmp_path)
+    d = data_agent.register(st.engine, SEGMENTS, customers)
+    for table in (d.customer_to_profile, d.visitor_to_customer, d.customer_to_value, d.key_to_journey,
+                  d.customer_to_forgotten, d.customer_to_successor):
+        st.without_changelog(table)
+    return st, d
+
+
+def decision_stage(tmp_path, explore: bool = False):
+    """The decision stage on the test actions, its ledger's changelog captured: (stage, agent, ledger table).
+    Exploration off by default: the scores are the model's means, here the rules' priors."""
+    from streams.decision import agent as decision_agent
+
+    st = Stage(tmp_path, explore=explore)
+    decide, table = decision_agent.register(st.engine, ACTIONS)
+    st.without_changelog(table)
+    return st, decide, table
 
 
 # ---- records ---------------------------------------------------------------------------------------

@@ -232,8 +232,11 @@ def test_report_bench_and_simulate_refuse_bad_arguments_in_one_line_before_reach
     (["forget", "C1\x1b[31m"], "forget: an id is 1 to 256 characters without control characters"),
     (["profiles", "load", "/no/such/export.csv"], "profiles load: /no/such/export.csv is not a file"),
     (["profiles", "load", str(REPO_ROOT / "README.md")], "cannot tell the format from the name"),
+    (["merge", "C1", "C1"], "merge: a key cannot be merged into itself"),
+    (["merge", "C1", "C" * 300], "merge: an id is 1 to 256 characters without control characters"),
+    (["merge", "C1\x00", "C2"], "merge: an id is 1 to 256 characters without control characters"),
 ])
-def test_forget_and_profiles_load_refuse_bad_input_in_one_line_before_reaching_kafka(argv, expected, capsys):
+def test_forget_merge_and_profiles_load_refuse_bad_input_in_one_line_before_reaching_kafka(argv, expected, capsys):
     # Given no broker at all; When an id or a file cannot be used
     code, _, err = run_main(argv, capsys)
     # Then one line names the problem and the exit code is 2

@@ -60,6 +60,7 @@ def test_security_settings_that_cannot_work_are_refused_with_the_setting_named(e
     ({"ENGAGE_PACING_HOLD": "soon"}, "ENGAGE_PACING_HOLD must be a duration like 500ms, 5s, 10m, 2h or 30d, got 'soon'"),
     ({"ENGAGE_BATCH_MAX": "0"}, "ENGAGE_BATCH_MAX must be at least 1, got 0"),
     ({"ENGAGE_BATCH_MAX": "lots"}, "ENGAGE_BATCH_MAX must be a whole number, got 'lots'"),
+    ({"ENGAGE_CONTEXT_RATE": "0"}, "ENGAGE_CONTEXT_RATE must be at least 1, got 0"),
 ])
 def test_decision_settings_that_cannot_work_are_refused_with_the_setting_named(env, message):
     with pytest.raises(SettingsError) as refused:

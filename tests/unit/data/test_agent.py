@@ -5,13 +5,11 @@ import pytest
 
 from streams import topics
 from streams.data import agent as data_agent
-from streams.data.value import DAY_MS, load_segments
-from streams.settings import REPO_ROOT
+from streams.data.value import DAY_MS
 from tests.support import wire
-from tests.support.stage import T0, Stage, async_test, decision, eventually, profile, put_on, signal
+from tests.support.stage import SEGMENTS, T0, Stage, async_test, data_stage, decision, eventually, profile, put_on, signal
 
 
-SEGMENTS = load_segments(REPO_ROOT / "rules" / "segments.yaml")
 
 
 def _data_stage(tmp_path):
@@ -159,20 +157,10 @@ def _link(visitor_id: str, customer_id: str, source: str = "crm") -> dict:
             "source": source}
 
 
-def _whole_stage(tmp_path):
-    """The data stage with every table's changelog captured: (stage, DataStage)."""
-    st = Stage(tmp_path)
-    d = data_agent.register(st.engine, SEGMENTS)
-    for table in (d.customer_to_profile, d.visitor_to_customer, d.customer_to_value, d.key_to_journey,
-                  d.customer_to_forgotten, d.customer_to_successor):
-        st.without_changelog(table)
-    return st, d
-
-
 @async_test
 async def test_a_call_from_a_number_crm_links_to_a_customer_counts_for_that_customer(tmp_path):
     # Given CRM's link of the phone number tel:+31201234567 to customer C7
-    st, d = _whole_stage(tmp_path)
+    st, d = data_stage(tmp_path)
     async with d.store_identity.test_context() as links, d.route_signals.test_context() as signals:
         await links.put(key=b"tel:+31201234567", value=wire.encode("IdentityLink", _link("tel:+31201234567", "C7")))
         await eventually(lambda: d.visitor_to_customer.get("tel:+31201234567") is not None, "the link stored")
@@ -188,7 +176,7 @@ async def test_a_call_from_a_number_crm_links_to_a_customer_counts_for_that_cust
 @async_test
 async def test_an_unlinked_number_is_anonymous_again_and_a_login_on_the_device_wins_over_crm(tmp_path):
     # Given links of two devices to C7
-    st, d = _whole_stage(tmp_path)
+    st, d = data_stage(tmp_path)
     async with d.store_identity.test_context() as links, d.route_signals.test_context() as signals:
         for device in (b"tel:+31200000000", b"app-123"):
             await links.put(key=device, value=wire.encode("IdentityLink", _link(device.decode(), "C7")))
@@ -210,7 +198,7 @@ async def test_an_unlinked_number_is_anonymous_again_and_a_login_on_the_device_w
 @async_test
 async def test_identity_links_are_rekeyed_by_visitor_and_a_wrongly_keyed_one_is_dead_lettered(tmp_path):
     # Given the repartitioner of engage.identity
-    st, d = _whole_stage(tmp_path)
+    st, d = data_stage(tmp_path)
     async with d.repartition_identity.test_context() as links:
         # When a link keyed by another identifier, a good one and a tombstone arrive
         await links.put(key=b"someone-else", value=wire.encode("IdentityLink", _link("app-1", "C1")))
@@ -228,7 +216,7 @@ async def test_identity_links_are_rekeyed_by_visitor_and_a_wrongly_keyed_one_is_
 async def test_a_customers_purchases_give_a_clv_estimate_and_a_segment_on_their_next_signal(tmp_path):
     # Given the data stage, and two purchases of C5 on engage.conversions: each comes keyed once by
     # customer and once by visitor (for attribution); only the customer's copy counts
-    st, d = _whole_stage(tmp_path)
+    st, d = data_stage(tmp_path)
     async with d.follow_customers.test_context() as follow, d.enrich_signals.test_context() as signals:
         for i, amount in enumerate((100.0, 50.0)):
             purchase = {**wire.interaction(f"p{i}", "v5", "purchase", T0 + i * 90 * DAY_MS, customer_id="C5"),
@@ -265,7 +253,7 @@ async def test_a_profile_that_arrives_after_a_customers_first_signal_joins_the_n
 @async_test
 async def test_what_a_visitor_did_before_logging_in_moves_to_the_customers_journey_with_offers_and_outcomes(tmp_path):
     # Given the data stage
-    st, d = _whole_stage(tmp_path)
+    st, d = data_stage(tmp_path)
     async with d.route_signals.test_context() as signals, d.follow_customers.test_context() as follow, \
             d.enrich_signals.test_context() as by_customer:
         # When anonymous visitor v3 raises a signal, then logs in as C3 and raises another
@@ -303,7 +291,7 @@ async def test_what_a_visitor_did_before_logging_in_moves_to_the_customers_journ
 @async_test
 async def test_a_forgotten_customer_is_deleted_from_every_data_table_and_nothing_of_them_is_kept_again(tmp_path):
     # Given C9's profile, purchases and journey in the data stage's tables
-    st, d = _whole_stage(tmp_path)
+    st, d = data_stage(tmp_path)
     async with d.follow_customers.test_context() as follow, d.store_profiles.test_context() as profiles, \
             d.enrich_signals.test_context() as signals:
         await _store_profile(profiles, d.customer_to_profile, profile("C9"))
@@ -337,7 +325,7 @@ async def test_journeys_gone_quiet_for_the_visitor_ttl_are_swept_from_their_part
 
     # Given three journeys on partition 0: one quiet for 31 days, one with a step yesterday; and one of
     # another partition (held by this worker too), as quiet
-    st, d = _whole_stage(tmp_path)
+    st, d = data_stage(tmp_path)
     day = 86_400_000
     quiet, recent = on_partition_0("v-quiet"), on_partition_0("v-recent")
     elsewhere = next(f"v-other-{i}" for i in range(100) if partition_of(f"v-other-{i}", st.engine.settings.partitions) == 1)

@@ -4,14 +4,12 @@ from __future__ import annotations
 import pytest
 
 from streams import topics
-from streams.data import agent as data_agent
 from streams.data import journey
 from streams.data.customer_rules import compile_customer_rules, fired
-from streams.data.value import load_segments
 from streams.rules.loader import RuleError
 from streams.settings import REPO_ROOT
 from tests.support import wire
-from tests.support.stage import T0, Stage, async_test, eventually, put_on, signal
+from tests.support.stage import T0, async_test, data_stage, eventually, put_on, signal
 
 RULES = compile_customer_rules("""
 rules:
@@ -96,9 +94,7 @@ def test_the_shipped_customer_rules_compile():
 @async_test
 async def test_the_data_stage_raises_the_customer_signal_for_the_decision_stage(tmp_path):
     # Given the data stage with the customer rule
-    st = Stage(tmp_path)
-    d = data_agent.register(st.engine, load_segments(REPO_ROOT / "rules" / "segments.yaml"), RULES)
-    st.without_changelog(d.key_to_journey)
+    st, d = data_stage(tmp_path, RULES)
     async with d.enrich_signals.test_context() as by_customer:
         # When C1's failed logins arrive: two from the phone, one from the laptop
         for s in (failed_login(1, "phone", T0), failed_login(2, "phone", T0 + M), failed_login(1, "laptop", T0 + 4 * M)):
@@ -159,9 +155,7 @@ def _failed_login_step(n: int, visitor: str, ts: int) -> dict:
 @async_test
 async def test_failed_logins_reach_the_customers_journey_without_signals_and_count_across_devices(tmp_path):
     # Given the data stage with the customer rule
-    st = Stage(tmp_path)
-    d = data_agent.register(st.engine, load_segments(REPO_ROOT / "rules" / "segments.yaml"), RULES)
-    st.without_changelog(d.key_to_journey)
+    st, d = data_stage(tmp_path, RULES)
     async with d.follow_customers.test_context() as follow:
         # When C1 fails to log in twice on the phone and once on the laptop (each sent by detection to C1's journey)
         for n, (visitor, at) in enumerate((("phone", T0), ("phone", T0 + M), ("laptop", T0 + 4 * M))):

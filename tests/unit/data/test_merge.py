@@ -4,14 +4,11 @@ from __future__ import annotations
 import pytest
 
 from streams import topics
-from streams.data import agent as data_agent
 from streams.data import value as values
-from streams.data.value import DAY_MS, load_segments
-from streams.settings import REPO_ROOT
+from streams.data.value import DAY_MS
 from tests.support import wire
-from tests.support.stage import T0, Stage, async_test, eventually, put_on, signal
+from tests.support.stage import SEGMENTS, T0, async_test, data_stage, eventually, put_on, signal
 
-SEGMENTS = load_segments(REPO_ROOT / "rules" / "segments.yaml")
 WORKED = values.ValueRules("t", "1", half_life_ms=180 * DAY_MS, lifetime_years=3, margin=1.0,
                            segments=SEGMENTS.segments)
 
@@ -37,18 +34,10 @@ def _merge(from_key: str, into: str, merge_id: str = "m-1") -> dict:
             "requested_by": "crm-dedupe", "reason": "same e-mail"}
 
 
-def _stage(tmp_path):
-    st = Stage(tmp_path)
-    d = data_agent.register(st.engine, SEGMENTS)
-    for table in (d.customer_to_value, d.key_to_journey, d.customer_to_successor):
-        st.without_changelog(table)
-    return st, d
-
-
 @async_test
 async def test_a_duplicates_journey_and_purchases_move_and_its_later_signals_follow(tmp_path):
     # Given C9 (a duplicate of C1) with a purchase in its journey and value
-    st, d = _stage(tmp_path)
+    st, d = data_stage(tmp_path)
     async with d.follow_customers.test_context() as follow, d.enrich_signals.test_context() as by_customer:
         await put_on(follow, topics.CONVERSIONS.name, b"C9", wire.encode("Interaction", _purchase("p9", "C9", T0, 80.0)))
         await eventually(lambda: d.customer_to_value.get("C9") is not None, "C9's purchases")
@@ -78,7 +67,7 @@ async def test_a_duplicates_journey_and_purchases_move_and_its_later_signals_fol
 @async_test
 async def test_a_merge_cycle_is_dead_lettered_not_passed_around_forever(tmp_path):
     # Given C1 merged into C2 on this partition
-    st, d = _stage(tmp_path)
+    st, d = data_stage(tmp_path)
     async with d.follow_customers.test_context() as follow, d.enrich_signals.test_context() as by_customer:
         await put_on(follow, topics.MERGES_BY_KEY.name, b"C1", wire.encode("KeyMerge", _merge("C1", "C2")))
         await eventually(lambda: d.customer_to_successor.get("C1") is not None, "C1's successor")
@@ -92,7 +81,7 @@ async def test_a_merge_cycle_is_dead_lettered_not_passed_around_forever(tmp_path
 
 @async_test
 async def test_merges_from_any_producer_are_checked_and_re_keyed_and_a_tombstone_is_refused(tmp_path):
-    st, d = _stage(tmp_path)
+    st, d = data_stage(tmp_path)
     async with d.repartition_merges.test_context() as merges:
         # Given a good merge, one whose key is not its from_key, and a tombstone
         await merges.put(key=b"C9", value=wire.encode("KeyMerge", _merge("C9", "C1")))
@@ -109,7 +98,7 @@ async def test_merges_from_any_producer_are_checked_and_re_keyed_and_a_tombstone
 @async_test
 async def test_moves_go_on_along_a_chain_of_merges_and_a_circle_of_merges_is_dead_lettered(tmp_path):
     # Given C2 merged into C3 on this partition
-    st, d = _stage(tmp_path)
+    st, d = data_stage(tmp_path)
     async with d.follow_customers.test_context() as follow:
         await put_on(follow, topics.MERGES_BY_KEY.name, b"C2", wire.encode("KeyMerge", _merge("C2", "C3", "m-23")))
         await eventually(lambda: d.customer_to_successor.get("C2") is not None, "C2's successor")
@@ -131,7 +120,7 @@ async def test_moves_go_on_along_a_chain_of_merges_and_a_circle_of_merges_is_dea
 
 @async_test
 async def test_attributes_an_event_could_set_to_pose_as_a_merged_or_customer_signal_are_dropped(tmp_path):
-    st, d = _stage(tmp_path)
+    st, d = data_stage(tmp_path)
     async with d.route_signals.test_context() as signals:
         posing = signal("sig-p", visitor_id="v5", customer_id=None,
                         attributes={"scope": "customer", "merged_from": "a b c d e", "device": "phone"})
@@ -143,7 +132,7 @@ async def test_attributes_an_event_could_set_to_pose_as_a_merged_or_customer_sig
 @async_test
 async def test_a_purchase_under_a_merged_id_goes_on_as_the_surviving_customers(tmp_path):
     # Given C9 merged into C1
-    st, d = _stage(tmp_path)
+    st, d = data_stage(tmp_path)
     async with d.follow_customers.test_context() as follow:
         await put_on(follow, topics.MERGES_BY_KEY.name, b"C9", wire.encode("KeyMerge", _merge("C9", "C1")))
         await eventually(lambda: d.customer_to_successor.get("C9") is not None, "C9's successor")

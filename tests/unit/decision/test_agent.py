@@ -6,24 +6,16 @@ import pytest
 from streams import topics
 from streams.decision import agent as decision_agent
 from streams.decision.policy import decision_id, in_control_group
-from tests.support.stage import ACTIONS, T0, Stage, async_test, enriched, profile, put_on, signal
+from tests.support.stage import ACTIONS, T0, Stage, async_test, decision_stage, enriched, profile, put_on, signal
 
 ENRICHED = topics.ENRICHED.name  # the physical name too: no prefix in the test settings
-
-
-def _decision_stage(tmp_path, explore: bool = False):
-    # exploration off: the scores are the model's means, here the rules' priors (nothing learned yet)
-    st = Stage(tmp_path, explore=explore)
-    decide, table = decision_agent.register(st.engine, ACTIONS)
-    st.without_changelog(table)
-    return st, decide, table
 
 
 @async_test
 async def test_a_matching_signal_yields_a_decision_to_act(tmp_path):
     # Given C1 (platinum, CLV 3121.13, consent) who is not in the control group of the best action
     assert not in_control_group("C1", "retention-callback", ACTIONS.policy.control_share)
-    st, decide, table = _decision_stage(tmp_path)
+    st, decide, table = decision_stage(tmp_path)
     async with decide.test_context() as enriched_in:
         # When C1's cancel_intent arrives enriched with the profile
         sig = signal("sig-1")
@@ -50,7 +42,7 @@ async def test_beyond_the_daily_cap_the_customer_gets_no_offer(tmp_path):
     # Given the policy's cap of 2 offers a day, and C1 outside the control group
     cap = ACTIONS.policy.max_offers_per_day
     assert cap == 2 and not in_control_group("C1", "retention-callback", ACTIONS.policy.control_share)
-    st, decide, _ = _decision_stage(tmp_path)
+    st, decide, _ = decision_stage(tmp_path)
     async with decide.test_context() as enriched_in:
         # When C1 shows cancel intent three times in one day
         for i in range(cap + 1):
@@ -68,7 +60,7 @@ async def test_beyond_the_daily_cap_the_customer_gets_no_offer(tmp_path):
 @async_test
 async def test_a_redelivered_signal_gets_the_same_decision_and_is_not_counted_twice(tmp_path):
     # Given C1 already got an offer for sig-1
-    st, decide, table = _decision_stage(tmp_path)
+    st, decide, table = decision_stage(tmp_path)
     async with decide.test_context() as enriched_in:
         value = st.engine.encode(topics.ENRICHED, enriched(signal("sig-1"), profile()))
         await put_on(enriched_in, ENRICHED, b"C1", value=value)
@@ -84,7 +76,7 @@ async def test_a_redelivered_signal_gets_the_same_decision_and_is_not_counted_tw
 @async_test
 async def test_garbage_is_dead_lettered_and_the_next_record_still_gets_a_decision(tmp_path):
     # Given the decision stage
-    st, decide, _ = _decision_stage(tmp_path)
+    st, decide, _ = decision_stage(tmp_path)
     async with decide.test_context() as enriched_in:
         # When garbage bytes arrive, followed by a valid enriched signal of an anonymous visitor
         garbage = await put_on(enriched_in, ENRICHED, b"v7", value=b"not avro at all")
@@ -105,7 +97,7 @@ async def test_garbage_is_dead_lettered_and_the_next_record_still_gets_a_decisio
 @async_test
 async def test_a_signal_no_action_answers_gets_a_no_action_decision(tmp_path):
     # Given the decision stage; When a signal no action answers arrives
-    st, decide, _ = _decision_stage(tmp_path)
+    st, decide, _ = decision_stage(tmp_path)
     async with decide.test_context() as enriched_in:
         sig = signal("sig-x", name="price_check")
         await put_on(enriched_in, ENRICHED, b"C1", st.engine.encode(topics.ENRICHED, enriched(sig, profile())))
@@ -127,7 +119,7 @@ async def test_a_fault_on_one_record_dead_letters_it_and_the_stage_goes_on(tmp_p
         return real_decide(enriched_signal, *args)
 
     monkeypatch.setattr(decision_agent, "decide", faulty)
-    st, decide, _ = _decision_stage(tmp_path)
+    st, decide, _ = decision_stage(tmp_path)
     async with decide.test_context() as enriched_in:
         # When that signal arrives, then another one
         boom = signal("sig-boom", visitor_id="v8", customer_id=None)
@@ -174,7 +166,7 @@ async def test_purchases_and_declines_reach_the_contact_ledger_and_keyless_ones_
     from tests.support import wire
 
     # Given the decision stage with the shipped policy's suppressions
-    st, decide, table = _decision_stage(tmp_path)
+    st, decide, table = decision_stage(tmp_path)
     async with decide.test_context() as wrapper:
         # When C1 buys, declines the retention call back, and a purchase without a key arrives
         buy = wire.interaction(event_id="e-buy", visitor_id="v1", type_="purchase", ts=T0 - 3_600_000, customer_id="C1",

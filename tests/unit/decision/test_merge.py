@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 from streams import topics
-from streams.decision import agent as decision_agent
 from streams.decision.policy import counts_of, decide, on_merge
 from tests.support import wire
-from tests.support.stage import ACTIONS, T0, Stage, async_test, enriched, profile, put_on, signal
+from tests.support.stage import ACTIONS, T0, async_test, decision_stage, enriched, profile, put_on, signal
 
 DAY = "2023-11-14"  # T0's day in Europe/London
 WEEK = "2023-W46"
@@ -55,17 +54,10 @@ def _merge(from_key: str, into: str, source: str = "crm", merge_id: str = "m-1")
             "requested_by": "crm-dedupe", "reason": ""}
 
 
-def _decision_stage(tmp_path):
-    st = Stage(tmp_path, explore=False)
-    decide_actions, table = decision_agent.register(st.engine, ACTIONS)
-    st.without_changelog(table)
-    return st, decide_actions, table
-
-
 @async_test
 async def test_a_duplicate_customers_offers_follow_them_into_the_customer_they_were_merged_into(tmp_path):
     # Given C9 offered twice today (the cap), a duplicate of C1 that CRM found
-    st, decide_actions, table = _decision_stage(tmp_path)
+    st, decide_actions, table = decision_stage(tmp_path)
     async with decide_actions.test_context() as inbox:
         for i in range(2):
             sig = signal(f"sig-9-{i}", customer_id="C9", ts=T0 + i)
@@ -102,7 +94,7 @@ async def test_a_duplicate_customers_offers_follow_them_into_the_customer_they_w
 @async_test
 async def test_a_visitors_login_merge_copies_its_counts_and_a_bad_merge_is_dead_lettered(tmp_path):
     # Given visitor v1 offered once
-    st, decide_actions, table = _decision_stage(tmp_path)
+    st, decide_actions, table = decision_stage(tmp_path)
     async with decide_actions.test_context() as inbox:
         sig = signal("sig-v", visitor_id="v1", customer_id=None)
         await put_on(inbox, topics.ENRICHED.name, b"v1", st.engine.encode(topics.ENRICHED, enriched(sig, None)))
