@@ -300,13 +300,7 @@ def _forget(settings: Settings, args) -> int:
     spec, key, record = audit(customer, "cli", f"tombstones sent: the profile and {len(links)} identity link(s); "
                                                f"asked by {by}" + (f": {reason}" if reason else ""))
     sends.append((spec, key.encode(), codec.encode(settings.topic(spec.name), spec.schema, record), None))
-    failed = []
-    for spec, key, value, partition in sends:
-        producer.produce(settings.topic(spec.name), key=key, value=value,
-                         on_delivery=lambda err, _m: failed.append(err) if err else None,
-                         **({} if partition is None else {"partition": partition}))
-    if producer.flush(30) or failed:
-        raise CliError(f"forget: the broker did not take every record ({failed[:1] or 'no answer'}); run it again")
+    _send_or_fail(producer, settings, sends, "forget: the broker did not take every record")
     print(f"forgetting {customer}: profile and {len(links)} identity link(s) deleted; the workers delete the rest "
           f"and record what they did on {settings.topic(topics.AUDIT.name)}")
     return 0
@@ -338,16 +332,23 @@ def _merge(settings: Settings, args) -> int:
     codec = clients.codec(settings)
     spec, key, record = audit(source, "cli", f"merge {merge['merge_id']} into {into} sent; asked by {by}"
                               + (f": {merge['reason']}" if merge["reason"] else ""), action="merge")
-    failed: list = []
-    producer = clients.producer(settings)
-    for s, k, r in ((topics.MERGES, source, merge), (spec, key, record)):
-        producer.produce(settings.topic(s.name), key=k.encode(), value=codec.encode(settings.topic(s.name), s.schema, r),
-                         on_delivery=lambda err, _m: failed.append(err) if err else None)
-    if producer.flush(30) or failed:
-        raise CliError(f"merge: the broker did not take the merge ({failed[:1] or 'no answer'}); run it again")
+    sends = [(s, k.encode(), codec.encode(settings.topic(s.name), s.schema, r), None)
+             for s, k, r in ((topics.MERGES, source, merge), (spec, key, record))]
+    _send_or_fail(clients.producer(settings), settings, sends, "merge: the broker did not take the merge")
     print(f"merging {source} into {into} (merge {merge['merge_id']}); the workers move the state and record what "
           f"they did on {settings.topic(topics.AUDIT.name)}")
     return 0
+
+
+def _send_or_fail(producer, settings: Settings, sends: list, failure: str) -> None:
+    """Produce (spec, key, value, partition or None) and wait for every ack; CliError(`failure` ...) if any failed."""
+    failed: list = []
+    for spec, key, value, partition in sends:
+        producer.produce(settings.topic(spec.name), key=key, value=value,
+                         on_delivery=lambda err, _m: failed.append(err) if err else None,
+                         **({} if partition is None else {"partition": partition}))
+    if producer.flush(30) or failed:
+        raise CliError(f"{failure} ({failed[:1] or 'no answer'}); run it again")
 
 
 def _partitions_of(settings: Settings, spec) -> list[int]:

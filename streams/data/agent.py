@@ -17,6 +17,9 @@ from streams.data.value import ValueRules, customer_value, on_purchase
 from streams.rules.book import RuleBook
 
 STAGE = "data"
+# a record's step in the journey, by its topic (a decision not to act is none)
+STEP_OF = {topics.CONVERSIONS.name: journey.step_of_conversion, topics.DECISIONS.name: journey.step_of_decision,
+           topics.OUTCOMES.name: journey.step_of_outcome}
 SWEEP_EVERY_S = 3600.0
 SWEEP_MOST = 10_000  # journeys deleted per partition per sweep (the rest at the next)
 
@@ -191,11 +194,11 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
                 customer = record["customer_id"]
                 if key != (customer or record["visitor_id"]):
                     return []  # the visitor's copy of a known customer's conversion (for attribution)
-                step = journey.step_of_conversion(record)
+                step = STEP_OF[spec.name](record)
                 link = None if customer else visitor_to_customer.get(key)
                 if link is not None:  # e.g. a call from a number CRM links to a customer: to their journey
                     linked = link["customer_id"]
-                    return [(topics.JOURNEY_MOVES, linked, {"key": linked, "from_key": key, "steps": [step]})]
+                    return [journey.moved(linked, key, [step])]
                 _, now = add_steps(key, [step])
                 if record["type"] == "purchase" and customer:  # value is kept for customers, not devices
                     state = on_purchase(customer_to_value.get(key), record, book.rules().half_life_ms)
@@ -204,8 +207,8 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
                 if customer:
                     return raise_customer_signals(key, customer_rules.trigger_of(key, record["visitor_id"], record["ts"]),
                                                   now)
-            elif spec is topics.DECISIONS or spec is topics.OUTCOMES:
-                step = journey.step_of_decision(record) if spec is topics.DECISIONS else journey.step_of_outcome(record)
+            elif spec.name in STEP_OF:  # an offer made (a decision to act), or what became of one
+                step = STEP_OF[spec.name](record)
                 if step is not None:
                     _, now = add_steps(key, [step])
                     if record["customer_id"] == key:  # customer rules may count offers and outcomes too
@@ -226,7 +229,7 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
             out = value_move(merge["merge_id"], key, into, merge["ts"])
             steps = key_to_journey.get(key)
             if steps:
-                out.append((topics.JOURNEY_MOVES, into, {"key": into, "from_key": key, "steps": steps}))
+                out.append(journey.moved(into, key, steps))
             return out + [audit(key, STAGE, f"merged into {into} (merge {merge['merge_id']}): journey and purchases "
                                             "moved; their later signals follow", action="merge")]
 
@@ -237,11 +240,10 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
             if spec is topics.CONVERSIONS:
                 # the device's copy (keyed by visitor) stays where it is; the customer's copy moves on
                 return [(topics.CONVERSIONS, into, redirected(record, into))] if record["customer_id"] == key else []
-            step = (journey.step_of_decision(record) if spec is topics.DECISIONS else
-                    journey.step_of_outcome(record) if spec is topics.OUTCOMES else None)
+            step = STEP_OF[spec.name](record) if spec.name in STEP_OF else None
             steps = [step] if step is not None else record["steps"] if spec is topics.JOURNEY_MOVES else []
             hops = check_hops(record["hops"] + 1 if spec is topics.JOURNEY_MOVES else 1)
-            return [(topics.JOURNEY_MOVES, into, {"key": into, "from_key": key, "steps": steps, "hops": hops})] if steps else []
+            return [journey.moved(into, key, steps, hops)] if steps else []
 
         await engine.handle_batches(stream, STAGE, follow)
 
@@ -304,7 +306,7 @@ def register(engine: Engine, segments: ValueRules | RuleBook,
                 out = [(topics.SIGNALS_BY_CUSTOMER, customer, signal)]
                 before = key_to_journey.get(visitor) if visitor != customer else None
                 if before:
-                    out.append((topics.JOURNEY_MOVES, customer, {"key": customer, "from_key": visitor, "steps": before}))
+                    out.append(journey.moved(customer, visitor, before))
                     # offers made to the visitor count against the customer's caps from now on
                     out.append((topics.MERGES_BY_KEY, visitor, login_merge(signal, visitor, customer)))
                     del key_to_journey[visitor]

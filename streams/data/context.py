@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 
 from streams.data.value import customer_value
+from streams.decision.policy import counts_of
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,6 @@ class RateLimit:
 def customer_context(customer_id: str, profile: dict | None, value_state: dict | None, journey: list | None,
                      ledger: dict | None, rules, now_ms: int) -> dict:
     """What an agent should know of a customer now: who, worth, segment, the journey, offers so far."""
-    from streams.decision.policy import counts_of
-
     offers = {}
     if ledger:
         counts = counts_of(dict(ledger))  # with the offers of keys merged into this one (devices, duplicates)

@@ -83,10 +83,12 @@ def login_merge(signal: dict, visitor: str, customer: str) -> dict:
             "source": "login", "requested_by": "", "reason": "the visitor's signal named the customer"}
 
 
-def check_hops(hops: int) -> int:
-    """`hops`, or a ValueError (the record is dead-lettered) past MAX_MERGE_HOPS: keys merged in a circle."""
+def check_hops(hops: int, through: str = "") -> int:
+    """`hops`, or a ValueError (the record is dead-lettered) past MAX_MERGE_HOPS: keys merged in a circle.
+    `through`: the keys passed, for the reason."""
     if hops > MAX_MERGE_HOPS:
-        raise ValueError(f"passed on through {hops} merged keys: a merge cycle? (merge the keys one way only)")
+        via = f" ({through[:200]})" if through else ""
+        raise ValueError(f"passed on through {hops} merged keys{via}: a merge cycle? (merge the keys one way only)")
     return hops
 
 
@@ -101,6 +103,5 @@ def without_reserved(signal: dict) -> dict:
 def redirected(signal: dict, into: str) -> dict:
     """The signal (or event) of a customer merged into `into`, as `into`'s; ValueError past MAX_MERGE_HOPS (a merge cycle)."""
     hops = [h for h in signal["attributes"].get(MERGED_FROM, "").split(" ") if h] + [signal["customer_id"]]
-    if len(hops) > MAX_MERGE_HOPS:
-        raise ValueError(f"re-keyed through {len(hops)} merged customers ({' '.join(hops)[:200]}): a merge cycle?")
+    check_hops(len(hops), " ".join(hops))
     return {**signal, "customer_id": into, "attributes": {**signal["attributes"], MERGED_FROM: " ".join(hops)}}

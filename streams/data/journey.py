@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import time
 
+from streams import topics
+
 # Events that reach the journey of the customer a device is known as (a login on it) without raising a
 # signal: detection sends each as a step onto engage.journey-moves, which only the data stage reads. What
 # customer rules may count across devices (rules/customer.yaml) though no detection rule fires on one
@@ -63,6 +65,12 @@ def step_of_outcome(o: dict) -> dict:
     what = f"{o['type']}" + (f" {o['action_id']}" if o.get("action_id") else "") + (
         f" on {o['channel']}" if o.get("channel") else "")
     return _step(o["ts"], o.get("channel"), "outcome", what, o["outcome_id"])
+
+
+def moved(into: str, from_key: str, steps: list[dict], hops: int = 0) -> tuple:
+    """(spec, key, record) of a JourneyMove: `steps` for the journey of `into`, kept until now under `from_key`
+    (a device, a duplicate customer); `hops`: how often they were passed on along merges already."""
+    return (topics.JOURNEY_MOVES, into, {"key": into, "from_key": from_key, "steps": steps, "hops": hops})
 
 
 def added(journey: list[dict] | None, steps: list[dict], until_ts: int | None = None) -> list[dict] | None:

@@ -23,12 +23,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.bounded import MERGED_KEPT, put_newest
 from streams.rules.expr import Compiled, ExprError, Names, compile_expr, evaluate
 from streams.rules.loader import RuleError, check_keys, duration_ms, line_of, load_yaml, read_rule_file
 
 DAY_MS = 86_400_000
 RECENT_PURCHASE_IDS = 20  # purchases remembered by event id, so a replayed one is not counted twice
-MERGED_KEPT = 16  # keys merged into one customer whose purchases count, the most recent kept
 MAX_SEGMENTS = 50
 SEGMENT_NAMES = Names(args=("f",), roots={name: ("f", name) for name in (
     "clv", "clv_source", "purchases", "days_since_purchase", "days_as_customer", "crm_segment", "known")}, fields={})
@@ -94,10 +94,7 @@ def on_merge(state: dict | None, from_key: str, moved: dict) -> dict | None:
     merged = dict(state.get("merged", {}))
     if merged.get(from_key) == moved:
         return None
-    merged.pop(from_key, None)
-    merged[from_key] = moved
-    while len(merged) > MERGED_KEPT:
-        merged.pop(next(iter(merged)))
+    put_newest(merged, from_key, moved, MERGED_KEPT)
     state["merged"] = merged
     return state
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streams.bounded import MERGED_KEPT, put_newest
 from streams.data.journey import lines as journey_lines
 from streams.decision.actions import NEEDS_CONSENT, Action, ActionSet, Policy
 from streams.decision.clock import local_time
@@ -31,7 +32,6 @@ from streams.rules.expr import Compiled, evaluate
 
 RECENT_DECISIONS = 16  # kept per key so a redelivered signal gets the very same decision back
 DECLINES_KEPT = 16     # declined actions remembered per key (the most recent)
-MERGED_KEPT = 16       # keys merged into one (its devices before login, duplicates), the most recent kept
 
 
 @dataclass
@@ -115,10 +115,7 @@ def on_merge(ledger: dict | None, from_key: str, counts: dict) -> dict | None:
     offers = {k: counts[k] for k in ("day", "offers_today", "week", "offers_week")}
     changed = merged.get(from_key) != offers
     if changed:
-        merged.pop(from_key, None)
-        merged[from_key] = offers  # the most recent last
-        while len(merged) > MERGED_KEPT:
-            merged.pop(next(iter(merged)))
+        put_newest(merged, from_key, offers, MERGED_KEPT)
     for field in ("last_offer_ts", "purchase_ts"):
         if counts[field] > ledger[field]:
             ledger[field], changed = counts[field], True
@@ -151,10 +148,7 @@ def on_outcome(ledger: dict | None, outcome: dict) -> dict | None:
     declined = ledger["declined"]
     if declined.get(action, 0) >= outcome["ts"]:
         return None
-    declined.pop(action, None)
-    declined[action] = outcome["ts"]  # most recent last
-    while len(declined) > DECLINES_KEPT:
-        declined.pop(next(iter(declined)))
+    put_newest(declined, action, outcome["ts"], DECLINES_KEPT)
     return ledger
 
 
@@ -283,9 +277,7 @@ def decide(enriched: dict, ledger: dict | None, actions: ActionSet, model: Model
         return Outcome(earlier, ledger, replayed=True, paced=is_paced(earlier), fallback=fallback_of(earlier, actions))
     d = _base(enriched, actions, model)
     decision = _gates(d, enriched, ledger, actions, model, explore)
-    ledger["recent"][sig["signal_id"]] = decision
-    while len(ledger["recent"]) > RECENT_DECISIONS:
-        ledger["recent"].pop(next(iter(ledger["recent"])))
+    put_newest(ledger["recent"], sig["signal_id"], decision, RECENT_DECISIONS)
     return Outcome(decision, ledger, paced=is_paced(decision), fallback=fallback_of(decision, actions))
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 from streams import topics
 from streams.attribution.attribute import GOAL_EVENTS
 from streams.data.enrich import MERGED_FROM
-from streams.data.journey import JOURNEY_EVENTS, step_of_conversion
+from streams.data.journey import JOURNEY_EVENTS, moved, step_of_conversion
 from streams.codec import DecodeError
 from streams.detection.detector import Detector
 from streams.detection.partition import Tx
@@ -43,8 +43,7 @@ def journey_step(ev: dict, visitor_state: dict) -> list:
     customer = ev["customer_id"] or visitor_state.get(CUSTOMER)
     if not customer:
         return []
-    return [(topics.JOURNEY_MOVES, customer, {"key": customer, "from_key": ev["visitor_id"],
-                                              "steps": [step_of_conversion(ev)], "hops": 0})]
+    return [moved(customer, ev["visitor_id"], [step_of_conversion(ev)])]
 
 
 @dataclass
