@@ -76,8 +76,20 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
             except KafkaException as exc:
                 if exc.args[0].code() != 36:  # TOPIC_ALREADY_EXISTS: another worker won the race
                     raise
-    # wait until metadata shows them, so producers started right after do not race creation
+    # wait until metadata shows them with a leader for every partition, so producers and readers
+    # started right after do not race creation (a fresh partition answers NOT_LEADER for a moment)
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not set(wanted) <= set(admin.list_topics(timeout=5).topics):
+    while time.monotonic() < deadline and not _all_led(admin.list_topics(timeout=5).topics, wanted):
         time.sleep(0.2)
     return created
+
+
+def _all_led(found: dict, wanted: dict) -> bool:
+    """Every wanted topic is in the metadata, and each of its partitions has a leader."""
+    for name in wanted:
+        meta = found.get(name)
+        if meta is None or meta.error is not None or not meta.partitions:
+            return False
+        if any(part.leader < 0 or part.error is not None for part in meta.partitions.values()):
+            return False
+    return True

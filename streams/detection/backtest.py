@@ -121,7 +121,7 @@ def read_events(settings: Settings, from_ms: int, to_ms: int, codec, timeout_s: 
         starts = consumer.offsets_for_times([TopicPartition(topic, p, max(0, from_ms - 3_600_000))
                                              for p in sorted(meta.partitions)], timeout=timeout_s)
         for tp in starts:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=timeout_s)
+            low, high = clients.watermarks(consumer, TopicPartition(topic, tp.partition), time.monotonic() + timeout_s)
             start = tp.offset if tp.offset >= 0 else high
             if start >= high:
                 continue

@@ -233,7 +233,7 @@ def _pipeline_lag(settings: Settings, reader) -> int:
     tps = [TopicPartition(t, p) for t in inputs for p in range(settings.partitions)]
     lag = 0
     for tp in reader.committed(tps, timeout=10):
-        _, high = reader.get_watermark_offsets(tp, timeout=10)
+        _, high = clients.watermarks(reader, tp, time.monotonic() + 10)
         lag += max(0, high - max(tp.offset, 0))
     return lag
 

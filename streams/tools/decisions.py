@@ -274,7 +274,7 @@ def _settled(settings: Settings, spec: topics.TopicSpec, quiet_s: float, timeout
         last, since = None, time.monotonic()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            ends = tuple(c.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1] for p in range(settings.partitions))
+            ends = tuple(clients.watermarks(c, TopicPartition(name, p), time.monotonic() + 10)[1] for p in range(settings.partitions))
             if ends != last:
                 last, since = ends, time.monotonic()
             elif time.monotonic() - since >= quiet_s:

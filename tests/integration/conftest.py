@@ -16,6 +16,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
+from streams import clients
 from streams.admin import ensure_topics
 from streams.settings import REPO_ROOT, KafkaSecurity, Settings
 from tests.support import wire
@@ -188,7 +189,7 @@ class Pipeline:
         admin = AdminClient(self.client_conf)
         probe = Consumer({**self.client_conf, "group.id": f"probe-{uuid.uuid4().hex}"})
         try:
-            ends = {p: probe.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1]
+            ends = {p: clients.watermarks(probe, TopicPartition(name, p), time.monotonic() + 30)[1]
                     for p in range(self.settings.partitions)}
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
@@ -215,7 +216,7 @@ class Pipeline:
                           "enable.auto.commit": False})
             try:
                 parts = [TopicPartition(name, p, 0) for p in range(self.settings.partitions)]
-                ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
+                ends = {tp.partition: clients.watermarks(c, tp, time.monotonic() + 30)[1] for tp in parts}
                 group = self.group_of(topic)
                 req = ConsumerGroupTopicPartitions(group, [TopicPartition(name, p) for p in ends])
                 committed = {tp.partition: tp.offset for tp in

@@ -7,6 +7,7 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from streams import clients
 from streams.admin import ensure_topics
 from tests.integration.conftest import Producer_, Reader
 
@@ -24,7 +25,7 @@ def test_events_the_apps_group_committed_are_not_read_again_by_detections_own_gr
     produce.event(event_id=f"{old}-1", visitor_id=old, type_="search", ts=now, query="cancel my contract", path="/help")
     events = pipe.topic("engage.events")
     earlier = Consumer({**pipe.client_conf, "group.id": pipe.settings.app_id, "enable.auto.commit": False})
-    ends = [TopicPartition(events, p, earlier.get_watermark_offsets(TopicPartition(events, p), timeout=10)[1])
+    ends = [TopicPartition(events, p, clients.watermarks(earlier, TopicPartition(events, p), time.monotonic() + 30)[1])
             for p in range(pipe.settings.partitions)]
     earlier.commit(offsets=ends, asynchronous=False)
     earlier.close()
