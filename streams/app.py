@@ -28,6 +28,7 @@ class Engine:
     codec: object
     topic: dict = field(default_factory=dict)  # contract name -> faust topic
     detection: object = None  # the service running detection's process (streams/detection/agent.py), in a worker
+    after_decision: object = None  # the one running delivery, attribution and learning (streams/after_decision.py)
 
     def encode(self, spec: topics.TopicSpec, record: dict) -> bytes:
         return self.codec.encode(self.settings.topic(spec.name), spec.schema, record)

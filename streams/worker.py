@@ -1,8 +1,8 @@
-"""Decides what one worker runs: detection in a child process on its own consumer, the later stages and attribution on one Faust app, with the rules from rules/ or engage.rules."""
+"""Decides what one worker runs: detection, and delivery with attribution and learning, each in a child process on its own consumer; data and decision on one Faust app; the rules from rules/ or engage.rules."""
 from __future__ import annotations
 
+from streams import after_decision
 from streams.app import Engine, build_app
-from streams.attribution import agent as attribution_agent
 from streams.data import agent as data_agent
 from streams.data import context
 from streams.data.customer_rules import load_customer_rules
@@ -10,7 +10,6 @@ from streams.data.value import load_segments
 from streams.decision import agent as decision_agent
 from streams.decision.actions import load_actions
 from streams.decision.models import ModelBook
-from streams.delivery import agent as delivery_agent
 from streams.detection import agent as detection_agent
 from streams.rules.book import RuleBook
 from streams.detection.rules import load_detection
@@ -31,8 +30,7 @@ def build_worker(settings: Settings, models: ModelBook | None = None, actions: R
     _, customer_to_contacts = decision_agent.register(engine, actions, models)
     if settings.http_port:
         context.register(engine, data, customer_to_contacts, segments)
-    delivery_agent.register(engine)
-    attribution_agent.register(engine, actions)
+    engine.after_decision = after_decision.register(engine)
     return engine
 
 
@@ -61,7 +59,9 @@ def run_worker(settings: Settings) -> None:
     # the uplift model learned so far, before the first decision (a restart decides with the same model)
     model_follower.start_following(settings, models, engine.codec)
     worker = _make_worker_class()(engine.app, loglevel=settings.log_level, quiet=True)
-    engine.detection.start_now()  # while Faust restores its own tables (see DetectionService.start_now)
+    # while Faust restores its own tables (see ChildService.start_now)
+    engine.detection.start_now()
+    engine.after_decision.start_now()
 
     @engine.app.task
     async def report_on_sigusr1():

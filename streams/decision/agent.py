@@ -1,4 +1,4 @@
-"""Decides how the decision stage runs on Faust: a per-customer contact ledger in RocksDB, a Decision for every signal, and the uplift learner."""
+"""Decides how the decision stage runs on Faust: a per-customer contact ledger in RocksDB, a Decision for every signal, and the agents' pacer."""
 from __future__ import annotations
 
 from streams import topics
@@ -6,17 +6,15 @@ from streams.app import Engine
 from streams.audit import audit
 from streams.decision import pacing
 from streams.decision.actions import ActionSet
-from streams.decision.learn import due, label_of, learn, new_partition_state, step_to
 from streams.decision.models import ModelBook
 from streams.data.enrich import check_hops, validate_merge
 from streams.decision.policy import counts_of, decide, on_conversion, on_merge, on_outcome
-from streams.decision.uplift import AGENT_LED, evidence_record
+from streams.decision.uplift import AGENT_LED
 from streams.rules.book import RuleBook
 
 STAGE = "decision"
 FORGOTTEN = "forgotten"  # the only field of a forgotten customer's ledger
 MERGED_INTO = "merged_into"  # a duplicate customer's ledger: later purchases and declines are handed on
-LEARN_STAGE = "learning"
 PACING_STAGE = "pacing"
 
 
@@ -108,7 +106,6 @@ def register(engine: Engine, actions: ActionSet | RuleBook, models: ModelBook | 
 
         await engine.handle_batches(stream, STAGE, handle)
 
-    register_learner(engine)
     register_pacer(engine)
     return decide_actions, customer_to_contacts
 
@@ -146,36 +143,3 @@ def register_pacer(engine: Engine):
                 skill_to_pacing[skill] = state
 
     return pace_offers, skill_to_pacing
-
-
-def register_learner(engine: Engine):
-    app, settings = engine.app, engine.settings
-    decision_to_label = app.Table(topics.DECISION_TO_LABEL, default=None, partitions=settings.partitions, key_type=str)
-    partition_to_evidence = app.Table(topics.PARTITION_TO_EVIDENCE, default=None, partitions=settings.partitions,
-                                      key_type=str)
-
-    @app.agent(engine.topic[topics.ATTRIBUTIONS.name], name="learn_uplift")
-    async def learn_uplift(stream):
-        async for msg, attribution in engine.records(stream, topics.ATTRIBUTIONS, LEARN_STAGE):
-            async with engine.guard(LEARN_STAGE, msg):
-                partition, did = msg.partition, attribution["decision_id"]
-                label = label_of(attribution, partition)
-                if label is not None:
-                    decision_to_label[did] = label  # the latest revision's label wins
-                elif did in decision_to_label:
-                    del decision_to_label[did]  # e.g. now incomplete
-                state = partition_to_evidence.get(str(partition)) or new_partition_state()
-                if not step_to(state, attribution["decision_ts"]):
-                    continue
-                labels = due(state, decision_to_label.items(), partition)
-                learn(state, labels)
-                # The evidence is sent before the state is written: a crash in between replays this record
-                # against the old state and sends the very same evidence again (the topic keeps the latest).
-                if labels:
-                    await engine.send(topics.MODELS, str(partition),
-                                      evidence_record(partition, state["labels"], state["clock"], state["ev"]))
-                for done, _ in labels:
-                    del decision_to_label[done]
-                partition_to_evidence[str(partition)] = state
-
-    return learn_uplift, decision_to_label, partition_to_evidence

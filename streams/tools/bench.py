@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from streams import clients, topics
+from streams import after_decision, clients, topics
 from streams.admin import ensure_topics, wait_for_broker
 from streams.detection.runner import detection_group
 from streams.settings import REPO_ROOT, Settings
@@ -222,34 +222,38 @@ class Sampler(threading.Thread):
         return round(total, 1)
 
 
-def _pipeline_lag(settings: Settings, reader) -> int:
-    """Records of the stages' input topics (all but events) not yet committed by the worker's group.
+def _pipeline_lag(settings: Settings, readers: dict) -> int:
+    """Records of the stages' input topics (all but events) not yet committed by the groups reading them.
 
-    `reader`: a consumer of the worker's group that never subscribes (see Sampler.committed).
+    `readers`: group -> a consumer of that group that never subscribes (see Sampler.committed).
     """
     from confluent_kafka import TopicPartition
 
-    inputs = [settings.topic(t.name) for t in (topics.SIGNALS, topics.ENRICHED, topics.DECISIONS)]
-    tps = [TopicPartition(t, p) for t in inputs for p in range(settings.partitions)]
+    read_by = {settings.app_id: (topics.SIGNALS, topics.ENRICHED, topics.DECISIONS),
+               f"{settings.app_id}-{after_decision.NAME}": (topics.DECISIONS, topics.ATTRIBUTIONS)}
     lag = 0
-    for tp in reader.committed(tps, timeout=10):
-        _, high = clients.watermarks(reader, tp, time.monotonic() + 10)
-        lag += max(0, high - max(tp.offset, 0))
+    for group, reader in readers.items():
+        tps = [TopicPartition(settings.topic(t.name), p) for t in read_by[group] for p in range(settings.partitions)]
+        for tp in reader.committed(tps, timeout=10):
+            _, high = clients.watermarks(reader, tp, time.monotonic() + 10)
+            lag += max(0, high - max(tp.offset, 0))
     return lag
 
 
 def _wait_pipeline(settings: Settings, timeout_s: float) -> float | None:
     """When no stage after detection has anything left to read (monotonic time), or None."""
-    reader = clients.consumer(settings, settings.app_id, log_level=None)
+    readers = {group: clients.consumer(settings, group, log_level=None)
+               for group in (settings.app_id, f"{settings.app_id}-{after_decision.NAME}")}
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if _pipeline_lag(settings, reader) == 0:
+            if _pipeline_lag(settings, readers) == 0:
                 return time.monotonic()
             time.sleep(0.5)
         return None
     finally:
-        reader.close()
+        for reader in readers.values():
+            reader.close()
 
 
 def _changelog_bytes(settings: Settings, events: int, since_ms: int = 0, until_ms: int = 2**62,
@@ -279,13 +283,15 @@ def _changelog_bytes(settings: Settings, events: int, since_ms: int = 0, until_m
 def _table_state(settings: Settings, live: dict) -> dict:
     """What each table holds now: keys, bytes of their latest key and value, bytes per key, and the
     table's RocksDB files on the worker's disk (every partition; detection's two tables share one
-    RocksDB per partition, counted under visitor_to_state)."""
+    RocksDB per partition, counted under visitor_to_state, and the after-decision runner's three
+    under key_to_attributions)."""
     disk: dict[str, int] = {}
     for d in settings.data_dir.rglob("*.db"):
         if d.is_dir():
             table = d.name.rsplit("-", 1)[0]
             disk[table] = disk.get(table, 0) + sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
     disk[topics.VISITOR_TO_STATE] = _detection_disk_bytes(settings)
+    disk[topics.KEY_TO_ATTRIBUTIONS] = _detection_disk_bytes(settings, after_decision.NAME)
     out = {}
     for table, keys in live.items():
         held = sum(keys.values())
@@ -372,9 +378,9 @@ def _context_latency(settings: Settings, work: Path, customers: list[str]) -> di
         stop_process(worker)
 
 
-def _detection_disk_bytes(settings: Settings) -> int:
-    """Bytes of detection's RocksDB folders (every partition's visitors and timer index, write-ahead log included)."""
-    return sum(f.stat().st_size for d in settings.data_dir.rglob("detection") if d.is_dir()
+def _detection_disk_bytes(settings: Settings, folder: str = "detection") -> int:
+    """Bytes of a runner's RocksDB folders (detection's: every partition's visitors and timer index), write-ahead log included."""
+    return sum(f.stat().st_size for d in settings.data_dir.rglob(folder) if d.is_dir()
                for f in d.rglob("*") if f.is_file())
 
 

@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from streams import clients
+from streams import after_decision, clients
 from streams.admin import ensure_topics
 from streams.settings import REPO_ROOT, KafkaSecurity, Settings
 from tests.support import wire
@@ -149,19 +149,25 @@ class Pipeline:
         self.wait_until_assigned(proc, members)
         return proc
 
-    def group_of(self, topic: str) -> str:
-        """The consumer group that reads `topic`: detection's own for the events and its ticks, else Faust's."""
+    def groups_of(self, topic: str) -> list[str]:
+        """The consumer groups that read `topic`: detection's own for the events and its ticks, the after-decision
+        runner's (delivery, attribution, learning) for what it reads, Faust's for the rest."""
+        after = f"{self.settings.app_id}-{after_decision.NAME}"
         if topic in ("engage.events", "engage.detection-ticks"):
-            return f"{self.settings.app_id}-detection"
-        return self.settings.app_id
+            return [f"{self.settings.app_id}-detection"]
+        if topic == "engage.attributions":
+            return [after]
+        if topic in ("engage.decisions", "engage.outcomes", "engage.conversions", "engage.forget"):
+            return [self.settings.app_id, after]
+        return [self.settings.app_id]
 
     def wait_until_assigned(self, proc: subprocess.Popen, members: int = 1, timeout_s: float = 90.0) -> None:
-        """Both of the workers' consumer groups (detection's and Faust's) are stable, have `members` members,
-        and hold every partition of the events topic and of the signals topic respectively."""
+        """The workers' consumer groups (detection's, Faust's and the after-decision runner's) are stable, have
+        `members` members, and hold every partition of the events, signals and attributions topics respectively."""
         admin = AdminClient(self.client_conf)
         deadline = time.monotonic() + timeout_s
-        wanted = {self.group_of(t): {(self.topic(t), p) for p in range(self.settings.partitions)}
-                  for t in ("engage.events", "engage.signals")}
+        wanted = {self.groups_of(t)[-1]: {(self.topic(t), p) for p in range(self.settings.partitions)}
+                  for t in ("engage.events", "engage.signals", "engage.attributions")}
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise AssertionError(f"worker exited with {proc.returncode}: {self.logs()[-3000:]}")
@@ -193,10 +199,9 @@ class Pipeline:
                     for p in range(self.settings.partitions)}
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
-                group = self.group_of(topic)
-                req = ConsumerGroupTopicPartitions(group, [TopicPartition(name, p) for p in ends])
-                res = admin.list_consumer_group_offsets([req])[group].result(10)
-                if all(max(tp.offset, 0) >= ends[tp.partition] for tp in res.topic_partitions):
+                if all(all(max(tp.offset, 0) >= ends[tp.partition] for tp in admin.list_consumer_group_offsets(
+                        [ConsumerGroupTopicPartitions(group, [TopicPartition(name, p) for p in ends])])[group]
+                        .result(10).topic_partitions) for group in self.groups_of(topic)):
                     return
                 time.sleep(0.3)
         finally:
@@ -217,11 +222,11 @@ class Pipeline:
             try:
                 parts = [TopicPartition(name, p, 0) for p in range(self.settings.partitions)]
                 ends = {tp.partition: clients.watermarks(c, tp, time.monotonic() + 30)[1] for tp in parts}
-                group = self.group_of(topic)
-                req = ConsumerGroupTopicPartitions(group, [TopicPartition(name, p) for p in ends])
-                committed = {tp.partition: tp.offset for tp in
-                             admin.list_consumer_group_offsets([req])[group].result(10).topic_partitions}
-                lines.append(f"{topic}: end offsets {ends}, committed {committed}")
+                for group in self.groups_of(topic):
+                    req = ConsumerGroupTopicPartitions(group, [TopicPartition(name, p) for p in ends])
+                    committed = {tp.partition: tp.offset for tp in
+                                 admin.list_consumer_group_offsets([req])[group].result(10).topic_partitions}
+                    lines.append(f"{topic}: end offsets {ends}, committed by {group} {committed}")
                 c.assign(parts)
                 left, deadline = sum(ends.values()), time.monotonic() + 30
                 while left > 0 and time.monotonic() < deadline:

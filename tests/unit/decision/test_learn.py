@@ -1,16 +1,19 @@
 """The uplift learner: which attributions teach what, when a label is final, and that the same inputs give the same model."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from streams import topics
-from streams.decision import agent as decision_agent
 from streams.decision.learn import LATENESS_MS, STEP_MS, due, label_of, learn, new_partition_state, step_to
 from streams.decision.models import ModelBook
 from streams.decision.policy import decide
 from streams.decision.uplift import DIMS, FEATURES, Model, evidence_record, merge, signal_features, vector
-from tests.support.stage import ACTIONS, T0, Stage, async_test, enriched, profile, signal
+from tests.support import wire
+from tests.support.runners import after_decision, feed, sent
+from tests.support.stage import ACTIONS, T0, enriched, profile, signal
 
 WINDOW = 600_000
 FEATURES_OF_A_CUSTOMER = {"bias": 1.0, "known": 1.0, "clv": 0.6, "returning": 1.0, "pages": 0.15}
@@ -134,23 +137,20 @@ def test_features_are_bounded_and_read_the_customers_local_hour():
     assert len(vector(f, "web_message")) == DIMS and vector(f, "chat")[-1] == 1.0
 
 
-@async_test
-async def test_the_learner_sends_its_partitions_evidence_once_windows_close_and_forgets_the_labels(tmp_path):
+def test_the_learner_sends_its_partitions_evidence_once_windows_close_and_forgets_the_labels(tmp_path):
     # Given the learner
-    st = Stage(tmp_path)
-    learn_uplift, decision_to_label, partition_to_evidence = decision_agent.register_learner(st.engine)
-    st.without_changelog(decision_to_label)
-    st.without_changelog(partition_to_evidence)
-    async with learn_uplift.test_context() as attributions_in:
-        # When three decisions are attributed (one revised: converted, then cancelled) ...
-        for a in (attribution("d1"), attribution("d2", "none", converted=True),
-                  attribution("d1", revision=1, converted=False, ts=T0), attribution("d3", ts=T0 + 5000)):
-            await attributions_in.put(key=a["decision_id"].encode(), value=st.engine.encode(topics.ATTRIBUTIONS, a))
-        assert st.out(topics.MODELS) == []
-        # ... and a decision made after their windows closed moves the clock
-        later = attribution("d4", ts=T0 + WINDOW + LATENESS_MS + STEP_MS + 5000)
-        await attributions_in.put(key=b"d4", value=st.engine.encode(topics.ATTRIBUTIONS, later))
-        [(key, rec, _)] = await st.wait_out(topics.MODELS, 1)
+    runner = after_decision(tmp_path)
+
+    def attributed(*records):
+        feed(runner, [("engage.attributions", a["decision_id"].encode(), wire.encode("Attribution", a)) for a in records])
+
+    # When three decisions are attributed (one revised: converted, then cancelled) ...
+    attributed(attribution("d1"), attribution("d2", "none", converted=True))
+    attributed(attribution("d1", revision=1, converted=False, ts=T0), attribution("d3", ts=T0 + 5000))
+    assert sent(runner, topics.MODELS) == []
+    # ... and a decision made after their windows closed moves the clock
+    attributed(attribution("d4", ts=T0 + WINDOW + LATENESS_MS + STEP_MS + 5000))
+    [(key, rec, _)] = sent(runner, topics.MODELS)
     # Then the partition's evidence holds the three labels, d1's from its latest revision
     assert key == b"0" and rec["labels"] == 3 and rec["features"] == list(FEATURES)
     arms = {r["arm"]: r for r in rec["arms"] if r["action_id"] == "retention-chat"}
@@ -159,5 +159,6 @@ async def test_the_learner_sends_its_partitions_evidence_once_windows_close_and_
     assert arms["treated"]["xty"][0] == 1.0 and arms["untreated"]["xty"][0] == 1.0
     assert len(arms["treated"]["xtx"]) == DIMS * DIMS
     # And only the decision whose window is still open is waiting
-    assert list(decision_to_label.keys()) == ["d4"]
-    assert partition_to_evidence["0"]["labels"] == 3
+    db = runner.stores.dbs[0]
+    assert [k for k, _ in db.items(topics.DECISION_TO_LABEL)] == ["d4"]
+    assert json.loads(db.get(topics.PARTITION_TO_EVIDENCE, "0"))["labels"] == 3

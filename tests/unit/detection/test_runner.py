@@ -11,63 +11,15 @@ from streams import clients, topics
 from streams.detection import detector as detector_module
 from streams.detection.partition import INDEX, VISITORS
 from streams.detection.rules import load_detection
-from streams.detection.runner import DetectionRunner, Record, Stopped
+from streams.detection.runner import DetectionRunner
+from streams.runtime.runner import Record, Stopped
 from streams.detection.store import PartitionDB
 from streams.settings import REPO_ROOT, Settings
 from tests.support import wire
+from tests.support.runners import FakeConsumer, FakeProducer
 
 T0 = int(time.time() * 1000) - 60_000  # a minute ago: within the accepted event times
 RULES = load_detection(REPO_ROOT / "rules" / "detection.yaml")
-
-
-class FakeProducer:
-    """Takes records; a flush acks them (offsets per topic and partition), but fails the first `failures` of them."""
-
-    def __init__(self, log: list, failures: int = 0):
-        self.log, self.failures = log, failures
-        self.queue: list = []
-        self.sent: list[tuple[str, int | None, bytes | None, bytes | None]] = []
-        self.next_offset: dict = {}
-
-    def produce(self, topic, value=None, key=None, on_delivery=None, partition=None):
-        self.queue.append((topic, partition, key, value, on_delivery))
-
-    def poll(self, timeout=0):
-        return 0
-
-    def flush(self, timeout=None):
-        for topic, partition, key, value, cb in self.queue:
-            if self.failures:
-                self.failures -= 1
-                cb("broker down", None)
-                continue
-            p = 0 if partition is None else partition
-            offset = self.next_offset.get((topic, p), 0)
-            self.next_offset[(topic, p)] = offset + 1
-            self.sent.append((topic, partition, key, value))
-            self.log.append(("acked", topic))
-            if cb is not None:
-                cb(None, _Msg(offset))
-        self.queue.clear()
-        return 0
-
-
-class _Msg:
-    def __init__(self, offset):
-        self._offset = offset
-
-    def offset(self):
-        return self._offset
-
-
-class FakeConsumer:
-    def __init__(self, log: list):
-        self.log = log
-        self.commits: list[dict] = []
-
-    def commit(self, offsets=None, asynchronous=True):
-        self.commits.append({(tp.topic, tp.partition): tp.offset for tp in offsets})
-        self.log.append(("commit", None))
 
 
 def _runner(tmp_path, failures: int = 0) -> DetectionRunner:
@@ -215,9 +167,9 @@ def test_an_idle_partition_read_to_its_end_gets_a_tick_and_one_still_behind_does
     runner.consumer = WatermarkConsumer(runner.log, cached={0: 10, 1: 500}, broker={2: 0})
     runner.assigned = {0, 1, 2}
     runner.position = {0: 10, 1: 20}
-    runner.idle.assigned([0, 1, 2], now=100.0)
+    runner.idle_partitions.assigned([0, 1, 2], now=100.0)
     # When the idle check runs
-    runner._tick_idle(105.0)
+    runner.idle(105.0)
     # Then partition 0 and the empty partition 2 get a tick; only partition 2, which no fetch told about, cost a request
     ticks = [(p, wire.decode("Tick", v)) for t, p, _, v, _ in runner.producer.queue]
     assert [p for p, _ in ticks] == [0, 2] and ticks[0][1]["idle_ms"] == 5000
@@ -227,7 +179,7 @@ def test_an_idle_partition_read_to_its_end_gets_a_tick_and_one_still_behind_does
 def test_changelog_keys_are_written_and_read_as_faust_tables_of_earlier_releases_wrote_them():
     from faust.serializers import codecs
 
-    from streams.detection.store import changelog_key, table_key
+    from streams.runtime.store import changelog_key, table_key
 
     # Faust's str-keyed tables wrote JSON keys; values were raw bytes in both
     for key in ["v1", "0:clock", "é-visitor", "3:q12"]:
@@ -286,8 +238,8 @@ class _ChangelogMsg:
 
 
 def test_a_copy_ahead_of_one_changelog_is_read_again_whole_from_both(tmp_path, monkeypatch):
-    from streams.detection import runner as runner_module
-    from streams.detection.store import changelog_key
+    from streams.runtime import runner as runner_module
+    from streams.runtime.store import changelog_key
 
     # Given partition 0's RocksDB at offsets 1 (visitors) and 50 (timers), with a visitor of its own, and
     # changelogs since: the visitors' one holds 2 records, the timers' one, made again, only 5
@@ -308,7 +260,7 @@ def test_a_copy_ahead_of_one_changelog_is_read_again_whole_from_both(tmp_path, m
 def test_batches_within_the_commit_interval_are_committed_together_once_it_has_passed(tmp_path, monkeypatch):
     # Given a runner that committed its first batch at t=100 s (commit interval 1 s)
     clock = [100.0]
-    monkeypatch.setattr("streams.detection.runner.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("streams.runtime.runner.time.monotonic", lambda: clock[0])
     runner = _runner(tmp_path)
     runner.process([_event(1, "page_view", path="/a")])
     # When two more batches come within the interval

@@ -1,0 +1,352 @@
+"""Decides how a stage runs on Kafka without Faust: its own consumer group, state per partition, outputs and state acked before commits.
+
+Per batch (what the consumer has waiting, up to ENGAGE_BATCH_MAX), in this order:
+  1. `process` works out the outputs, dead letters and each key's last write (a subclass's job);
+  2. the outputs are produced and every ack awaited (failed sends are sent again);
+  3. the state goes to the changelog partition of its own records, acks awaited;
+  4. then into the partition's RocksDB, with the changelog offsets it reaches;
+  5. the offsets are committed last, at most once per commit interval (1 s, as Faust; Kafka Streams
+     also commits on an interval), and when partitions are revoked or the runner stops.
+A crash before 3 replays the records against the old state and re-sends the same ids; after 3,
+restoring from the changelog gives the new state, and the replayed records are duplicates.
+The input topics are co-partitioned and taken with the range assignor, so a worker holds the same
+partitions of each; an assigned partition's RocksDB first reads what its changelogs have beyond it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from streams import clients, topics
+from streams.deadletter import as_reference, dead_letter, log_dead_letter, log_fault
+from streams.runtime.store import Stores, changelog_key, table_key
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+RESTORE_CHUNK = 20_000  # changelog records applied to RocksDB at once while restoring
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a stage and a dead-letter record read of a Kafka message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple = ()
+
+
+class Stopped(Exception):
+    """The runner was asked to stop while a batch was not handed to the broker: nothing of it is committed."""
+
+
+class Runner:
+    """A consumer group over co-partitioned `inputs`; tables in `stores`, each with its changelog topic.
+
+    `primary` is the input whose partitions own the stores (all inputs have the same partitions).
+    `ran_on_faust`: an input that only this stage read when it ran in the Faust app's group (in an
+    earlier release), and that the app no longer reads: the app's commits on it mark an upgrade.
+    Subclasses implement `process(records)`, and may hook `_assigned` and `_forgotten`.
+    """
+
+    def __init__(self, settings: Settings, codec, stage: str, group: str, inputs: list[str], primary: str,
+                 changelog: dict[str, str], stores: Stores, *, ran_on_faust: str | None = None, consumer=None,
+                 producer=None):
+        self.settings, self.codec, self.stage, self.group = settings, codec, stage, group
+        self.inputs, self.primary, self.changelog, self.stores = inputs, primary, changelog, stores
+        self.ran_on_faust = ran_on_faust
+        self.stop = threading.Event()
+        self.assigned: set[int] = set()  # partitions this worker holds
+        self.done: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset, handed to the broker
+        self._consumer, self._producer = consumer, producer
+        self._last_commit = 0.0
+
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Consume and process until `stop` is set; then commit what is done and leave the group."""
+        self.consumer = self._consumer or clients.consumer(
+            self.settings, self.group, logger=log, **{
+                "partition.assignment.strategy": "range",  # the same partitions of every input
+                "session.timeout.ms": self.settings.session_timeout_ms,
+                "heartbeat.interval.ms": min(3000, self.settings.session_timeout_ms // 3)})
+        self.producer = self._producer or clients.producer(self.settings, logger=log, **{"linger.ms": 1})
+        self.done.clear()
+        self.consumer.subscribe(self.inputs, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_lost)
+        try:
+            while not self.stop.is_set():
+                records = self._take()
+                if records:
+                    self.process(records)
+                self.idle(time.time())
+                self._commit_due(time.monotonic())  # the last batch before a quiet spell
+        except Stopped:
+            log.info("%s: stopped with a batch not handed to the broker; it is read again next time", self.stage)
+        finally:
+            try:
+                self.consumer.close()  # revokes: what is done is committed
+            finally:
+                self.stores.close_all()
+                self.producer.flush(10)
+
+    def process(self, records: list[Record]) -> None:
+        raise NotImplementedError
+
+    def idle(self, now: float) -> None:
+        """Called on every turn of the loop, with or without records (e.g. for ticks)."""
+
+    def _take(self) -> list[Record]:
+        """What the consumer has waiting, up to ENGAGE_BATCH_MAX; if nothing, wait up to 100 ms for one."""
+        most = self.settings.batch_max
+        msgs = self.consumer.consume(most, 0)
+        if not msgs:
+            first = self.consumer.poll(0.1)
+            if first is None:
+                return []
+            msgs = [first] + (self.consumer.consume(most - 1, 0) if most > 1 else [])
+        records = []
+        for m in msgs:
+            if m.error():
+                log.warning("%s: consumer error: %s", self.stage, m.error())
+                continue
+            records.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers() or ()))
+        return records
+
+    def hand_over(self, records: list[Record], sends: list[tuple], writes: list[tuple[int, str, str, bytes | None]]) -> None:
+        """Steps 2 to 5 for a batch: `sends` (see `_deliver`), then `writes` (partition, table, key, bytes)."""
+        self._deliver(sends)
+        offsets = self._deliver([(self.changelog[table], p, changelog_key(key), value)
+                                 for p, table, key, value in writes])
+        by_partition: dict[int, list] = {}
+        reached: dict[int, dict[str, int]] = {}
+        for (p, table, key, value), offset in zip(writes, offsets):
+            by_partition.setdefault(p, []).append((table, key, value))
+            reached.setdefault(p, {})[table] = max(offset + 1, reached.get(p, {}).get(table, 0))
+        for p, part_writes in by_partition.items():
+            self.stores.open(p).write(part_writes, reached[p])
+        for r in records:
+            self.done[(r.topic, r.partition)] = r.offset + 1
+        self._commit_due(time.monotonic())
+
+    def output(self, spec: topics.TopicSpec, key: str, record: dict | None, headers: dict | None = None) -> tuple:
+        """An output as `_deliver` takes it: the record encoded for its topic (None: a tombstone)."""
+        topic = self.settings.topic(spec.name)
+        value = None if record is None else self.codec.encode(topic, spec.schema, record)
+        return (topic, None, key.encode(), value, None, [(k, v.encode()) for k, v in (headers or {}).items()])
+
+    def _commit_due(self, now: float) -> None:
+        """Commit what is done once per commit interval (`Settings.commit_interval_s`), as Faust does.
+
+        Every offset in `done` has its outputs and state acked already, so a later commit only means
+        more to read again after a crash, never a loss. A commit per batch was an OffsetCommit (and a
+        write to __consumer_offsets) per batch, some hundreds a second at 1,000 events/s offered.
+        """
+        if now - self._last_commit >= self.settings.commit_interval_s:
+            self._last_commit = now
+            self._commit(asynchronous=True)
+
+    def _dead_letter(self, record: Record, exc: Exception, fault: bool, stage: str | None = None) -> tuple:
+        stage = stage or self.stage
+        reason = log_fault(stage, record, exc) if fault else exc
+        dead = dead_letter(stage, record.topic, record.partition, record.offset, record.key, record.value, reason)
+        if not fault:
+            log_dead_letter(dead)
+        topic = self.settings.topic(topics.DEADLETTER.name)
+        return topic, None, dead["key"], self.codec.encode(topic, topics.DEADLETTER.schema, dead), dead
+
+    # -- handing records to the broker -------------------------------------------------------------
+    def _deliver(self, items: list[tuple]) -> list[int]:
+        """Produce (topic, partition or None, key, value[, dead-letter record[, headers]]) and wait for every ack.
+
+        A send the broker refuses is sent again, with a growing pause, until it is taken: the batch
+        is committed only after this returns. A dead letter refused (too large for the topic) is
+        sent again as a reference. Returns each record's offset.
+        """
+        offsets: list[int | None] = [None] * len(items)
+        errors: dict[int, object] = {}
+        pending = list(range(len(items)))
+        pause = 0.1
+        while pending:
+            errors.clear()
+            for i in pending:
+                topic, partition, key, value = items[i][:4]
+                kwargs = {} if partition is None else {"partition": partition}
+                if len(items[i]) > 5 and items[i][5]:
+                    kwargs["headers"] = items[i][5]
+
+                def acked(err, msg, i=i):
+                    if err is None:
+                        offsets[i] = msg.offset()
+                    else:
+                        errors[i] = err
+
+                while True:
+                    try:
+                        self.producer.produce(topic, value=value, key=key, on_delivery=acked, **kwargs)
+                        break
+                    except BufferError:  # the client's queue is full: let it drain
+                        self.producer.poll(0.05)
+            while self.producer.flush(1.0) > 0:
+                if self.stop.is_set():
+                    raise Stopped()
+            pending = [i for i in pending if offsets[i] is None]
+            if pending:
+                log.error("%s: %d of %d sends failed, sending them again: %s", self.stage, len(pending), len(items),
+                          next(iter(errors.values()), "no ack"))
+                for i in pending:
+                    dead = items[i][4] if len(items[i]) > 4 else None
+                    if dead and not dead["truncated"]:
+                        ref = as_reference(dead)
+                        items[i] = (*items[i][:3], self.codec.encode(items[i][0], topics.DEADLETTER.schema, ref), ref)
+                if self.stop.wait(pause):
+                    raise Stopped()
+                pause = min(pause * 2, 5.0)
+        return offsets  # type: ignore[return-value]
+
+    def _commit(self, asynchronous: bool, partitions: set[tuple[str, int]] | None = None) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        done = [TopicPartition(t, p, o) for (t, p), o in self.done.items() if partitions is None or (t, p) in partitions]
+        if not done:
+            return
+        try:
+            self.consumer.commit(offsets=done, asynchronous=asynchronous)
+        except KafkaException as exc:
+            # not committed (e.g. the group is rebalancing): the records are read again, to the same ids
+            log.warning("%s: commit failed: %s", self.stage, exc)
+
+    # -- partitions coming and going ---------------------------------------------------------------
+    def _on_assign(self, consumer, partitions) -> None:
+        mine = sorted(tp.partition for tp in partitions if tp.topic == self.primary)
+        started = time.monotonic()
+        restored = self.restore(mine)
+        committed: dict[tuple[str, int], int] = {}
+        if partitions:
+            committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=30)}
+            if self._resume_where_faust_stopped(partitions, committed):
+                consumer.assign(partitions)  # with the offsets set (the client's own assign would drop them)
+        self.assigned = set(mine)
+        self._assigned(mine, committed)
+        log.info("%s: assigned partitions %s; %d changelog records restored in %.1f s", self.stage, mine, restored,
+                 time.monotonic() - started)
+
+    def _assigned(self, mine: list[int], committed: dict[tuple[str, int], int]) -> None:
+        """Hook: partitions `mine` were assigned, resuming at `committed` ((topic, partition) -> offset, -1 if none)."""
+
+    def _resume_where_faust_stopped(self, partitions, committed: dict) -> bool:
+        """Partitions this group never committed resume where the Faust app's group did, on an upgrade.
+
+        Releases before this one ran the stage as a Faust agent, in the app's own group: a worker
+        upgraded in place goes on from there instead of reading every stored record again. It is an
+        upgrade only if the app's group committed on `ran_on_faust`, which this release's app never
+        reads: the app still reads some of the other inputs (the decisions, for the journey), and on
+        a new installation its commits there are no sign of anything this stage has done. The
+        offsets are set on the assigned partitions; True if any was.
+        """
+        from confluent_kafka import TopicPartition
+
+        new = [tp for tp in partitions if committed.get((tp.topic, tp.partition), -1) < 0]
+        if not new or self.ran_on_faust is None:
+            return False
+        faust_group = clients.consumer(self.settings, self.settings.app_id, log_level=None)  # never joins it
+        try:
+            marks = faust_group.committed([TopicPartition(self.ran_on_faust, p)
+                                           for p in range(self.settings.partitions)], timeout=30)
+            if not any(tp.offset >= 0 for tp in marks):
+                return False
+            earlier = faust_group.committed([TopicPartition(tp.topic, tp.partition) for tp in new], timeout=30)
+        finally:
+            faust_group.close()
+        by_tp = {(tp.topic, tp.partition): tp.offset for tp in earlier if tp.offset >= 0}
+        for tp in new:
+            offset = by_tp.get((tp.topic, tp.partition))
+            if offset is not None:
+                tp.offset = offset
+                committed[(tp.topic, tp.partition)] = offset
+        if by_tp:
+            log.warning("%s: %d partitions resume where the app's group (an earlier release) committed",
+                        self.stage, len(by_tp))
+        return bool(by_tp)
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._commit(asynchronous=False, partitions=gone)
+        self._forget(gone)
+
+    def _on_lost(self, consumer, partitions) -> None:
+        # another worker may own these already: nothing is committed, the state is read afresh
+        self._forget({(tp.topic, tp.partition) for tp in partitions})
+
+    def _forget(self, gone: set[tuple[str, int]]) -> None:
+        # another worker may own these partitions next and change their state
+        mine = {p for t, p in gone if t == self.primary}
+        self._forgotten(mine)
+        for p in mine:
+            self.stores.close(p)
+        self.assigned -= mine
+        for key in gone:
+            self.done.pop(key, None)
+
+    def _forgotten(self, partitions: set[int]) -> None:
+        """Hook: `partitions` were revoked or lost; what is kept of them in memory must go."""
+
+    def restore(self, partitions: list[int]) -> int:
+        """Bring each partition's RocksDB up to its changelogs' end; returns the records applied."""
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        if not partitions or not self.changelog:
+            return 0
+        reader = clients.consumer(self.settings, clients.throwaway_group(f"{self.group}-restore"), logger=log,
+                                  **{"fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 10_485_760})
+        try:
+            wanted: dict[tuple[str, int], int] = {}  # (changelog, partition) -> its end offset
+            starts = []
+            for p in partitions:
+                db = self.stores.open(p)
+                marks = {table: clients.watermarks(reader, TopicPartition(topic, p), time.monotonic() + 30)
+                         for table, topic in self.changelog.items()}
+                if any(db.offset(table) > high for table, (_, high) in marks.items()):
+                    # a changelog is younger than this copy (the topic was made again): all tables start over
+                    log.warning("%s: local state of partition %d is ahead of its changelog; read again", self.stage, p)
+                    self.stores.wipe(p)
+                    db = self.stores.open(p)
+                for table, (low, high) in marks.items():
+                    start = db.offset(table)
+                    if start < high:
+                        topic = self.changelog[table]
+                        wanted[(topic, p)] = high
+                        starts.append(TopicPartition(topic, p, start if start > low else OFFSET_BEGINNING))
+            table_of = {topic: table for table, topic in self.changelog.items()}
+            applied = 0
+            if wanted:
+                reader.assign(starts)
+                pending: dict[int, list] = {}
+                reached: dict[int, dict[str, int]] = {}
+                while wanted:
+                    if self.stop.is_set():
+                        raise Stopped()
+                    for m in reader.consume(10_000, 1.0):
+                        if m.error():
+                            continue
+                        topic, p = m.topic(), m.partition()
+                        pending.setdefault(p, []).append((table_of[topic], table_key(m.key()), m.value()))
+                        reached.setdefault(p, {})[table_of[topic]] = m.offset() + 1
+                        applied += 1
+                        if m.offset() + 1 >= wanted.get((topic, p), 0):
+                            wanted.pop((topic, p), None)
+                    # the end may be a record compaction removed: the reader's position says it was passed
+                    if wanted:
+                        for tp in reader.position([TopicPartition(t, p) for t, p in wanted]):
+                            if tp.offset >= 0 and tp.offset >= wanted[(tp.topic, tp.partition)]:
+                                wanted.pop((tp.topic, tp.partition), None)
+                    if sum(map(len, pending.values())) >= RESTORE_CHUNK or not wanted:
+                        for p, writes in pending.items():
+                            self.stores.open(p).write(writes, reached[p])
+                        pending.clear()
+            return applied
+        finally:
+            reader.close()

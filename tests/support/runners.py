@@ -1,0 +1,94 @@
+"""A runner's consumer and producer, faked: what it sends, in which order, and what it commits, without a broker."""
+from __future__ import annotations
+
+
+class FakeProducer:
+    """Takes records; a flush acks them (offsets per topic and partition), but fails the first `failures` of them."""
+
+    def __init__(self, log: list, failures: int = 0):
+        self.log, self.failures = log, failures
+        self.queue: list = []
+        self.sent: list[tuple[str, int | None, bytes | None, bytes | None]] = []
+        self.next_offset: dict = {}
+        self.headers: list[dict] = []  # of each record in `sent`
+        self._queued_headers: list[dict] = []
+
+    def produce(self, topic, value=None, key=None, on_delivery=None, partition=None, headers=None):
+        self.queue.append((topic, partition, key, value, on_delivery))
+        self._queued_headers.append(dict(headers or []))
+
+    def poll(self, timeout=0):
+        return 0
+
+    def flush(self, timeout=None):
+        for (topic, partition, key, value, cb), headers in zip(self.queue, self._queued_headers):
+            if self.failures:
+                self.failures -= 1
+                cb("broker down", None)
+                continue
+            p = 0 if partition is None else partition
+            offset = self.next_offset.get((topic, p), 0)
+            self.next_offset[(topic, p)] = offset + 1
+            self.sent.append((topic, partition, key, value))
+            self.headers.append(headers)
+            self.log.append(("acked", topic))
+            if cb is not None:
+                cb(None, _Msg(offset))
+        self.queue.clear()
+        self._queued_headers.clear()
+        return 0
+
+
+class _Msg:
+    def __init__(self, offset):
+        self._offset = offset
+
+    def offset(self):
+        return self._offset
+
+
+class FakeConsumer:
+    def __init__(self, log: list):
+        self.log = log
+        self.commits: list[dict] = []
+
+    def commit(self, offsets=None, asynchronous=True):
+        self.commits.append({(tp.topic, tp.partition): tp.offset for tp in offsets})
+        self.log.append(("commit", None))
+
+
+def after_decision(tmp_path, actions=None):
+    """The after-decision runner (delivery, attribution, learning) on the test actions, over the fakes."""
+    from streams import clients
+    from streams.after_decision import build_runner
+    from streams.rules.book import RuleBook
+    from streams.settings import Settings
+    from tests.support.stage import ACTIONS
+
+    settings = Settings(data_dir=tmp_path / "state")
+    runner = build_runner(settings, clients.codec(settings), RuleBook(actions or ACTIONS))
+    runner.log = []
+    runner.consumer, runner.producer = FakeConsumer(runner.log), FakeProducer(runner.log)
+    return runner
+
+
+def feed(runner, records) -> None:
+    """One batch of (topic, key, value bytes[, partition]) records, offsets counted per topic and partition."""
+    from streams.runtime.runner import Record
+
+    batch = []
+    for topic, key, value, *rest in records:
+        p = rest[0] if rest else 0
+        offset = runner.__dict__.setdefault("_offsets", {}).get((topic, p), 0)
+        runner._offsets[(topic, p)] = offset + 1
+        batch.append(Record(topic, p, offset, key, value))
+    runner.process(batch)
+
+
+def sent(runner, spec) -> list[tuple[bytes | None, dict | None, dict]]:
+    """(key, decoded record, headers) of what the runner sent to `spec`'s topic, in order."""
+    from tests.support import wire
+
+    name = runner.settings.topic(spec.name)
+    return [(key, None if value is None else wire.decode(spec.schema, value), headers)
+            for (topic, _, key, value), headers in zip(runner.producer.sent, runner.producer.headers) if topic == name]

@@ -1,0 +1,106 @@
+"""The stage runner over fake clients: a failing record leaves no write behind, tables see the batch's writes, upgrades resume."""
+from __future__ import annotations
+
+import json
+
+from confluent_kafka import TopicPartition
+
+from streams import clients, topics
+from streams.runtime import runner as runner_module
+from streams.runtime.runner import Record
+from streams.runtime.stage import Handler, StageRunner
+from streams.settings import Settings
+from tests.support import wire
+from tests.support.runners import FakeConsumer, FakeProducer
+from tests.support.stage import T0
+
+TABLE = topics.KEY_TO_ATTRIBUTIONS
+
+
+def _runner(tmp_path, handle, ran_on_faust=None) -> StageRunner:
+    settings = Settings(data_dir=tmp_path / "state")
+    runner = StageRunner(settings, clients.codec(settings), "test-stage", [Handler("counting", topics.OUTCOMES, handle)],
+                         [TABLE], ran_on_faust=ran_on_faust)
+    runner.log = []
+    runner.consumer, runner.producer = FakeConsumer(runner.log), FakeProducer(runner.log)
+    return runner
+
+
+def _outcome(i: int, type_: str = "shown") -> Record:
+    value = wire.encode("Outcome", {"outcome_id": f"o{i}", "delivery_id": "d1", "decision_id": "dec1", "key": "C1",
+                                    "ts": T0 + i, "type": type_, "channel": "chat", "action_id": "retention-chat",
+                                    "value": None, "detail": None})
+    return Record("engage.outcomes", 0, i, b"C1", value)
+
+
+def _counting(record, outcome, tables):
+    counts = tables[TABLE]
+    n = (counts.get("C1") or {"n": 0})["n"] + 1
+    counts["C1"] = {"n": n}
+    if outcome["type"] == "declined":
+        raise RuntimeError("a fault of ours, after a write")
+    return []
+
+
+def test_a_record_that_fails_after_writing_leaves_the_state_as_it_found_it(tmp_path):
+    # Given a handler that counts outcomes per key, and fails on a decline after counting it
+    runner = _runner(tmp_path, _counting)
+    # When a batch has a shown, a decline and another shown
+    runner.process([_outcome(0), _outcome(1, "declined"), _outcome(2)])
+    # Then the decline is dead-lettered by the handler's stage, and only the two others are counted, once
+    [dead] = [wire.decode("DeadLetter", v) for t, _, _, v in runner.producer.sent if t == "engage.deadletter"]
+    assert dead["stage"] == "counting" and dead["offset"] == 1
+    changelog = [(json.loads(k), json.loads(v)) for t, _, k, v in runner.producer.sent if t == runner.changelog[TABLE]]
+    assert changelog == [("C1", {"n": 2})]
+    assert json.loads(runner.stores.dbs[0].get(TABLE, "C1")) == {"n": 2}
+    assert runner.consumer.commits == [{("engage.outcomes", 0): 3}]
+
+
+def test_a_tables_items_are_the_stored_ones_with_the_batchs_writes_and_deletions(tmp_path):
+    # Given stored keys a and b
+    seen = []
+
+    def handle(record, outcome, tables):
+        t = tables[TABLE]
+        if outcome["type"] == "shown":
+            t["c"] = {"n": 3}
+            del t["a"]
+        else:
+            seen.append(sorted(t.items()))
+        return []
+
+    runner = _runner(tmp_path, handle)
+    runner.stores.open(0).write([(TABLE, "a", b'{"n":1}'), (TABLE, "b", b'{"n":2}')], {})
+    # When one record writes c and deletes a, and the next of the batch lists the table
+    runner.process([_outcome(0, "shown"), _outcome(1, "accepted")])
+    # Then it sees b and c, not a
+    assert seen == [[("b", {"n": 2}), ("c", {"n": 3})]]
+    assert runner.stores.dbs[0].get(TABLE, "a") is None
+
+
+class _AppGroup:
+    """The Faust app's group's commits, as a consumer that never joins reads them."""
+
+    def __init__(self, commits: dict):
+        self.commits = commits
+
+    def committed(self, tps, timeout=None):
+        return [TopicPartition(tp.topic, tp.partition, self.commits.get((tp.topic, tp.partition), -1001)) for tp in tps]
+
+    def close(self):
+        pass
+
+
+def test_an_upgrade_is_told_by_the_apps_commits_on_a_topic_only_the_stage_read(tmp_path, monkeypatch):
+    # Given a runner whose group never committed, and an app group that committed outcomes (read by the app
+    # of this release too) but never the attributions (read by this stage alone in earlier releases)
+    runner = _runner(tmp_path, _counting, ran_on_faust=topics.ATTRIBUTIONS)
+    app = _AppGroup({("engage.outcomes", 0): 40})
+    monkeypatch.setattr(runner_module.clients, "consumer", lambda *a, **kw: app)
+    assigned = [TopicPartition("engage.outcomes", 0)]
+    committed = {("engage.outcomes", 0): -1001}
+    # When its partitions are assigned: Then it starts from its own position, not the app's (a new installation)
+    assert not runner._resume_where_faust_stopped(assigned, committed) and assigned[0].offset == -1001
+    # And when the app's group had committed the attributions (an earlier release ran the stage), it resumes there
+    app.commits[("engage.attributions", 3)] = 7
+    assert runner._resume_where_faust_stopped(assigned, committed) and assigned[0].offset == 40
