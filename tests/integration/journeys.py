@@ -85,7 +85,8 @@ def _assert_all_decided(pipe, signals: list[dict], decisions) -> None:
 
 def assert_every_signal_decided_once(pipe, signals: list[dict]) -> None:
     """Every signal the rules imply is decided and none is invented; a decision repeated by at-least-once
-    delivery is the same decision; and the workers have committed every event (no partition stuck)."""
+    delivery is the same decision; every decision to act is delivered and every decision attributed, under
+    its own ids; and the workers have committed every event and decision (no partition stuck)."""
     from tests.integration.conftest import Reader
 
     decisions = Reader(pipe, "engage.decisions", "Decision")
@@ -98,6 +99,34 @@ def assert_every_signal_decided_once(pipe, signals: list[dict]) -> None:
         pipe.wait_caught_up("engage.events")
     finally:
         decisions.close()
+    assert_decisions_followed_up(pipe, by_id)
+
+
+def assert_decisions_followed_up(pipe, decisions: dict[str, dict]) -> None:
+    """Each decision to act has its delivery (a repeat is the same delivery) and no other decision has one;
+    each decision has an attribution; and the after-decision runner committed every decision."""
+    from streams.delivery.render import delivery_id
+    from tests.integration.conftest import Reader
+
+    acts = {delivery_id(i) for i, d in decisions.items() if d["outcome"] == "act"}
+    deliveries, attributions = Reader(pipe, "engage.delivery", "Delivery"), Reader(pipe, "engage.attributions", "Attribution")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (acts <= {d["delivery_id"] for d, _ in deliveries.records}
+                                                     and set(decisions) <= {a["decision_id"] for a, _ in attributions.records}):
+            deliveries.wait_for(lambda d: False, timeout_s=1)
+            attributions.wait_for(lambda a: False, timeout_s=1)
+        deliveries.settle(2)
+        by_id: dict[str, dict] = {}
+        for d, _ in deliveries.records:
+            assert by_id.setdefault(d["delivery_id"], d) == d, "a delivery sent again must be the same delivery"
+        assert set(by_id) == acts, f"deliveries missing {len(acts - set(by_id))}, unexpected {len(set(by_id) - acts)}"
+        attributed = {a["decision_id"] for a, _ in attributions.records}
+        assert set(decisions) <= attributed, f"{len(set(decisions) - attributed)} decisions never attributed"
+        pipe.wait_caught_up("engage.decisions")
+    finally:
+        deliveries.close()
+        attributions.close()
 
 
 
