@@ -77,8 +77,7 @@ class DetectionRunner(Runner):
         stores = self.stores
         batch = run_batch(self.detector, self._new_tx, records, self._read,
                           enter=lambda i: stores.enter(records[i].partition))
-        sends = [(self.settings.topic(spec.name), None, key.encode(), self.codec.encode(
-            self.settings.topic(spec.name), spec.schema, record)) for spec, key, record in batch.outputs]
+        sends = [self.output(spec, key, record) for spec, key, record in batch.outputs]
         sends += [self._dead_letter(records[i], exc, fault) for i, exc, fault in batch.rejected]
         stores.collected = []
         batch.tx.apply(enter=stores.enter)
