@@ -28,6 +28,7 @@ class Engine:
     codec: object
     topic: dict = field(default_factory=dict)  # contract name -> faust topic
     detection: object = None  # the service running detection's process (streams/detection/agent.py), in a worker
+    decision: object = None  # the one running the decision stage (streams/decision/agent.py)
     after_decision: object = None  # the one running delivery, attribution and learning (streams/after_decision.py)
 
     def encode(self, spec: topics.TopicSpec, record: dict) -> bytes:
@@ -240,13 +241,6 @@ class Engine:
                 pause = min(pause * 2, 5.0)
 
 
-def _reachable(bind: str) -> str:
-    """The host other workers reach this one by, when ENGAGE_HTTP_HOST does not say."""
-    import socket
-
-    return socket.gethostname() if bind in ("0.0.0.0", "::", "") else bind
-
-
 def build_app(settings: Settings) -> Engine:
     faust_fixes.apply()  # stream partitions sought before they resume: see the module
     app = faust.App(
@@ -271,7 +265,7 @@ def build_app(settings: Settings) -> Engine:
         web_enabled=settings.http_port > 0,
         web_port=settings.http_port or 6066,
         web_bind=settings.http_bind,
-        canonical_url=f"http://{settings.http_host or _reachable(settings.http_bind)}:{settings.http_port or 6066}",
+        canonical_url=settings.advertised_url,
         web_tables_enabled=False,
         web_router_enabled=False,
         web_graph_enabled=False,

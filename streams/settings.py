@@ -227,6 +227,14 @@ class Settings:
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)
 
+    @property
+    def advertised_url(self) -> str:
+        """The URL other workers reach this one's HTTP port by (ENGAGE_HTTP_HOST, else the bind address, else the host name)."""
+        import socket
+
+        host = self.http_host or (socket.gethostname() if self.http_bind in ("0.0.0.0", "::", "") else self.http_bind)
+        return f"http://{host}:{self.http_port or 6066}"
+
     def topic(self, name: str) -> str:
         """The physical topic name for a contract name such as 'engage.events'."""
         return f"{self.topic_prefix}{name}"

@@ -1,4 +1,4 @@
-"""Decides what one worker runs: detection, and delivery with attribution and learning, each in a child process on its own consumer; data and decision on one Faust app; the rules from rules/ or engage.rules."""
+"""Decides what one worker runs: detection, decision, and delivery with attribution and learning, each in a child process on its own consumer; data on the Faust app; the rules from rules/ or engage.rules."""
 from __future__ import annotations
 
 from streams import after_decision
@@ -9,27 +9,27 @@ from streams.data.customer_rules import load_customer_rules
 from streams.data.value import load_segments
 from streams.decision import agent as decision_agent
 from streams.decision.actions import load_actions
-from streams.decision.models import ModelBook
 from streams.detection import agent as detection_agent
 from streams.rules.book import RuleBook
 from streams.detection.rules import load_detection
 from streams.settings import Settings
 
 
-def build_worker(settings: Settings, models: ModelBook | None = None, actions: RuleBook | None = None,
-                 segments: RuleBook | None = None, customers: RuleBook | None = None) -> Engine:
+def build_worker(settings: Settings, segments: RuleBook | None = None, customers: RuleBook | None = None) -> Engine:
     """Build the app with every stage registered; raises RuleError if a rule file is invalid."""
-    # detection's process loads its rules itself; checked here too, so a bad file stops the worker at once
+    # the child processes load their rules themselves; checked here too, so a bad file stops the worker at once
     load_detection(settings.rules_dir / "detection.yaml")
-    actions = actions or RuleBook(load_actions(settings.rules_dir / "actions.yaml"))
+    load_actions(settings.rules_dir / "actions.yaml")
     segments = segments or RuleBook(load_segments(settings.rules_dir / "segments.yaml"))
     customers = customers or RuleBook(load_customer_rules(settings.rules_dir / "customer.yaml"))
     engine = build_app(settings)
     engine.detection = detection_agent.register(engine)
     data = data_agent.register(engine, segments, customers)
-    _, customer_to_contacts = decision_agent.register(engine, actions, models)
+    engine.decision = decision_agent.register(engine)
     if settings.http_port:
-        context.register(engine, data, customer_to_contacts, segments)
+        from streams.decision.contacts import ContactsReader
+
+        context.register(engine, data, ContactsReader(settings), segments)
     engine.after_decision = after_decision.register(engine)
     return engine
 
@@ -37,7 +37,6 @@ def build_worker(settings: Settings, models: ModelBook | None = None, actions: R
 def run_worker(settings: Settings) -> None:
     from streams import statedir
     from streams.admin import ensure_topics, wait_for_broker
-    from streams.decision import models as model_follower
     from streams.schemas import look_up_writer_schemas
     from streams.rules.book import start_following
 
@@ -47,20 +46,17 @@ def run_worker(settings: Settings) -> None:
     if settings.http_port:  # worker-N of a checkout listens on the N-th port from ENGAGE_HTTP_PORT
         settings = settings.with_(http_port=settings.http_port + statedir.slot_of(state.path))
     # the files are the rule sets until a version is published to engage.rules; then the latest valid one
-    actions = RuleBook(load_actions(settings.rules_dir / "actions.yaml"))
     segments = RuleBook(load_segments(settings.rules_dir / "segments.yaml"))
     customers = RuleBook(load_customer_rules(settings.rules_dir / "customer.yaml"))
-    models = ModelBook()
-    engine = build_worker(settings, models, actions, segments, customers)
+    engine = build_worker(settings, segments, customers)
     look_up_writer_schemas(settings, engine.codec)
     wait_for_broker(settings)
     ensure_topics(settings)
-    start_following(settings, [actions, segments, customers], engine.codec)
-    # the uplift model learned so far, before the first decision (a restart decides with the same model)
-    model_follower.start_following(settings, models, engine.codec)
+    start_following(settings, [segments, customers], engine.codec)
     worker = _make_worker_class()(engine.app, loglevel=settings.log_level, quiet=True)
     # while Faust restores its own tables (see ChildService.start_now)
     engine.detection.start_now()
+    engine.decision.start_now()
     engine.after_decision.start_now()
 
     @engine.app.task

@@ -1,10 +1,13 @@
 """Decides what an agent or a channel may ask a worker about a customer or a visitor, and who answers it.
 
 `GET /customers/{id}/context` and `GET /visitors/{id}/context`, JSON, on every worker's HTTP port
-(Faust's web server). The tables are partitioned like the topics that feed them, all by the same
-key, so one worker holds everything about a key: a worker asked about a key it does not hold passes
-the request on to the one that does (the group's assignment says which, as Faust's table routing;
-here computed from the key's bytes as the topics partition them) and returns its answer.
+(Faust's web server). The data stage's tables are partitioned like the topics that feed them, all
+by the same key, so one worker holds everything the data stage knows about a key: a worker asked
+about a key it does not hold passes the request on to the one that does (the group's assignment
+says which, as Faust's table routing; here computed from the key's bytes as the topics partition
+them) and returns its answer. The contact ledger is the decision stage's, in a consumer group of
+its own: the answering worker reads it where that group holds the key (streams/decision/contacts.py),
+from its own runner or, through `GET /customers/{id}/contacts`, from the worker that holds it.
 
 Every request needs `Authorization: Bearer <ENGAGE_CONTEXT_TOKEN>` (401 without it, or when no
 token is configured); ids are at most 256 characters without control characters (400); each
@@ -14,11 +17,13 @@ customer is logged: the web server's access log (which would print the path, wit
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import time
 from collections import OrderedDict
+from urllib.parse import quote
 
 from streams.data.value import customer_value
 from streams.decision.policy import counts_of
@@ -95,8 +100,8 @@ def body_of(answer: dict) -> bytes:
     return body
 
 
-def register(engine, data_stage, contacts_table, segments_book) -> None:
-    """The two routes on the engine's Faust app (its web server must be enabled)."""
+def register(engine, data_stage, contacts, segments_book) -> None:
+    """The routes on the engine's Faust app (its web server must be enabled); `contacts`: a ContactsReader."""
     app, settings = engine.app, engine.settings
     limiter = RateLimit(rate=float(settings.context_rate_per_s), burst=2 * settings.context_rate_per_s)
     routed_limiter = RateLimit(rate=ROUTED_RATE_PER_S, burst=int(2 * ROUTED_RATE_PER_S))
@@ -168,7 +173,29 @@ def register(engine, data_stage, contacts_table, segments_book) -> None:
         status, body, who = await get_from(request.url.with_host(url.host).with_port(int(url.port)), request)
         return web.bytes(body, content_type="application/json", status=status, headers={ANSWERED_BY: who})
 
-    def customer_now(customer_id: str) -> dict:
+    async def ledger_of(customer_id: str, request) -> dict | None:
+        """The customer's contact ledger, from whichever worker's decision runner holds it."""
+        from yarl import URL
+
+        from streams.decision.contacts import Unknown
+
+        loop = asyncio.get_running_loop()
+        try:
+            where = await loop.run_in_executor(None, contacts.owner, customer_id)
+            if where is None:
+                return await loop.run_in_executor(None, contacts.local, customer_id)
+        except Unknown:
+            raise Refused(503, "the decision stage's partitions are being assigned; try again") from None
+        url = URL(where).with_path(f"/customers/{quote(customer_id, safe='')}/contacts")
+        status, body, _ = await get_from(url, request)
+        if status != 200:
+            raise Refused(503, "the worker holding this customer's offers did not answer; try again")
+        try:
+            return json.loads(body)["ledger"]
+        except (ValueError, KeyError, TypeError):
+            raise Refused(502, "the worker holding this customer's offers gave an answer that is not one") from None
+
+    async def customer_now(customer_id: str, request) -> dict:
         if data_stage.customer_to_forgotten.get(customer_id) is not None:
             return {"customer_id": customer_id, "forgotten": True}
         successor = data_stage.customer_to_successor.get(customer_id)
@@ -176,14 +203,34 @@ def register(engine, data_stage, contacts_table, segments_book) -> None:
             return {"customer_id": customer_id, "merged_into": successor["into"]}
         return customer_context(customer_id, data_stage.customer_to_profile.get(customer_id),
                                 data_stage.customer_to_value.get(customer_id),
-                                data_stage.key_to_journey.get(customer_id), contacts_table.get(customer_id),
+                                data_stage.key_to_journey.get(customer_id), await ledger_of(customer_id, request),
                                 segments_book.rules(), int(time.time() * 1000))
 
     @app.page("/customers/{customer_id}/context")
     async def customer_page(web, request, customer_id):
         async def local(key):
-            return customer_now(key)
+            return await customer_now(key, request)
         return await answer(web, request, data_stage.customer_to_profile, customer_id, local)
+
+    @app.page("/customers/{customer_id}/contacts")
+    async def contacts_page(web, request, customer_id):
+        """The ledger alone, from this worker's decision runner: what another worker's context answer asks for."""
+        from streams.decision.contacts import Unknown
+
+        try:
+            routed_limiter.take(request.remote or "?")
+            check_token(request.headers.get("Authorization"), settings.context_token)
+            key = check_id(customer_id)
+            loop = asyncio.get_running_loop()
+            try:
+                if await loop.run_in_executor(None, contacts.owner, key) is not None:
+                    raise Refused(503, "the decision stage's partition moved meanwhile; try again")
+                ledger = await loop.run_in_executor(None, contacts.local, key)
+            except Unknown:
+                raise Refused(503, "the decision stage's partitions are being assigned; try again") from None
+            return web.bytes(body_of({"customer_id": key, "ledger": ledger}), content_type="application/json")
+        except Refused as refused:
+            return web.json({"error": refused.reason}, status=refused.status)
 
     @app.page("/visitors/{visitor_id}/context")
     async def visitor_page(web, request, visitor_id):
@@ -196,15 +243,13 @@ def register(engine, data_stage, contacts_table, segments_book) -> None:
                 customer = link["customer_id"]
                 where = owner(data_stage.customer_to_profile, customer)
                 if where is None:
-                    out["customer"] = customer_now(customer)
+                    out["customer"] = await customer_now(customer, request)
                 else:
                     out["customer"] = await fetch_elsewhere(where, customer, request)
             return out
         return await answer(web, request, data_stage.visitor_to_customer, visitor_id, local)
 
     async def fetch_elsewhere(url, customer: str, request) -> dict | None:
-        from urllib.parse import quote
-
         try:
             status, body, _ = await get_from(url.with_path(f"/customers/{quote(customer, safe='')}/context"), request)
             return json.loads(body) if status == 200 else None

@@ -50,13 +50,16 @@ class Runner:
     `primary` is the input whose partitions own the stores (all inputs have the same partitions).
     `ran_on_faust`: an input that only this stage read when it ran in the Faust app's group (in an
     earlier release), and that the app no longer reads: the app's commits on it mark an upgrade.
+    `client_id`: the consumer's client.id, which describing the group shows beside each member's
+    partitions (the decision runner puts its worker's address there, for the context service).
     Subclasses implement `process(records)`, and may hook `_assigned` and `_forgotten`.
     """
 
     def __init__(self, settings: Settings, codec, stage: str, group: str, inputs: list[str], primary: str,
-                 changelog: dict[str, str], stores: Stores, *, ran_on_faust: str | None = None, consumer=None,
-                 producer=None):
+                 changelog: dict[str, str], stores: Stores, *, ran_on_faust: str | None = None, client_id: str | None = None,
+                 consumer=None, producer=None):
         self.settings, self.codec, self.stage, self.group = settings, codec, stage, group
+        self.client_id = client_id  # what the group's description names this member by (librdkafka's default if None)
         self.inputs, self.primary, self.changelog, self.stores = inputs, primary, changelog, stores
         self.ran_on_faust = ran_on_faust
         self.stop = threading.Event()
@@ -72,7 +75,8 @@ class Runner:
             self.settings, self.group, logger=log, **{
                 "partition.assignment.strategy": "range",  # the same partitions of every input
                 "session.timeout.ms": self.settings.session_timeout_ms,
-                "heartbeat.interval.ms": min(3000, self.settings.session_timeout_ms // 3)})
+                "heartbeat.interval.ms": min(3000, self.settings.session_timeout_ms // 3),
+                **({"client.id": self.client_id} if self.client_id else {})})
         self.producer = self._producer or clients.producer(self.settings, logger=log, **{"linger.ms": 1})
         self.done.clear()
         self.consumer.subscribe(self.inputs, on_assign=self._on_assign, on_revoke=self._on_revoke,

@@ -106,7 +106,8 @@ class StageRunner(Runner):
     """`handlers` over their co-partitioned topics, in consumer group `<app id>-<name>`, with `tables`."""
 
     def __init__(self, settings: Settings, codec, name: str, handlers: list[Handler], tables: list[str], *,
-                 ran_on_faust: topics.TopicSpec | None = None, consumer=None, producer=None):
+                 ran_on_faust: topics.TopicSpec | None = None, client_id: str | None = None, consumer=None,
+                 producer=None):
         self.handlers: dict[str, list[Handler]] = {}
         for h in handlers:
             self.handlers.setdefault(settings.topic(h.spec.name), []).append(h)
@@ -115,8 +116,8 @@ class StageRunner(Runner):
         super().__init__(settings, codec, name, f"{settings.app_id}-{name}", list(self.handlers),
                          settings.topic(handlers[0].spec.name),
                          {t: topics.changelog(settings.app_id, t) for t in tables}, stores,
-                         ran_on_faust=ran_on_faust and settings.topic(ran_on_faust.name), consumer=consumer,
-                         producer=producer)
+                         ran_on_faust=ran_on_faust and settings.topic(ran_on_faust.name), client_id=client_id,
+                         consumer=consumer, producer=producer)
         self.writes = Writes(stores)
         self.tables = {t: Table(self.writes, t) for t in tables}
 

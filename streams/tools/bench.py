@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 
 from streams import after_decision, clients, topics
+from streams.decision import agent as decision_agent
 from streams.admin import ensure_topics, wait_for_broker
 from streams.detection.runner import detection_group
 from streams.settings import REPO_ROOT, Settings
@@ -229,7 +230,8 @@ def _pipeline_lag(settings: Settings, readers: dict) -> int:
     """
     from confluent_kafka import TopicPartition
 
-    read_by = {settings.app_id: (topics.SIGNALS, topics.ENRICHED, topics.DECISIONS),
+    read_by = {settings.app_id: (topics.SIGNALS, topics.SIGNALS_BY_CUSTOMER, topics.DECISIONS),
+               f"{settings.app_id}-{decision_agent.NAME}": (topics.ENRICHED, topics.PACING),
                f"{settings.app_id}-{after_decision.NAME}": (topics.DECISIONS, topics.ATTRIBUTIONS)}
     lag = 0
     for group, reader in readers.items():
@@ -243,7 +245,8 @@ def _pipeline_lag(settings: Settings, readers: dict) -> int:
 def _wait_pipeline(settings: Settings, timeout_s: float) -> float | None:
     """When no stage after detection has anything left to read (monotonic time), or None."""
     readers = {group: clients.consumer(settings, group, log_level=None)
-               for group in (settings.app_id, f"{settings.app_id}-{after_decision.NAME}")}
+               for group in (settings.app_id, f"{settings.app_id}-{decision_agent.NAME}",
+                             f"{settings.app_id}-{after_decision.NAME}")}
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -283,15 +286,16 @@ def _changelog_bytes(settings: Settings, events: int, since_ms: int = 0, until_m
 def _table_state(settings: Settings, live: dict) -> dict:
     """What each table holds now: keys, bytes of their latest key and value, bytes per key, and the
     table's RocksDB files on the worker's disk (every partition; detection's two tables share one
-    RocksDB per partition, counted under visitor_to_state, and the after-decision runner's three
-    under key_to_attributions)."""
+    RocksDB per partition, counted under visitor_to_state, the decision runner's two under
+    customer_to_contacts, and the after-decision runner's three under key_to_attributions)."""
     disk: dict[str, int] = {}
     for d in settings.data_dir.rglob("*.db"):
         if d.is_dir():
             table = d.name.rsplit("-", 1)[0]
             disk[table] = disk.get(table, 0) + sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-    disk[topics.VISITOR_TO_STATE] = _detection_disk_bytes(settings)
-    disk[topics.KEY_TO_ATTRIBUTIONS] = _detection_disk_bytes(settings, after_decision.NAME)
+    disk[topics.VISITOR_TO_STATE] = _runner_disk_bytes(settings)
+    disk[topics.CUSTOMER_TO_CONTACTS] = _runner_disk_bytes(settings, decision_agent.NAME)
+    disk[topics.KEY_TO_ATTRIBUTIONS] = _runner_disk_bytes(settings, after_decision.NAME)
     out = {}
     for table, keys in live.items():
         held = sum(keys.values())
@@ -378,8 +382,8 @@ def _context_latency(settings: Settings, work: Path, customers: list[str]) -> di
         stop_process(worker)
 
 
-def _detection_disk_bytes(settings: Settings, folder: str = "detection") -> int:
-    """Bytes of a runner's RocksDB folders (detection's: every partition's visitors and timer index), write-ahead log included."""
+def _runner_disk_bytes(settings: Settings, folder: str = "detection") -> int:
+    """Bytes of a runner's RocksDB folders (`folder`, every partition's; detection's by default), write-ahead log included."""
     return sum(f.stat().st_size for d in settings.data_dir.rglob(folder) if d.is_dir()
                for f in d.rglob("*") if f.is_file())
 
@@ -392,7 +396,7 @@ def _visitor_state(settings: Settings) -> dict:
     for _, _, _, key, value in clients.read_all(settings, name, group_prefix="bench-read"):
         latest[key] = value
     visitors = sum(v is not None for v in latest.values())
-    disk = _detection_disk_bytes(settings)
+    disk = _runner_disk_bytes(settings)
     sizes = sorted(len(v) for v in latest.values() if v is not None)
     return {"visitors": visitors, "rocksdb_bytes": disk, "rocksdb_bytes_per_visitor": round(disk / max(1, visitors), 1),
             "value_bytes_median": sizes[len(sizes) // 2] if sizes else None}

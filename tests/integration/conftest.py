@@ -150,24 +150,33 @@ class Pipeline:
         return proc
 
     def groups_of(self, topic: str) -> list[str]:
-        """The consumer groups that read `topic`: detection's own for the events and its ticks, the after-decision
-        runner's (delivery, attribution, learning) for what it reads, Faust's for the rest."""
-        after = f"{self.settings.app_id}-{after_decision.NAME}"
+        """The consumer groups that read `topic`: detection's own for the events and its ticks, the decision
+        runner's and the after-decision runner's (delivery, attribution, learning) for what they read, Faust's
+        (the data stage) for the rest."""
+        app = self.settings.app_id
+        after, decision = f"{app}-{after_decision.NAME}", f"{app}-decision"
         if topic in ("engage.events", "engage.detection-ticks"):
-            return [f"{self.settings.app_id}-detection"]
+            return [f"{app}-detection"]
         if topic == "engage.attributions":
             return [after]
-        if topic in ("engage.decisions", "engage.outcomes", "engage.conversions", "engage.forget"):
-            return [self.settings.app_id, after]
-        return [self.settings.app_id]
+        if topic in ("engage.enriched", "engage.pacing", "engage.agent-availability"):
+            return [decision]
+        if topic in ("engage.outcomes", "engage.conversions", "engage.forget"):
+            return [app, decision, after]
+        if topic == "engage.decisions":
+            return [app, after]
+        if topic in ("engage.merges-by-key", "engage.state-moves"):
+            return [app, decision]
+        return [app]
 
     def wait_until_assigned(self, proc: subprocess.Popen, members: int = 1, timeout_s: float = 90.0) -> None:
-        """The workers' consumer groups (detection's, Faust's and the after-decision runner's) are stable, have
-        `members` members, and hold every partition of the events, signals and attributions topics respectively."""
+        """The workers' consumer groups (detection's, Faust's, the decision and the after-decision runners') are
+        stable, have `members` members, and hold every partition of the events, signals, enriched signals and
+        attributions topics respectively."""
         admin = AdminClient(self.client_conf)
         deadline = time.monotonic() + timeout_s
         wanted = {self.groups_of(t)[-1]: {(self.topic(t), p) for p in range(self.settings.partitions)}
-                  for t in ("engage.events", "engage.signals", "engage.attributions")}
+                  for t in ("engage.events", "engage.signals", "engage.enriched", "engage.attributions")}
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise AssertionError(f"worker exited with {proc.returncode}: {self.logs()[-3000:]}")

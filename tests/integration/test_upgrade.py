@@ -39,3 +39,36 @@ def test_events_the_apps_group_committed_are_not_read_again_by_detections_own_gr
     assert signals.wait_for(lambda s: s["visitor_id"] == new, timeout_s=60)
     signals.settle(3)
     assert [s for s, _ in signals.records if s["visitor_id"] == old] == []
+
+
+def test_signals_the_apps_group_committed_are_not_decided_again_by_the_decision_runners_group(new_pipeline):
+    # Given an enriched signal an earlier release already decided: committed by the app's own group (where
+    # the decision stage ran as a Faust agent), and the decision runner's group has never committed
+    from streams import topics
+    from tests.support.stage import enriched, signal
+
+    pipe = new_pipeline(partitions=2)
+    ensure_topics(pipe.settings)
+    produce = Producer_(pipe)
+    now = int(time.time() * 1000)
+    old = f"V-old-{uuid.uuid4().hex[:6]}"
+    sig = signal(f"sig-{old}", visitor_id=old, customer_id=None, ts=now)
+    name = pipe.topic("engage.enriched")
+    # engage.enriched is internal and its schema names Signal, which the independent encoder does not resolve
+    produce.raw("engage.enriched", old.encode(),
+                clients.codec(pipe.settings).encode(name, topics.ENRICHED.schema, enriched(sig, None)))
+    earlier = Consumer({**pipe.client_conf, "group.id": pipe.settings.app_id, "enable.auto.commit": False})
+    ends = [TopicPartition(name, p, clients.watermarks(earlier, TopicPartition(name, p), time.monotonic() + 30)[1])
+            for p in range(pipe.settings.partitions)]
+    earlier.commit(offsets=ends, asynchronous=False)
+    earlier.close()
+    decisions = Reader(pipe, "engage.decisions", "Decision")
+    # When the upgraded worker starts and a new visitor searches to cancel
+    pipe.start_worker()
+    new = f"V-new-{uuid.uuid4().hex[:6]}"
+    produce.event(event_id=f"{new}-1", visitor_id=new, type_="search", ts=now + 1000, query="cancel my contract",
+                  path="/help")
+    # Then the new visitor's signal is decided, and the one decided before the upgrade is not decided again
+    assert decisions.wait_for(lambda d: d["visitor_id"] == new, timeout_s=60)
+    decisions.settle(3)
+    assert [d for d, _ in decisions.records if d["visitor_id"] == old] == []

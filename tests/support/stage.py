@@ -148,17 +148,6 @@ def data_stage(tmp_path, customers=None):
     return st, d
 
 
-def decision_stage(tmp_path, explore: bool = False):
-    """The decision stage on the test actions, its ledger's changelog captured: (stage, agent, ledger table).
-    Exploration off by default: the scores are the model's means, here the rules' priors."""
-    from streams.decision import agent as decision_agent
-
-    st = Stage(tmp_path, explore=explore)
-    decide, table = decision_agent.register(st.engine, ACTIONS)
-    st.without_changelog(table)
-    return st, decide, table
-
-
 # ---- records ---------------------------------------------------------------------------------------
 
 

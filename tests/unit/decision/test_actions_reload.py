@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from streams import topics
-from streams.decision import agent as decision_agent
 from streams.rules.book import RuleBook
 from streams.settings import REPO_ROOT
-from tests.support.stage import ACTIONS, Stage, async_test, enriched, put_on, signal
+from tests.support.runners import DecisionStage
+from tests.support.stage import ACTIONS, enriched, signal
 
 SHIPPED = (REPO_ROOT / "rules" / "actions.yaml").read_text()
 # save-offer-web worth ten times as much, with another message
@@ -32,21 +32,17 @@ def test_the_action_book_switches_to_a_valid_version_and_refuses_an_invalid_one(
     assert not book.offer(published(V2, "v3", name="detection"))
 
 
-@async_test
-async def test_the_decision_stage_decides_with_the_version_published_since_the_last_signal(tmp_path):
+def test_the_decision_stage_decides_with_the_version_published_since_the_last_signal(tmp_path):
     # Given the decision stage following a book of action rules
-    st = Stage(tmp_path, explore=False)
     book = RuleBook(ACTIONS)
-    decide, table = decision_agent.register(st.engine, book)
-    st.without_changelog(table)
-    async with decide.test_context() as wrapper:
-        first = signal("s1", visitor_id="anon-1", customer_id=None)
-        await put_on(wrapper, topics.ENRICHED.name, b"anon-1", st.engine.encode(topics.ENRICHED, enriched(first, None)))
-        # When version 2 is published between two signals
-        book.offer(published(V2, "v2"))
-        second = signal("s2", visitor_id="anon-2", customer_id=None)
-        await put_on(wrapper, topics.ENRICHED.name, b"anon-2", st.engine.encode(topics.ENRICHED, enriched(second, None)))
-        (_, d1, _), (_, d2, _) = await st.wait_decided(2)
+    st = DecisionStage(tmp_path, actions=book)
+    first = signal("s1", visitor_id="anon-1", customer_id=None)
+    st.put(topics.ENRICHED.name, b"anon-1", st.encode(topics.ENRICHED, enriched(first, None)))
+    # When version 2 is published between two signals
+    book.offer(published(V2, "v2"))
+    second = signal("s2", visitor_id="anon-2", customer_id=None)
+    st.put(topics.ENRICHED.name, b"anon-2", st.encode(topics.ENRICHED, enriched(second, None)))
+    (_, d1, _), (_, d2, _) = st.decided()
     # Then the second decision uses it: its version, its value, its message
     assert d1["ruleset_version"].endswith(ACTIONS.version) and d2["ruleset_version"].endswith(book.current.version)
     assert d2["score"] > 9 * d1["score"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 from streams import topics
 from streams.decision.policy import counts_of, decide, on_merge
 from tests.support import wire
-from tests.support.stage import ACTIONS, T0, async_test, decision_stage, enriched, profile, put_on, signal
+from tests.support.runners import DecisionStage
+from tests.support.stage import ACTIONS, T0, enriched, profile, signal
 
 DAY = "2023-11-14"  # T0's day in Europe/London
 WEEK = "2023-W46"
@@ -54,58 +55,54 @@ def _merge(from_key: str, into: str, source: str = "crm", merge_id: str = "m-1")
             "requested_by": "crm-dedupe", "reason": ""}
 
 
-@async_test
-async def test_a_duplicate_customers_offers_follow_them_into_the_customer_they_were_merged_into(tmp_path):
+def test_a_duplicate_customers_offers_follow_them_into_the_customer_they_were_merged_into(tmp_path):
     # Given C9 offered twice today (the cap), a duplicate of C1 that CRM found
-    st, decide_actions, table = decision_stage(tmp_path)
-    async with decide_actions.test_context() as inbox:
-        for i in range(2):
-            sig = signal(f"sig-9-{i}", customer_id="C9", ts=T0 + i)
-            await put_on(inbox, topics.ENRICHED.name, b"C9", st.engine.encode(topics.ENRICHED, enriched(sig, profile("C9"))))
-        await st.wait_decided(2)
-        # When C9 is merged into C1
-        await put_on(inbox, topics.MERGES_BY_KEY.name, b"C9", wire.encode("KeyMerge", _merge("C9", "C1")))
-        [(key, move, _)] = await st.wait_out(topics.STATE_MOVES, 1)
-        # Then C9's counts go to C1's partition, and C9's ledger says where it went
-        assert key == b"C1" and move["from_key"] == "C9" and move["value"] is None
-        assert (move["ledger"]["day"], move["ledger"]["offers_today"]) == (DAY, 2)
-        assert table.get("C9")["merged_into"] == {"into": "C1", "merge_id": "m-1"}
-        # When the move arrives, twice (a replay), and C1 shows cancel intent
-        for _ in range(2):
-            await put_on(inbox, topics.STATE_MOVES.name, b"C1", wire.encode("StateMove", move))
-        sig = signal("sig-1", ts=T0 + 60_000)
-        await put_on(inbox, topics.ENRICHED.name, b"C1", st.engine.encode(topics.ENRICHED, enriched(sig, profile())))
-        decided = await st.wait_decided(3)
-        # Then C1 is at the cap with C9's offers, counted once
-        assert decided[-1][1]["gate"] == "daily_cap" and decided[-1][1]["reason"] == "Already 2 offers today (cap 2)."
-        # And a decline C9 sends later is handed on to C1 too
-        outcome = {"outcome_id": "o-9", "key": "C9", "ts": T0 + 90_000, "type": "declined", "delivery_id": None,
-                   "decision_id": "d-9", "action_id": "retention-chat", "channel": "chat", "visitor_id": "v9",
-                   "customer_id": "C9", "value": None, "source": "test"}
-        await put_on(inbox, topics.OUTCOMES.name, b"C9", wire.encode("Outcome", outcome))
-        moves = await st.wait_out(topics.STATE_MOVES, 2)
-        assert moves[-1][0] == b"C1" and moves[-1][1]["ledger"]["declined"] == {"retention-chat": T0 + 90_000}
-        # And read again (a replay after a crash that lost the move), it is handed on again, the same
-        await put_on(inbox, topics.OUTCOMES.name, b"C9", wire.encode("Outcome", outcome))
-        moves = await st.wait_out(topics.STATE_MOVES, 3)
+    st = DecisionStage(tmp_path)
+    for i in range(2):
+        sig = signal(f"sig-9-{i}", customer_id="C9", ts=T0 + i)
+        st.put(topics.ENRICHED.name, b"C9", st.encode(topics.ENRICHED, enriched(sig, profile("C9"))))
+    st.decided()
+    # When C9 is merged into C1
+    st.put(topics.MERGES_BY_KEY.name, b"C9", wire.encode("KeyMerge", _merge("C9", "C1")))
+    [(key, move, _)] = st.out(topics.STATE_MOVES)
+    # Then C9's counts go to C1's partition, and C9's ledger says where it went
+    assert key == b"C1" and move["from_key"] == "C9" and move["value"] is None
+    assert (move["ledger"]["day"], move["ledger"]["offers_today"]) == (DAY, 2)
+    assert st.ledger("C9")["merged_into"] == {"into": "C1", "merge_id": "m-1"}
+    # When the move arrives, twice (a replay), and C1 shows cancel intent
+    for _ in range(2):
+        st.put(topics.STATE_MOVES.name, b"C1", wire.encode("StateMove", move))
+    sig = signal("sig-1", ts=T0 + 60_000)
+    st.put(topics.ENRICHED.name, b"C1", st.encode(topics.ENRICHED, enriched(sig, profile())))
+    decided = st.decided()
+    # Then C1 is at the cap with C9's offers, counted once
+    assert decided[-1][1]["gate"] == "daily_cap" and decided[-1][1]["reason"] == "Already 2 offers today (cap 2)."
+    # And a decline C9 sends later is handed on to C1 too
+    outcome = {"outcome_id": "o-9", "key": "C9", "ts": T0 + 90_000, "type": "declined", "delivery_id": None,
+               "decision_id": "d-9", "action_id": "retention-chat", "channel": "chat", "visitor_id": "v9",
+               "customer_id": "C9", "value": None, "source": "test"}
+    st.put(topics.OUTCOMES.name, b"C9", wire.encode("Outcome", outcome))
+    moves = st.out(topics.STATE_MOVES)
+    assert moves[-1][0] == b"C1" and moves[-1][1]["ledger"]["declined"] == {"retention-chat": T0 + 90_000}
+    # And read again (a replay after a crash that lost the move), it is handed on again, the same
+    st.put(topics.OUTCOMES.name, b"C9", wire.encode("Outcome", outcome))
+    moves = st.out(topics.STATE_MOVES)
     assert moves[-1][1] == moves[-2][1]
 
 
-@async_test
-async def test_a_visitors_login_merge_copies_its_counts_and_a_bad_merge_is_dead_lettered(tmp_path):
+def test_a_visitors_login_merge_copies_its_counts_and_a_bad_merge_is_dead_lettered(tmp_path):
     # Given visitor v1 offered once
-    st, decide_actions, table = decision_stage(tmp_path)
-    async with decide_actions.test_context() as inbox:
-        sig = signal("sig-v", visitor_id="v1", customer_id=None)
-        await put_on(inbox, topics.ENRICHED.name, b"v1", st.engine.encode(topics.ENRICHED, enriched(sig, None)))
-        await st.wait_decided(1)
-        # When the engine merges v1 into C1 at their login, and someone sends a merge of C2 into itself
-        await put_on(inbox, topics.MERGES_BY_KEY.name, b"v1", wire.encode("KeyMerge", _merge("v1", "C1", "login")))
-        await put_on(inbox, topics.MERGES_BY_KEY.name, b"C2", wire.encode("KeyMerge", _merge("C2", "C2")))
-        [(key, move, _)] = await st.wait_out(topics.STATE_MOVES, 1)
-        [(_, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
+    st = DecisionStage(tmp_path)
+    sig = signal("sig-v", visitor_id="v1", customer_id=None)
+    st.put(topics.ENRICHED.name, b"v1", st.encode(topics.ENRICHED, enriched(sig, None)))
+    st.decided()
+    # When the engine merges v1 into C1 at their login, and someone sends a merge of C2 into itself
+    st.put(topics.MERGES_BY_KEY.name, b"v1", wire.encode("KeyMerge", _merge("v1", "C1", "login")))
+    st.put(topics.MERGES_BY_KEY.name, b"C2", wire.encode("KeyMerge", _merge("C2", "C2")))
+    [(key, move, _)] = st.out(topics.STATE_MOVES)
+    [(_, dead, _)] = st.out(topics.DEADLETTER)
     # Then v1's one offer goes to C1, and v1 keeps its ledger (it may browse anonymously again)
     assert key == b"C1" and move["ledger"]["offers_today"] == 1
-    assert "merged_into" not in table.get("v1") and table.get("v1")["offers_today"] == 1
+    assert "merged_into" not in st.ledger("v1") and st.ledger("v1")["offers_today"] == 1
     # And the self-merge is refused with the reason
     assert dead["stage"] == "decision" and "cannot be merged into itself" in dead["error"]

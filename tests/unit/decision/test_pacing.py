@@ -4,9 +4,9 @@ from __future__ import annotations
 import random
 
 from streams import topics
-from streams.decision import agent as decision_agent
 from streams.decision import pacing
-from tests.support.stage import T0, Stage, async_test, decision, put_on
+from tests.support.runners import DecisionStage
+from tests.support.stage import T0, decision
 
 HOLD = 10_000
 
@@ -102,33 +102,28 @@ def test_an_invitation_never_answered_stops_holding_a_place_when_its_ttl_passes(
     assert state["out"] == {}
 
 
-@async_test
-async def test_the_pacer_agent_releases_to_the_decisions_topic_as_agents_free_up(tmp_path):
+def test_the_pacer_releases_to_the_decisions_topic_as_agents_free_up(tmp_path):
     # Given the pacer, and one free retention agent with the shipped hold of 10 s
-    st = Stage(tmp_path)
-    pace, table = decision_agent.register_pacer(st.engine)
-    st.without_changelog(table)
+    st = DecisionStage(tmp_path)
     avail, pacing_topic = topics.AGENT_AVAILABILITY.name, topics.PACING.name
-    async with pace.test_context() as wrapper:
-        await put_on(wrapper, avail, b"retention", st.engine.encode(topics.AGENT_AVAILABILITY, availability(0, T0, total=1)))
-        # When three candidates arrive while no agent is free, then one agent frees up (capacity 2 before any answer)
-        for did, score in (("a", 1.0), ("b", 3.0), ("c", 2.0)):
-            await put_on(wrapper, pacing_topic, b"retention", st.engine.encode(topics.PACING, candidate(did, score, T0)))
-        assert st.out(topics.DECISIONS) == []
-        await put_on(wrapper, avail, b"retention", st.engine.encode(topics.AGENT_AVAILABILITY, availability(1, T0 + 1000, total=1)))
-        first = await st.wait_out(topics.DECISIONS, 2)
-        # And the hold passes with no one free
-        await put_on(wrapper, avail, b"retention",
-                     st.engine.encode(topics.AGENT_AVAILABILITY, availability(0, T0 + 11_000, total=1)))
-        out = await st.wait_out(topics.DECISIONS, 3)
-        # And a record without a key arrives
-        await put_on(wrapper, avail, None, st.engine.encode(topics.AGENT_AVAILABILITY, availability(0, T0)))
-        [(_, dead, _)] = await st.wait_out(topics.DEADLETTER, 1)
+    st.put(avail, b"retention", st.encode(topics.AGENT_AVAILABILITY, availability(0, T0, total=1)))
+    # When three candidates arrive while no agent is free, then one agent frees up (capacity 2 before any answer)
+    for did, score in (("a", 1.0), ("b", 3.0), ("c", 2.0)):
+        st.put(pacing_topic, b"retention", st.encode(topics.PACING, candidate(did, score, T0)))
+    assert st.out(topics.DECISIONS) == []
+    st.put(avail, b"retention", st.encode(topics.AGENT_AVAILABILITY, availability(1, T0 + 1000, total=1)))
+    first = st.out(topics.DECISIONS)
+    # And the hold passes with no one free
+    st.put(avail, b"retention", st.encode(topics.AGENT_AVAILABILITY, availability(0, T0 + 11_000, total=1)))
+    out = st.out(topics.DECISIONS)
+    # And a record without a key arrives
+    st.put(avail, None, st.encode(topics.AGENT_AVAILABILITY, availability(0, T0)))
+    [(_, dead, _)] = st.out(topics.DEADLETTER)
     # Then the two best went first, keyed by their customers; the third expired with the gate
     assert [(k, d["score"]) for k, d, _ in first] == [(b"K-b", 3.0), (b"K-c", 2.0)]
     assert out[2][1]["gate"] == "no_agent_free" and out[2][0] == b"K-a"
     assert "needs a key" in dead["error"] and dead["stage"] == "pacing"
-    assert table.get("retention")["waiting"] == []
+    assert st.stored(topics.SKILL_TO_PACING, "retention")["waiting"] == []
 
 
 def test_a_candidate_older_than_the_pacers_clock_is_still_released_while_a_place_is_free():

@@ -1,0 +1,147 @@
+"""Decides where a key's contact ledger is read from outside the decision stage: the RocksDB of the worker whose decision runner holds the key's partition.
+
+The ledger lives in the decision runner's own process and consumer group (`<app id>-decision`),
+whose assignment need not match the Faust app's. Each runner's consumer names its worker's HTTP
+address in its client.id (`member_name`), so describing the group says which worker holds a
+partition (as Faust's table routing does from its assignor). On that worker the ledger is read
+from the runner's RocksDB as a secondary instance: a read-only follower of the files the runner
+writes, caught up on each read (RocksDB's own way for another process to read a live database).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from streams import topics
+from streams.clients import partition_of
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+GROUP_FRESH_S = 2.0  # how long a description of the group is used before asking the broker again
+_AT = " at "
+
+
+def member_name(settings: Settings) -> str:
+    """The decision runner's client.id: its group and the worker's HTTP address."""
+    return f"{settings.app_id}-decision{_AT}{settings.advertised_url}"
+
+
+def url_of_member(client_id: str) -> str | None:
+    head, sep, url = client_id.rpartition(_AT)
+    return url if sep and url.startswith("http") else None
+
+
+class Unknown(Exception):
+    """No worker holds the key's partition just now (the group is rebalancing, or starting)."""
+
+
+class ContactsReader:
+    """The ledgers of the partitions this worker's decision runner holds, and who holds the others."""
+
+    def __init__(self, settings: Settings, admin=None):
+        from streams.decision.agent import NAME
+
+        self.settings = settings
+        self.root = Path(settings.data_dir) / NAME
+        self.mirrors = Path(settings.data_dir) / f"{NAME}-readers"  # the secondary instances' own files
+        self.group = f"{settings.app_id}-{NAME}"
+        self.topic = settings.topic(topics.ENRICHED.name)
+        self.prefix = topics.CUSTOMER_TO_CONTACTS.encode() + b"\x00"
+        self.mine = settings.advertised_url
+        self._admin = admin
+        self._owners: dict[int, str] = {}
+        self._described = float("-inf")
+        self._dbs: dict[int, tuple[bytes, object]] = {}  # partition -> (the primary's IDENTITY, its follower)
+        self._lock = threading.Lock()
+
+    # -- who holds a partition ---------------------------------------------------------------------
+    def owner(self, key: str) -> str | None:
+        """The URL of the worker holding `key`'s ledger, None when it is this one; Unknown if none does.
+
+        Blocking (it may ask the broker): call it off the event loop.
+        """
+        partition = partition_of(key, self.settings.partitions)
+        with self._lock:
+            if time.monotonic() - self._described > GROUP_FRESH_S or partition not in self._owners:
+                self._owners = self._describe()
+                self._described = time.monotonic()
+            url = self._owners.get(partition)
+        if url is None:
+            raise Unknown(f"no worker holds partition {partition} of the decision stage now")
+        return None if url == self.mine else url
+
+    def _describe(self) -> dict[int, str]:
+        from streams import clients
+
+        if self._admin is None:
+            self._admin = clients.admin(self.settings)
+        try:
+            [group] = self._admin.describe_consumer_groups([self.group], request_timeout=5).values()
+            description = group.result()
+        except Exception as exc:  # noqa: BLE001 - any failure: unknown for now, asked again next time
+            log.warning("describing %s failed: %s", self.group, type(exc).__name__)
+            return {}
+        owners = {}
+        for member in description.members:
+            url = url_of_member(member.client_id or "")
+            for tp in (member.assignment.topic_partitions if member.assignment else []):
+                if tp.topic == self.topic and url:
+                    owners[tp.partition] = url
+        return owners
+
+    # -- reading this worker's ledgers ---------------------------------------------------------------
+    def local(self, key: str) -> dict | None:
+        """`key`'s ledger as this worker's runner last wrote it (None: no ledger); Unknown if it cannot be read now."""
+        partition = partition_of(key, self.settings.partitions)
+        with self._lock:
+            try:
+                db = self._open(partition)
+                if db is None:
+                    return None  # the runner has written nothing for this partition on this worker
+                db.try_catch_up_with_primary()
+                data = db.get(self.prefix + key.encode())
+            except Exception as exc:  # noqa: BLE001 - the folder went while being read: read it afresh next time
+                self._close(partition)
+                raise Unknown(f"partition {partition} of the decision stage is being restored here") from exc
+        return None if data is None else json.loads(data)
+
+    def _open(self, partition: int):
+        """The follower of the partition's RocksDB; a new one when the runner made the folder again (a partition
+        wiped and restored: a follower of the old files would go on reading them, without an error)."""
+        from rocksdict import AccessType, Options, Rdict
+
+        primary = self.root / str(partition)
+        try:
+            identity = (primary / "IDENTITY").read_bytes()  # RocksDB's id of this database, new with each one made
+        except OSError:
+            self._close(partition)
+            return None
+        held = self._dbs.get(partition)
+        if held is not None and held[0] == identity:
+            return held[1]
+        self._close(partition)
+        mirror = self.mirrors / str(partition)
+        shutil.rmtree(mirror, ignore_errors=True)
+        mirror.mkdir(parents=True, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.set_max_open_files(-1)  # a secondary instance needs it (RocksDB)
+        db = Rdict(str(primary), options, access_type=AccessType.secondary(str(mirror)))
+        self._dbs[partition] = (identity, db)
+        return db
+
+    def _close(self, partition: int) -> None:
+        held = self._dbs.pop(partition, None)
+        if held is not None:
+            try:
+                held[1].close()
+            except Exception:  # noqa: BLE001 - already gone with its folder
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            for partition in list(self._dbs):
+                self._close(partition)
