@@ -79,18 +79,29 @@ class RateLimit:
             self.buckets.popitem(last=False)
 
 
+def offers_of(ledger: dict | None) -> dict:
+    """What a contact ledger says of the offers made so far, without the decisions it keeps (names, features)."""
+    if not ledger:
+        return {}
+    counts = counts_of(dict(ledger))  # with the offers of keys merged into this one (devices, duplicates)
+    return {"day": counts["day"] or None, "offers_today": counts["offers_today"],
+            "offers_this_week": counts["offers_week"], "last_offer_ts": counts["last_offer_ts"] or None,
+            "declined": sorted(counts["declined"]), "last_purchase_ts": counts["purchase_ts"] or None}
+
+
 def customer_context(customer_id: str, profile: dict | None, value_state: dict | None, journey: list | None,
-                     ledger: dict | None, rules, now_ms: int) -> dict:
-    """What an agent should know of a customer now: who, worth, segment, the journey, offers so far."""
-    offers = {}
-    if ledger:
-        counts = counts_of(dict(ledger))  # with the offers of keys merged into this one (devices, duplicates)
-        offers = {"day": counts["day"] or None, "offers_today": counts["offers_today"],
-                  "offers_this_week": counts["offers_week"], "last_offer_ts": counts["last_offer_ts"] or None,
-                  "declined": sorted(counts["declined"]), "last_purchase_ts": counts["purchase_ts"] or None}
-    return {"customer_id": customer_id, "known": profile is not None, "profile": profile,
-            "value": customer_value(profile, value_state, now_ms, rules), "journey": journey or [],
-            "contacts": offers}
+                     offers: dict | None, rules, now_ms: int, offers_unavailable: str | None = None) -> dict:
+    """What an agent should know of a customer now: who, worth, segment, the journey, offers so far.
+
+    `offers`: offers_of the customer's ledger; None with the reason in `offers_unavailable` when it
+    could not be read just now (the rest of the answer still stands).
+    """
+    answer = {"customer_id": customer_id, "known": profile is not None, "profile": profile,
+              "value": customer_value(profile, value_state, now_ms, rules), "journey": journey or [],
+              "contacts": offers}
+    if offers_unavailable:
+        answer["contacts_unavailable"] = offers_unavailable
+    return answer
 
 
 def body_of(answer: dict) -> bytes:
@@ -173,8 +184,8 @@ def register(engine, data_stage, contacts, segments_book) -> None:
         status, body, who = await get_from(request.url.with_host(url.host).with_port(int(url.port)), request)
         return web.bytes(body, content_type="application/json", status=status, headers={ANSWERED_BY: who})
 
-    async def ledger_of(customer_id: str, request) -> dict | None:
-        """The customer's contact ledger, from whichever worker's decision runner holds it."""
+    async def offers_now(customer_id: str, request) -> dict:
+        """offers_of the customer's contact ledger, from whichever worker's decision runner holds it."""
         from yarl import URL
 
         from streams.decision.contacts import Unknown
@@ -183,15 +194,18 @@ def register(engine, data_stage, contacts, segments_book) -> None:
         try:
             where = await loop.run_in_executor(None, contacts.owner, customer_id)
             if where is None:
-                return await loop.run_in_executor(None, contacts.local, customer_id)
-        except Unknown:
-            raise Refused(503, "the decision stage's partitions are being assigned; try again") from None
+                return offers_of(await loop.run_in_executor(None, contacts.local, customer_id))
+        except Unknown as exc:
+            raise Refused(503, str(exc)) from None
         url = URL(where).with_path(f"/customers/{quote(customer_id, safe='')}/contacts")
         status, body, _ = await get_from(url, request)
         if status != 200:
             raise Refused(503, "the worker holding this customer's offers did not answer; try again")
         try:
-            return json.loads(body)["ledger"]
+            offers = json.loads(body)["contacts"]
+            if not isinstance(offers, dict):
+                raise TypeError("not an object")
+            return offers
         except (ValueError, KeyError, TypeError):
             raise Refused(502, "the worker holding this customer's offers gave an answer that is not one") from None
 
@@ -201,10 +215,15 @@ def register(engine, data_stage, contacts, segments_book) -> None:
         successor = data_stage.customer_to_successor.get(customer_id)
         if successor is not None:  # a duplicate: ask about the customer it was merged into
             return {"customer_id": customer_id, "merged_into": successor["into"]}
+        offers, unavailable = None, None
+        try:
+            offers = await offers_now(customer_id, request)
+        except Refused as refused:  # the rest of what is known still answers; the offers are said to be missing
+            unavailable = refused.reason
         return customer_context(customer_id, data_stage.customer_to_profile.get(customer_id),
                                 data_stage.customer_to_value.get(customer_id),
-                                data_stage.key_to_journey.get(customer_id), await ledger_of(customer_id, request),
-                                segments_book.rules(), int(time.time() * 1000))
+                                data_stage.key_to_journey.get(customer_id), offers,
+                                segments_book.rules(), int(time.time() * 1000), unavailable)
 
     @app.page("/customers/{customer_id}/context")
     async def customer_page(web, request, customer_id):
@@ -214,11 +233,12 @@ def register(engine, data_stage, contacts, segments_book) -> None:
 
     @app.page("/customers/{customer_id}/contacts")
     async def contacts_page(web, request, customer_id):
-        """The ledger alone, from this worker's decision runner: what another worker's context answer asks for."""
+        """The offers so far alone, from this worker's decision runner: what another worker's context answer asks for."""
         from streams.decision.contacts import Unknown
 
         try:
-            routed_limiter.take(request.remote or "?")
+            # counted as /context is: a passed-on request on the passing worker's budget, any other on its client's
+            (routed_limiter if request.headers.get(ROUTED_HEADER) else limiter).take(request.remote or "?")
             check_token(request.headers.get("Authorization"), settings.context_token)
             key = check_id(customer_id)
             loop = asyncio.get_running_loop()
@@ -226,9 +246,10 @@ def register(engine, data_stage, contacts, segments_book) -> None:
                 if await loop.run_in_executor(None, contacts.owner, key) is not None:
                     raise Refused(503, "the decision stage's partition moved meanwhile; try again")
                 ledger = await loop.run_in_executor(None, contacts.local, key)
-            except Unknown:
-                raise Refused(503, "the decision stage's partitions are being assigned; try again") from None
-            return web.bytes(body_of({"customer_id": key, "ledger": ledger}), content_type="application/json")
+            except Unknown as exc:
+                raise Refused(503, str(exc)) from None
+            return web.bytes(body_of({"customer_id": key, "contacts": offers_of(ledger)}),
+                             content_type="application/json", headers={ANSWERED_BY: str(app.conf.canonical_url)})
         except Refused as refused:
             return web.json({"error": refused.reason}, status=refused.status)
 

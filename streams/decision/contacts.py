@@ -22,6 +22,7 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 GROUP_FRESH_S = 2.0  # how long a description of the group is used before asking the broker again
+GROUP_RETRY_S = 0.25  # the least time between two descriptions, when a partition had no holder in the last one
 _AT = " at "
 
 
@@ -36,13 +37,13 @@ def url_of_member(client_id: str) -> str | None:
 
 
 class Unknown(Exception):
-    """No worker holds the key's partition just now (the group is rebalancing, or starting)."""
+    """No worker holds the key's partition just now (the group is rebalancing, or starting), or it cannot be told which."""
 
 
 class ContactsReader:
     """The ledgers of the partitions this worker's decision runner holds, and who holds the others."""
 
-    def __init__(self, settings: Settings, admin=None):
+    def __init__(self, settings: Settings, admin=None, clock=time.monotonic):
         from streams.decision.agent import NAME
 
         self.settings = settings
@@ -52,9 +53,11 @@ class ContactsReader:
         self.topic = settings.topic(topics.ENRICHED.name)
         self.prefix = topics.CUSTOMER_TO_CONTACTS.encode() + b"\x00"
         self.mine = settings.advertised_url
-        self._admin = admin
+        self._admin, self.clock = admin, clock
         self._owners: dict[int, str] = {}
+        self._shared: set[str] = set()  # addresses more than one member gives (workers misconfigured)
         self._described = float("-inf")
+        self._describing = threading.Lock()  # one description at a time; reading ledgers does not wait for it
         self._dbs: dict[int, tuple[bytes, object]] = {}  # partition -> (the primary's IDENTITY, its follower)
         self._lock = threading.Lock()
 
@@ -62,19 +65,25 @@ class ContactsReader:
     def owner(self, key: str) -> str | None:
         """The URL of the worker holding `key`'s ledger, None when it is this one; Unknown if none does.
 
-        Blocking (it may ask the broker): call it off the event loop.
+        Blocking (it may ask the broker, for up to 5 s): call it off the event loop.
         """
         partition = partition_of(key, self.settings.partitions)
-        with self._lock:
-            if time.monotonic() - self._described > GROUP_FRESH_S or partition not in self._owners:
-                self._owners = self._describe()
-                self._described = time.monotonic()
+        with self._describing:
+            age = self.clock() - self._described
+            if age > GROUP_FRESH_S or (partition not in self._owners and age > GROUP_RETRY_S):
+                self._owners, self._shared = self._describe()
+                self._described = self.clock()
+                self._close_all_but(p for p, url in self._owners.items() if url == self.mine)
             url = self._owners.get(partition)
         if url is None:
             raise Unknown(f"no worker holds partition {partition} of the decision stage now")
+        if url in self._shared:  # each would read its own copy, and some have none: no answer is better
+            raise Unknown(f"more than one member of the decision group gives {url} (a worker restarting, or "
+                          "workers sharing an address: give each its own ENGAGE_HTTP_HOST and ENGAGE_HTTP_PORT)")
         return None if url == self.mine else url
 
-    def _describe(self) -> dict[int, str]:
+    def _describe(self) -> tuple[dict[int, str], set[str]]:
+        """Partition -> the address of the member holding it, and the addresses more than one member gives."""
         from streams import clients
 
         if self._admin is None:
@@ -84,14 +93,19 @@ class ContactsReader:
             description = group.result()
         except Exception as exc:  # noqa: BLE001 - any failure: unknown for now, asked again next time
             log.warning("describing %s failed: %s", self.group, type(exc).__name__)
-            return {}
-        owners = {}
+            return {}, set()
+        owners, seen, shared = {}, set(), set()
         for member in description.members:
             url = url_of_member(member.client_id or "")
+            if url is None:
+                continue
+            if url in seen:
+                shared.add(url)
+            seen.add(url)
             for tp in (member.assignment.topic_partitions if member.assignment else []):
-                if tp.topic == self.topic and url:
+                if tp.topic == self.topic:
                     owners[tp.partition] = url
-        return owners
+        return owners, shared
 
     # -- reading this worker's ledgers ---------------------------------------------------------------
     def local(self, key: str) -> dict | None:
@@ -141,7 +155,12 @@ class ContactsReader:
             except Exception:  # noqa: BLE001 - already gone with its folder
                 pass
 
-    def close(self) -> None:
+    def _close_all_but(self, partitions) -> None:
+        """Close the followers of partitions this worker's runner no longer holds (their folders may stay)."""
+        keep = set(partitions)
         with self._lock:
-            for partition in list(self._dbs):
+            for partition in [p for p in self._dbs if p not in keep]:
                 self._close(partition)
+
+    def close(self) -> None:
+        self._close_all_but(())

@@ -242,19 +242,28 @@ class Runner:
         """Hook: partitions `mine` were assigned, resuming at `committed` ((topic, partition) -> offset, -1 if none)."""
 
     def _resume_where_faust_stopped(self, partitions, committed: dict) -> bool:
-        """Partitions this group never committed resume where the Faust app's group did, on an upgrade.
+        """Partitions this group never took up resume where the Faust app's group committed, on an upgrade.
 
         Releases before this one ran the stage as a Faust agent, in the app's own group: a worker
         upgraded in place goes on from there instead of reading every stored record again. It is an
         upgrade only if the app's group committed on `ran_on_faust`, which this release's app never
         reads: the app still reads some of the other inputs (the decisions, for the journey), and on
-        a new installation its commits there are no sign of anything this stage has done. The
-        offsets are set on the assigned partitions; True if any was.
-        """
-        from confluent_kafka import TopicPartition
+        a new installation its commits there are no sign of anything this stage has done.
 
-        new = [tp for tp in partitions if committed.get((tp.topic, tp.partition), -1) < 0]
-        if not new or self.ran_on_faust is None:
+        Only once per partition: the partitions taken over are those whose `ran_on_faust` this group
+        never committed, and their offsets are committed at once, that one included. Otherwise an
+        input this group never commits (nothing has come on it yet) would take the app's offset at
+        every rebalance, skipping records the app has read since and this stage has not. The offsets
+        are set on the assigned partitions; True if any was.
+        """
+        from confluent_kafka import KafkaException, TopicPartition
+
+        if self.ran_on_faust is None:
+            return False
+        fresh = {tp.partition for tp in partitions
+                 if tp.topic == self.ran_on_faust and committed.get((tp.topic, tp.partition), -1) < 0}
+        new = [tp for tp in partitions if tp.partition in fresh and committed.get((tp.topic, tp.partition), -1) < 0]
+        if not new:
             return False
         faust_group = clients.consumer(self.settings, self.settings.app_id, log_level=None)  # never joins it
         try:
@@ -271,6 +280,14 @@ class Runner:
             if offset is not None:
                 tp.offset = offset
                 committed[(tp.topic, tp.partition)] = offset
+        # the mark that these partitions were taken up: `ran_on_faust` committed where it was, else at its
+        # start (where the group reads from anyway)
+        taken = [TopicPartition(tp.topic, tp.partition, by_tp.get((tp.topic, tp.partition), 0)) for tp in new
+                 if (tp.topic, tp.partition) in by_tp or tp.topic == self.ran_on_faust]
+        try:
+            self.consumer.commit(offsets=taken, asynchronous=False)
+        except KafkaException as exc:  # taken over again at the next assignment
+            log.warning("%s: could not commit the offsets taken over: %s", self.stage, exc)
         if by_tp:
             log.warning("%s: %d partitions resume where the app's group (an earlier release) committed",
                         self.stage, len(by_tp))

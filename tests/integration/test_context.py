@@ -112,14 +112,21 @@ def test_any_worker_answers_for_a_key_the_other_one_holds(new_pipeline, read):
     # When each customer's context is asked of each worker
     owners = set()
     for cid in customers:
-        answers = [until(lambda port=port: (lambda r: r if r[0] == 200 and r[1]["journey"] else None)(
-            get_answered(port, f"/customers/{cid}/context"))) for port in pipe.http_ports]
+        answers = [until(lambda port=port: (lambda r: r if r[0] == 200 and r[1]["journey"] and r[1]["contacts"]
+                                            else None)(get_answered(port, f"/customers/{cid}/context")))
+                   for port in pipe.http_ports]
         # Then both answer, with the same customer, profile and journey, from the tables of the same worker:
         # the one holding the key answered itself, the other passed the request on to it
         assert all(a and a[0] == 200 for a in answers), answers
         (_, a, by_a), (_, b, by_b) = answers
         assert by_a == by_b != "" and a["customer_id"] == b["customer_id"] == cid and a["profile"] == b["profile"]
         assert a["journey"] == b["journey"] and any(s["kind"] == "signal" for s in a["journey"])
+        # and the same offers so far, read where the decision stage's own group holds the customer: that
+        # worker alone answers for its ledger, and with counts only, not the decisions it keeps
+        assert a["contacts"] == b["contacts"] and "offers_today" in a["contacts"], (a, b)
+        ledgers = [get_answered(port, f"/customers/{cid}/contacts") for port in pipe.http_ports]
+        assert sorted(status for status, _, _ in ledgers) == [200, 503], ledgers
+        assert [body["contacts"] for status, body, _ in ledgers if status == 200] == [a["contacts"]]
         owners.add(by_a)
     # And each worker held some of the customers (one per partition)
     assert len(owners) == 2
@@ -200,7 +207,7 @@ def test_a_duplicate_merged_by_crm_brings_its_journey_and_offers_and_its_later_s
     def merged_in():
         body = get(port, f"/customers/{keep}/context")[1]
         texts = [s["text"] for s in body.get("journey", [])]
-        return body if "'cancel my contract'" in texts and body["contacts"].get("offers_today") == 1 else None
+        return body if "'cancel my contract'" in texts and (body.get("contacts") or {}).get("offers_today") == 1 else None
     body = until(merged_in)
     assert body and any(s["kind"] == "offer" for s in body["journey"])
     # When the duplicate's browser searches to cancel again, still logged in under the old id

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.data.context import MAX_BODY_BYTES, RateLimit, Refused, body_of, check_id, check_token, customer_context
+from streams.data.context import MAX_BODY_BYTES, RateLimit, Refused, body_of, check_id, check_token, customer_context, offers_of
 from streams.data.value import load_segments
 from streams.settings import REPO_ROOT
 
@@ -50,10 +50,23 @@ def test_a_customers_context_says_who_what_they_are_worth_their_journey_and_offe
               "declined": {"chat-offer": 3}, "purchase_ts": 0,
               "merged": {"v1": {"day": "2026-11-30", "offers_today": 1, "week": "2026-W49", "offers_week": 1}}}
     step = {"ts": 1, "channel": "web", "kind": "search", "text": "'cancel'", "ref": "e1"}
-    ctx = customer_context("C1", {"customer_id": "C1", "clv": 2500.0, "segment": "gold"}, None, [step], ledger, RULES, 10)
+    ledger["recent"] = {"s1": {"decision_id": "d1", "action_id": "chat-offer", "features": {"x": 1.0}}}
+    ctx = customer_context("C1", {"customer_id": "C1", "clv": 2500.0, "segment": "gold"}, None, [step],
+                           offers_of(ledger), RULES, 10)
     assert ctx["value"]["segment"] == "high-value" and ctx["journey"] == [step]
     assert ctx["contacts"] == {"day": "2026-12-01", "offers_today": 1, "offers_this_week": 2, "last_offer_ts": 5,
                                "declined": ["chat-offer"], "last_purchase_ts": None}
+    assert "contacts_unavailable" not in ctx and "d1" not in body_of(ctx).decode()  # counts, not the decisions kept
     assert len(body_of(ctx)) < MAX_BODY_BYTES
     with pytest.raises(Refused):
         body_of({"x": "y" * MAX_BODY_BYTES})
+
+
+def test_a_context_whose_offers_cannot_be_read_now_still_answers_and_says_so():
+    # Given the decision stage's partitions being assigned (the ledger cannot be read just now)
+    # When the context is built without it
+    ctx = customer_context("C1", {"customer_id": "C1"}, None, [], None, RULES, 10,
+                           "no worker holds partition 2 of the decision stage now")
+    # Then the profile, value and journey answer, and the offers are said to be missing, not zero
+    assert ctx["known"] and ctx["contacts"] is None
+    assert ctx["contacts_unavailable"] == "no worker holds partition 2 of the decision stage now"

@@ -7,7 +7,7 @@ import pytest
 
 from streams import topics
 from streams.clients import partition_of
-from streams.decision.contacts import ContactsReader, Unknown, member_name, url_of_member
+from streams.decision.contacts import GROUP_FRESH_S, ContactsReader, Unknown, member_name, url_of_member
 from streams.runtime.store import PartitionDB, json_value
 from streams.settings import Settings
 
@@ -17,11 +17,14 @@ PREFIXES = {t: t.encode() + b"\x00" for t in (topics.CUSTOMER_TO_CONTACTS, topic
 class FakeAdmin:
     """describe_consumer_groups as confluent-kafka answers it: members with their client.id and partitions."""
 
-    def __init__(self, members: dict[str, list[int]], topic: str):
-        self.members, self.topic, self.calls = members, topic, 0
+    def __init__(self, members: dict[str, list[int]], topic: str, group: str = "engage-decision"):
+        self.members, self.topic, self.group, self.calls, self.fails = members, topic, group, 0, False
 
     def describe_consumer_groups(self, groups, request_timeout=None):
         self.calls += 1
+        assert groups == [self.group]
+        if self.fails:
+            raise RuntimeError("the broker did not answer")
         members = [SimpleNamespace(client_id=cid, assignment=SimpleNamespace(
             topic_partitions=[SimpleNamespace(topic=self.topic, partition=p) for p in ps]))
             for cid, ps in self.members.items()]
@@ -52,21 +55,86 @@ def test_the_owner_of_a_key_is_the_worker_whose_decision_runner_holds_its_partit
     assert admin.calls == 1
 
 
-def test_a_partition_no_member_holds_is_unknown_and_asked_again_next_time(tmp_path):
+def test_a_partition_no_member_holds_is_unknown_and_asked_again_soon(tmp_path):
     # Given a group rebalancing: partition 3 held by no one
     mine = _settings(tmp_path, 6066)
     admin = FakeAdmin({member_name(mine): [0, 1, 2]}, mine.topic(topics.ENRICHED.name))
-    reader = ContactsReader(mine, admin=admin)
+    now = [100.0]
+    reader = ContactsReader(mine, admin=admin, clock=lambda: now[0])
     key = next(f"C{i}" for i in range(200) if partition_of(f"C{i}", 4) == 3)
-    # When its key is asked for, twice
+    # When its key is asked for, twice at once
     for _ in range(2):
         with pytest.raises(Unknown):
             reader.owner(key)
-    # Then the group was described each time (a partition unknown is not kept)
-    assert admin.calls == 2
-    # And once the rebalance is over it is found
+    # Then the group was described once (a flood of requests is not a flood of descriptions)
+    assert admin.calls == 1
+    # And once the rebalance is over it is found at the next ask, a quarter of a second later
     admin.members[member_name(mine)] = [0, 1, 2, 3]
-    assert reader.owner(key) is None
+    now[0] += 0.3
+    assert reader.owner(key) is None and admin.calls == 2
+
+
+def test_a_group_that_cannot_be_described_is_unknown_and_not_asked_for_every_request(tmp_path):
+    # Given a broker that does not answer
+    mine = _settings(tmp_path, 6066)
+    admin = FakeAdmin({member_name(mine): [0, 1, 2, 3]}, mine.topic(topics.ENRICHED.name))
+    admin.fails = True
+    now = [100.0]
+    reader = ContactsReader(mine, admin=admin, clock=lambda: now[0])
+    # When keys are asked for meanwhile: Then they are unknown, and the broker is asked once
+    for i in range(5):
+        with pytest.raises(Unknown):
+            reader.owner(f"C{i}")
+    assert admin.calls == 1
+    # And when it answers again, the keys are found
+    admin.fails = False
+    now[0] += 0.3
+    assert reader.owner("C1") is None
+
+
+def test_two_members_giving_one_address_answer_nothing_rather_than_an_empty_ledger(tmp_path):
+    # Given two workers both advertising this worker's address (or this one restarting, its old member not yet gone)
+    mine = _settings(tmp_path, 6066)
+    reader = ContactsReader(mine, admin=_TwoMembers(member_name(mine), mine.topic(topics.ENRICHED.name)))
+    keys = {partition_of(f"C{i}", 4): f"C{i}" for i in range(200)}
+    # When a key of either's partitions is asked for: Then it is unknown, and the answer says why
+    for p in (0, 3):
+        with pytest.raises(Unknown, match="more than one member"):
+            reader.owner(keys[p])
+
+
+class _TwoMembers(FakeAdmin):
+    """Two members (distinct in the group) with the same client.id: one address for both."""
+
+    def __init__(self, client_id: str, topic: str):
+        super().__init__({}, topic)
+        self.client_id = client_id
+
+    def describe_consumer_groups(self, groups, request_timeout=None):
+        members = [SimpleNamespace(client_id=self.client_id, assignment=SimpleNamespace(
+            topic_partitions=[SimpleNamespace(topic=self.topic, partition=p) for p in ps])) for ps in ([0, 1], [2, 3])]
+        return {groups[0]: SimpleNamespace(result=lambda: SimpleNamespace(members=members))}
+
+
+def test_the_followers_of_partitions_the_runner_gave_up_are_closed(tmp_path):
+    # Given this worker's runner holding C1's partition, its ledger read once (a follower opened)
+    settings = _settings(tmp_path, 6066)
+    partition = partition_of("C1", 4)
+    runner_db = PartitionDB(settings.data_dir / "decision" / str(partition), PREFIXES)
+    runner_db.write([(topics.CUSTOMER_TO_CONTACTS, "C1", json_value({"offers_today": 1}))], {})
+    admin = FakeAdmin({member_name(settings): [partition]}, settings.topic(topics.ENRICHED.name))
+    now = [100.0]
+    reader = ContactsReader(settings, admin=admin, clock=lambda: now[0])
+    assert reader.owner("C1") is None and reader.local("C1") == {"offers_today": 1}
+    assert partition in reader._dbs
+    # When the partition moves to another worker and the group is described again
+    other = _settings(tmp_path, 6067)
+    admin.members = {member_name(settings): [], member_name(other): [partition]}
+    now[0] += GROUP_FRESH_S + 1
+    # Then the key is the other worker's, and this worker's follower of it is closed
+    assert reader.owner("C1") == other.advertised_url
+    assert partition not in reader._dbs
+    runner_db.close()
 
 
 def test_the_ledger_is_read_as_the_runner_last_wrote_it_and_followed_when_its_folder_is_made_again(tmp_path):

@@ -97,10 +97,43 @@ def test_an_upgrade_is_told_by_the_apps_commits_on_a_topic_only_the_stage_read(t
     runner = _runner(tmp_path, _counting, ran_on_faust=topics.ATTRIBUTIONS)
     app = _AppGroup({("engage.outcomes", 0): 40})
     monkeypatch.setattr(runner_module.clients, "consumer", lambda *a, **kw: app)
-    assigned = [TopicPartition("engage.outcomes", 0)]
-    committed = {("engage.outcomes", 0): -1001}
+    assigned = [TopicPartition("engage.attributions", 0), TopicPartition("engage.outcomes", 0)]
+    committed = {("engage.attributions", 0): -1001, ("engage.outcomes", 0): -1001}
     # When its partitions are assigned: Then it starts from its own position, not the app's (a new installation)
-    assert not runner._resume_where_faust_stopped(assigned, committed) and assigned[0].offset == -1001
+    assert not runner._resume_where_faust_stopped(assigned, committed) and assigned[1].offset == -1001
+    assert runner.consumer.commits == []
     # And when the app's group had committed the attributions (an earlier release ran the stage), it resumes there
     app.commits[("engage.attributions", 3)] = 7
-    assert runner._resume_where_faust_stopped(assigned, committed) and assigned[0].offset == 40
+    assert runner._resume_where_faust_stopped(assigned, committed) and assigned[1].offset == 40
+
+
+def test_partitions_are_taken_over_from_the_app_once_and_the_offsets_taken_are_committed(tmp_path, monkeypatch):
+    # Given an upgrade: the app's group committed the attributions and the outcomes, never the forget requests
+    runner = _runner(tmp_path, _counting, ran_on_faust=topics.ATTRIBUTIONS)
+    app = _AppGroup({("engage.attributions", 0): 7, ("engage.outcomes", 0): 40})
+    monkeypatch.setattr(runner_module.clients, "consumer", lambda *a, **kw: app)
+    inputs = ("engage.attributions", "engage.outcomes", "engage.forget")
+    assigned = [TopicPartition(t, 0) for t in inputs]
+    # When partition 0 is first assigned to the runner's group, which never committed
+    assert runner._resume_where_faust_stopped(assigned, {(t, 0): -1001 for t in inputs})
+    # Then the offsets taken over are committed at once, so that the group has its own from now on
+    assert runner.consumer.commits == [{("engage.attributions", 0): 7, ("engage.outcomes", 0): 40}]
+    # And when the app reads on (a forget request comes and the app commits past it) and partition 0 is
+    # assigned again before the runner committed anything on the forget requests
+    app.commits[("engage.forget", 0)] = 1
+    again = [TopicPartition(t, 0) for t in inputs]
+    committed = {("engage.attributions", 0): 7, ("engage.outcomes", 0): 40, ("engage.forget", 0): -1001}
+    # Then nothing is taken over: the forget request is read from the group's own position
+    assert not runner._resume_where_faust_stopped(again, committed)
+    assert again[2].offset == -1001 and len(runner.consumer.commits) == 1
+
+
+def test_an_upgraded_partition_the_app_never_read_is_marked_taken_at_its_start(tmp_path, monkeypatch):
+    # Given an upgrade where the app's group committed the attributions on partition 3 only
+    runner = _runner(tmp_path, _counting, ran_on_faust=topics.ATTRIBUTIONS)
+    app = _AppGroup({("engage.attributions", 3): 7})
+    monkeypatch.setattr(runner_module.clients, "consumer", lambda *a, **kw: app)
+    assigned = [TopicPartition("engage.attributions", 0), TopicPartition("engage.outcomes", 0)]
+    # When partition 0 is assigned: nothing to resume from, but the group marks it taken at the start
+    assert not runner._resume_where_faust_stopped(assigned, {(tp.topic, 0): -1001 for tp in assigned})
+    assert runner.consumer.commits == [{("engage.attributions", 0): 0}]
