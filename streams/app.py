@@ -28,6 +28,7 @@ class Engine:
     codec: object
     topic: dict = field(default_factory=dict)  # contract name -> faust topic
     detection: object = None  # the service running detection's process (streams/detection/agent.py), in a worker
+    data: object = None  # the one running the data stage (streams/data/agent.py)
     decision: object = None  # the one running the decision stage (streams/decision/agent.py)
     after_decision: object = None  # the one running delivery, attribution and learning (streams/after_decision.py)
 

@@ -1,7 +1,7 @@
-"""Decides what one worker runs: detection, decision, and delivery with attribution and learning, each in a child process on its own consumer; data on the Faust app; the rules from rules/ or engage.rules."""
+"""Decides what one worker runs: detection, data, decision, and delivery with attribution and learning, each in a child process on its own consumer; the context service on the Faust app's web server; the rules from rules/ or engage.rules."""
 from __future__ import annotations
 
-from streams import after_decision
+from streams import after_decision, topics
 from streams.app import Engine, build_app
 from streams.data import agent as data_agent
 from streams.data import context
@@ -15,21 +15,26 @@ from streams.detection.rules import load_detection
 from streams.settings import Settings
 
 
-def build_worker(settings: Settings, segments: RuleBook | None = None, customers: RuleBook | None = None) -> Engine:
-    """Build the app with every stage registered; raises RuleError if a rule file is invalid."""
+def build_worker(settings: Settings, segments: RuleBook | None = None) -> Engine:
+    """Build the app with every stage registered; raises RuleError if a rule file is invalid.
+
+    `segments`: the segment rules the context service values customers with (followed by run_worker).
+    """
     # the child processes load their rules themselves; checked here too, so a bad file stops the worker at once
     load_detection(settings.rules_dir / "detection.yaml")
     load_actions(settings.rules_dir / "actions.yaml")
+    load_customer_rules(settings.rules_dir / "customer.yaml")
     segments = segments or RuleBook(load_segments(settings.rules_dir / "segments.yaml"))
-    customers = customers or RuleBook(load_customer_rules(settings.rules_dir / "customer.yaml"))
     engine = build_app(settings)
     engine.detection = detection_agent.register(engine)
-    data = data_agent.register(engine, segments, customers)
+    engine.data = data_agent.register(engine)
     engine.decision = decision_agent.register(engine)
     if settings.http_port:
         from streams.decision.contacts import ContactsReader
+        from streams.runtime.reader import StageReader
 
-        context.register(engine, data, ContactsReader(settings), segments)
+        context.register(engine, StageReader(settings, data_agent.NAME, topics.SIGNALS), ContactsReader(settings),
+                         segments)
     engine.after_decision = after_decision.register(engine)
     return engine
 
@@ -47,15 +52,15 @@ def run_worker(settings: Settings) -> None:
         settings = settings.with_(http_port=settings.http_port + statedir.slot_of(state.path))
     # the files are the rule sets until a version is published to engage.rules; then the latest valid one
     segments = RuleBook(load_segments(settings.rules_dir / "segments.yaml"))
-    customers = RuleBook(load_customer_rules(settings.rules_dir / "customer.yaml"))
-    engine = build_worker(settings, segments, customers)
+    engine = build_worker(settings, segments)
     look_up_writer_schemas(settings, engine.codec)
     wait_for_broker(settings)
     ensure_topics(settings)
-    start_following(settings, [segments, customers], engine.codec)
+    start_following(settings, [segments], engine.codec)
     worker = _make_worker_class()(engine.app, loglevel=settings.log_level, quiet=True)
-    # while Faust restores its own tables (see ChildService.start_now)
+    # at once, not when Faust starts its services (see ChildService.start_now)
     engine.detection.start_now()
+    engine.data.start_now()
     engine.decision.start_now()
     engine.after_decision.start_now()
 

@@ -2,11 +2,12 @@
 
 `GET /customers/{id}/context` and `GET /visitors/{id}/context`, JSON, on every worker's HTTP port
 (Faust's web server). The data stage's tables are partitioned like the topics that feed them, all
-by the same key, so one worker holds everything the data stage knows about a key: a worker asked
-about a key it does not hold passes the request on to the one that does (the group's assignment
-says which, as Faust's table routing; here computed from the key's bytes as the topics partition
-them) and returns its answer. The contact ledger is the decision stage's, in a consumer group of
-its own: the answering worker reads it where that group holds the key (streams/decision/contacts.py),
+by the same key, so one worker holds everything the data stage knows about a key. The data stage
+runs in a consumer group of its own (`<app id>-data`), whose members name their worker's address:
+a worker asked about a key its data runner does not hold passes the request on to the one that
+does and returns its answer, and the one that does reads the runner's RocksDB as a live follower
+(streams/runtime/reader.py). The contact ledger is the decision stage's, in a group of its own
+too: the answering worker reads it where that group holds the key (streams/decision/contacts.py),
 from its own runner or, through `GET /customers/{id}/contacts`, from the worker that holds it.
 
 Every request needs `Authorization: Bearer <ENGAGE_CONTEXT_TOKEN>` (401 without it, or when no
@@ -25,6 +26,7 @@ import time
 from collections import OrderedDict
 from urllib.parse import quote
 
+from streams import topics
 from streams.data.value import customer_value
 from streams.decision.policy import counts_of
 
@@ -111,39 +113,38 @@ def body_of(answer: dict) -> bytes:
     return body
 
 
-def register(engine, data_stage, contacts, segments_book) -> None:
-    """The routes on the engine's Faust app (its web server must be enabled); `contacts`: a ContactsReader."""
+def register(engine, data, contacts, segments_book) -> None:
+    """The routes on the engine's Faust app (its web server must be enabled); `data`: a StageReader of the data
+    runner's tables, `contacts`: a ContactsReader."""
+    from streams.runtime.reader import Unknown
+
     app, settings = engine.app, engine.settings
     limiter = RateLimit(rate=float(settings.context_rate_per_s), burst=2 * settings.context_rate_per_s)
     routed_limiter = RateLimit(rate=ROUTED_RATE_PER_S, burst=int(2 * ROUTED_RATE_PER_S))
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # the access log prints ids in paths
 
-    def owner(table, key: str):
-        """The URL of the worker holding `key`'s partition (as the topics partition it), or None when this one does.
+    async def blocking(reader_call, *args):
+        """A reader's call (it may ask the broker, or wait on RocksDB) off the event loop; Unknown as a 503."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, reader_call, *args)
+        except Unknown as exc:
+            raise Refused(503, str(exc)) from None
 
-        Decided from this worker's own assignment, not by comparing addresses: workers on several hosts
-        all advertising 127.0.0.1 would otherwise each take every key for their own.
+    async def owner(key: str):
+        """The URL of the worker whose data runner holds `key`'s partition, or None when this one does.
+
+        Decided from the data group's assignment (each member names its worker's address), not by
+        guessing from addresses: workers on several hosts all advertising 127.0.0.1 are refused as such.
         """
-        from faust.types import TP
         from yarl import URL
 
-        from streams.clients import partition_of
+        url = await blocking(data.owner, key)
+        return None if url is None else URL(url)
 
-        topic = table.changelog_topic.get_topic_name()
-        partition = partition_of(key, settings.partitions)
-        if TP(topic, partition) in app.assignor.assigned_actives():
-            return None
-        try:
-            url = URL(str(app.assignor.key_store(topic, key.encode())))
-        except (KeyError, TypeError, ValueError):
-            raise Refused(503, "the partitions are being assigned; try again") from None
-        mine = URL(str(app.conf.canonical_url))
-        if (url.host, url.port) == (mine.host, mine.port):  # another worker advertises this one's address
-            raise Refused(503, "the worker holding this key cannot be reached: give every worker its own "
-                               "ENGAGE_HTTP_HOST") from None
-        return url
+    async def tables_of(key: str, tables: list[str]) -> dict:
+        return await blocking(data.read, key, tables)
 
-    async def answer(web, request, table, key: str, local):
+    async def answer(web, request, key: str, local):
         try:
             routed = bool(request.headers.get(ROUTED_HEADER))
             # every request counts, refused ones too; one passed on by another worker counts on that
@@ -151,7 +152,7 @@ def register(engine, data_stage, contacts, segments_book) -> None:
             (routed_limiter if routed else limiter).take(request.remote or "?")
             check_token(request.headers.get("Authorization"), settings.context_token)
             key = check_id(key)
-            elsewhere = owner(table, key)
+            elsewhere = await owner(key)
             if elsewhere is not None:
                 if routed:
                     raise Refused(503, "the partition moved meanwhile; try again")
@@ -188,15 +189,9 @@ def register(engine, data_stage, contacts, segments_book) -> None:
         """offers_of the customer's contact ledger, from whichever worker's decision runner holds it."""
         from yarl import URL
 
-        from streams.decision.contacts import Unknown
-
-        loop = asyncio.get_running_loop()
-        try:
-            where = await loop.run_in_executor(None, contacts.owner, customer_id)
-            if where is None:
-                return offers_of(await loop.run_in_executor(None, contacts.local, customer_id))
-        except Unknown as exc:
-            raise Refused(503, str(exc)) from None
+        where = await blocking(contacts.owner, customer_id)
+        if where is None:
+            return offers_of(await blocking(contacts.local, customer_id))
         url = URL(where).with_path(f"/customers/{quote(customer_id, safe='')}/contacts")
         status, body, _ = await get_from(url, request)
         if status != 200:
@@ -210,9 +205,11 @@ def register(engine, data_stage, contacts, segments_book) -> None:
             raise Refused(502, "the worker holding this customer's offers gave an answer that is not one") from None
 
     async def customer_now(customer_id: str, request) -> dict:
-        if data_stage.customer_to_forgotten.get(customer_id) is not None:
+        held = await tables_of(customer_id, [topics.CUSTOMER_TO_FORGOTTEN, topics.CUSTOMER_TO_SUCCESSOR,
+                                             topics.CUSTOMER_TO_PROFILE, topics.CUSTOMER_TO_VALUE, topics.KEY_TO_JOURNEY])
+        if held[topics.CUSTOMER_TO_FORGOTTEN] is not None:
             return {"customer_id": customer_id, "forgotten": True}
-        successor = data_stage.customer_to_successor.get(customer_id)
+        successor = held[topics.CUSTOMER_TO_SUCCESSOR]
         if successor is not None:  # a duplicate: ask about the customer it was merged into
             return {"customer_id": customer_id, "merged_into": successor["into"]}
         offers, unavailable = None, None
@@ -220,34 +217,27 @@ def register(engine, data_stage, contacts, segments_book) -> None:
             offers = await offers_now(customer_id, request)
         except Refused as refused:  # the rest of what is known still answers; the offers are said to be missing
             unavailable = refused.reason
-        return customer_context(customer_id, data_stage.customer_to_profile.get(customer_id),
-                                data_stage.customer_to_value.get(customer_id),
-                                data_stage.key_to_journey.get(customer_id), offers,
-                                segments_book.rules(), int(time.time() * 1000), unavailable)
+        return customer_context(customer_id, held[topics.CUSTOMER_TO_PROFILE], held[topics.CUSTOMER_TO_VALUE],
+                                held[topics.KEY_TO_JOURNEY], offers, segments_book.rules(), int(time.time() * 1000),
+                                unavailable)
 
     @app.page("/customers/{customer_id}/context")
     async def customer_page(web, request, customer_id):
         async def local(key):
             return await customer_now(key, request)
-        return await answer(web, request, data_stage.customer_to_profile, customer_id, local)
+        return await answer(web, request, customer_id, local)
 
     @app.page("/customers/{customer_id}/contacts")
     async def contacts_page(web, request, customer_id):
         """The offers so far alone, from this worker's decision runner: what another worker's context answer asks for."""
-        from streams.decision.contacts import Unknown
-
         try:
             # counted as /context is: a passed-on request on the passing worker's budget, any other on its client's
             (routed_limiter if request.headers.get(ROUTED_HEADER) else limiter).take(request.remote or "?")
             check_token(request.headers.get("Authorization"), settings.context_token)
             key = check_id(customer_id)
-            loop = asyncio.get_running_loop()
-            try:
-                if await loop.run_in_executor(None, contacts.owner, key) is not None:
-                    raise Refused(503, "the decision stage's partition moved meanwhile; try again")
-                ledger = await loop.run_in_executor(None, contacts.local, key)
-            except Unknown as exc:
-                raise Refused(503, str(exc)) from None
+            if await blocking(contacts.owner, key) is not None:
+                raise Refused(503, "the decision stage's partition moved meanwhile; try again")
+            ledger = await blocking(contacts.local, key)
             return web.bytes(body_of({"customer_id": key, "contacts": offers_of(ledger)}),
                              content_type="application/json", headers={ANSWERED_BY: str(app.conf.canonical_url)})
         except Refused as refused:
@@ -256,19 +246,19 @@ def register(engine, data_stage, contacts, segments_book) -> None:
     @app.page("/visitors/{visitor_id}/context")
     async def visitor_page(web, request, visitor_id):
         async def local(key):
-            link = data_stage.visitor_to_customer.get(key)
+            held = await tables_of(key, [topics.VISITOR_TO_CUSTOMER, topics.KEY_TO_JOURNEY])
+            link = held[topics.VISITOR_TO_CUSTOMER]
             out = {"visitor_id": key, "customer_id": link["customer_id"] if link else None,
-                   "linked_by": link["source"] if link else None,
-                   "journey": data_stage.key_to_journey.get(key) or []}
+                   "linked_by": link["source"] if link else None, "journey": held[topics.KEY_TO_JOURNEY] or []}
             if link:  # the customer's context, from whichever worker holds it
                 customer = link["customer_id"]
-                where = owner(data_stage.customer_to_profile, customer)
+                where = await owner(customer)
                 if where is None:
                     out["customer"] = await customer_now(customer, request)
                 else:
                     out["customer"] = await fetch_elsewhere(where, customer, request)
             return out
-        return await answer(web, request, data_stage.visitor_to_customer, visitor_id, local)
+        return await answer(web, request, visitor_id, local)
 
     async def fetch_elsewhere(url, customer: str, request) -> dict | None:
         try:

@@ -90,6 +90,14 @@ class Table:
     def __delitem__(self, key: str) -> None:
         self.writes.record[(self.writes.stores.partition, self.name, key)] = None
 
+    def pop(self, key: str, default=None):
+        """The key's value, deleted; `default` if it had none."""
+        value = self.writes.read(self.name, key)
+        if value is None:
+            return default
+        del self[key]
+        return value
+
     def items(self):
         """(key, value) of the current partition, with this batch's writes."""
         p, w = self.writes.stores.partition, self.writes

@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 
 from streams import after_decision, clients, topics
+from streams.data import agent as data_agent
 from streams.decision import agent as decision_agent
 from streams.admin import ensure_topics, wait_for_broker
 from streams.detection.runner import detection_group
@@ -230,7 +231,7 @@ def _pipeline_lag(settings: Settings, readers: dict) -> int:
     """
     from confluent_kafka import TopicPartition
 
-    read_by = {settings.app_id: (topics.SIGNALS, topics.SIGNALS_BY_CUSTOMER, topics.DECISIONS),
+    read_by = {f"{settings.app_id}-{data_agent.NAME}": (topics.SIGNALS, topics.SIGNALS_BY_CUSTOMER, topics.DECISIONS),
                f"{settings.app_id}-{decision_agent.NAME}": (topics.ENRICHED, topics.PACING),
                f"{settings.app_id}-{after_decision.NAME}": (topics.DECISIONS, topics.ATTRIBUTIONS)}
     lag = 0
@@ -245,7 +246,7 @@ def _pipeline_lag(settings: Settings, readers: dict) -> int:
 def _wait_pipeline(settings: Settings, timeout_s: float) -> float | None:
     """When no stage after detection has anything left to read (monotonic time), or None."""
     readers = {group: clients.consumer(settings, group, log_level=None)
-               for group in (settings.app_id, f"{settings.app_id}-{decision_agent.NAME}",
+               for group in (f"{settings.app_id}-{data_agent.NAME}", f"{settings.app_id}-{decision_agent.NAME}",
                              f"{settings.app_id}-{after_decision.NAME}")}
     try:
         deadline = time.monotonic() + timeout_s
@@ -286,14 +287,16 @@ def _changelog_bytes(settings: Settings, events: int, since_ms: int = 0, until_m
 def _table_state(settings: Settings, live: dict) -> dict:
     """What each table holds now: keys, bytes of their latest key and value, bytes per key, and the
     table's RocksDB files on the worker's disk (every partition; detection's two tables share one
-    RocksDB per partition, counted under visitor_to_state, the decision runner's two under
-    customer_to_contacts, and the after-decision runner's three under key_to_attributions)."""
+    RocksDB per partition, counted under visitor_to_state, the data runner's six under customer_to_profile,
+    the decision runner's two under customer_to_contacts, and the after-decision runner's three under
+    key_to_attributions)."""
     disk: dict[str, int] = {}
     for d in settings.data_dir.rglob("*.db"):
         if d.is_dir():
             table = d.name.rsplit("-", 1)[0]
             disk[table] = disk.get(table, 0) + sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
     disk[topics.VISITOR_TO_STATE] = _runner_disk_bytes(settings)
+    disk[topics.CUSTOMER_TO_PROFILE] = _runner_disk_bytes(settings, data_agent.NAME)
     disk[topics.CUSTOMER_TO_CONTACTS] = _runner_disk_bytes(settings, decision_agent.NAME)
     disk[topics.KEY_TO_ATTRIBUTIONS] = _runner_disk_bytes(settings, after_decision.NAME)
     out = {}
@@ -567,7 +570,7 @@ def _worker_on_backlog(settings: Settings, work: Path, events: int) -> dict:
 def _restore_s(settings: Settings, work: Path, probe_seed: int, data_dir: Path | None = None) -> float | None:
     """Seconds from a worker started with an empty state folder (its tables only on the changelogs), or with
     `data_dir`, to detection's commit of a new event sent as it starts: its start-up, and detection's
-    restore of its own state (the Faust stages restore theirs meanwhile)."""
+    restore of its own state (the other runners restore theirs meanwhile)."""
     from streams.tools.simulator import run_simulator
 
     settings = settings.with_(data_dir=data_dir or work / f"restored-{settings.app_id}")

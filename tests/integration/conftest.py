@@ -151,10 +151,10 @@ class Pipeline:
 
     def groups_of(self, topic: str) -> list[str]:
         """The consumer groups that read `topic`: detection's own for the events and its ticks, the decision
-        runner's and the after-decision runner's (delivery, attribution, learning) for what they read, Faust's
-        (the data stage) for the rest."""
+        runner's and the after-decision runner's (delivery, attribution, learning) for what they read, the data
+        runner's for the rest."""
         app = self.settings.app_id
-        after, decision = f"{app}-{after_decision.NAME}", f"{app}-decision"
+        after, decision, data = f"{app}-{after_decision.NAME}", f"{app}-decision", f"{app}-data"
         if topic in ("engage.events", "engage.detection-ticks"):
             return [f"{app}-detection"]
         if topic == "engage.attributions":
@@ -162,15 +162,15 @@ class Pipeline:
         if topic in ("engage.enriched", "engage.pacing", "engage.agent-availability"):
             return [decision]
         if topic in ("engage.outcomes", "engage.conversions", "engage.forget"):
-            return [app, decision, after]
+            return [data, decision, after]
         if topic == "engage.decisions":
-            return [app, after]
+            return [data, after]
         if topic in ("engage.merges-by-key", "engage.state-moves"):
-            return [app, decision]
-        return [app]
+            return [data, decision]
+        return [data]
 
     def wait_until_assigned(self, proc: subprocess.Popen, members: int = 1, timeout_s: float = 90.0) -> None:
-        """The workers' consumer groups (detection's, Faust's, the decision and the after-decision runners') are
+        """The workers' consumer groups (the detection, data, decision and after-decision runners') are
         stable, have `members` members, and hold every partition of the events, signals, enriched signals and
         attributions topics respectively."""
         admin = AdminClient(self.client_conf)
@@ -189,7 +189,7 @@ class Pipeline:
                     ready += (str(group.state).endswith("STABLE") and len(group.members) >= members
                               and partitions <= assigned)
                 if ready == len(wanted):
-                    time.sleep(1.0)  # let Faust finish table recovery after the assignment
+                    time.sleep(1.0)  # let the runners finish restoring after the assignment
                     return
             except Exception:  # noqa: BLE001 - group not there yet
                 pass

@@ -1,4 +1,4 @@
-"""A worker upgraded from a release that ran detection as a Faust agent: it goes on where that one stopped."""
+"""A worker upgraded from a release that ran detection, the decision or the data stage as Faust agents: it goes on where that one stopped."""
 from __future__ import annotations
 
 import time
@@ -70,5 +70,49 @@ def test_signals_the_apps_group_committed_are_not_decided_again_by_the_decision_
                   path="/help")
     # Then the new visitor's signal is decided, and the one decided before the upgrade is not decided again
     assert decisions.wait_for(lambda d: d["visitor_id"] == new, timeout_s=60)
+    decisions.settle(3)
+    assert [d for d, _ in decisions.records if d["visitor_id"] == old] == []
+
+
+def test_the_data_runner_goes_on_where_the_apps_group_stopped_with_the_faust_tables_state(new_pipeline):
+    # Given what an earlier release, with the data stage as Faust agents in the app's own group, left behind:
+    # C-up's profile in the customer_to_profile table's changelog (as Faust's tables wrote it), and a
+    # signal it already enriched (committed by the app's group); the data runner's group has never committed
+    import json
+
+    from streams import topics
+    from streams.clients import partition_of
+    from tests.support.stage import profile, signal
+
+    pipe = new_pipeline(partitions=2)
+    ensure_topics(pipe.settings)
+    now = int(time.time() * 1000)
+    customer = f"C-up-{uuid.uuid4().hex[:6]}"
+    changelog = topics.changelog(pipe.settings.app_id, topics.CUSTOMER_TO_PROFILE)
+    writer = clients.producer(pipe.settings)
+    writer.produce(changelog, key=json.dumps(customer).encode(), partition=partition_of(customer, 2),
+                   value=json.dumps(profile(customer, display_name="Ada")).encode())
+    old = f"V-old-{uuid.uuid4().hex[:6]}"
+    name = pipe.topic("engage.signals")
+    writer.produce(name, key=old.encode(), partition=partition_of(old, 2),
+                   value=clients.codec(pipe.settings).encode(name, topics.SIGNALS.schema,
+                                                             signal(f"sig-{old}", visitor_id=old, customer_id=None,
+                                                                    ts=now)))
+    assert writer.flush(30) == 0
+    earlier = Consumer({**pipe.client_conf, "group.id": pipe.settings.app_id, "enable.auto.commit": False})
+    ends = [TopicPartition(name, p, clients.watermarks(earlier, TopicPartition(name, p), time.monotonic() + 30)[1])
+            for p in range(pipe.settings.partitions)]
+    earlier.commit(offsets=ends, asynchronous=False)
+    earlier.close()
+    decisions = Reader(pipe, "engage.decisions", "Decision")
+    # When the upgraded worker starts and C-up, logged in, searches how to cancel
+    pipe.start_worker()
+    Producer_(pipe).event(event_id=f"{customer}-1", visitor_id=f"V-{customer}", customer_id=customer, type_="search",
+                          ts=now + 1000, query="cancel my contract", path="/help")
+    # Then C-up's signal is decided as a known customer's (joined with the profile the Faust table kept), and
+    # the signal enriched before the upgrade is not enriched, so not decided, again
+    assert decisions.wait_for(lambda d: d["customer_id"] == customer, timeout_s=60)
+    [mine] = [d for d, _ in decisions.records if d["customer_id"] == customer]
+    assert mine["known"] is True
     decisions.settle(3)
     assert [d for d, _ in decisions.records if d["visitor_id"] == old] == []

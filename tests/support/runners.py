@@ -152,3 +152,59 @@ class DecisionStage:
         from streams import topics
 
         return self.stored(topics.CUSTOMER_TO_CONTACTS, key, partition)
+
+
+class DataStage:
+    """The data runner (re-keying, identity, joins, journeys, merges, forgetting) over the fakes: records in as
+    raw bytes, one batch each unless fed together; what it sends decoded again with the contract's schema."""
+
+    def __init__(self, tmp_path, customers=None, segments=None, **settings):
+        from streams import clients
+        from streams.data.agent import build_runner
+        from streams.data.customer_rules import CustomerRuleSet
+        from streams.rules.book import RuleBook
+        from streams.settings import Settings
+        from tests.support.stage import SEGMENTS
+
+        settings = Settings(data_dir=tmp_path / "state", **settings)
+        self.codec = clients.codec(settings)
+        customers = customers or CustomerRuleSet(name="customer", version="none", rules=())
+        self.runner = build_runner(settings, self.codec, segments if isinstance(segments, RuleBook)
+                                   else RuleBook(segments or SEGMENTS),
+                                   customers if isinstance(customers, RuleBook) else RuleBook(customers))
+        self.runner.log = []
+        self.runner.consumer, self.runner.producer = FakeConsumer(self.runner.log), FakeProducer(self.runner.log)
+
+    def encode(self, spec, record: dict) -> bytes:
+        return self.codec.encode(self.runner.settings.topic(spec.name), spec.schema, record)
+
+    def put(self, spec, key: bytes | str | None, record: dict | bytes | None, partition: int = 0) -> int:
+        """One record of `spec` as its own batch (a dict is encoded with the topic's schema; None: a tombstone);
+        returns its offset."""
+        topic = self.runner.settings.topic(spec.name)
+        offset = self.runner.__dict__.setdefault("_offsets", {}).get((topic, partition), 0)
+        value = self.encode(spec, record) if isinstance(record, dict) else record
+        feed(self.runner, [(topic, key.encode() if isinstance(key, str) else key, value, partition)])
+        return offset
+
+    def out(self, spec) -> list[tuple[bytes | None, dict | None, dict]]:
+        """(key, decoded record, headers) of what the runner sent to `spec`'s topic, in order."""
+        name = self.runner.settings.topic(spec.name)
+        return [(key, None if value is None else self.codec.decode(name, spec.schema, value), headers)
+                for (topic, _, key, value), headers in zip(self.runner.producer.sent, self.runner.producer.headers)
+                if topic == name]
+
+    def changelog(self, table: str) -> list[tuple[str, object]]:
+        """(key, value or None for a deletion) of what went to `table`'s changelog, in order."""
+        import json
+
+        name = self.runner.changelog[table]
+        return [(json.loads(key), None if value is None else json.loads(value))
+                for topic, _, key, value in self.runner.producer.sent if topic == name]
+
+    def stored(self, table: str, key: str, partition: int = 0):
+        """`key`'s value in `table` as written to RocksDB (after the batch's outputs were acked)."""
+        import json
+
+        data = self.runner.stores.open(partition).get(table, key)
+        return None if data is None else json.loads(data)

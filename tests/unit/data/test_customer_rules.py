@@ -9,7 +9,8 @@ from streams.data.customer_rules import compile_customer_rules, fired
 from streams.rules.loader import RuleError
 from streams.settings import REPO_ROOT
 from tests.support import wire
-from tests.support.stage import T0, async_test, data_stage, eventually, put_on, signal
+from tests.support.runners import DataStage
+from tests.support.stage import T0, signal
 
 RULES = compile_customer_rules("""
 rules:
@@ -91,24 +92,22 @@ def test_the_shipped_customer_rules_compile():
     assert load_customer_rules(REPO_ROOT / "rules" / "missing.yaml").rules == ()
 
 
-@async_test
-async def test_the_data_stage_raises_the_customer_signal_for_the_decision_stage(tmp_path):
+def test_the_data_stage_raises_the_customer_signal_for_the_decision_stage(tmp_path):
     # Given the data stage with the customer rule
-    st, d = data_stage(tmp_path, RULES)
-    async with d.enrich_signals.test_context() as by_customer:
-        # When C1's failed logins arrive: two from the phone, one from the laptop
-        for s in (failed_login(1, "phone", T0), failed_login(2, "phone", T0 + M), failed_login(1, "laptop", T0 + 4 * M)):
-            await by_customer.put(key=b"C1", value=wire.encode("Signal", s))
-        [(key, raised, _)] = await st.wait_out(topics.SIGNALS_BY_CUSTOMER, 1)
-        # Then the customer signal goes on keyed by C1, to be enriched and decided on like any other
-        assert key == b"C1" and raised["signal"] == "login_trouble" and len(raised["evidence"]) == 3
-        await by_customer.put(key=b"C1", value=wire.encode("Signal", raised))
-        # and the phone's own login trouble signal for its two failures, dated with the second, comes after
-        trouble = signal("sig-phone-trouble", visitor_id="phone", customer_id="C1", name="login_trouble", ts=T0 + M,
-                         evidence=failed_login(1, "phone", T0)["evidence"] + failed_login(2, "phone", T0 + M)["evidence"])
-        await by_customer.put(key=b"C1", value=wire.encode("Signal", trouble))
-        await st.wait_out(topics.ENRICHED, 5)
-        await eventually(lambda: any(s["ref"] == raised["signal_id"] for s in d.key_to_journey.get("C1")), "its step")
+    st = DataStage(tmp_path, RULES)
+    # When C1's failed logins arrive: two from the phone, one from the laptop
+    for s in (failed_login(1, "phone", T0), failed_login(2, "phone", T0 + M), failed_login(1, "laptop", T0 + 4 * M)):
+        st.put(topics.SIGNALS_BY_CUSTOMER, b"C1", wire.encode("Signal", s))
+    [(key, raised, _)] = st.out(topics.SIGNALS_BY_CUSTOMER)
+    # Then the customer signal goes on keyed by C1, to be enriched and decided on like any other
+    assert key == b"C1" and raised["signal"] == "login_trouble" and len(raised["evidence"]) == 3
+    st.put(topics.SIGNALS_BY_CUSTOMER, b"C1", wire.encode("Signal", raised))
+    # and the phone's own login trouble signal for its two failures, dated with the second, comes after
+    trouble = signal("sig-phone-trouble", visitor_id="phone", customer_id="C1", name="login_trouble", ts=T0 + M,
+                     evidence=failed_login(1, "phone", T0)["evidence"] + failed_login(2, "phone", T0 + M)["evidence"])
+    st.put(topics.SIGNALS_BY_CUSTOMER, b"C1", wire.encode("Signal", trouble))
+    assert len(st.out(topics.ENRICHED)) == 5
+    assert any(s["ref"] == raised["signal_id"] for s in st.stored(topics.KEY_TO_JOURNEY, "C1")), "its step"
     # And it raises nothing more
     assert len(st.out(topics.SIGNALS_BY_CUSTOMER)) == 1
     [(_, enriched, _)] = [o for o in st.out(topics.ENRICHED) if o[1]["signal"]["signal_id"] == raised["signal_id"]]
@@ -152,16 +151,13 @@ def _failed_login_step(n: int, visitor: str, ts: int) -> dict:
     return {"key": "C1", "from_key": visitor, "steps": [journey.step_of_conversion(ev)], "hops": 0}
 
 
-@async_test
-async def test_failed_logins_reach_the_customers_journey_without_signals_and_count_across_devices(tmp_path):
+def test_failed_logins_reach_the_customers_journey_without_signals_and_count_across_devices(tmp_path):
     # Given the data stage with the customer rule
-    st, d = data_stage(tmp_path, RULES)
-    async with d.follow_customers.test_context() as follow:
-        # When C1 fails to log in twice on the phone and once on the laptop (each sent by detection to C1's journey)
-        for n, (visitor, at) in enumerate((("phone", T0), ("phone", T0 + M), ("laptop", T0 + 4 * M))):
-            await put_on(follow, topics.JOURNEY_MOVES.name, b"C1",
-                         st.engine.encode(topics.JOURNEY_MOVES, _failed_login_step(n, visitor, at)))
-        [(key, raised, _)] = await st.wait_out(topics.SIGNALS_BY_CUSTOMER, 1)
+    st = DataStage(tmp_path, RULES)
+    # When C1 fails to log in twice on the phone and once on the laptop (each sent by detection to C1's journey)
+    for n, (visitor, at) in enumerate((("phone", T0), ("phone", T0 + M), ("laptop", T0 + 4 * M))):
+        st.put(topics.JOURNEY_MOVES, b"C1", _failed_login_step(n, visitor, at))
+    [(key, raised, _)] = st.out(topics.SIGNALS_BY_CUSTOMER)
     # Then the customer rule raises login_trouble for C1 from the three failures, with no signal per failure
     assert key == b"C1" and raised["signal"] == "login_trouble" and raised["visitor_id"] == "laptop"
     assert [e["event_id"] for e in raised["evidence"]] == ["phone-ev0", "phone-ev1", "laptop-ev2"]

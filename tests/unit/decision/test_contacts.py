@@ -7,7 +7,8 @@ import pytest
 
 from streams import topics
 from streams.clients import partition_of
-from streams.decision.contacts import GROUP_FRESH_S, ContactsReader, Unknown, member_name, url_of_member
+from streams.decision.contacts import ContactsReader, member_name
+from streams.runtime.reader import GROUP_FRESH_S, Unknown, url_of_member
 from streams.runtime.store import PartitionDB, json_value
 from streams.settings import Settings
 
