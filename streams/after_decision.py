@@ -1,7 +1,7 @@
 """Decides what runs after a decision, in one process of its own: delivery, attribution and the uplift learner.
 
 They read the decisions, outcomes, conversions, forget requests and attributions, and nothing they
-keep is read by the Faust stages or the context service, so they run on a runner of their own
+keep is read by the other stages or the context service, so they run on a runner of their own
 (streams/runtime/), in consumer group `<app id>-after-decision`, beside the Faust app: each
 decision is read and decoded once for both delivery and attribution, each key's state written
 once per batch, and every output and state write acked before the offsets are committed. Measured

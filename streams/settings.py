@@ -150,9 +150,8 @@ class Settings:
     rules_dir: Path = REPO_ROOT / "rules"
     schemas_dir: Path = REPO_ROOT / "schemas"
     schema_registry_url: str | None = None
-    store_url: str = "rocksdb://"  # memory:// only in unit tests
     log_level: str = "info"
-    # How often Faust and detection commit offsets: how much is read again after a crash.
+    # How often the stages commit offsets: how much is read again after a crash.
     commit_interval_s: float = 1.0
     # How long the group waits for a worker that stopped answering (killed, frozen) before its
     # partitions move to another: the longest pause in detection a dead worker causes.

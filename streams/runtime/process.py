@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import faulthandler
 import logging
 import multiprocessing
 import os
@@ -35,6 +36,8 @@ def run_child(settings: Settings, build: Callable) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's Ctrl-C reaches the worker, which stops us
     logging.basicConfig(level=settings.log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
     logfilter.install(interval_s=10.0)
+    # `kill -USR1 <pid>` of a stage's process prints its threads' stacks (no record contents), as the worker's does
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     runner = build(settings)
     # SIGTERM, from the worker or to the worker's process group: finish the batch, commit, leave the group
     signal.signal(signal.SIGTERM, lambda *_: runner.stop.set())

@@ -14,6 +14,15 @@ from tests.integration.conftest import Producer_, Reader
 pytestmark = pytest.mark.integration
 
 
+def _committed_by_the_apps_group(pipe, topic: str) -> None:
+    """What an earlier release's app did: its own group (the app id) committed every record now on `topic`."""
+    earlier = Consumer({**pipe.client_conf, "group.id": pipe.settings.app_id, "enable.auto.commit": False})
+    ends = [TopicPartition(topic, p, clients.watermarks(earlier, TopicPartition(topic, p), time.monotonic() + 30)[1])
+            for p in range(pipe.settings.partitions)]
+    earlier.commit(offsets=ends, asynchronous=False)
+    earlier.close()
+
+
 def test_events_the_apps_group_committed_are_not_read_again_by_detections_own_group(new_pipeline):
     # Given events an earlier release already processed: committed by the app's own group (where
     # detection ran as a Faust agent), and detection's own group has never committed
@@ -24,11 +33,7 @@ def test_events_the_apps_group_committed_are_not_read_again_by_detections_own_gr
     old = f"V-old-{uuid.uuid4().hex[:6]}"
     produce.event(event_id=f"{old}-1", visitor_id=old, type_="search", ts=now, query="cancel my contract", path="/help")
     events = pipe.topic("engage.events")
-    earlier = Consumer({**pipe.client_conf, "group.id": pipe.settings.app_id, "enable.auto.commit": False})
-    ends = [TopicPartition(events, p, clients.watermarks(earlier, TopicPartition(events, p), time.monotonic() + 30)[1])
-            for p in range(pipe.settings.partitions)]
-    earlier.commit(offsets=ends, asynchronous=False)
-    earlier.close()
+    _committed_by_the_apps_group(pipe, events)
     signals = Reader(pipe, "engage.signals", "Signal")
     # When the upgraded worker starts and a new visitor searches to cancel
     pipe.start_worker()
@@ -57,11 +62,7 @@ def test_signals_the_apps_group_committed_are_not_decided_again_by_the_decision_
     # engage.enriched is internal and its schema names Signal, which the independent encoder does not resolve
     produce.raw("engage.enriched", old.encode(),
                 clients.codec(pipe.settings).encode(name, topics.ENRICHED.schema, enriched(sig, None)))
-    earlier = Consumer({**pipe.client_conf, "group.id": pipe.settings.app_id, "enable.auto.commit": False})
-    ends = [TopicPartition(name, p, clients.watermarks(earlier, TopicPartition(name, p), time.monotonic() + 30)[1])
-            for p in range(pipe.settings.partitions)]
-    earlier.commit(offsets=ends, asynchronous=False)
-    earlier.close()
+    _committed_by_the_apps_group(pipe, name)
     decisions = Reader(pipe, "engage.decisions", "Decision")
     # When the upgraded worker starts and a new visitor searches to cancel
     pipe.start_worker()
@@ -99,11 +100,7 @@ def test_the_data_runner_goes_on_where_the_apps_group_stopped_with_the_faust_tab
                                                              signal(f"sig-{old}", visitor_id=old, customer_id=None,
                                                                     ts=now)))
     assert writer.flush(30) == 0
-    earlier = Consumer({**pipe.client_conf, "group.id": pipe.settings.app_id, "enable.auto.commit": False})
-    ends = [TopicPartition(name, p, clients.watermarks(earlier, TopicPartition(name, p), time.monotonic() + 30)[1])
-            for p in range(pipe.settings.partitions)]
-    earlier.commit(offsets=ends, asynchronous=False)
-    earlier.close()
+    _committed_by_the_apps_group(pipe, name)
     decisions = Reader(pipe, "engage.decisions", "Decision")
     # When the upgraded worker starts and C-up, logged in, searches how to cancel
     pipe.start_worker()
