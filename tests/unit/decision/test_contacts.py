@@ -8,7 +8,7 @@ import pytest
 from streams import topics
 from streams.clients import partition_of
 from streams.decision.contacts import ContactsReader, member_name
-from streams.runtime.reader import GROUP_FRESH_S, Unknown, url_of_member
+from streams.runtime.reader import FRESH_S, GROUP_FRESH_S, Unknown, url_of_member
 from streams.runtime.store import PartitionDB, json_value
 from streams.settings import Settings
 
@@ -145,13 +145,16 @@ def test_the_ledger_is_read_as_the_runner_last_wrote_it_and_followed_when_its_fo
     folder = settings.data_dir / "decision" / str(partition)
     runner_db = PartitionDB(folder, PREFIXES)
     runner_db.write([(topics.CUSTOMER_TO_CONTACTS, "C1", json_value({"offers_today": 1}))], {})
-    reader = ContactsReader(settings, admin=FakeAdmin({}, ""))
-    # When it is read, then the runner writes again and it is read again
+    clock = [0.0]
+    reader = ContactsReader(settings, admin=FakeAdmin({}, ""), clock=lambda: clock[0])
+    # When it is read, then the runner writes again and it is read at once, and again FRESH_S later
     first = reader.local("C1")
     runner_db.write([(topics.CUSTOMER_TO_CONTACTS, "C1", json_value({"offers_today": 2}))], {})
-    second = reader.local("C1")
-    # Then each read sees the runner's latest write; a key without a ledger is None
-    assert (first, second) == ({"offers_today": 1}, {"offers_today": 2})
+    at_once = reader.local("C1")
+    clock[0] += FRESH_S
+    later = reader.local("C1")
+    # Then a read sees the runner's latest write, or one at most FRESH_S older; a key without a ledger is None
+    assert (first, at_once, later) == ({"offers_today": 1}, {"offers_today": 1}, {"offers_today": 2})
     neighbour = next(f"C-{i}" for i in range(200) if partition_of(f"C-{i}", 4) == partition)
     assert reader.local(neighbour) is None
     # And when the runner drops its copy and restores it afresh (a new folder), the new one is read
