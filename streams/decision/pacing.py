@@ -28,7 +28,8 @@ MAX_WAITING = 500     # candidates held per skill; beyond, the lowest-scoring ex
 # decision ids remembered per skill, so a replayed candidate is not paced twice: a replay covers the
 # records since the last commit (a second), and the whole state is written per record, so few
 DONE_KEPT = 512
-ANSWERS = frozenset({"accepted", "declined", "expired", "abandoned"})
+# what ends an invitation; `failed`: the channel never took it (streams/adapters/kit.py), so the agent is free again
+ANSWERS = frozenset({"accepted", "declined", "expired", "abandoned", "failed"})
 
 
 def new_state() -> dict:

@@ -1,0 +1,96 @@
+"""Channel adapters on the real broker: an adapter takes its channel's deliveries, reports outcomes and commits after them."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Producer, TopicPartition
+
+from streams import clients
+from streams.adapters import kit
+from streams.adapters.console import Console
+from streams.admin import ensure_topics
+from tests.integration.conftest import Reader
+from tests.support import wire
+
+pytestmark = pytest.mark.integration
+
+
+class Mail(kit.Adapter):
+    name = "mail"
+    channels = frozenset({"email"})
+
+    def __init__(self):
+        self.sent = []
+
+    def deliver(self, d: dict) -> list[str]:
+        self.sent.append(d["delivery_id"])
+        return ["shown"]
+
+
+def _delivery(channel: str, now: int) -> dict:
+    n = uuid.uuid4().hex[:8]
+    return {"delivery_id": f"dl-{n}", "decision_id": f"dc-{n}", "key": f"C-{n}", "ts": now, "expires_at": now + 600_000,
+            "signal_ts": now, "visitor_id": f"V-{n}", "customer_id": f"C-{n}", "channel": channel,
+            "action_id": "retention-mail", "skill": None, "message": "Hi", "reason": "Searched for how to cancel",
+            "context": {}}
+
+
+def _run(pipe, adapter, max_deliveries: int, timeout_s: float = 60.0) -> threading.Thread:
+    stop = threading.Event()
+    worker = threading.Thread(target=kit.run_adapter, args=(pipe.settings, adapter, stop, True, max_deliveries),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    stop.set()
+    worker.join(15)
+    return worker
+
+
+def test_an_adapter_delivers_its_channel_reports_outcomes_and_commits_after_them(new_pipeline):
+    # Given deliveries on engage.delivery for e-mail, chat and e-mail again, in this order on one partition
+    # (a worker sets the channel header)
+    pipe = new_pipeline(partitions=1)
+    ensure_topics(pipe.settings)
+    now = int(time.time() * 1000)
+    mails, chat = [_delivery("email", now), _delivery("email", now)], _delivery("chat", now)
+    producer = Producer({**pipe.client_conf, "partitioner": "murmur2_random"})
+    topic = pipe.topic("engage.delivery")
+    for d in (mails[0], chat, mails[1]):
+        producer.produce(topic, key=d["key"].encode(), value=wire.encode("Delivery", d), headers=[("channel", d["channel"])])
+    assert producer.flush(30) == 0
+    outcomes = Reader(pipe, "engage.outcomes", "Outcome")
+    # When the mail adapter runs until it has delivered two
+    adapter = Mail()
+    assert not _run(pipe, adapter, max_deliveries=2).is_alive()
+    # Then it delivered the two e-mails, not the chat, and reported each shown, under the adapter's name
+    assert sorted(adapter.sent) == sorted(d["delivery_id"] for d in mails)
+    found = outcomes.wait_for(lambda o: o["source"] == "mail", count=2, timeout_s=30)
+    assert sorted((o["delivery_id"], o["type"]) for o, _ in found) == sorted((d["delivery_id"], "shown") for d in mails)
+    # And its group committed past every record it took (the chat's included), so a restart delivers none again
+    reader = clients.consumer(pipe.settings, f"{pipe.settings.app_id}-mail-adapter", log_level=None)
+    try:
+        end = clients.watermarks(reader, TopicPartition(topic, 0), time.monotonic() + 30)[1]
+        [committed] = reader.committed([TopicPartition(topic, 0)], timeout=30)
+    finally:
+        reader.close()
+    assert (end, committed.offset) == (3, 3)
+    again = Mail()
+    _run(pipe, again, max_deliveries=1, timeout_s=5)
+    assert again.sent == []
+
+
+def test_the_console_adapter_shows_any_channels_offer_with_its_reason(new_pipeline):
+    pipe = new_pipeline(partitions=2)
+    ensure_topics(pipe.settings)
+    d = _delivery("voice_callback", int(time.time() * 1000))
+    producer = Producer({**pipe.client_conf, "partitioner": "murmur2_random"})
+    producer.produce(pipe.topic("engage.delivery"), key=d["key"].encode(), value=wire.encode("Delivery", d),
+                     headers=[("channel", d["channel"])])
+    assert producer.flush(30) == 0
+    out = io.StringIO()
+    assert not _run(pipe, Console(out), max_deliveries=1).is_alive()
+    assert "why:      Searched for how to cancel" in out.getvalue() and d["delivery_id"][:8] in out.getvalue()
