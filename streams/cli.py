@@ -67,8 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-react", action="store_true", help="do not answer deliveries with outcomes")
 
     a = sub.add_parser("adapter", help="run a channel adapter")
-    a.add_argument("kind", choices=["console"])
+    a.add_argument("kind", choices=["console", "webhook"])
     a.add_argument("--from-beginning", action="store_true")
+    a.add_argument("--url", default=None, help="webhook: where to POST (default ENGAGE_WEBHOOK_URL; the secret "
+                                                 "comes from ENGAGE_WEBHOOK_SECRET only)")
+    a.add_argument("--channels", default=None,
+                   help="webhook: the delivery channels it takes, comma-separated (default ENGAGE_WEBHOOK_CHANNELS, else sms)")
 
     t = sub.add_parser("topics", help="create or list the engine's topics")
     t.add_argument("action", choices=["create", "list"])
@@ -449,9 +453,21 @@ def run(argv: list[str]) -> int:
         stats = play(settings, scenario, speed=args.speed, react=not args.no_react, truth_path=args.truth)
         print(f"[simulator] done: {stats.events} events from {stats.people} people; {stats.deliveries} offers answered")
     elif args.command == "adapter":
-        from streams.adapters.console import run_console
+        if args.kind == "console":
+            from streams.adapters.console import run_console
 
-        run_console(settings, from_beginning=args.from_beginning)
+            run_console(settings, from_beginning=args.from_beginning)
+        else:
+            from streams.adapters.kit import run_adapter
+            from streams.adapters.webhook import Webhook
+
+            channels = [c.strip() for c in args.channels.split(",") if c.strip()] if args.channels else None
+            try:
+                adapter = Webhook(args.url or settings.webhook_url, settings.webhook_secret,
+                                  frozenset(channels or settings.webhook_channels))
+            except ValueError as exc:
+                raise CliError(f"adapter webhook: {exc}") from None
+            run_adapter(settings, adapter, from_beginning=args.from_beginning)
     elif args.command == "topics":
         from streams.admin import ensure_topics, wait_for_broker
         from streams import topics

@@ -185,6 +185,11 @@ class Settings:
     # Requests a second each client address may make (bursts of twice as many), beyond which 429: a
     # contact centre's desktop server asking for every agent comes from one address and needs more.
     context_rate_per_s: int = 20
+    # The webhook adapter (`engage adapter webhook`): where it POSTs deliveries, the secret it signs
+    # them with (never logged), and the delivery channels it takes.
+    webhook_url: str = ""
+    webhook_secret: str = field(default="", repr=False)
+    webhook_channels: tuple[str, ...] = ("sms",)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -221,6 +226,10 @@ class Settings:
             http_host=env.get("ENGAGE_HTTP_HOST", ""),
             context_token=env.get("ENGAGE_CONTEXT_TOKEN", ""),
             context_rate_per_s=_int(env, "ENGAGE_CONTEXT_RATE", 20, minimum=1),
+            webhook_url=env.get("ENGAGE_WEBHOOK_URL", "").strip(),
+            webhook_secret=env.get("ENGAGE_WEBHOOK_SECRET", ""),
+            webhook_channels=tuple(c.strip() for c in (env.get("ENGAGE_WEBHOOK_CHANNELS") or "sms").split(",")
+                                   if c.strip()),
         )
 
     def with_(self, **changes) -> "Settings":

@@ -94,3 +94,32 @@ def test_the_console_adapter_shows_any_channels_offer_with_its_reason(new_pipeli
     out = io.StringIO()
     assert not _run(pipe, Console(out), max_deliveries=1).is_alive()
     assert "why:      Searched for how to cancel" in out.getvalue() and d["delivery_id"][:8] in out.getvalue()
+
+
+def test_a_webhook_receiver_that_fails_twice_gets_the_delivery_signed_on_the_third_try(new_pipeline):
+    # Given a receiver (an SMS gateway) that answers 503 twice, then 200, and an SMS delivery on the topic
+    from streams.adapters.webhook import Webhook, verify
+    from tests.support.receiver import Receiver
+
+    pipe = new_pipeline(partitions=1)
+    ensure_topics(pipe.settings)
+    d = _delivery("sms", int(time.time() * 1000))
+    producer = Producer({**pipe.client_conf, "partitioner": "murmur2_random"})
+    producer.produce(pipe.topic("engage.delivery"), key=d["key"].encode(), value=wire.encode("Delivery", d),
+                     headers=[("channel", "sms")])
+    assert producer.flush(30) == 0
+    outcomes = Reader(pipe, "engage.outcomes", "Outcome")
+    gateway = Receiver([503, 503])
+    try:
+        # When the webhook adapter runs
+        hook = Webhook(gateway.url("/sms"), "gateway-secret", frozenset({"sms"}))
+        assert not _run(pipe, hook, max_deliveries=1).is_alive()
+    finally:
+        gateway.close()
+    # Then the gateway was asked three times, each request signed, and the delivery is reported shown once
+    assert len(gateway.requests) == 3
+    for _, headers, body in gateway.requests:
+        assert verify("gateway-secret", headers["X-Engage-Timestamp"], body, headers["X-Engage-Signature"],
+                      now_s=int(time.time()))
+    [(outcome, _)] = outcomes.wait_for(lambda o: o["delivery_id"] == d["delivery_id"], timeout_s=30)
+    assert (outcome["type"], outcome["source"]) == ("shown", "webhook")

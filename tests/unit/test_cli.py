@@ -241,3 +241,23 @@ def test_forget_merge_and_profiles_load_refuse_bad_input_in_one_line_before_reac
     code, _, err = run_main(argv, capsys)
     # Then one line names the problem and the exit code is 2
     assert code == 2 and expected in one_line(err)
+
+
+@pytest.mark.parametrize("env, argv, expected", [
+    ({}, ["adapter", "webhook", "--url", "https://crm.example/hook"],
+     "adapter webhook: a webhook needs a secret to sign with: set ENGAGE_WEBHOOK_SECRET"),
+    ({"ENGAGE_WEBHOOK_SECRET": "s3cret-value"}, ["adapter", "webhook", "--url", "file:///etc/passwd"],
+     "adapter webhook: the webhook URL must be http:// or https:// with a host, got 'file:///etc/passwd'"),
+    ({"ENGAGE_WEBHOOK_SECRET": "s3cret-value"}, ["adapter", "webhook"],
+     "adapter webhook: the webhook URL must be http:// or https:// with a host, got ''"),
+])
+def test_a_webhook_adapter_without_a_secret_or_a_usable_url_is_refused_in_one_line(env, argv, expected, monkeypatch,
+                                                                                   capsys):
+    # Given no secret, or a URL that is not http(s) (this test must never reach Kafka)
+    for name in ("ENGAGE_WEBHOOK_SECRET", "ENGAGE_WEBHOOK_URL", "ENGAGE_WEBHOOK_CHANNELS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # When the webhook adapter is started, then it exits 2 with one line, and never prints the secret
+    code, out, err = run_main(argv, capsys)
+    assert code == 2 and one_line(err) == f"engage: {expected}" and "s3cret-value" not in err + out
