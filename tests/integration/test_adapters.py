@@ -39,6 +39,15 @@ def _delivery(channel: str, now: int) -> dict:
             "context": {}}
 
 
+def _put(pipe, *deliveries: dict) -> None:
+    """Deliveries on engage.delivery as the worker writes them: keyed by key, with the channel header."""
+    producer = Producer({**pipe.client_conf, "partitioner": "murmur2_random"})
+    for d in deliveries:
+        producer.produce(pipe.topic("engage.delivery"), key=d["key"].encode(), value=wire.encode("Delivery", d),
+                         headers=[("channel", d["channel"])])
+    assert producer.flush(30) == 0
+
+
 def _run(pipe, adapter, max_deliveries: int, timeout_s: float = 60.0) -> threading.Thread:
     stop = threading.Event()
     worker = threading.Thread(target=kit.run_adapter, args=(pipe.settings, adapter, stop, True, max_deliveries),
@@ -57,11 +66,8 @@ def test_an_adapter_delivers_its_channel_reports_outcomes_and_commits_after_them
     ensure_topics(pipe.settings)
     now = int(time.time() * 1000)
     mails, chat = [_delivery("email", now), _delivery("email", now)], _delivery("chat", now)
-    producer = Producer({**pipe.client_conf, "partitioner": "murmur2_random"})
     topic = pipe.topic("engage.delivery")
-    for d in (mails[0], chat, mails[1]):
-        producer.produce(topic, key=d["key"].encode(), value=wire.encode("Delivery", d), headers=[("channel", d["channel"])])
-    assert producer.flush(30) == 0
+    _put(pipe, mails[0], chat, mails[1])
     outcomes = Reader(pipe, "engage.outcomes", "Outcome")
     # When the mail adapter runs until it has delivered two
     adapter = Mail()
@@ -87,10 +93,7 @@ def test_the_console_adapter_shows_any_channels_offer_with_its_reason(new_pipeli
     pipe = new_pipeline(partitions=2)
     ensure_topics(pipe.settings)
     d = _delivery("voice_callback", int(time.time() * 1000))
-    producer = Producer({**pipe.client_conf, "partitioner": "murmur2_random"})
-    producer.produce(pipe.topic("engage.delivery"), key=d["key"].encode(), value=wire.encode("Delivery", d),
-                     headers=[("channel", d["channel"])])
-    assert producer.flush(30) == 0
+    _put(pipe, d)
     out = io.StringIO()
     assert not _run(pipe, Console(out), max_deliveries=1).is_alive()
     assert "why:      Searched for how to cancel" in out.getvalue() and d["delivery_id"][:8] in out.getvalue()
@@ -104,10 +107,7 @@ def test_a_webhook_receiver_that_fails_twice_gets_the_delivery_signed_on_the_thi
     pipe = new_pipeline(partitions=1)
     ensure_topics(pipe.settings)
     d = _delivery("sms", int(time.time() * 1000))
-    producer = Producer({**pipe.client_conf, "partitioner": "murmur2_random"})
-    producer.produce(pipe.topic("engage.delivery"), key=d["key"].encode(), value=wire.encode("Delivery", d),
-                     headers=[("channel", "sms")])
-    assert producer.flush(30) == 0
+    _put(pipe, d)
     outcomes = Reader(pipe, "engage.outcomes", "Outcome")
     gateway = Receiver([503, 503])
     try:
