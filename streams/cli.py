@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-react", action="store_true", help="do not answer deliveries with outcomes")
 
     a = sub.add_parser("adapter", help="run a channel adapter")
-    a.add_argument("kind", choices=["console", "webhook"])
+    a.add_argument("kind", choices=["console", "webhook", "email"])
     a.add_argument("--from-beginning", action="store_true")
     a.add_argument("--url", default=None, help="webhook: where to POST (default ENGAGE_WEBHOOK_URL; the secret "
                                                  "comes from ENGAGE_WEBHOOK_SECRET only)")
@@ -459,14 +459,11 @@ def run(argv: list[str]) -> int:
             run_console(settings, from_beginning=args.from_beginning)
         else:
             from streams.adapters.kit import run_adapter
-            from streams.adapters.webhook import Webhook
 
-            channels = [c.strip() for c in args.channels.split(",") if c.strip()] if args.channels else None
             try:
-                adapter = Webhook(args.url or settings.webhook_url, settings.webhook_secret,
-                                  frozenset(channels or settings.webhook_channels))
+                adapter = _webhook(settings, args) if args.kind == "webhook" else _email(settings)
             except ValueError as exc:
-                raise CliError(f"adapter webhook: {exc}") from None
+                raise CliError(f"adapter {args.kind}: {exc}") from None
             run_adapter(settings, adapter, from_beginning=args.from_beginning)
     elif args.command == "topics":
         from streams.admin import ensure_topics, wait_for_broker
@@ -528,6 +525,26 @@ def run(argv: list[str]) -> int:
     elif args.command == "report":
         return _report_lift(settings, args)
     return 0
+
+
+def _webhook(settings, args):
+    from streams.adapters.webhook import Webhook
+
+    channels = [c.strip() for c in args.channels.split(",") if c.strip()] if args.channels else None
+    return Webhook(args.url or settings.webhook_url, settings.webhook_secret,
+                   frozenset(channels or settings.webhook_channels))
+
+
+def _email(settings):
+    from streams.adapters.customers import Customers
+    from streams.adapters.mail import Email
+
+    if not settings.smtp_from:
+        raise ValueError("the sender's address is needed: set ENGAGE_SMTP_FROM")
+    context_url = settings.context_url or f"http://127.0.0.1:{settings.http_port or 6066}"
+    return Email(settings.smtp_host, settings.smtp_port, settings.smtp_from,
+                 Customers(context_url, settings.context_token), starttls=settings.smtp_starttls,
+                 user=settings.smtp_user, password=settings.smtp_password)
 
 
 def main(argv: list[str] | None = None) -> None:

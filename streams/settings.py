@@ -190,6 +190,15 @@ class Settings:
     webhook_url: str = ""
     webhook_secret: str = field(default="", repr=False)
     webhook_channels: tuple[str, ...] = ("sms",)
+    # The e-mail adapter (`engage adapter email`): its SMTP server, sender and login (the password never
+    # logged), and the context service it asks for addresses (default: this checkout's first worker's).
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_from: str = ""
+    smtp_starttls: bool = False
+    smtp_user: str = ""
+    smtp_password: str = field(default="", repr=False)
+    context_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -230,6 +239,13 @@ class Settings:
             webhook_secret=env.get("ENGAGE_WEBHOOK_SECRET", ""),
             webhook_channels=tuple(c.strip() for c in (env.get("ENGAGE_WEBHOOK_CHANNELS") or "sms").split(",")
                                    if c.strip()),
+            smtp_host=env.get("ENGAGE_SMTP_HOST", "").strip() or "127.0.0.1",
+            smtp_port=_int(env, "ENGAGE_SMTP_PORT", 25, minimum=1),
+            smtp_from=env.get("ENGAGE_SMTP_FROM", "").strip(),
+            smtp_starttls=_switch(env, "ENGAGE_SMTP_STARTTLS", False),
+            smtp_user=env.get("ENGAGE_SMTP_USER", "").strip(),
+            smtp_password=env.get("ENGAGE_SMTP_PASSWORD", ""),
+            context_url=env.get("ENGAGE_CONTEXT_URL", "").strip(),
         )
 
     def with_(self, **changes) -> "Settings":

@@ -412,6 +412,20 @@ class Reader:
 
 
 @pytest.fixture
+def reader():
+    """Readers of a pipeline's topics, closed after the test."""
+    made = []
+
+    def make(pipe, topic: str, schema: str) -> Reader:
+        made.append(Reader(pipe, topic, schema))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+@pytest.fixture
 def read(pipeline):
     readers = []
 

@@ -13,7 +13,6 @@ from streams import clients
 from streams.adapters import kit
 from streams.adapters.console import Console
 from streams.admin import ensure_topics
-from tests.integration.conftest import Reader
 from tests.support import wire
 
 pytestmark = pytest.mark.integration
@@ -59,7 +58,7 @@ def _run(pipe, adapter, max_deliveries: int, timeout_s: float = 60.0) -> threadi
     return worker
 
 
-def test_an_adapter_delivers_its_channel_reports_outcomes_and_commits_after_them(new_pipeline):
+def test_an_adapter_delivers_its_channel_reports_outcomes_and_commits_after_them(new_pipeline, reader):
     # Given deliveries on engage.delivery for e-mail, chat and e-mail again, in this order on one partition
     # (a worker sets the channel header)
     pipe = new_pipeline(partitions=1)
@@ -68,7 +67,7 @@ def test_an_adapter_delivers_its_channel_reports_outcomes_and_commits_after_them
     mails, chat = [_delivery("email", now), _delivery("email", now)], _delivery("chat", now)
     topic = pipe.topic("engage.delivery")
     _put(pipe, mails[0], chat, mails[1])
-    outcomes = Reader(pipe, "engage.outcomes", "Outcome")
+    outcomes = reader(pipe, "engage.outcomes", "Outcome")
     # When the mail adapter runs until it has delivered two
     adapter = Mail()
     assert not _run(pipe, adapter, max_deliveries=2).is_alive()
@@ -99,7 +98,7 @@ def test_the_console_adapter_shows_any_channels_offer_with_its_reason(new_pipeli
     assert "why:      Searched for how to cancel" in out.getvalue() and d["delivery_id"][:8] in out.getvalue()
 
 
-def test_a_webhook_receiver_that_fails_twice_gets_the_delivery_signed_on_the_third_try(new_pipeline):
+def test_a_webhook_receiver_that_fails_twice_gets_the_delivery_signed_on_the_third_try(new_pipeline, reader):
     # Given a receiver (an SMS gateway) that answers 503 twice, then 200, and an SMS delivery on the topic
     from streams.adapters.webhook import Webhook, verify
     from tests.support.receiver import Receiver
@@ -108,7 +107,7 @@ def test_a_webhook_receiver_that_fails_twice_gets_the_delivery_signed_on_the_thi
     ensure_topics(pipe.settings)
     d = _delivery("sms", int(time.time() * 1000))
     _put(pipe, d)
-    outcomes = Reader(pipe, "engage.outcomes", "Outcome")
+    outcomes = reader(pipe, "engage.outcomes", "Outcome")
     gateway = Receiver([503, 503])
     try:
         # When the webhook adapter runs
@@ -123,3 +122,41 @@ def test_a_webhook_receiver_that_fails_twice_gets_the_delivery_signed_on_the_thi
                       now_s=int(time.time()))
     [(outcome, _)] = outcomes.wait_for(lambda o: o["delivery_id"] == d["delivery_id"], timeout_s=30)
     assert (outcome["type"], outcome["source"]) == ("shown", "webhook")
+
+
+def test_an_email_offer_goes_to_the_address_the_context_service_gives_and_a_bounce_fails(new_pipeline, reader):
+    # Given a worker that holds Sara's profile (her address in its attributes), a profile with an address
+    # the mail server has no mailbox for, and e-mail deliveries for both on the topic
+    from streams.adapters.customers import Customers
+    from streams.adapters.mail import Email
+    from tests.integration.conftest import CONTEXT_TOKEN, Producer_
+    from tests.support.smtp import SmtpServer
+
+    pipe = new_pipeline(partitions=1)
+    pipe.start_worker()
+    n = uuid.uuid4().hex[:6]
+    sara, gone = f"C-sara-{n}", f"C-gone-{n}"
+    produce = Producer_(pipe)
+    produce.profile(sara, display_name="Sara", attributes={"email": f"sara-{n}@mail.example"})
+    produce.profile(gone, display_name="Gone", attributes={"email": f"gone-{n}@mail.example"})
+    now = int(time.time() * 1000)
+    to_sara = {**_delivery("email", now), "key": sara, "customer_id": sara, "message": "Hi Sara, 20% off. Reply."}
+    to_gone = {**_delivery("email", now), "key": gone, "customer_id": gone}
+    _put(pipe, to_gone, to_sara)  # one partition: the bounce is handled before the run stops at its first delivery
+    outcomes = reader(pipe, "engage.outcomes", "Outcome")
+    dead = reader(pipe, "engage.deadletter", "DeadLetter")
+    server = SmtpServer({f"gone-{n}@mail.example": "550 5.1.1 no such mailbox"})
+    try:
+        # When the e-mail adapter runs, asking the worker's context service for addresses
+        adapter = Email("127.0.0.1", server.port, "offers@shop.example",
+                        Customers(f"http://127.0.0.1:{pipe.http_ports[0]}", CONTEXT_TOKEN))
+        assert not _run(pipe, adapter, max_deliveries=1).is_alive()
+    finally:
+        server.close()
+    # Then Sara's offer reached her mailbox, and the bounce is a failed outcome and a dead letter with the answer
+    [(_, rcpts, msg)] = server.messages
+    assert rcpts == [f"sara-{n}@mail.example"] and msg["X-Engage-Delivery-Id"] == to_sara["delivery_id"]
+    found = outcomes.wait_for(lambda o: o["source"] == "email", count=2, timeout_s=30)
+    assert sorted((o["customer_id"], o["type"]) for o, _ in found) == sorted([(sara, "shown"), (gone, "failed")])
+    [(letter, _)] = dead.wait_for(lambda x: x["stage"] == "adapter-email", timeout_s=30)
+    assert "550 5.1.1 no such mailbox" in letter["error"] and f"gone-{n}" not in letter["error"]

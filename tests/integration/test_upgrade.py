@@ -9,7 +9,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from streams import clients
 from streams.admin import ensure_topics
-from tests.integration.conftest import Producer_, Reader
+from tests.integration.conftest import Producer_
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ def _committed_by_the_apps_group(pipe, topic: str) -> None:
     earlier.close()
 
 
-def test_events_the_apps_group_committed_are_not_read_again_by_detections_own_group(new_pipeline):
+def test_events_the_apps_group_committed_are_not_read_again_by_detections_own_group(new_pipeline, reader):
     # Given events an earlier release already processed: committed by the app's own group (where
     # detection ran as a Faust agent), and detection's own group has never committed
     pipe = new_pipeline(partitions=2)
@@ -34,7 +34,7 @@ def test_events_the_apps_group_committed_are_not_read_again_by_detections_own_gr
     produce.event(event_id=f"{old}-1", visitor_id=old, type_="search", ts=now, query="cancel my contract", path="/help")
     events = pipe.topic("engage.events")
     _committed_by_the_apps_group(pipe, events)
-    signals = Reader(pipe, "engage.signals", "Signal")
+    signals = reader(pipe, "engage.signals", "Signal")
     # When the upgraded worker starts and a new visitor searches to cancel
     pipe.start_worker()
     new = f"V-new-{uuid.uuid4().hex[:6]}"
@@ -46,7 +46,7 @@ def test_events_the_apps_group_committed_are_not_read_again_by_detections_own_gr
     assert [s for s, _ in signals.records if s["visitor_id"] == old] == []
 
 
-def test_signals_the_apps_group_committed_are_not_decided_again_by_the_decision_runners_group(new_pipeline):
+def test_signals_the_apps_group_committed_are_not_decided_again_by_the_decision_runners_group(new_pipeline, reader):
     # Given an enriched signal an earlier release already decided: committed by the app's own group (where
     # the decision stage ran as a Faust agent), and the decision runner's group has never committed
     from streams import topics
@@ -63,7 +63,7 @@ def test_signals_the_apps_group_committed_are_not_decided_again_by_the_decision_
     produce.raw("engage.enriched", old.encode(),
                 clients.codec(pipe.settings).encode(name, topics.ENRICHED.schema, enriched(sig, None)))
     _committed_by_the_apps_group(pipe, name)
-    decisions = Reader(pipe, "engage.decisions", "Decision")
+    decisions = reader(pipe, "engage.decisions", "Decision")
     # When the upgraded worker starts and a new visitor searches to cancel
     pipe.start_worker()
     new = f"V-new-{uuid.uuid4().hex[:6]}"
@@ -75,7 +75,7 @@ def test_signals_the_apps_group_committed_are_not_decided_again_by_the_decision_
     assert [d for d, _ in decisions.records if d["visitor_id"] == old] == []
 
 
-def test_the_data_runner_goes_on_where_the_apps_group_stopped_with_the_faust_tables_state(new_pipeline):
+def test_the_data_runner_goes_on_where_the_apps_group_stopped_with_the_faust_tables_state(new_pipeline, reader):
     # Given what an earlier release, with the data stage as Faust agents in the app's own group, left behind:
     # C-up's profile in the customer_to_profile table's changelog (as Faust's tables wrote it), and a
     # signal it already enriched (committed by the app's group); the data runner's group has never committed
@@ -101,7 +101,7 @@ def test_the_data_runner_goes_on_where_the_apps_group_stopped_with_the_faust_tab
                                                                     ts=now)))
     assert writer.flush(30) == 0
     _committed_by_the_apps_group(pipe, name)
-    decisions = Reader(pipe, "engage.decisions", "Decision")
+    decisions = reader(pipe, "engage.decisions", "Decision")
     # When the upgraded worker starts and C-up, logged in, searches how to cancel
     pipe.start_worker()
     Producer_(pipe).event(event_id=f"{customer}-1", visitor_id=f"V-{customer}", customer_id=customer, type_="search",

@@ -250,14 +250,20 @@ def test_forget_merge_and_profiles_load_refuse_bad_input_in_one_line_before_reac
      "adapter webhook: the webhook URL must be http:// or https:// with a host, got 'file:///etc/passwd'"),
     ({"ENGAGE_WEBHOOK_SECRET": "s3cret-value"}, ["adapter", "webhook"],
      "adapter webhook: the webhook URL must be http:// or https:// with a host, got ''"),
+    ({"ENGAGE_CONTEXT_TOKEN": "s3cret-value"}, ["adapter", "email"],
+     "adapter email: the sender's address is needed: set ENGAGE_SMTP_FROM"),
+    ({"ENGAGE_SMTP_FROM": "offers@shop.example"}, ["adapter", "email"],
+     "adapter email: asking the context service needs its token: set ENGAGE_CONTEXT_TOKEN"),
+    ({"ENGAGE_SMTP_FROM": "Offers <offers@shop.example>", "ENGAGE_CONTEXT_TOKEN": "s3cret-value"}, ["adapter", "email"],
+     "adapter email: not a plain e-mail address (28 characters)"),
 ])
-def test_a_webhook_adapter_without_a_secret_or_a_usable_url_is_refused_in_one_line(env, argv, expected, monkeypatch,
-                                                                                   capsys):
-    # Given no secret, or a URL that is not http(s) (this test must never reach Kafka)
-    for name in ("ENGAGE_WEBHOOK_SECRET", "ENGAGE_WEBHOOK_URL", "ENGAGE_WEBHOOK_CHANNELS"):
+def test_an_adapter_missing_its_secret_url_or_sender_is_refused_in_one_line(env, argv, expected, monkeypatch, capsys):
+    # Given no secret, a URL that is not http(s), or no usable sender (this test must never reach Kafka)
+    for name in ("ENGAGE_WEBHOOK_SECRET", "ENGAGE_WEBHOOK_URL", "ENGAGE_WEBHOOK_CHANNELS", "ENGAGE_SMTP_FROM",
+                 "ENGAGE_CONTEXT_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    # When the webhook adapter is started, then it exits 2 with one line, and never prints the secret
+    # When the adapter is started, then it exits 2 with one line, and never prints the secret
     code, out, err = run_main(argv, capsys)
     assert code == 2 and one_line(err) == f"engage: {expected}" and "s3cret-value" not in err + out

@@ -16,20 +16,6 @@ SECRET = "whsec-test"
 NOW_S = 1_700_000_000
 
 
-@pytest.fixture
-def receiver():
-    made = []
-
-    def make(statuses=()):
-        r = Receiver(statuses)
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        r.close()
-
-
 def test_the_signature_is_hmac_sha256_of_the_timestamp_a_dot_and_the_body():
     body = b'{"delivery_id":"dl-1"}'
     expected = hmac.new(SECRET.encode(), b"1700000000." + body, hashlib.sha256).hexdigest()
@@ -42,9 +28,9 @@ def test_the_signature_is_hmac_sha256_of_the_timestamp_a_dot_and_the_body():
     assert not verify(SECRET, "soon", body, f"sha256={expected}", now_s=NOW_S)
 
 
-def test_a_delivery_is_posted_as_json_signed_and_a_2xx_is_shown(receiver):
+def test_a_delivery_is_posted_as_json_signed_and_a_2xx_is_shown(closing):
     # Given a receiver that takes everything
-    r = receiver()
+    r = closing(Receiver())
     hook = Webhook(r.url(), SECRET, frozenset({"sms"}), clock=lambda: NOW_S)
     # When a delivery is handed to the webhook
     d = delivery(1, channel="sms")
@@ -59,23 +45,23 @@ def test_a_delivery_is_posted_as_json_signed_and_a_2xx_is_shown(receiver):
 
 @pytest.mark.parametrize("status, raised", [(503, kit.Retry), (500, kit.Retry), (429, kit.Retry), (408, kit.Retry),
                                             (400, kit.Refused), (404, kit.Refused), (410, kit.Refused)])
-def test_busy_answers_are_tried_again_and_others_refused(receiver, status, raised):
-    r = receiver([status])
+def test_busy_answers_are_tried_again_and_others_refused(closing, status, raised):
+    r = closing(Receiver([status]))
     with pytest.raises(raised, match=f"answered {status}"):
         Webhook(r.url(), SECRET, frozenset({"sms"})).deliver(delivery(1, channel="sms"))
 
 
-def test_a_redirect_is_refused_and_not_followed(receiver):
+def test_a_redirect_is_refused_and_not_followed(closing):
     # Given a receiver that answers 307 (the signed body would go wherever Location says)
-    r = receiver([307])
+    r = closing(Receiver([307]))
     with pytest.raises(kit.Refused, match="answered 307"):
         Webhook(r.url(), SECRET, frozenset({"sms"})).deliver(delivery(1, channel="sms"))
     # Then only the configured URL was asked
     assert [path for path, _, _ in r.requests] == ["/hook"]
 
 
-def test_a_receiver_that_cannot_be_reached_is_tried_again(receiver):
-    r = receiver()
+def test_a_receiver_that_cannot_be_reached_is_tried_again(closing):
+    r = closing(Receiver())
     url = r.url()
     r.close()
     with pytest.raises(kit.Retry, match="could not be reached"):
