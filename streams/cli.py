@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--channels", default=None,
                    help="webhook: the delivery channels it takes, comma-separated (default ENGAGE_WEBHOOK_CHANNELS, else sms)")
 
+    sub.add_parser("collector", help="the HTTP collector for browser events (POST /events), on ENGAGE_COLLECTOR_PORT")
+
     t = sub.add_parser("topics", help="create or list the engine's topics")
     t.add_argument("action", choices=["create", "list"])
 
@@ -465,6 +467,10 @@ def run(argv: list[str]) -> int:
             except ValueError as exc:
                 raise CliError(f"adapter {args.kind}: {exc}") from None
             run_adapter(settings, adapter, from_beginning=args.from_beginning)
+    elif args.command == "collector":
+        from streams.web.collector import run_collector
+
+        run_collector(settings)
     elif args.command == "topics":
         from streams.admin import ensure_topics, wait_for_broker
         from streams import topics

@@ -199,6 +199,11 @@ class Settings:
     smtp_user: str = ""
     smtp_password: str = field(default="", repr=False)
     context_url: str = ""
+    # The browser-event collector (`engage collector`): where it listens, and the web origins
+    # (scheme://host[:port]) whose pages may send events to it.
+    collector_port: int = 6080
+    collector_bind: str = "127.0.0.1"
+    collector_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -246,6 +251,10 @@ class Settings:
             smtp_user=env.get("ENGAGE_SMTP_USER", "").strip(),
             smtp_password=env.get("ENGAGE_SMTP_PASSWORD", ""),
             context_url=env.get("ENGAGE_CONTEXT_URL", "").strip(),
+            collector_port=_int(env, "ENGAGE_COLLECTOR_PORT", 6080, minimum=1),
+            collector_bind=env.get("ENGAGE_COLLECTOR_BIND", "") or "127.0.0.1",
+            collector_origins=tuple(o.strip().rstrip("/") for o in (env.get("ENGAGE_COLLECTOR_ORIGINS") or "").split(",")
+                                    if o.strip()),
         )
 
     def with_(self, **changes) -> "Settings":

@@ -19,66 +19,22 @@ customer is logged: the web server's access log (which would print the path, wit
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import time
-from collections import OrderedDict
 from urllib.parse import quote
 
 from streams import topics
 from streams.data.value import customer_value
+from streams.httpguard import RateLimit, Refused, check_id, check_token
 from streams.decision.policy import counts_of
 
 log = logging.getLogger(__name__)
 
-MAX_ID_CHARS = 256
 MAX_BODY_BYTES = 256 * 1024
-RATE_PER_S, BURST = 20.0, 40  # the defaults (Settings.context_rate_per_s)
 ROUTED_RATE_PER_S = 500.0  # requests another worker passes on, per worker
-CLIENTS_TRACKED = 10_000
 ROUTED_HEADER = "X-Engage-Routed"  # set on a request passed to the key's owner: it is not passed on again
 ANSWERED_BY = "X-Engage-Answered-By"  # the worker whose tables gave the answer
-
-
-class Refused(Exception):
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status, self.reason = status, reason
-
-
-def check_id(text: str) -> str:
-    if not text or len(text) > MAX_ID_CHARS or any(ord(c) < 32 or c == "\x7f" for c in text):
-        raise Refused(400, f"an id is 1 to {MAX_ID_CHARS} characters without control characters")
-    return text
-
-
-def check_token(header: str | None, token: str) -> None:
-    """Raise Refused(401) unless the header is `Bearer <token>` and a token is configured (compared in constant time)."""
-    if not token:
-        raise Refused(401, "no token is configured on this worker (ENGAGE_CONTEXT_TOKEN)")
-    given = (header or "")[len("Bearer "):] if (header or "").startswith("Bearer ") else ""
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        raise Refused(401, "a bearer token is needed: Authorization: Bearer <token>")
-
-
-class RateLimit:
-    """A token bucket per client address: RATE_PER_S a second, bursts of BURST; the least recent clients forgotten first."""
-
-    def __init__(self, rate: float = RATE_PER_S, burst: int = BURST, clock=time.monotonic):
-        self.rate, self.burst, self.clock = rate, burst, clock
-        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def take(self, client: str) -> None:
-        now = self.clock()
-        tokens, at = self.buckets.pop(client, (float(self.burst), now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
-        if tokens < 1:
-            self.buckets[client] = (tokens, now)
-            raise Refused(429, "too many requests; slow down")
-        self.buckets[client] = (tokens - 1, now)
-        while len(self.buckets) > CLIENTS_TRACKED:
-            self.buckets.popitem(last=False)
 
 
 def offers_of(ledger: dict | None) -> dict:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.data.context import MAX_BODY_BYTES, RateLimit, Refused, body_of, check_id, check_token, customer_context, offers_of
+from streams.data.context import MAX_BODY_BYTES, body_of, customer_context, offers_of
+from streams.httpguard import RateLimit, Refused, check_id, check_token
 from streams.data.value import load_segments
 from streams.settings import REPO_ROOT
 

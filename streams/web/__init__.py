@@ -1,0 +1,1 @@
+"""The web channel: what browsers send (the collector) and, later, what they are shown."""
