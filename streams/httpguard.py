@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import time
 from collections import OrderedDict
 
@@ -48,3 +49,13 @@ class RateLimit:
         self.buckets[client] = (tokens - 1, now)
         while len(self.buckets) > CLIENTS_TRACKED:
             self.buckets.popitem(last=False)
+
+
+def json_body(body: bytes, most: int):
+    """The JSON document of a request body of at most `most` bytes; Refused(413) beyond, Refused(400) if not JSON."""
+    if len(body) > most:
+        raise Refused(413, f"a request is at most {most} bytes")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Refused(400, "the body is not JSON") from None

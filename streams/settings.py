@@ -204,6 +204,8 @@ class Settings:
     collector_port: int = 6080
     collector_bind: str = "127.0.0.1"
     collector_origins: tuple[str, ...] = ()
+    # The delivery channels the collector's web adapter pushes to open pages (none: no web adapter)
+    web_channels: tuple[str, ...] = ("web_message", "chat")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -255,6 +257,8 @@ class Settings:
             collector_bind=env.get("ENGAGE_COLLECTOR_BIND", "") or "127.0.0.1",
             collector_origins=tuple(o.strip().rstrip("/") for o in (env.get("ENGAGE_COLLECTOR_ORIGINS") or "").split(",")
                                     if o.strip()),
+            web_channels=tuple(c.strip() for c in (env.get("ENGAGE_WEB_CHANNELS") or "web_message,chat").split(",")
+                               if c.strip() and c.strip() != "none"),
         )
 
     def with_(self, **changes) -> "Settings":

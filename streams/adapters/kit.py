@@ -12,7 +12,8 @@ rest, in consumer group `<app id>-<name>-adapter` (scale an adapter by starting 
     a delivery sends it again, with the same id);
   - a delivery whose `expires_at` has passed is reported `expired`, not delivered;
   - a delivery refused, still failing after MAX_ATTEMPTS, or failing with a fault of the adapter's,
-    goes to engage.deadletter with the reason and is reported `failed`;
+    goes to engage.deadletter with the reason and is reported `failed`; one whose recipient is not
+    there now (`Gone`: a visitor who left the site) is reported `failed` alone;
   - the outcomes (and dead letters) are acknowledged by the broker before the record's offset is
     committed, so a crash repeats at most the record in hand, under the same delivery id.
 """
@@ -40,6 +41,11 @@ class Retry(Exception):
 
 class Refused(Exception):
     """The channel will never take this delivery; the message says why."""
+
+
+class Gone(Exception):
+    """The person is not there to be reached on this channel now (a visitor who left the site): reported `failed`,
+    not dead-lettered, as nothing is wrong with the record."""
 
 
 class Stopped(Exception):
@@ -142,6 +148,8 @@ class AdapterLoop:
             return [self._outcome(d, "expired", now)]
         try:
             kinds = self._deliver(d)
+        except Gone:
+            return [self._outcome(d, "failed", int(self.clock() * 1000))]
         except Refused as exc:
             return [self._dead(msg, exc), self._outcome(d, "failed", int(self.clock() * 1000))]
         except Stopped:

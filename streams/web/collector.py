@@ -16,14 +16,13 @@ escapes it (the console, the in-page messages, the e-mail's HTML part).
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import re
 import threading
 import time
 
 from streams import clients, topics
-from streams.httpguard import RateLimit, Refused
+from streams.httpguard import RateLimit, Refused, json_body
 from streams.settings import Settings
 
 MAX_BODY_BYTES = 16 * 1024
@@ -77,12 +76,7 @@ def interaction(event, now_ms: int) -> dict:
 
 def events_of(body: bytes, now_ms: int) -> list[dict]:
     """The Interactions in a request body, all or none: Refused(400 or 413) names the first problem."""
-    if len(body) > MAX_BODY_BYTES:
-        raise Refused(413, f"a request is at most {MAX_BODY_BYTES} bytes")
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise Refused(400, "the body is not JSON") from None
+    doc = json_body(body, MAX_BODY_BYTES)
     events = doc["events"] if isinstance(doc, dict) and set(doc) == {"events"} else [doc]
     if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS:
         raise Refused(400, f"events is a list of 1 to {MAX_EVENTS} events")
@@ -102,13 +96,13 @@ class Collector:
         self.settings = settings
         self.origins = frozenset(settings.collector_origins)
         self.codec = clients.codec(settings)
-        self.topic = settings.topic(topics.EVENTS.name)
         self.producer = producer or clients.producer(settings, **{"linger.ms": 5})
         self.by_client = RateLimit(rate=COLLECTOR_RATE, burst=int(2 * COLLECTOR_RATE), clock=clock)
         self.by_visitor = RateLimit(rate=VISITOR_RATE, burst=int(2 * VISITOR_RATE), clock=clock)
         self.stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="collector-producer", daemon=True)
         self._poller.start()
+        self.pages = None  # the open pages (streams/web/messages.py), made on the server's event loop
 
     def _poll(self) -> None:
         while not self.stop.is_set():
@@ -128,55 +122,123 @@ class Collector:
         events = events_of(body, int(time.time() * 1000))
         for e in events:
             self.by_visitor.take(e["visitor_id"])
+        await self.produce(topics.EVENTS, [(e["visitor_id"], e) for e in events])
+        return len(events)
+
+    async def report(self, client: str, body: bytes) -> int:
+        """A page's outcome of an offer pushed to it, on engage.outcomes once acked; 0 if reported already."""
+        self.by_client.take(client)
+        outcome = self.pages.outcome(body, int(time.time() * 1000))
+        if outcome is None:
+            return 0
+        await self.produce(topics.OUTCOMES, [(outcome["key"], outcome)])
+        return 1
+
+    async def produce(self, spec: topics.TopicSpec, records: list[tuple[str, dict]]) -> None:
+        """Produce (key, record) to `spec`'s topic and wait for every ack; Refused(503) if the broker does not take them."""
         loop = asyncio.get_running_loop()
-        acks = [loop.create_future() for _ in events]
-        for e, ack in zip(events, acks):
+        topic = self.settings.topic(spec.name)
+        acks = [loop.create_future() for _ in records]
+        for (key, record), ack in zip(records, acks):
             def done(err, _msg, ack=ack):
                 loop.call_soon_threadsafe(lambda: ack.done() or ack.set_result(err))
 
-            self.producer.produce(self.topic, key=e["visitor_id"].encode(),
-                                  value=self.codec.encode(self.topic, topics.EVENTS.schema, e), on_delivery=done)
+            self.producer.produce(topic, key=key.encode(), value=self.codec.encode(topic, spec.schema, record),
+                                  on_delivery=done)
         try:
             errors = await asyncio.wait_for(asyncio.gather(*acks), ACK_TIMEOUT_S)
         except asyncio.TimeoutError:
-            raise Refused(503, "the events could not be stored now; send them again") from None
+            raise Refused(503, "the records could not be stored now; send them again") from None
         if any(err is not None for err in errors):
-            raise Refused(503, "the events could not be stored now; send them again")
-        return len(events)
+            raise Refused(503, "the records could not be stored now; send them again")
 
     def close(self) -> None:
         self.stop.set()
         self.producer.flush(10)
 
 
-def app(collector: Collector):
-    """The aiohttp application: POST /events, and the CORS preflight for it."""
+def app(collector: Collector, web_adapter: bool = False):
+    """The aiohttp application: POST /events, GET /messages (in-page offers), POST /outcomes, their CORS
+    preflights; with `web_adapter`, the web adapter runs beside it, pushing deliveries to the open pages."""
     from aiohttp import web
 
-    async def events(request: web.Request) -> web.Response:
-        headers = {}
-        try:
-            headers = collector.cors(request.headers.get("Origin"))
-            if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-                raise Refused(413, f"a request is at most {MAX_BODY_BYTES} bytes")
-            body = await request.content.read(MAX_BODY_BYTES + 1)
-            accepted = await collector.accept(request.remote or "?", body)
-            return web.json_response({"accepted": accepted}, status=202, headers=headers)
-        except Refused as refused:
-            return web.json_response({"error": refused.reason}, status=refused.status, headers=headers)
+    from streams.httpguard import check_id
+    from streams.web import messages
 
-    async def preflight(request: web.Request) -> web.Response:
+    def guarded(handler):
+        async def handle(request: web.Request) -> web.StreamResponse:
+            headers = {}
+            try:
+                headers = collector.cors(request.headers.get("Origin"))
+                return await handler(request, headers)
+            except Refused as refused:
+                return web.json_response({"error": refused.reason}, status=refused.status, headers=headers)
+        return handle
+
+    async def read(request: web.Request, most: int) -> bytes:
+        if request.content_length is not None and request.content_length > most:
+            raise Refused(413, f"a request is at most {most} bytes")
+        return await request.content.read(most + 1)
+
+    async def events(request, headers):
+        accepted = await collector.accept(request.remote or "?", await read(request, MAX_BODY_BYTES))
+        return web.json_response({"accepted": accepted}, status=202, headers=headers)
+
+    async def outcomes(request, headers):
+        accepted = await collector.report(request.remote or "?", await read(request, messages.MAX_OUTCOME_BYTES))
+        return web.json_response({"accepted": accepted}, status=202, headers=headers)
+
+    async def offers(request, headers):
+        collector.by_client.take(request.remote or "?")
+        visitor = check_id(request.query.get("visitor_id", ""))
+        queue = collector.pages.open(visitor)  # refused here, before the stream's headers go out
+        response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
         try:
-            headers = collector.cors(request.headers.get("Origin"))
-        except Refused as refused:
-            return web.json_response({"error": refused.reason}, status=refused.status)
-        return web.Response(status=204, headers={**headers, "Access-Control-Allow-Methods": "POST",
+            await response.prepare(request)
+        except BaseException:
+            collector.pages.close(visitor, queue)
+            raise
+        await messages.stream(collector.pages, visitor, queue, response)
+        return response
+
+    async def preflight(request, headers):
+        if not headers:
+            raise Refused(403, "a preflight needs an Origin")
+        return web.Response(status=204, headers={**headers, "Access-Control-Allow-Methods": "GET, POST",
                                                  "Access-Control-Allow-Headers": "Content-Type",
                                                  "Access-Control-Max-Age": "600"})
 
+    async def start(application):
+        collector.pages = messages.Pages(asyncio.get_running_loop())
+        if web_adapter:
+            from streams.adapters.kit import AdapterLoop
+
+            loop = AdapterLoop(collector.settings, messages.WebAdapter(collector.pages,
+                                                                      frozenset(collector.settings.web_channels)))
+            thread = threading.Thread(target=loop.run, name="web-adapter", daemon=True)
+            application["web_adapter"] = (loop, thread)
+            thread.start()
+
+    async def end_streams(application):
+        if collector.pages is not None:
+            collector.pages.end_all()
+
+    async def stop(application):
+        if "web_adapter" in application:
+            loop, thread = application["web_adapter"]
+            loop.stop.set()
+            await asyncio.get_running_loop().run_in_executor(None, thread.join, 15)
+
     application = web.Application(client_max_size=MAX_BODY_BYTES)
-    application.router.add_post("/events", events)
-    application.router.add_route("OPTIONS", "/events", preflight)
+    application.router.add_post("/events", guarded(events))
+    application.router.add_post("/outcomes", guarded(outcomes))
+    application.router.add_get("/messages", guarded(offers))
+    for path in ("/events", "/outcomes", "/messages"):
+        application.router.add_route("OPTIONS", path, guarded(preflight))
+    application.on_startup.append(start)
+    application.on_shutdown.append(end_streams)
+    application.on_cleanup.append(stop)
     return application
 
 
@@ -186,7 +248,8 @@ def run_collector(settings: Settings) -> None:
 
     collector = Collector(settings)
     try:
-        web.run_app(app(collector), host=settings.collector_bind, port=settings.collector_port, access_log=None,
-                    print=lambda *_: None)
+        # the access log is off: it would print visitor ids; open streams are ended at shutdown, the rest get 5 s
+        web.run_app(app(collector, web_adapter=bool(settings.web_channels)), host=settings.collector_bind,
+                    port=settings.collector_port, access_log=None, print=lambda *_: None, shutdown_timeout=5.0)
     finally:
         collector.close()

@@ -21,15 +21,7 @@ ORIGIN = "https://shop.example"
 
 
 def _post(port: int, body: dict, origin: str = ORIGIN) -> tuple[int, dict]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/events", data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", "Origin": origin})
-    try:
-        with urllib.request.urlopen(req, timeout=15) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
-    except urllib.error.URLError:
-        return 0, {}
+    return _post_to(port, "/events", body, origin)
 
 
 def test_a_search_a_page_sends_reaches_detection_and_raises_the_cancel_signal(new_pipeline, reader):
@@ -37,10 +29,7 @@ def test_a_search_a_page_sends_reaches_detection_and_raises_the_cancel_signal(ne
     pipe = new_pipeline(partitions=2)
     pipe.start_worker()
     port = _free_ports(1)
-    log = open(pipe.workdir / "collector.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "collector"], cwd=REPO_ROOT, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**pipe.env, "ENGAGE_COLLECTOR_PORT": str(port), "ENGAGE_COLLECTOR_ORIGINS": ORIGIN})
+    proc = _collector(pipe, port)
     signals = reader(pipe, "engage.signals", "Signal")
     events = reader(pipe, "engage.events", "Interaction")
     visitor = f"V-web-{uuid.uuid4().hex[:8]}"
@@ -67,3 +56,98 @@ def test_a_search_a_page_sends_reaches_detection_and_raises_the_cancel_signal(ne
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(30)
+
+
+def _collector(pipe, port: int) -> subprocess.Popen:
+    log = open(pipe.workdir / "collector.log", "ab")
+    return subprocess.Popen([sys.executable, "-m", "streams.cli", "collector"], cwd=REPO_ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**pipe.env, "ENGAGE_COLLECTOR_PORT": str(port), "ENGAGE_COLLECTOR_ORIGINS": ORIGIN})
+
+
+class Page:
+    """A page's EventSource, read in a thread: the offers pushed to it."""
+
+    def __init__(self, port: int, visitor: str):
+        import threading
+
+        self.offers: list[dict] = []
+        self.open = threading.Event()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/messages?visitor_id={visitor}", headers={"Origin": ORIGIN})
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.resp = urllib.request.urlopen(req, timeout=120)
+                break
+            except urllib.error.URLError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        try:
+            for line in self.resp:
+                if line.startswith(b"data: "):
+                    self.offers.append(json.loads(line[len(b"data: "):]))
+        except (OSError, ValueError, AttributeError):  # closed under the reader (http.client drops its file)
+            pass
+
+    def wait_offer(self, timeout_s: float) -> dict | None:
+        deadline = time.monotonic() + timeout_s
+        while not self.offers and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return self.offers[0] if self.offers else None
+
+    def close(self):
+        self.resp.close()
+
+
+def test_a_visitor_searching_to_cancel_sees_the_offer_in_the_page_and_accepting_it_reaches_the_outcomes(new_pipeline,
+                                                                                                       reader):
+    # Given a worker, the collector with its web adapter, and an anonymous visitor's page open on the shop
+    from tests.integration.test_pipeline import customer_outside_control
+
+    pipe = new_pipeline(partitions=2)
+    pipe.start_worker()
+    port = _free_ports(1)
+    proc = _collector(pipe, port)
+    outcomes = reader(pipe, "engage.outcomes", "Outcome")
+    visitor = customer_outside_control("save-offer-web")  # an id outside the offer's control group
+    page = Page(port, visitor)
+    try:
+        # When the page sends a search for how to cancel
+        search = {"event_id": f"{visitor}-1", "visitor_id": visitor, "type": "search", "path": "/help/search",
+                  "query": "cancel my contract"}
+        assert _post(port, search) == (202, {"accepted": 1})
+        # Then the page is shown the offer for anonymous visitors, pushed to it
+        offer = page.wait_offer(60)
+        assert offer is not None, (pipe.workdir / "collector.log").read_text()[-3000:]
+        assert (offer["channel"], offer["action_id"]) == ("web_message", "save-offer-web")
+        assert offer["message"].startswith("Thinking of leaving?") and "reason" not in offer
+        # And when the visitor accepts it, the acceptance reaches engage.outcomes, from the web, for that decision
+        report = {"delivery_id": offer["delivery_id"], "visitor_id": visitor, "type": "accepted"}
+        assert _post_to(port, "/outcomes", report) == (202, {"accepted": 1})
+        [(outcome, _)] = outcomes.wait_for(lambda o: o["delivery_id"] == offer["delivery_id"], timeout_s=30)
+        assert (outcome["type"], outcome["source"], outcome["key"]) == ("accepted", "web", visitor)
+        # And another visitor cannot answer it
+        assert _post_to(port, "/outcomes", {**report, "visitor_id": "someone-else"})[0] == 404
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)
+        page.close()
+
+
+def _post_to(port: int, path: str, body: dict, origin: str = ORIGIN) -> tuple[int, dict]:
+    """(status, JSON answer) of a POST to the collector; (0, {}) while it is not listening yet."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Origin": origin})
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+    except urllib.error.URLError:
+        return 0, {}
