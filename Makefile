@@ -12,7 +12,16 @@ $(STAMP): pyproject.toml requirements.lock
 	@$(PY) -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[test]'
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-install: $(STAMP)
+# the browser test drives Debian's chromium (the only thing the tests need beyond Python)
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	@echo "installing Debian's chromium for the browser test ..."
+	@$(SUDO) apt-get update -qq
+	@DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium >/dev/null
+
+install: $(STAMP) $(CHROMIUM)
 
 ## run the whole loop: local Kafka (unless KAFKA_BOOTSTRAP_SERVERS), worker, simulator, console adapter
 run: install

@@ -1,6 +1,7 @@
 """Decides how the whole loop runs on one machine: broker, worker, simulator and console adapter, stopped in order on Ctrl-C."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -60,6 +61,12 @@ def run_demo(settings: Settings, speed: float, duration_s: float | None) -> int:
         print(f"[demo] topics ready; starting worker (log: {LOG_DIR / 'worker.log'})", flush=True)
         procs.append(("worker", spawn(["worker"], LOG_DIR / "worker.log", env=_with_context_token(settings))))
         procs.append(("console adapter", spawn(["adapter", "console"], None)))
+        # the demo shop and its tag; in-page offers only (the simulated people have no page open: their
+        # chat invitations stay with the console and the simulator)
+        procs.append(("collector", spawn(["collector"], LOG_DIR / "collector.log",
+                                         env={**os.environ, "ENGAGE_WEB_CHANNELS": "web_message"})))
+        print(f"[demo] the demo shop: http://127.0.0.1:{settings.collector_port}/shop/help.html (search for "
+              "'cancel my contract' and an offer appears in the page)", flush=True)
         time.sleep(2)
         print(f"[demo] playing the default scenario at {speed:g}x (log: {LOG_DIR / 'simulator.log'}); offers appear below. "
               "Ctrl-C stops everything.", flush=True)

@@ -20,6 +20,7 @@ import math
 import re
 import threading
 import time
+from pathlib import Path
 
 from streams import clients, topics
 from streams.httpguard import RateLimit, Refused, json_body
@@ -108,10 +109,13 @@ class Collector:
         while not self.stop.is_set():
             self.producer.poll(0.1)
 
-    def cors(self, origin: str | None) -> dict:
-        """The CORS headers for `origin`; Refused(403) for an origin not allowed."""
+    def cors(self, origin: str | None, own: str | None = None) -> dict:
+        """The CORS headers for `origin`; Refused(403) for an origin not allowed. `own`: the collector's own origin
+        as the request names it (its pages, such as the demo shop, are always allowed)."""
         if origin is None:
             return {}  # not a browser's cross-site request (a server, curl): nothing to allow
+        if origin == own:
+            return {}
         if origin not in self.origins:
             raise Refused(403, "this origin may not send events (ENGAGE_COLLECTOR_ORIGINS)")
         return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
@@ -169,7 +173,7 @@ def app(collector: Collector, web_adapter: bool = False):
         async def handle(request: web.Request) -> web.StreamResponse:
             headers = {}
             try:
-                headers = collector.cors(request.headers.get("Origin"))
+                headers = collector.cors(request.headers.get("Origin"), f"{request.scheme}://{request.host}")
                 return await handler(request, headers)
             except Refused as refused:
                 return web.json_response({"error": refused.reason}, status=refused.status, headers=headers)
@@ -204,7 +208,7 @@ def app(collector: Collector, web_adapter: bool = False):
 
     async def preflight(request, headers):
         if not headers:
-            raise Refused(403, "a preflight needs an Origin")
+            raise Refused(403, "a preflight needs another site's Origin")
         return web.Response(status=204, headers={**headers, "Access-Control-Allow-Methods": "GET, POST",
                                                  "Access-Control-Allow-Headers": "Content-Type",
                                                  "Access-Control-Max-Age": "600"})
@@ -236,6 +240,19 @@ def app(collector: Collector, web_adapter: bool = False):
     application.router.add_get("/messages", guarded(offers))
     for path in ("/events", "/outcomes", "/messages"):
         application.router.add_route("OPTIONS", path, guarded(preflight))
+    # the tag, and a small shop that embeds it (the demo's, `make run`)
+    static = Path(__file__).parent / "static"
+
+    def file(path: Path, content_type: str):
+        async def serve(request):
+            return web.FileResponse(path, headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff",
+                                                   "Cache-Control": "no-cache"})
+        return serve
+
+    application.router.add_get("/tag.js", file(static / "tag.js", "application/javascript; charset=utf-8"))
+    application.router.add_get("/shop/", file(static / "shop" / "index.html", "text/html; charset=utf-8"))
+    for page in sorted((static / "shop").glob("*.html")):
+        application.router.add_get(f"/shop/{page.name}", file(page, "text/html; charset=utf-8"))
     application.on_startup.append(start)
     application.on_shutdown.append(end_streams)
     application.on_cleanup.append(stop)
