@@ -26,7 +26,7 @@ from collections import OrderedDict
 
 from streams import clients, topics
 from streams.codec import DecodeError
-from streams.deadletter import dead_letter, log_dead_letter
+from streams.runtime.runner import Record, Stopped, dead_letter_item, deliver
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,6 @@ class Refused(Exception):
 class Gone(Exception):
     """The person is not there to be reached on this channel now (a visitor who left the site): reported `failed`,
     not dead-lettered, as nothing is wrong with the record."""
-
-
-class Stopped(Exception):
-    """Asked to stop while a delivery was in hand: it is not committed, and is read again next time."""
 
 
 class Adapter:
@@ -107,7 +103,6 @@ class AdapterLoop:
         self.seen = SeenIds()
         self.t_delivery = settings.topic(topics.DELIVERY.name)
         self.t_outcomes = settings.topic(topics.OUTCOMES.name)
-        self.t_dead = settings.topic(topics.DEADLETTER.name)
         self.delivered = 0  # deliveries the channel took
 
     def run(self, max_deliveries: int | None = None) -> int:
@@ -135,8 +130,8 @@ class AdapterLoop:
             self._send(self.outputs(msg))
         self.consumer.commit(msg, asynchronous=False)
 
-    def outputs(self, msg) -> list[tuple[str, bytes | None, bytes]]:
-        """(topic, key, value) to send for one record of this adapter's channels."""
+    def outputs(self, msg) -> list[tuple]:
+        """What to send for one record of this adapter's channels, as `deliver` takes it."""
         try:
             d = self.codec.decode(self.t_delivery, topics.DELIVERY.schema, msg.value())
         except DecodeError as exc:
@@ -178,36 +173,16 @@ class AdapterLoop:
 
     def _outcome(self, d: dict, kind: str, now_ms: int) -> tuple:
         record = outcome_for(d, kind, now_ms, self.adapter.name)
-        return self.t_outcomes, d["key"].encode(), self.codec.encode(self.t_outcomes, topics.OUTCOMES.schema, record)
+        return (self.t_outcomes, None, d["key"].encode(),
+                self.codec.encode(self.t_outcomes, topics.OUTCOMES.schema, record))
 
     def _dead(self, msg, reason: Exception) -> tuple:
-        dead = dead_letter(f"adapter-{self.adapter.name}", msg.topic(), msg.partition(), msg.offset(), msg.key(),
-                           msg.value(), reason)
-        log_dead_letter(dead)
-        return self.t_dead, dead["key"], self.codec.encode(self.t_dead, topics.DEADLETTER.schema, dead)
+        record = Record(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value())
+        return dead_letter_item(self.settings, self.codec, f"adapter-{self.adapter.name}", record, reason, False)
 
     def _send(self, items: list[tuple]) -> None:
         """Produce and wait until the broker acked each; a refused send is sent again (never committed past)."""
-        pause = 0.1
-        while items:
-            failed: list[tuple] = []
-            for item in items:
-                def acked(err, _msg, item=item):
-                    if err is not None:
-                        failed.append(item)
-
-                topic, key, value = item
-                self.producer.produce(topic, key=key, value=value, on_delivery=acked)
-            while self.producer.flush(1.0) > 0:
-                if self.stop.is_set():
-                    raise Stopped()
-            if failed:
-                log.error("%s adapter: %d of %d sends failed, sending them again", self.adapter.name, len(failed),
-                          len(items))
-                if self.stop.wait(pause):
-                    raise Stopped()
-                pause = min(pause * 2, 5.0)
-            items = failed
+        deliver(self.producer, items, self.stop, self.codec, f"{self.adapter.name} adapter")
 
 
 def run_adapter(settings: Settings, adapter: Adapter, stop: threading.Event | None = None, from_beginning: bool = False,

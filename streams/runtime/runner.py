@@ -154,62 +154,12 @@ class Runner:
             self._commit(asynchronous=True)
 
     def _dead_letter(self, record: Record, exc: Exception, fault: bool, stage: str | None = None) -> tuple:
-        stage = stage or self.stage
-        reason = log_fault(stage, record, exc) if fault else exc
-        dead = dead_letter(stage, record.topic, record.partition, record.offset, record.key, record.value, reason)
-        if not fault:
-            log_dead_letter(dead)
-        topic = self.settings.topic(topics.DEADLETTER.name)
-        return topic, None, dead["key"], self.codec.encode(topic, topics.DEADLETTER.schema, dead), dead
+        return dead_letter_item(self.settings, self.codec, stage or self.stage, record, exc, fault)
 
     # -- handing records to the broker -------------------------------------------------------------
     def _deliver(self, items: list[tuple]) -> list[int]:
-        """Produce (topic, partition or None, key, value[, dead-letter record[, headers]]) and wait for every ack.
-
-        A send the broker refuses is sent again, with a growing pause, until it is taken: the batch
-        is committed only after this returns. A dead letter refused (too large for the topic) is
-        sent again as a reference. Returns each record's offset.
-        """
-        offsets: list[int | None] = [None] * len(items)
-        errors: dict[int, object] = {}
-        pending = list(range(len(items)))
-        pause = 0.1
-        while pending:
-            errors.clear()
-            for i in pending:
-                topic, partition, key, value = items[i][:4]
-                kwargs = {} if partition is None else {"partition": partition}
-                if len(items[i]) > 5 and items[i][5]:
-                    kwargs["headers"] = items[i][5]
-
-                def acked(err, msg, i=i):
-                    if err is None:
-                        offsets[i] = msg.offset()
-                    else:
-                        errors[i] = err
-
-                while True:
-                    try:
-                        self.producer.produce(topic, value=value, key=key, on_delivery=acked, **kwargs)
-                        break
-                    except BufferError:  # the client's queue is full: let it drain
-                        self.producer.poll(0.05)
-            while self.producer.flush(1.0) > 0:
-                if self.stop.is_set():
-                    raise Stopped()
-            pending = [i for i in pending if offsets[i] is None]
-            if pending:
-                log.error("%s: %d of %d sends failed, sending them again: %s", self.stage, len(pending), len(items),
-                          next(iter(errors.values()), "no ack"))
-                for i in pending:
-                    dead = items[i][4] if len(items[i]) > 4 else None
-                    if dead and not dead["truncated"]:
-                        ref = as_reference(dead)
-                        items[i] = (*items[i][:3], self.codec.encode(items[i][0], topics.DEADLETTER.schema, ref), ref)
-                if self.stop.wait(pause):
-                    raise Stopped()
-                pause = min(pause * 2, 5.0)
-        return offsets  # type: ignore[return-value]
+        """Produce `items` and wait for every ack (see `deliver`); returns each record's offset."""
+        return deliver(self.producer, items, self.stop, self.codec, self.stage)
 
     def _commit(self, asynchronous: bool, partitions: set[tuple[str, int]] | None = None) -> None:
         from confluent_kafka import KafkaException, TopicPartition
@@ -371,3 +321,63 @@ class Runner:
             return applied
         finally:
             reader.close()
+
+
+def dead_letter_item(settings: Settings, codec, stage: str, record: Record, exc: Exception, fault: bool) -> tuple:
+    """The dead letter of `record` as `deliver` takes it: bad input (`exc` says why) or a fault of ours (logged
+    without the record)."""
+    reason = log_fault(stage, record, exc) if fault else exc
+    dead = dead_letter(stage, record.topic, record.partition, record.offset, record.key, record.value, reason)
+    if not fault:
+        log_dead_letter(dead)
+    topic = settings.topic(topics.DEADLETTER.name)
+    return topic, None, dead["key"], codec.encode(topic, topics.DEADLETTER.schema, dead), dead
+
+
+def deliver(producer, items: list[tuple], stop: threading.Event, codec, who: str) -> list[int]:
+    """Produce (topic, partition or None, key, value[, dead-letter record[, headers]]) and wait for every ack.
+
+    A send the broker refuses is sent again, with a growing pause, until it is taken: the batch
+    is committed only after this returns. A dead letter refused (too large for the topic) is
+    sent again as a reference. Returns each record's offset.
+    """
+    offsets: list[int | None] = [None] * len(items)
+    errors: dict[int, object] = {}
+    pending = list(range(len(items)))
+    pause = 0.1
+    while pending:
+        errors.clear()
+        for i in pending:
+            topic, partition, key, value = items[i][:4]
+            kwargs = {} if partition is None else {"partition": partition}
+            if len(items[i]) > 5 and items[i][5]:
+                kwargs["headers"] = items[i][5]
+
+            def acked(err, msg, i=i):
+                if err is None:
+                    offsets[i] = msg.offset()
+                else:
+                    errors[i] = err
+
+            while True:
+                try:
+                    producer.produce(topic, value=value, key=key, on_delivery=acked, **kwargs)
+                    break
+                except BufferError:  # the client's queue is full: let it drain
+                    producer.poll(0.05)
+        while producer.flush(1.0) > 0:
+            if stop.is_set():
+                raise Stopped()
+        pending = [i for i in pending if offsets[i] is None]
+        if pending:
+            log.error("%s: %d of %d sends failed, sending them again: %s", who, len(pending), len(items),
+                      next(iter(errors.values()), "no ack"))
+            for i in pending:
+                dead = items[i][4] if len(items[i]) > 4 else None
+                if dead and not dead["truncated"]:
+                    ref = as_reference(dead)
+                    items[i] = (*items[i][:3], codec.encode(items[i][0], topics.DEADLETTER.schema, ref), ref)
+            if stop.wait(pause):
+                raise Stopped()
+            pause = min(pause * 2, 5.0)
+    return offsets  # type: ignore[return-value]
