@@ -1,14 +1,10 @@
 """A visitor in a real browser (Debian's Chromium, headless): the shop's tag sends the search, the offer appears in the page, accepting it reaches engage.outcomes."""
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import pytest
 
-from tests.integration.conftest import _free_ports
-from tests.integration.test_collector import _collector
 
 pytestmark = pytest.mark.integration
 CHROMIUM = "/usr/bin/chromium"
@@ -30,30 +26,21 @@ def browser():
 
 
 def test_a_visitor_searching_to_cancel_sees_the_invitation_accepts_it_and_the_outcome_is_recorded(new_pipeline, reader,
-                                                                                                   browser):
+                                                                                                   browser, collector):
     # Given a worker, the collector serving the demo shop with the tag, and a visitor whose (random) id is
     # outside the offer's control group
     from tests.integration.test_pipeline import customer_outside_control
 
     pipe = new_pipeline(partitions=2)
     pipe.start_worker()
-    port = _free_ports(1)
-    proc = _collector(pipe, port)
+    port = collector(pipe)
     outcomes = reader(pipe, "engage.outcomes", "Outcome")
     events = reader(pipe, "engage.events", "Interaction")
     visitor = customer_outside_control("save-offer-web")  # as the tag's id, as if the browser had drawn it
     page = browser.new_page()
     page.add_init_script(f"localStorage.setItem('engage_vid', '{visitor}')")
     try:
-        deadline = time.monotonic() + 30
-        while True:  # the collector may still be starting
-            try:
-                page.goto(f"http://127.0.0.1:{port}/shop/help.html")
-                break
-            except Exception:  # noqa: BLE001 - connection refused while it starts
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        page.goto(f"http://127.0.0.1:{port}/shop/help.html")
         # When the visitor searches the help pages for how to cancel
         page.fill("#q", "cancel my contract")
         page.click("#go")
@@ -80,6 +67,3 @@ def test_a_visitor_searching_to_cancel_sees_the_invitation_accepts_it_and_the_ou
         assert page.evaluate("window.pwned") is None and page.query_selector("[data-engage-offer] img") is None
     finally:
         page.close()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)

@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -13,76 +10,46 @@ import uuid
 
 import pytest
 
-from streams.settings import REPO_ROOT
-from tests.integration.conftest import _free_ports
+from tests.integration.conftest import COLLECTOR_ORIGIN as ORIGIN
 
 pytestmark = pytest.mark.integration
-ORIGIN = "https://shop.example"
 
 
 def _post(port: int, body: dict, origin: str = ORIGIN) -> tuple[int, dict]:
     return _post_to(port, "/events", body, origin)
 
 
-def test_a_search_a_page_sends_reaches_detection_and_raises_the_cancel_signal(new_pipeline, reader):
+def test_a_search_a_page_sends_reaches_detection_and_raises_the_cancel_signal(new_pipeline, reader, collector):
     # Given a worker, and the collector for the shop's pages in a process of its own
     pipe = new_pipeline(partitions=2)
     pipe.start_worker()
-    port = _free_ports(1)
-    proc = _collector(pipe, port)
+    port = collector(pipe)
     signals = reader(pipe, "engage.signals", "Signal")
     events = reader(pipe, "engage.events", "Interaction")
     visitor = f"V-web-{uuid.uuid4().hex[:8]}"
-    try:
-        # When the page sends a page view and a search for how to cancel (asking again while it starts)
-        body = {"events": [{"event_id": f"{visitor}-1", "visitor_id": visitor, "type": "page_view", "path": "/help"},
-                           {"event_id": f"{visitor}-2", "visitor_id": visitor, "type": "search", "path": "/help/search",
-                            "query": "cancel my contract"}]}
-        deadline, status = time.monotonic() + 30, 0
-        while status != 202 and time.monotonic() < deadline:
-            status, answer = _post(port, body)
-            time.sleep(0.3 if status != 202 else 0)
-        assert (status, answer) == (202, {"accepted": 2}), (pipe.workdir / "collector.log").read_text()
-        # And another site's page tries the same
-        assert _post(port, body, origin="https://evil.example")[0] == 403
-        # Then both events are on engage.events as web interactions of no customer, once
-        found = events.wait_for(lambda e: e["visitor_id"] == visitor, count=2, timeout_s=30)
-        assert sorted(e["type"] for e, _ in found) == ["page_view", "search"]
-        assert {(e["channel"], e["customer_id"]) for e, _ in found} == {("web", None)}
-        # And detection raised the visitor's cancel intent from the search
-        [(sig, _)] = signals.wait_for(lambda s: s["visitor_id"] == visitor, timeout_s=60)
-        assert sig["signal"] == "cancel_intent" and sig["evidence"][-1]["query"] == "cancel my contract"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
-
-
-def _collector(pipe, port: int) -> subprocess.Popen:
-    log = open(pipe.workdir / "collector.log", "ab")
-    return subprocess.Popen([sys.executable, "-m", "streams.cli", "collector"], cwd=REPO_ROOT, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**pipe.env, "ENGAGE_COLLECTOR_PORT": str(port), "ENGAGE_COLLECTOR_ORIGINS": ORIGIN})
+    # When the page sends a page view and a search for how to cancel
+    body = {"events": [{"event_id": f"{visitor}-1", "visitor_id": visitor, "type": "page_view", "path": "/help"},
+                       {"event_id": f"{visitor}-2", "visitor_id": visitor, "type": "search", "path": "/help/search",
+                        "query": "cancel my contract"}]}
+    assert _post(port, body) == (202, {"accepted": 2})
+    # And another site's page tries the same
+    assert _post(port, body, origin="https://evil.example")[0] == 403
+    # Then both events are on engage.events as web interactions of no customer, once
+    found = events.wait_for(lambda e: e["visitor_id"] == visitor, count=2, timeout_s=30)
+    assert sorted(e["type"] for e, _ in found) == ["page_view", "search"]
+    assert {(e["channel"], e["customer_id"]) for e, _ in found} == {("web", None)}
+    # And detection raised the visitor's cancel intent from the search
+    [(sig, _)] = signals.wait_for(lambda s: s["visitor_id"] == visitor, timeout_s=60)
+    assert sig["signal"] == "cancel_intent" and sig["evidence"][-1]["query"] == "cancel my contract"
 
 
 class Page:
     """A page's EventSource, read in a thread: the offers pushed to it."""
 
     def __init__(self, port: int, visitor: str):
-        import threading
-
         self.offers: list[dict] = []
-        self.open = threading.Event()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/messages?visitor_id={visitor}", headers={"Origin": ORIGIN})
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.resp = urllib.request.urlopen(req, timeout=120)
-                break
-            except urllib.error.URLError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
+        self.resp = urllib.request.urlopen(req, timeout=120)
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -105,14 +72,13 @@ class Page:
 
 
 def test_a_visitor_searching_to_cancel_sees_the_offer_in_the_page_and_accepting_it_reaches_the_outcomes(new_pipeline,
-                                                                                                       reader):
+                                                                                                       reader, collector):
     # Given a worker, the collector with its web adapter, and an anonymous visitor's page open on the shop
     from tests.integration.test_pipeline import customer_outside_control
 
     pipe = new_pipeline(partitions=2)
     pipe.start_worker()
-    port = _free_ports(1)
-    proc = _collector(pipe, port)
+    port = collector(pipe)
     outcomes = reader(pipe, "engage.outcomes", "Outcome")
     visitor = customer_outside_control("save-offer-web")  # an id outside the offer's control group
     page = Page(port, visitor)
@@ -134,14 +100,11 @@ def test_a_visitor_searching_to_cancel_sees_the_offer_in_the_page_and_accepting_
         # And another visitor cannot answer it
         assert _post_to(port, "/outcomes", {**report, "visitor_id": "someone-else"})[0] == 404
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(30)
         page.close()
 
 
 def _post_to(port: int, path: str, body: dict, origin: str = ORIGIN) -> tuple[int, dict]:
-    """(status, JSON answer) of a POST to the collector; (0, {}) while it is not listening yet."""
+    """(status, JSON answer) of a POST to the collector."""
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json", "Origin": origin})
     try:
@@ -149,5 +112,3 @@ def _post_to(port: int, path: str, body: dict, origin: str = ORIGIN) -> tuple[in
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"{}")
-    except urllib.error.URLError:
-        return 0, {}

@@ -47,6 +47,34 @@ class _Msg:
         return self._offset
 
 
+class Message:
+    """A confluent-kafka Message as a consumer returns it."""
+
+    def __init__(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, headers=None):
+        self._t, self._p, self._o, self._k, self._v, self._h = topic, partition, offset, key, value, headers
+
+    def error(self):
+        return None
+
+    def topic(self):
+        return self._t
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def key(self):
+        return self._k
+
+    def value(self):
+        return self._v
+
+    def headers(self):
+        return self._h
+
+
 class FakeConsumer:
     def __init__(self, log: list):
         self.log = log

@@ -9,43 +9,14 @@ from streams.adapters import kit
 from streams.adapters.console import Console
 from streams.settings import Settings
 from tests.support import wire
-from tests.support.runners import FakeProducer
+from tests.support.runners import FakeProducer, Message
 from tests.support.stage import T0
 
 NOW_S = T0 / 1000
 
 
-class Msg:
-    """A confluent-kafka Message as the kit reads it."""
-
-    def __init__(self, offset: int, value: bytes, channel: str | None, key: bytes = b"C1"):
-        self._offset, self._value, self._key = offset, value, key
-        self._headers = [("channel", channel.encode())] if channel else None
-
-    def topic(self):
-        return "engage.delivery"
-
-    def partition(self):
-        return 0
-
-    def offset(self):
-        return self._offset
-
-    def key(self):
-        return self._key
-
-    def value(self):
-        return self._value
-
-    def headers(self):
-        return self._headers
-
-    def error(self):
-        return None
-
-
 class Consumer:
-    def __init__(self, log: list, msgs: list[Msg]):
+    def __init__(self, log: list, msgs: list[Message]):
         self.log, self.msgs, self.committed = log, list(msgs), []
 
     def subscribe(self, topics_):
@@ -110,8 +81,11 @@ def _dead(producer) -> list[dict]:
     return [wire.decode("DeadLetter", v) for t, _, _, v in producer.sent if t == "engage.deadletter"]
 
 
-def _msg(offset: int, d: dict | None, channel: str | None = None, raw: bytes | None = None) -> Msg:
-    return Msg(offset, raw if raw is not None else wire.encode("Delivery", d), channel or (d or {}).get("channel"))
+def _msg(offset: int, d: dict | None, channel: str | None = None, raw: bytes | None = None) -> Message:
+    """A record of engage.delivery with the channel header a worker sets."""
+    channel = channel or (d or {}).get("channel")
+    return Message("engage.delivery", 0, offset, b"C1", raw if raw is not None else wire.encode("Delivery", d),
+                   [("channel", channel.encode())] if channel else None)
 
 
 def test_only_its_channels_deliveries_are_delivered_and_others_are_not_even_decoded(tmp_path):

@@ -16,7 +16,7 @@ from streams.runtime.runner import Record, Stopped
 from streams.detection.store import PartitionDB
 from streams.settings import REPO_ROOT, Settings
 from tests.support import wire
-from tests.support.runners import FakeConsumer, FakeProducer
+from tests.support.runners import FakeConsumer, FakeProducer, Message
 
 T0 = int(time.time() * 1000) - 60_000  # a minute ago: within the accepted event times
 RULES = load_detection(REPO_ROOT / "rules" / "detection.yaml")
@@ -201,7 +201,7 @@ class FakeChangelogReader:
         out = []
         for (topic, p), start in self.at.items():
             for offset, (key, value) in enumerate(self.logs[(topic, p)][start:], start):
-                out.append(_ChangelogMsg(topic, p, offset, key, value))
+                out.append(Message(topic, p, offset, key, value))
             self.at[(topic, p)] = len(self.logs[(topic, p)])
         return out
 
@@ -212,29 +212,6 @@ class FakeChangelogReader:
 
     def close(self):
         pass
-
-
-class _ChangelogMsg:
-    def __init__(self, topic, partition, offset, key, value):
-        self._t, self._p, self._o, self._k, self._v = topic, partition, offset, key, value
-
-    def error(self):
-        return None
-
-    def topic(self):
-        return self._t
-
-    def partition(self):
-        return self._p
-
-    def offset(self):
-        return self._o
-
-    def key(self):
-        return self._k
-
-    def value(self):
-        return self._v
 
 
 def test_a_copy_ahead_of_one_changelog_is_read_again_whole_from_both(tmp_path, monkeypatch):
