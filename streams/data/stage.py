@@ -49,7 +49,7 @@ def _needs_value(spec: topics.TopicSpec, value: dict | None) -> dict:
     return value
 
 
-def _keyed_as(record, spec: topics.TopicSpec, field: str, value: dict) -> None:
+def _keyed_as(record, field: str, value: dict) -> None:
     if record.key is None or record.key.decode("utf-8", "replace") != value[field]:
         raise ValueError(f"the record key must be the {field}")
 
@@ -63,7 +63,7 @@ def _rekeyed(source: topics.TopicSpec, target: topics.TopicSpec, field: str, che
                 raise ValueError(f"a tombstone on {source.name} needs the {field} as its key")
             return [(target, record.key.decode("utf-8", "replace"), None)]
         check(value)
-        _keyed_as(record, source, field, value)
+        _keyed_as(record, field, value)
         return [(target, value[field], value)]
     return Handler(STAGE, source, rekey)
 
@@ -123,7 +123,7 @@ def handlers(settings, segments, customers) -> list[Handler]:
         if merge is None:
             raise ValueError("a merge is not undone by a tombstone: merge the keys the other way, or forget one")
         validate_merge(merge)
-        _keyed_as(record, topics.MERGES, "from_key", merge)
+        _keyed_as(record, "from_key", merge)
         return [(topics.MERGES_BY_KEY, merge["from_key"], merge)]
 
     # -- signals ---------------------------------------------------------------------------------------
