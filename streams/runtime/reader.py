@@ -10,7 +10,6 @@ live database).
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import threading
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from streams import topics
 from streams.clients import partition_of
+from streams.runtime.values import decode
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class StageReader:
             except Exception as exc:  # noqa: BLE001 - the folder went while being read: read it afresh next time
                 self._close(partition)
                 raise Unknown(f"partition {partition} of the {self.stage} stage is being restored here") from exc
-        return {table: None if data is None else json.loads(data) for table, data in found.items()}
+        return {table: decode(data) for table, data in found.items()}
 
     def _open(self, partition: int):
         """The follower of the partition's RocksDB; a new one when the runner made the folder again (a partition

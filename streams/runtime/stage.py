@@ -9,7 +9,6 @@ each is a stage of its own for the dead letters.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Callable
 
 from streams import topics
 from streams.runtime.runner import Record, Runner
-from streams.runtime.store import Stores, json_value
+from streams.runtime.store import Stores
+from streams.runtime.values import decode, encode
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class Handler:
 
 
 class Writes:
-    """What a batch wrote: (partition, table, key) -> JSON bytes or None (deleted), the last write of each key.
+    """What a batch wrote: (partition, table, key) -> encoded bytes or None (deleted), the last write of each key.
 
     A record's writes are kept apart until its handler returns (`keep`), so a record that fails
     leaves the state as it found it (`drop`).
@@ -50,7 +50,7 @@ class Writes:
             data = self.batch.get(where, _ABSENT)
         if data is _ABSENT:
             data = self.stores.current.get(table, key)
-        return None if data is None else json.loads(data)
+        return decode(data)
 
     def keep(self) -> None:
         self.batch.update(self.record)
@@ -66,7 +66,7 @@ class Writes:
 
 
 class Table:
-    """A table as a handler sees it, like a Faust table: JSON values of the current record's partition."""
+    """A table as a handler sees it, like a Faust table: the values of the current record's partition."""
 
     def __init__(self, writes: Writes, name: str):
         self.writes, self.name = writes, name
@@ -85,7 +85,7 @@ class Table:
         return self.writes.read(self.name, key) is not None
 
     def __setitem__(self, key: str, value) -> None:
-        self.writes.record[(self.writes.stores.partition, self.name, key)] = json_value(value)
+        self.writes.record[(self.writes.stores.partition, self.name, key)] = encode(value)
 
     def __delitem__(self, key: str) -> None:
         self.writes.record[(self.writes.stores.partition, self.name, key)] = None
@@ -104,10 +104,10 @@ class Table:
         mine = {k: d for (q, t, k), d in {**w.batch, **w.record}.items() if q == p and t == self.name}
         for key, data in self.writes.stores.current.items(self.name):
             if key not in mine:
-                yield key, json.loads(data)
+                yield key, decode(data)
         for key, data in mine.items():
             if data is not None:
-                yield key, json.loads(data)
+                yield key, decode(data)
 
 
 class StageRunner(Runner):

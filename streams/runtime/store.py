@@ -1,8 +1,8 @@
 """Decides where a runner's state lives: one RocksDB per partition, each table under its own prefix, with the changelog offsets applied.
 
 Every table has a changelog topic with the records Faust's tables wrote (key: the table key as a
-JSON string; value: the stored bytes, or none to delete), so state written by a Faust table of an
-earlier release is restored by a runner and the other way round. A partition's RocksDB also holds,
+JSON string; value: the stored bytes (streams/runtime/values.py), or none to delete), so state
+written by a Faust table of an earlier release is restored by a runner. A partition's RocksDB also holds,
 per table, the changelog offset after the last record it has applied: restoring reads the
 changelog from there to its end, so a worker that kept its folder reads only what another worker
 wrote meanwhile, and an empty folder reads it all.
@@ -25,11 +25,6 @@ def changelog_key(key: str) -> bytes:
 
 def table_key(data: bytes) -> str:
     return json.loads(data)
-
-
-def json_value(value) -> bytes:
-    """A table value as Faust's untyped (JSON) tables wrote it."""
-    return json.dumps(value, separators=(",", ":")).encode()
 
 
 class PartitionDB:

@@ -171,10 +171,9 @@ class DecisionStage:
 
     def stored(self, table: str, key: str, partition: int = 0):
         """`key`'s value in `table` as written to RocksDB (after the batch's outputs were acked)."""
-        import json
+        from streams.runtime.values import decode
 
-        data = self.runner.stores.open(partition).get(table, key)
-        return None if data is None else json.loads(data)
+        return decode(self.runner.stores.open(partition).get(table, key))
 
     def ledger(self, key: str, partition: int = 0) -> dict | None:
         from streams import topics
@@ -226,13 +225,14 @@ class DataStage:
         """(key, value or None for a deletion) of what went to `table`'s changelog, in order."""
         import json
 
+        from streams.runtime.values import decode
+
         name = self.runner.changelog[table]
-        return [(json.loads(key), None if value is None else json.loads(value))
+        return [(json.loads(key), decode(value))
                 for topic, _, key, value in self.runner.producer.sent if topic == name]
 
     def stored(self, table: str, key: str, partition: int = 0):
         """`key`'s value in `table` as written to RocksDB (after the batch's outputs were acked)."""
-        import json
+        from streams.runtime.values import decode
 
-        data = self.runner.stores.open(partition).get(table, key)
-        return None if data is None else json.loads(data)
+        return decode(self.runner.stores.open(partition).get(table, key))

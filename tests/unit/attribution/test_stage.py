@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from streams.runtime.values import decode
 from streams import topics
 from streams.attribution.stage import FORGOTTEN, STAGE
 from tests.support import wire
@@ -44,14 +45,14 @@ def test_a_keys_state_is_written_once_per_batch_after_the_attributions_were_acke
                   ("engage.conversions", b"C1", purchase("e2", T0 + 90_000))])
     # Then C1's state goes once to the changelog, after every attribution revision was acked
     changelog = runner.changelog[topics.KEY_TO_ATTRIBUTIONS]
-    writes = [(json.loads(key), json.loads(value)) for topic, _, key, value in runner.producer.sent if topic == changelog]
+    writes = [(json.loads(key), decode(value)) for topic, _, key, value in runner.producer.sent if topic == changelog]
     assert [k for k, _ in writes] == ["C1"]
     kinds = [topic for what, topic in runner.log if what == "acked"]
     assert kinds.index(changelog) > max(i for i, t in enumerate(kinds) if t == "engage.attributions")
     assert [a["purchases"] for _, a, _ in sent(runner, topics.ATTRIBUTIONS)][-1] == 2
     # And RocksDB holds it with the changelog offset it reached
     db = runner.stores.dbs[0]
-    assert json.loads(db.get(topics.KEY_TO_ATTRIBUTIONS, "C1")) == writes[0][1]
+    assert decode(db.get(topics.KEY_TO_ATTRIBUTIONS, "C1")) == writes[0][1]
     assert db.offset(topics.KEY_TO_ATTRIBUTIONS) == 1
 
 
@@ -66,6 +67,6 @@ def test_a_forgotten_customers_later_records_change_nothing(tmp_path):
     feed(runner, [("engage.conversions", b"C1", purchase("e1", T0 + 60_000))])
     # Then no attribution is revised, the state is the marker, and the forget is audited
     assert len(sent(runner, topics.ATTRIBUTIONS)) == before
-    assert json.loads(runner.stores.dbs[0].get(topics.KEY_TO_ATTRIBUTIONS, "C1")) == {FORGOTTEN: T0 + 1}
+    assert decode(runner.stores.dbs[0].get(topics.KEY_TO_ATTRIBUTIONS, "C1")) == {FORGOTTEN: T0 + 1}
     [(_, audit, _)] = sent(runner, topics.AUDIT)
     assert audit["stage"] == STAGE and audit["detail"].startswith("deleted attribution state")

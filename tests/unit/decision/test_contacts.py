@@ -9,7 +9,8 @@ from streams import topics
 from streams.clients import partition_of
 from streams.decision.contacts import ContactsReader, member_name
 from streams.runtime.reader import FRESH_S, GROUP_FRESH_S, Unknown, url_of_member
-from streams.runtime.store import PartitionDB, json_value
+from streams.runtime.store import PartitionDB
+from streams.runtime.values import encode
 from streams.settings import Settings
 
 PREFIXES = {t: t.encode() + b"\x00" for t in (topics.CUSTOMER_TO_CONTACTS, topics.SKILL_TO_PACING)}
@@ -122,7 +123,7 @@ def test_the_followers_of_partitions_the_runner_gave_up_are_closed(tmp_path):
     settings = _settings(tmp_path, 6066)
     partition = partition_of("C1", 4)
     runner_db = PartitionDB(settings.data_dir / "decision" / str(partition), PREFIXES)
-    runner_db.write([(topics.CUSTOMER_TO_CONTACTS, "C1", json_value({"offers_today": 1}))], {})
+    runner_db.write([(topics.CUSTOMER_TO_CONTACTS, "C1", encode({"offers_today": 1}))], {})
     admin = FakeAdmin({member_name(settings): [partition]}, settings.topic(topics.ENRICHED.name))
     now = [100.0]
     reader = ContactsReader(settings, admin=admin, clock=lambda: now[0])
@@ -144,12 +145,12 @@ def test_the_ledger_is_read_as_the_runner_last_wrote_it_and_followed_when_its_fo
     partition = partition_of("C1", 4)
     folder = settings.data_dir / "decision" / str(partition)
     runner_db = PartitionDB(folder, PREFIXES)
-    runner_db.write([(topics.CUSTOMER_TO_CONTACTS, "C1", json_value({"offers_today": 1}))], {})
+    runner_db.write([(topics.CUSTOMER_TO_CONTACTS, "C1", encode({"offers_today": 1}))], {})
     clock = [0.0]
     reader = ContactsReader(settings, admin=FakeAdmin({}, ""), clock=lambda: clock[0])
     # When it is read, then the runner writes again and it is read at once, and again FRESH_S later
     first = reader.local("C1")
-    runner_db.write([(topics.CUSTOMER_TO_CONTACTS, "C1", json_value({"offers_today": 2}))], {})
+    runner_db.write([(topics.CUSTOMER_TO_CONTACTS, "C1", encode({"offers_today": 2}))], {})
     at_once = reader.local("C1")
     clock[0] += FRESH_S
     later = reader.local("C1")
@@ -163,7 +164,7 @@ def test_the_ledger_is_read_as_the_runner_last_wrote_it_and_followed_when_its_fo
 
     shutil.rmtree(folder)
     runner_db = PartitionDB(folder, PREFIXES)
-    runner_db.write([(topics.CUSTOMER_TO_CONTACTS, "C1", json_value({"offers_today": 5}))], {})
+    runner_db.write([(topics.CUSTOMER_TO_CONTACTS, "C1", encode({"offers_today": 5}))], {})
     assert reader.local("C1") == {"offers_today": 5}
     reader.close()
     runner_db.close()

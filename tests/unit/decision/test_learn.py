@@ -1,11 +1,11 @@
 """The uplift learner: which attributions teach what, when a label is final, and that the same inputs give the same model."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 
+from streams.runtime.values import decode
 from streams import topics
 from streams.decision.learn import LATENESS_MS, STEP_MS, due, label_of, learn, new_partition_state, step_to
 from streams.decision.models import ModelBook
@@ -161,4 +161,4 @@ def test_the_learner_sends_its_partitions_evidence_once_windows_close_and_forget
     # And only the decision whose window is still open is waiting
     db = runner.stores.dbs[0]
     assert [k for k, _ in db.items(topics.DECISION_TO_LABEL)] == ["d4"]
-    assert json.loads(db.get(topics.PARTITION_TO_EVIDENCE, "0"))["labels"] == 3
+    assert decode(db.get(topics.PARTITION_TO_EVIDENCE, "0"))["labels"] == 3

@@ -5,6 +5,7 @@ import json
 
 from confluent_kafka import TopicPartition
 
+from streams.runtime.values import decode
 from streams import clients, topics
 from streams.runtime import runner as runner_module
 from streams.runtime.runner import Record
@@ -50,9 +51,9 @@ def test_a_record_that_fails_after_writing_leaves_the_state_as_it_found_it(tmp_p
     # Then the decline is dead-lettered by the handler's stage, and only the two others are counted, once
     [dead] = [wire.decode("DeadLetter", v) for t, _, _, v in runner.producer.sent if t == "engage.deadletter"]
     assert dead["stage"] == "counting" and dead["offset"] == 1
-    changelog = [(json.loads(k), json.loads(v)) for t, _, k, v in runner.producer.sent if t == runner.changelog[TABLE]]
+    changelog = [(json.loads(k), decode(v)) for t, _, k, v in runner.producer.sent if t == runner.changelog[TABLE]]
     assert changelog == [("C1", {"n": 2})]
-    assert json.loads(runner.stores.dbs[0].get(TABLE, "C1")) == {"n": 2}
+    assert decode(runner.stores.dbs[0].get(TABLE, "C1")) == {"n": 2}
     assert runner.consumer.commits == [{("engage.outcomes", 0): 3}]
 
 
