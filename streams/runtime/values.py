@@ -10,7 +10,11 @@ Compressing the values the demo wrote (MessagePack sizes: contact ledgers 1,225 
 269 / 193 B in 43 / 26 / 14 / 14 / 10 µs; lz4 to 908 / 630 / 301 / 304 / 205 B in 1-4 µs; zstd at
 level 1 to 747 / 527 / 262 / 280 / 195 B in 5-12 µs. zstd keeps nearly all of zlib's saving at a
 third of its time (and MessagePack plus zstd still takes less time than JSON took alone: 25 µs
-for a ledger). Values under COMPRESS_FROM bytes gain under 5%, so they are left as they are, and a
+for a ledger). Profiles gain under 5%. Visitor states gain a third, but detection writes them on
+its hot path and RocksDB compresses its files anyway: with values from 256 bytes compressed, the
+first `make bench` run gave 242 changelog bytes per event (428 before) but 373 RocksDB bytes per
+visitor (229 before: compressed values compress no further). So only values of COMPRESS_FROM
+bytes or more (ledgers, attributions, long journeys, the odd large visitor) are compressed, and a
 compressed value is kept only when smaller.
 
 The first byte says what was written: MessagePack is used for maps and arrays, which it starts at
@@ -25,7 +29,7 @@ import threading
 import ormsgpack
 import zstandard
 
-COMPRESS_FROM = 256  # bytes of MessagePack
+COMPRESS_FROM = 512  # bytes of MessagePack
 _ZSTD = 0x28  # the first byte of a zstd frame's magic number, 28 B5 2F FD
 _local = threading.local()  # zstd (de)compressors are not to be shared between threads
 
