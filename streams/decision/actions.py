@@ -19,13 +19,19 @@ GOALS = ("purchase", "retain", "resolve")
 NEEDS_CONSENT = frozenset({"email", "sms"})
 # channels that reach a person wherever they are (not on the site): kept out of the quiet hours
 OUTBOUND = frozenset({"voice_callback", "sms", "email"})
+# channels shown in the visitor's page: only while they are on the site
+IN_PAGE = frozenset({"web_message", "chat", "click_to_call"})
+# messages read later: while the visitor is on the site, a channel in the page comes before these
+READ_LATER = frozenset({"email", "sms"})
+# where a visitor's events come from when they are on the site or in the app
+ON_SITE_SOURCES = frozenset({"web", "app"})
 _TIME_OF_DAY = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 DECISION_NAMES = Names(
     args=("c",),
     roots={"known": ("c", "known"), "profile": ("c", "profile"), "value": ("c", "value"), "signal": ("c", "signal"),
            "priority": ("c", "priority"), "cart_value": ("c", "cart_value"), "session_pages": ("c", "session_pages"),
-           "channel": ("c", "channel")},
+           "channel": ("c", "channel"), "on_site": ("c", "on_site")},
     fields={"profile": PROFILE_FIELDS, "value": frozenset({"clv", "clv_source", "segment", "purchases"})},
 )
 _TEMPLATE_FIELD = re.compile(r"\{([^{}]*)\}")
@@ -82,6 +88,7 @@ class Policy:
     quiet_hours: QuietHours | None = None    # in the customer's time zone, for outbound channels
     suppress_after_purchase_ms: int = 0      # no purchase-goal action this long after a purchase
     suppress_after_decline_ms: int = 0       # an action declined is not offered again for this long
+    away_after_ms: int = 300_000             # a visitor quiet this long before the signal has left the site
 
     def cost(self, channel: str) -> float:
         return dict(self.channel_cost).get(channel, 0.0)
@@ -188,7 +195,8 @@ def _compile_policy(node, file: str) -> Policy:
     if not isinstance(node, dict):
         raise RuleError(file, line, "policy must be a mapping")
     check_keys(node, {"max_offers_per_day", "max_offers_per_week", "min_gap", "quiet_hours", "suppress_after_purchase",
-                      "suppress_after_decline", "control_share", "holdout_share", "channel_cost"}, set(), file, None, "policy")
+                      "suppress_after_decline", "control_share", "holdout_share", "channel_cost", "away_after"}, set(),
+               file, None, "policy")
     cap = node.get("max_offers_per_day", 2)
     if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
         raise RuleError(file, line, f"max_offers_per_day must be a whole number, got {cap!r}")
@@ -218,7 +226,8 @@ def _compile_policy(node, file: str) -> Policy:
                   channel_cost=tuple(sorted((k, float(v)) for k, v in costs.items())), max_offers_per_week=week,
                   min_gap_ms=duration("min_gap"), quiet_hours=_quiet_hours(node.get("quiet_hours"), file, line),
                   suppress_after_purchase_ms=duration("suppress_after_purchase"),
-                  suppress_after_decline_ms=duration("suppress_after_decline"))
+                  suppress_after_decline_ms=duration("suppress_after_decline"),
+                  away_after_ms=Policy.away_after_ms if node.get("away_after") is None else duration("away_after"))
 
 
 def _quiet_hours(node, file: str, line: int) -> QuietHours | None:

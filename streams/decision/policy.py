@@ -25,7 +25,7 @@ import numpy as np
 
 from streams.bounded import MERGED_KEPT, put_newest
 from streams.data.journey import lines as journey_lines
-from streams.decision.actions import NEEDS_CONSENT, Action, ActionSet, Policy
+from streams.decision.actions import IN_PAGE, NEEDS_CONSENT, ON_SITE_SOURCES, READ_LATER, Action, ActionSet, Policy
 from streams.decision.clock import local_time
 from streams.decision.uplift import AGENT_LED, Model, draw_seed, signal_features, vector
 from streams.rules.expr import Compiled, evaluate
@@ -152,12 +152,27 @@ def on_outcome(ledger: dict | None, outcome: dict) -> dict | None:
     return ledger
 
 
-def context_for_expressions(enriched: dict, channel: str | None = None) -> dict:
+def last_seen(sig: dict) -> tuple[int, str]:
+    """When the visitor was last seen, as of the signal, and on which channel (that of its newest evidence)."""
+    newest = max(sig["evidence"], key=lambda e: e["ts"], default=None)
+    channel = newest["channel"] if newest else ""
+    return sig.get("last_event_ts") or (newest["ts"] if newest else 0), channel
+
+
+def on_site(sig: dict, away_after_ms: int) -> bool:
+    """Is the visitor still on the site (or in the app) when the signal is raised? Their newest evidence
+    came from there, and they did something within `away_after_ms` of the signal: a timer's signal is
+    raised after a quiet spell, and a visitor quiet for longer has gone."""
+    seen, channel = last_seen(sig)
+    return channel in ON_SITE_SOURCES and sig["ts"] - seen <= away_after_ms
+
+
+def context_for_expressions(enriched: dict, away_after_ms: int, channel: str | None = None) -> dict:
     sig = enriched["signal"]
     return {"known": enriched["known"], "profile": enriched["profile"] or {}, "value": enriched.get("value") or {},
             "signal": sig["signal"],
             "priority": sig["priority"], "cart_value": sig["cart_value"], "session_pages": sig["session_pages"],
-            "channel": channel}
+            "channel": channel, "on_site": on_site(sig, away_after_ms)}
 
 
 def _value(action: Action, ctx: dict) -> float:
@@ -189,17 +204,25 @@ def in_quiet_hours(policy: Policy, channel: str, ts_ms: int, tz: str | None) -> 
 
 
 def open_channels(action: Action, ctx: dict, profile: dict, policy: Policy, ts_ms: int) -> list[str]:
-    """allowed_channels, less those in their quiet hours for this customer now."""
-    return [c for c in allowed_channels(action, ctx, profile)
-            if not in_quiet_hours(policy, c, ts_ms, profile.get("timezone"))]
+    """allowed_channels, less those in their quiet hours for this customer now and, once the visitor has
+    left the site, those shown in the page; while they are on it, those in the page before the ones
+    read later (an in-page message beats an e-mail), the rule's order kept otherwise."""
+    out = [c for c in allowed_channels(action, ctx, profile)
+           if not in_quiet_hours(policy, c, ts_ms, profile.get("timezone")) and (ctx["on_site"] or c not in IN_PAGE)]
+    if ctx["on_site"]:
+        out.sort(key=lambda c: c in READ_LATER)  # stable: the rule's order within each kind
+    return out
 
 
 def candidate_channels(action: Action, ctx: dict, profile: dict, policy: Policy, ts_ms: int) -> list[str]:
-    """The channel the action uses for this customer: their preferred one when open, else the first open
-    one in the rule's order (the rule's author ranks them; the model has no prior per channel)."""
+    """The channel the action uses for this customer: their preferred one when open (but one read later
+    while a channel in the page is open to them there), else the first open one (the rule's author ranks
+    them; the model has no prior per channel)."""
     allowed = open_channels(action, ctx, profile, policy, ts_ms)
     preferred = profile.get("preferred_channel")
-    return [preferred] if preferred in allowed else allowed[:1]
+    if preferred in allowed and not (preferred in READ_LATER and allowed[0] not in READ_LATER):
+        return [preferred]
+    return allowed[:1]
 
 
 def fallback_channel(action: Action, ctx: dict, profile: dict, policy: Policy, ts_ms: int, primary: list[str]) -> list[str]:
@@ -313,7 +336,7 @@ def score_candidates(d: dict, enriched: dict, actions: list[Action], action_set:
                      explore: bool) -> list[dict]:
     """Every (action, channel) candidate with its terms, best first (ties: the action listed first)."""
     profile = enriched["profile"] or {}
-    ctx = context_for_expressions(enriched)
+    ctx = context_for_expressions(enriched, action_set.policy.away_after_ms)
     out = []
     pooled = model.for_actions(action_set.priors)
     for action in actions:
@@ -342,8 +365,8 @@ def _gates(d: dict, enriched: dict, ledger: dict, actions: ActionSet, model: Mod
         return _stop(d, "no_action", "no_matching_action", f"No action answers the signal {sig['signal']}.")
     if profile.get("opted_out"):
         return _stop(d, "suppressed", "opted_out", "The customer opted out of proactive contact.")
-    ctx = context_for_expressions(enriched)
     policy = actions.policy
+    ctx = context_for_expressions(enriched, policy.away_after_ms)
     eligible = [a for a in candidates if evaluate(a.eligible, ctx)]
     if not eligible:
         return _stop(d, "no_action", "not_eligible",
@@ -356,7 +379,14 @@ def _gates(d: dict, enriched: dict, ledger: dict, actions: ActionSet, model: Mod
         return _stop(d, "suppressed", gate, f"Not offering {', '.join(held)}: the customer {why_not}.")
     scored = score_candidates(d, enriched, eligible, actions, model, explore)
     if not scored:
-        if any(allowed_channels(a, ctx, profile) for a in eligible):
+        allowed = {c for a in eligible for c in allowed_channels(a, ctx, profile)}
+        if allowed and allowed <= IN_PAGE:  # only channels in the page, and the visitor is not on the site
+            seen, channel = last_seen(sig)
+            where = (f"last seen {max(0, sig['ts'] - seen) // 1000} s before the signal" if channel in ON_SITE_SOURCES
+                     else f"last seen on {channel or 'no channel'}")
+            return _stop(d, "no_action", "left_site",
+                         f"The visitor is not on the site ({where}) and every open channel is in the page.")
+        if allowed:
             return _stop(d, "suppressed", "quiet_hours",
                          "Every open channel is outbound and it is the quiet hours in the customer's time zone.")
         return _stop(d, "no_action", "no_channel", "Every channel of the eligible actions is opted out or not allowed.")

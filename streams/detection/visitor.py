@@ -201,6 +201,7 @@ class _Run:
             "returning": view["returning"],
             "session_seconds": view["duration_s"],
             "attributes": dict(state.get(LOOKS) or {}),
+            "last_event_ts": state[LAST_TS] or ts,
         })
 
     def matched(self, rule: DetectionRule, rs: dict, ts: int, cause_id: str, evidence: list[dict], ev: dict,

@@ -81,7 +81,7 @@ def choices(action_set: ActionSet, enriched: dict) -> list[tuple[str, str, str |
     profile = enriched["profile"] or {}
     if profile.get("opted_out"):
         return []
-    ctx = context_for_expressions(enriched)
+    ctx = context_for_expressions(enriched, action_set.policy.away_after_ms)
     ts = enriched["signal"]["ts"]
     return [(action.id, channel, action.skill) for action in action_set.answering(enriched["signal"]["signal"])
             if evaluate(action.eligible, ctx) for channel in open_channels(action, ctx, profile, action_set.policy, ts)]

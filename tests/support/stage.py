@@ -30,7 +30,7 @@ def signal(signal_id: str, visitor_id: str = "v1", customer_id: str | None = "C1
          "evidence": [{"event_id": "e1", "ts": ts, "type": "search", "channel": "web", "path": None,
                        "query": "terminate contract early", "value": None}],
          "session_pages": 3, "session_events": 4, "cart_value": 0.0, "returning": False, "session_seconds": 0.0,
-         "attributes": {}}
+         "attributes": {}, "last_event_ts": ts}
     s.update(over)
     return s
 

@@ -158,6 +158,7 @@ def test_a_ledger_of_an_earlier_release_is_read_with_the_new_fields():
     ("min_gap: soon", "min_gap must be a duration"),
     ("max_offers_per_week: -1", "max_offers_per_week must be a whole number"),
     ("suppress_after_decline: 0", "suppress_after_decline must be longer than zero"),
+    ("away_after: later", "away_after must be a duration"),
 ])
 def test_an_invalid_policy_is_refused_with_file_line_and_reason(policy, message):
     text = f"policy:\n  max_offers_per_day: 2\n  {policy}\nactions: []\n"
@@ -170,3 +171,85 @@ def test_the_shipped_policy_has_every_gate():
     p = SHIPPED_ACTIONS.policy
     assert p.max_offers_per_week and p.min_gap_ms and p.quiet_hours and p.suppress_after_purchase_ms
     assert p.suppress_after_decline_ms and p.holdout_share and p.control_share
+
+
+# ---- presence: is the visitor still on the site? -----------------------------------------------------
+
+PRESENCE = compile_actions("""
+policy: {max_offers_per_day: 5, control_share: 0.0, away_after: 2m}
+actions:
+  - id: reminder
+    description: Remind them of their cart
+    answers: [cart_at_risk]
+    value: 100
+    uplift: {act: 0.5, baseline: 0.1}
+    channels:
+      - {channel: email}
+      - {channel: web_message}
+    message: 'Your cart is waiting, {name}.'
+    ttl: 30m
+  - id: helper
+    description: Invite to chat
+    answers: [login_trouble]
+    value: 100
+    uplift: {act: 0.5, baseline: 0.1}
+    channels:
+      - {channel: chat}
+      - {channel: web_message, when: 'on_site'}
+    skill: support
+    message: 'Can we help?'
+    ttl: 5m
+""", "actions.yaml")
+
+
+def seen(name: str, quiet_s: int, channel: str = "web", **over) -> dict:
+    """A signal raised at T0 + 10 min whose newest evidence came from `channel`, the visitor quiet `quiet_s` since."""
+    ts = T0 + 600_000
+    sig = signal(f"{name}-{quiet_s}-{channel}", ts=ts, name=name, last_event_ts=ts - quiet_s * 1000,
+                 evidence=[{"event_id": "e1", "ts": T0, "type": "cart_add", "channel": channel, "path": "/cart",
+                            "query": None, "value": 80.0}], **over)
+    return enriched(sig, profile(marketing_consent=True, preferred_channel="email", timezone="Europe/London"))
+
+
+def test_on_the_site_an_in_page_message_beats_an_email_even_one_the_customer_prefers():
+    # Given a customer who prefers e-mail, quiet for 30 s on the site when their cart is at risk
+    [d], _ = run(PRESENCE, seen("cart_at_risk", 30))
+    # Then the reminder is shown in the page
+    assert d["outcome"] == "act" and d["channel"] == "web_message"
+
+
+def test_gone_from_the_site_the_message_goes_by_email_and_nothing_is_shown_in_the_page():
+    # Given the same customer quiet for 10 minutes (longer than away_after) when the timer raised the signal
+    [d], _ = run(PRESENCE, seen("cart_at_risk", 600))
+    # Then the reminder goes by e-mail
+    assert d["outcome"] == "act" and d["channel"] == "email"
+    # And a signal of one whose newest event was a phone call is not on the site either
+    [d], _ = run(PRESENCE, seen("cart_at_risk", 0, channel="voice"))
+    assert d["channel"] == "email"
+
+
+def test_gone_with_only_channels_in_the_page_open_nothing_is_done_and_the_gate_says_why():
+    # Given a visitor quiet for 10 minutes, and an action whose channels are all in the page
+    [d], _ = run(PRESENCE, seen("login_trouble", 600))
+    # Then no action, gate left_site, with when they were last seen
+    assert d["outcome"] == "no_action" and d["gate"] == "left_site"
+    assert "600 s before the signal" in d["reason"]
+
+
+def test_presence_is_readable_in_expressions_and_signals_of_earlier_releases_use_their_newest_evidence():
+    # Given a visitor on the site: chat, the first channel
+    [d], _ = run(PRESENCE, seen("login_trouble", 30))
+    assert d["channel"] == "chat"
+    # When chat is opted out, Then web_message, open `when: on_site`
+    prof = dict(profile(), channels_opted_out=["chat"])
+    present = dict(seen("login_trouble", 30), profile=prof)
+    [d], _ = run(PRESENCE, present)
+    assert d["outcome"] == "act" and d["channel"] == "web_message"
+    # And gone, web_message is not open at all (its `when` is false)
+    gone = dict(seen("login_trouble", 600), profile=prof)
+    assert run(PRESENCE, gone)[0][0]["gate"] == "no_channel"
+    # And a signal without last_event_ts (an earlier release's) counts from its newest evidence: 10 min ago
+    old = seen("login_trouble", 30)
+    old["signal"]["last_event_ts"] = None
+    [d], _ = run(PRESENCE, old)
+    assert d["gate"] == "left_site"

@@ -24,7 +24,9 @@ def signals_for(scenario):
         ts = min(p.steps[-1][0] + 60_000, p.end_ms - 1)
         cart = p.value if p.intent == "buy" else 0.0
         sig = {"signal_id": f"s-{p.visitor_id}", "signal": SIGNAL_OF[p.intent], "ts": ts, "visitor_id": p.visitor_id,
-               "customer_id": p.customer_id, "priority": 50, "cart_value": cart, "session_pages": len(p.steps)}
+               "customer_id": p.customer_id, "priority": 50, "cart_value": cart, "session_pages": len(p.steps),
+               "evidence": [{"event_id": "e1", "ts": p.steps[-1][0], "type": "page_view", "channel": "web"}],
+               "last_event_ts": p.steps[-1][0]}
         out.append({"key": p.customer_id or p.visitor_id, "known": p.customer_id is not None,
                     "profile": profiles.get(p.customer_id), "signal": sig})
     return out, people
