@@ -6,6 +6,8 @@ it raises `Retry` when the channel cannot take it now (tried again with a growin
 MAX_ATTEMPTS) and `Refused` when it never will (a bad address, a bounce). `run_adapter` does the
 rest, in consumer group `<app id>-<name>-adapter` (scale an adapter by starting more of it):
 
+  - a new group starts at the deliveries made since the adapter started (`--from-beginning`: at
+    the first one kept), and then wherever it committed;
   - a record of another channel is skipped by its `channel` header, without decoding it;
   - an undecodable record goes to engage.deadletter with the reason;
   - a delivery id already handled by this process is dropped (a worker that crashed after sending
@@ -23,6 +25,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+
+from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 
 from streams import clients, topics
 from streams.codec import DecodeError
@@ -104,10 +108,12 @@ class AdapterLoop:
         self.t_delivery = settings.topic(topics.DELIVERY.name)
         self.t_outcomes = settings.topic(topics.OUTCOMES.name)
         self.delivered = 0  # deliveries the channel took
+        self.from_beginning = from_beginning
+        self.started_ms = int(clock() * 1000)
 
     def run(self, max_deliveries: int | None = None) -> int:
         """Take deliveries until stopped (or `max_deliveries` were delivered); returns how many were."""
-        self.consumer.subscribe([self.t_delivery])
+        self.consumer.subscribe([self.t_delivery], on_assign=self._on_assign)
         try:
             while not self.stop.is_set() and (max_deliveries is None or self.delivered < max_deliveries):
                 msg = self.consumer.poll(0.5)
@@ -123,6 +129,25 @@ class AdapterLoop:
             self.consumer.close()
             self.producer.flush(10)
         return self.delivered
+
+    def _on_assign(self, consumer, partitions) -> None:
+        """A partition this group never committed on starts at the deliveries made since this adapter started (or
+        at the beginning with from_beginning), not at its end when first fetched: a delivery made while a new
+        group was joining would never be delivered. Where that cannot be looked up, at the end."""
+        if not self.from_beginning:
+            try:
+                committed = consumer.committed(partitions, timeout=10)
+                new = [TopicPartition(tp.topic, tp.partition, self.started_ms) for tp in committed if tp.offset < 0]
+                found = {(tp.topic, tp.partition): tp.offset
+                         for tp in (consumer.offsets_for_times(new, timeout=10) if new else [])}
+                for tp in partitions:
+                    if (tp.topic, tp.partition) in found:
+                        at = found[(tp.topic, tp.partition)]
+                        tp.offset = at if at >= 0 else OFFSET_END  # nothing since then: from the end
+            except KafkaException as exc:
+                log.warning("%s adapter: where to start new partitions was not found (%s): from their end",
+                            self.adapter.name, exc)
+        consumer.assign(partitions)
 
     def handle(self, msg) -> None:
         """One record: what it leads to is sent and acked, then its offset committed."""

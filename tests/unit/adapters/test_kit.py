@@ -4,6 +4,8 @@ from __future__ import annotations
 import io
 import threading
 
+from confluent_kafka import OFFSET_END, OFFSET_INVALID, TopicPartition
+
 from streams import topics
 from streams.adapters import kit
 from streams.adapters.console import Console
@@ -19,7 +21,7 @@ class Consumer:
     def __init__(self, log: list, msgs: list[Message]):
         self.log, self.msgs, self.committed = log, list(msgs), []
 
-    def subscribe(self, topics_):
+    def subscribe(self, topics_, on_assign=None):
         pass
 
     def poll(self, timeout):
@@ -176,3 +178,34 @@ def test_a_channel_header_is_read_as_text():
     assert kit.channel_of([("other", b"x"), ("channel", b"email")]) == "email"
     assert kit.channel_of(None) is None
     assert topics.OUTCOMES.schema == "Outcome"
+
+
+class Assigning:
+    """What the kit's on_assign sees of a consumer: committed offsets, offsets by time, the assignment made."""
+
+    def __init__(self, committed: dict[int, int], by_time: dict[int, int]):
+        self._committed, self.by_time, self.assigned, self.asked = committed, by_time, None, None
+
+    def committed(self, partitions, timeout=None):
+        return [TopicPartition(tp.topic, tp.partition, self._committed[tp.partition]) for tp in partitions]
+
+    def offsets_for_times(self, partitions, timeout=None):
+        self.asked = [(tp.partition, tp.offset) for tp in partitions]
+        return [TopicPartition(tp.topic, tp.partition, self.by_time[tp.partition]) for tp in partitions]
+
+    def assign(self, partitions):
+        self.assigned = [(tp.partition, tp.offset) for tp in partitions]
+
+
+def test_a_new_group_starts_at_the_deliveries_made_since_the_adapter_started_not_at_the_end():
+    # Given an adapter started at T0, and three partitions: one its group committed on, two it never did
+    # (one with deliveries since T0 from offset 42, one with none since)
+    loop = kit.AdapterLoop(Settings(), Console(io.StringIO()), consumer=Consumer([], []), producer=FakeProducer([]),
+                           clock=lambda: NOW_S)
+    consumer = Assigning(committed={0: 7, 1: OFFSET_INVALID, 2: OFFSET_INVALID}, by_time={1: 42, 2: -1})
+    # When the partitions are assigned
+    loop._on_assign(consumer, [TopicPartition("engage.delivery", p, OFFSET_INVALID) for p in range(3)])
+    # Then the new ones are looked up by the adapter's start time: one starts at 42, the other at its end,
+    # and the committed one where the group left it
+    assert consumer.asked == [(1, T0), (2, T0)]
+    assert consumer.assigned == [(0, OFFSET_INVALID), (1, 42), (2, OFFSET_END)]
