@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-react", action="store_true", help="do not answer deliveries with outcomes")
 
     a = sub.add_parser("adapter", help="run a channel adapter")
-    a.add_argument("kind", choices=["console", "webhook", "email"])
+    a.add_argument("kind", choices=["console", "webhook", "email", "desktop"],
+                   help="desktop: the agents' page on ENGAGE_DESKTOP_PORT, behind ENGAGE_DESKTOP_TOKEN")
     a.add_argument("--from-beginning", action="store_true")
     a.add_argument("--url", default=None, help="webhook: where to POST (default ENGAGE_WEBHOOK_URL; the secret "
                                                  "comes from ENGAGE_WEBHOOK_SECRET only)")
@@ -459,6 +460,13 @@ def run(argv: list[str]) -> int:
             from streams.adapters.console import run_console
 
             run_console(settings, from_beginning=args.from_beginning)
+        elif args.kind == "desktop":
+            from streams.web.desktop import run_desktop
+
+            try:
+                run_desktop(settings)
+            except ValueError as exc:
+                raise CliError(f"adapter desktop: {exc}") from None
         else:
             from streams.adapters.kit import run_adapter
 

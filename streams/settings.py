@@ -204,6 +204,11 @@ class Settings:
     collector_port: int = 6080
     collector_bind: str = "127.0.0.1"
     collector_origins: tuple[str, ...] = ()
+    # The agent desktop (`engage adapter desktop`): where it listens, and the bearer token its page must
+    # send (unset: it does not start). Never logged.
+    desktop_port: int = 6090
+    desktop_bind: str = "127.0.0.1"
+    desktop_token: str = field(default="", repr=False)
     # The delivery channels the collector's web adapter pushes to open pages (none: no web adapter)
     web_channels: tuple[str, ...] = ("web_message", "chat")
 
@@ -253,6 +258,9 @@ class Settings:
             smtp_user=env.get("ENGAGE_SMTP_USER", "").strip(),
             smtp_password=env.get("ENGAGE_SMTP_PASSWORD", ""),
             context_url=env.get("ENGAGE_CONTEXT_URL", "").strip(),
+            desktop_port=_int(env, "ENGAGE_DESKTOP_PORT", 6090, minimum=1),
+            desktop_bind=env.get("ENGAGE_DESKTOP_BIND", "") or "127.0.0.1",
+            desktop_token=env.get("ENGAGE_DESKTOP_TOKEN", ""),
             collector_port=_int(env, "ENGAGE_COLLECTOR_PORT", 6080, minimum=1),
             collector_bind=env.get("ENGAGE_COLLECTOR_BIND", "") or "127.0.0.1",
             collector_origins=tuple(o.strip().rstrip("/") for o in (env.get("ENGAGE_COLLECTOR_ORIGINS") or "").split(",")

@@ -1,4 +1,4 @@
-"""Decides how the whole loop runs on one machine: broker, worker, simulator and console adapter, stopped in order on Ctrl-C."""
+"""Decides how the whole loop runs on one machine: broker, worker, simulator, console adapter, agent desktop and demo shop, stopped in order on Ctrl-C."""
 from __future__ import annotations
 
 import os
@@ -16,29 +16,41 @@ LOG_DIR = REPO_ROOT / ".engage" / "logs"
 
 
 TOKEN_FILE = REPO_ROOT / ".engage" / "context-token"
+DESKTOP_TOKEN_FILE = REPO_ROOT / ".engage" / "desktop-token"
+
+
+def _token(env: dict, name: str, path) -> str:
+    """`env` with token `name` made for this run unless one is set; how to get at it, for a message.
+
+    Written to a file only its owner reads, and named by path, not printed: a token is a secret."""
+    import secrets
+
+    if env.get(name):
+        return f"${name}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    env[name] = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(env[name])
+    return f"$(cat {path.relative_to(REPO_ROOT)})"
 
 
 def _with_context_token(settings: Settings) -> dict:
-    """The worker's environment, with a context-service token made for this run unless one is set.
-
-    Written to a file only its owner reads, and named by path, not printed: a token is a secret.
-    """
-    import os
-    import secrets
-
+    """The worker's environment, with a context-service token made for this run unless one is set."""
     env = dict(os.environ)
-    if not settings.context_token:
-        TOKEN_FILE.parent.mkdir(parents=True, exist_ok=True)
-        env["ENGAGE_CONTEXT_TOKEN"] = secrets.token_urlsafe(24)
-        fd = os.open(TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(env["ENGAGE_CONTEXT_TOKEN"])
-        where = f"$(cat {TOKEN_FILE.relative_to(REPO_ROOT)})"
-    else:
-        where = "$ENGAGE_CONTEXT_TOKEN"
+    where = _token(env, "ENGAGE_CONTEXT_TOKEN", TOKEN_FILE)
     if settings.http_port:
         print(f"[demo] what an agent sees of a customer: curl -H \"Authorization: Bearer {where}\" "
               f"http://127.0.0.1:{settings.http_port}/customers/<customer id>/context", flush=True)
+    return env
+
+
+def _with_desktop_token(settings: Settings) -> dict:
+    """The agent desktop's environment, with its token made for this run unless one is set."""
+    env = dict(os.environ)
+    where = _token(env, "ENGAGE_DESKTOP_TOKEN", DESKTOP_TOKEN_FILE)
+    print(f"[demo] the agent desktop: http://127.0.0.1:{settings.desktop_port}/desktop/ (its token: {where})",
+          flush=True)
     return env
 
 
@@ -61,6 +73,8 @@ def run_demo(settings: Settings, speed: float, duration_s: float | None) -> int:
         print(f"[demo] topics ready; starting worker (log: {LOG_DIR / 'worker.log'})", flush=True)
         procs.append(("worker", spawn(["worker"], LOG_DIR / "worker.log", env=_with_context_token(settings))))
         procs.append(("console adapter", spawn(["adapter", "console"], None)))
+        procs.append(("agent desktop", spawn(["adapter", "desktop"], LOG_DIR / "desktop.log",
+                                             env=_with_desktop_token(settings))))
         # the demo shop and its tag; in-page offers only (the simulated people have no page open: their
         # chat invitations stay with the console and the simulator)
         procs.append(("collector", spawn(["collector"], LOG_DIR / "collector.log",

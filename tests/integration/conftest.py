@@ -414,43 +414,77 @@ class Reader:
 COLLECTOR_ORIGIN = "https://shop.example"  # the one site whose pages the tests' collectors take events from
 
 
+def _serving(pipe, command: list[str], env: dict, group: str, port: int) -> subprocess.Popen:
+    """Start `engage <command>` for the pipeline; return once it listens on `port` and its adapter `group` holds
+    the deliveries' partitions (a new adapter group starts at the latest delivery: one made while it joins would
+    never reach it)."""
+    name = command[-1]
+    log = open(pipe.workdir / f"{name}.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", *command], cwd=REPO_ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True, env={**pipe.env, **env})
+    deadline = time.monotonic() + 30
+    admin = AdminClient(pipe.client_conf)
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            described = admin.describe_consumer_groups([group])[group].result(5)
+            if str(described.state).endswith("STABLE") and any(m.assignment.topic_partitions
+                                                              for m in described.members):
+                return proc
+        except Exception:  # noqa: BLE001 - not listening, or the group not there yet
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+            raise AssertionError(f"{name} did not start: " + (pipe.workdir / f"{name}.log").read_text()[-3000:])
+        time.sleep(0.2)
+
+
 @pytest.fixture
-def collector():
-    """`collector(pipe)` starts `engage collector` (with its web adapter) for the pipeline on a free port and returns
-    the port once it listens and its web adapter holds the deliveries' partitions (a new adapter group starts at
-    the latest delivery: one made while it joins would not reach the page); stopped after the test."""
+def serving():
+    """`serving(pipe, command, env, group, port)` (see _serving); every process started is stopped after the test."""
     procs = []
 
-    def start(pipe) -> int:
-        port = _free_ports(1)
-        log = open(pipe.workdir / "collector.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "collector"], cwd=REPO_ROOT, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**pipe.env, "ENGAGE_COLLECTOR_PORT": str(port),
-                                     "ENGAGE_COLLECTOR_ORIGINS": COLLECTOR_ORIGIN})
-        procs.append(proc)
-        deadline = time.monotonic() + 30
-        admin = AdminClient(pipe.client_conf)
-        group = f"{pipe.settings.app_id}-web-adapter"
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                described = admin.describe_consumer_groups([group])[group].result(5)
-                if str(described.state).endswith("STABLE") and any(m.assignment.topic_partitions
-                                                                  for m in described.members):
-                    return port
-            except Exception:  # noqa: BLE001 - not listening, or the group not there yet
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("the collector did not start: "
-                                     + (pipe.workdir / "collector.log").read_text()[-3000:])
-            time.sleep(0.2)
+    def start(pipe, command, env, group, port) -> subprocess.Popen:
+        procs.append(_serving(pipe, command, env, group, port))
+        return procs[-1]
 
     yield start
     for proc in procs:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(30)
+
+
+@pytest.fixture
+def collector(serving):
+    """`collector(pipe)` starts `engage collector` (with its web adapter) for the pipeline on a free port and returns
+    the port once it listens and its web adapter holds the deliveries' partitions."""
+
+    def start(pipe) -> int:
+        port = _free_ports(1)
+        serving(pipe, ["collector"], {"ENGAGE_COLLECTOR_PORT": str(port), "ENGAGE_COLLECTOR_ORIGINS": COLLECTOR_ORIGIN},
+                f"{pipe.settings.app_id}-web-adapter", port)
+        return port
+
+    return start
+
+
+DESKTOP_TOKEN = "desk-" + uuid.uuid4().hex  # the tests' agent desktops' token
+
+
+@pytest.fixture
+def desktop(serving):
+    """`desktop(pipe)` starts `engage adapter desktop` for the pipeline on a free port (token DESKTOP_TOKEN) and
+    returns the port once it listens and holds the deliveries' partitions."""
+
+    def start(pipe) -> int:
+        port = _free_ports(1)
+        serving(pipe, ["adapter", "desktop"], {"ENGAGE_DESKTOP_PORT": str(port), "ENGAGE_DESKTOP_TOKEN": DESKTOP_TOKEN},
+                f"{pipe.settings.app_id}-desktop-adapter", port)
+        return port
+
+    return start
 
 
 @pytest.fixture

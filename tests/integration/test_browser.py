@@ -67,3 +67,79 @@ def test_a_visitor_searching_to_cancel_sees_the_invitation_accepts_it_and_the_ou
         assert page.evaluate("window.pwned") is None and page.query_selector("[data-engage-offer] img") is None
     finally:
         page.close()
+
+
+def _rendered(page, selector: str) -> bool:
+    """Is `selector`'s text drawn in a screenshot of the page? Its area is captured, then again with its text
+    made transparent: the two images differ only if the text was drawn there, inside the viewport."""
+    box = page.locator(selector).bounding_box()
+    view = page.viewport_size
+    if not box or box["width"] < 1 or box["height"] < 1 or box["y"] + box["height"] > view["height"]:
+        return False
+    clip = {"x": box["x"], "y": box["y"], "width": box["width"], "height": box["height"]}
+    shown = page.screenshot(clip=clip)
+    page.locator(selector).evaluate("e => e.style.color = 'transparent'")
+    try:
+        hidden = page.screenshot(clip=clip)
+    finally:
+        page.locator(selector).evaluate("e => e.style.color = ''")
+    return shown != hidden
+
+
+def test_an_agent_sees_the_accepted_chat_with_its_reason_journey_and_value_on_the_desktop(new_pipeline, browser,
+                                                                                          desktop):
+    # Given the agent desktop, and a chat offer for a known customer whose journey crossed the web and a call,
+    # with a name that carries markup
+    from tests.integration.conftest import DESKTOP_TOKEN
+    from tests.integration.test_adapters import _delivery, _put
+
+    pipe = new_pipeline(partitions=2)
+    port = desktop(pipe)
+    now = int(time.time() * 1000)
+    journey = ("2026-12-02 09:12 web search 'cancel my contract'\n"
+               "2026-12-02 09:13 web_message offer save-offer-web on web_message\n"
+               "2026-12-02 09:13 web_message outcome declined save-offer-web on web_message\n"
+               "2026-12-02 09:40 voice call billing")
+    offer = {**_delivery("chat", now), "skill": "retention", "action_id": "retention-chat",
+             "reason": "Searched for how to cancel or leave: Invite to chat with a retention agent by chat "
+                       "(expected incremental value 412.50).",
+             "message": "Hi Sara, can we help?",
+             "context": {"customer_name": "<b>Sara</b>", "clv": "3121.13", "segment": "platinum", "known": "yes",
+                         "why": "Searched for how to cancel or leave", "evidence": "search 'cancel my contract'",
+                         "journey": journey}}
+    other = {**_delivery("email", now)}  # not an agent's: never on the desktop
+    _put(pipe, offer, other)
+    page = browser.new_page(viewport={"width": 1280, "height": 1600})
+    try:
+        # When an agent opens the desktop with a wrong token, Then nothing is shown but the refusal
+        page.goto(f"http://127.0.0.1:{port}/desktop/#token=wrong")
+        page.wait_for_selector("text=That token was refused.", timeout=15_000)
+        assert page.query_selector("article.offer") is None
+        # When the visitor accepts the chat in their page, and the agent opens the desktop with the token
+        from confluent_kafka import Producer
+        from streams.adapters.kit import outcome_for
+        from tests.support import wire
+
+        producer = Producer(pipe.client_conf)
+        producer.produce(pipe.topic("engage.outcomes"), key=offer["key"].encode(),
+                         value=wire.encode("Outcome", {**outcome_for(offer, "accepted", now + 5_000, "web")}))
+        assert producer.flush(30) == 0
+        page.goto(f"http://127.0.0.1:{port}/desktop/#token={DESKTOP_TOKEN}")
+        card = page.wait_for_selector(f"article.offer.accepted[data-delivery-id='{offer['delivery_id']}']",
+                                      timeout=30_000)
+        # Then the offer is shown accepted, with its reason, the customer's value, the journey across channels
+        # and the earlier offer with how it went; the markup in the name is text
+        assert card.query_selector(".reason").inner_text() == offer["reason"]
+        assert card.query_selector(".value").inner_text() == "clv 3121.13 · segment platinum"
+        assert card.query_selector(".who").inner_text().startswith("<b>Sara</b>")
+        assert [li.inner_text() for li in card.query_selector_all(".journey li")] == journey.split("\n")
+        assert [li.inner_text() for li in card.query_selector_all(".before li")] == journey.split("\n")[1:3]
+        assert len(page.query_selector_all("article.offer")) == 1  # the e-mail is no agent's
+        # And the screenshot shows the reason and the journey (each drawn inside the captured page)
+        page.screenshot(path=str(pipe.workdir / "desktop.png"), full_page=True)
+        selector = f"article[data-delivery-id='{offer['delivery_id']}']"
+        assert _rendered(page, f"{selector} .reason") and _rendered(page, f"{selector} .journey")
+        # And the token is gone from the address bar
+        assert "token" not in page.url
+    finally:
+        page.close()
