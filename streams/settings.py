@@ -204,6 +204,8 @@ class Settings:
     collector_port: int = 6080
     collector_bind: str = "127.0.0.1"
     collector_origins: tuple[str, ...] = ()
+    # requests a second per client address (a site behind one proxy address needs more; the bench sets it high)
+    collector_rate_per_s: int = 50
     # The agent desktop (`engage adapter desktop`): where it listens, and the bearer token its page must
     # send (unset: it does not start). Never logged.
     desktop_port: int = 6090
@@ -263,6 +265,7 @@ class Settings:
             desktop_token=env.get("ENGAGE_DESKTOP_TOKEN", ""),
             collector_port=_int(env, "ENGAGE_COLLECTOR_PORT", 6080, minimum=1),
             collector_bind=env.get("ENGAGE_COLLECTOR_BIND", "") or "127.0.0.1",
+            collector_rate_per_s=_int(env, "ENGAGE_COLLECTOR_RATE", 50, minimum=1),
             collector_origins=tuple(o.strip().rstrip("/") for o in (env.get("ENGAGE_COLLECTOR_ORIGINS") or "").split(",")
                                     if o.strip()),
             web_channels=tuple(c.strip() for c in (env.get("ENGAGE_WEB_CHANNELS") or "web_message,chat").split(",")

@@ -737,6 +737,10 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
                     "records": len(xs), "p50": pct(xs, .5), "p95": pct(xs, .95), "p99": pct(xs, .99),
                     "share_within_100ms": round(sum(x <= 100 for x in xs) / len(xs), 3) if xs else None}
         result["latency_hops_ms_event_signals"] = _hops(settings, since, until, timed)
+        print("[bench] the collector: event -> in-page offer, and 202s a second ...", flush=True)
+        from streams.tools.bench_web import collector_phase
+
+        result["web"] = collector_phase(settings, work, _worker_env(settings))
         stop_process(worker)
         # Phase 3: the backlog of 50,000 events from 5,000 visitors, stored first, drained by a new worker
         # and by the anchors (the runtimes a user could pick instead) in interleaved rounds

@@ -7,8 +7,8 @@ and optionally `path`, `query`, `value` (a finite number) and `attributes` (at m
 The collector sets the rest: `ts` is the time it received the event (a browser's clock is not
 trusted), `channel` is `web`, and `customer_id` is always null: a browser cannot say who it is, or
 anyone could claim any customer's offers and context; the site's back end does, with an
-`IdentityLink` or an event of its own. Each client address gets COLLECTOR_RATE requests a second
-and each visitor VISITOR_RATE events a second (bursts of twice as many), beyond which 429. With an
+`IdentityLink` or an event of its own. Each client address gets ENGAGE_COLLECTOR_RATE (50) requests
+a second and each visitor VISITOR_RATE events a second (bursts of twice as many), beyond which 429. With an
 `Origin` header (every browser's cross-site POST), the origin must be in ENGAGE_COLLECTOR_ORIGINS;
 preflight requests are answered for those only. Text is kept as text: whatever renders it
 escapes it (the console, the in-page messages, the e-mail's HTML part).
@@ -31,7 +31,7 @@ MAX_EVENTS = 50
 MAX_ID_CHARS = 128
 MAX_PATH_CHARS, MAX_QUERY_CHARS = 2048, 512
 MAX_ATTRIBUTES, MAX_ATTRIBUTE_KEY_CHARS, MAX_ATTRIBUTE_CHARS = 16, 64, 256
-COLLECTOR_RATE, VISITOR_RATE = 50.0, 20.0  # requests a second per client address; events a second per visitor
+VISITOR_RATE = 20.0  # events a second per visitor
 ACK_TIMEOUT_S = 10.0
 FIELDS = frozenset({"event_id", "visitor_id", "type", "path", "query", "value", "attributes"})
 _TYPE = re.compile(r"[a-z_]{1,32}")
@@ -98,7 +98,8 @@ class Collector:
         self.origins = frozenset(settings.collector_origins)
         self.codec = clients.codec(settings)
         self.producer = producer or clients.producer(settings, **{"linger.ms": 5})
-        self.by_client = RateLimit(rate=COLLECTOR_RATE, burst=int(2 * COLLECTOR_RATE), clock=clock)
+        rate = settings.collector_rate_per_s
+        self.by_client = RateLimit(rate=rate, burst=2 * rate, clock=clock)
         self.by_visitor = RateLimit(rate=VISITOR_RATE, burst=int(2 * VISITOR_RATE), clock=clock)
         self.stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="collector-producer", daemon=True)

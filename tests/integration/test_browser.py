@@ -1,6 +1,7 @@
 """A visitor in a real browser (Debian's Chromium, headless): the shop's tag sends the search, the offer appears in the page, accepting it reaches engage.outcomes."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -68,6 +69,56 @@ def test_a_visitor_searching_to_cancel_sees_the_invitation_accepts_it_and_the_ou
     finally:
         page.close()
 
+
+def test_the_tag_sends_marked_clicks_cart_and_form_events_and_form_struggle_brings_help_into_the_page(
+        new_pipeline, reader, browser, collector):
+    # Given a worker, the collector serving the demo shop, and a visitor outside the help offer's control group
+    from tests.integration.test_pipeline import customer_outside_control
+
+    pipe = new_pipeline(partitions=2)
+    pipe.start_worker()
+    port = collector(pipe)
+    events = reader(pipe, "engage.events", "Interaction")
+    visitor = customer_outside_control("help-finder")
+    page = browser.new_page()
+    page.add_init_script(f"localStorage.setItem('engage_vid', '{visitor}')")
+    try:
+        # When they compare plans, add Fibre to the cart and go to the checkout
+        page.goto(f"http://127.0.0.1:{port}/shop/plans.html")
+        page.wait_for_function("window.engage !== undefined")
+        page.click("#compare")
+        page.click("#add-fibre")
+        page.click("#to-checkout")
+        page.wait_for_selector("#order")
+        # And type their name, then try to order three times with a bad e-mail address
+        page.fill("#name", "Sara Secret")
+        page.click("#order")                    # no e-mail at all
+        page.fill("#email", "not-an-email")
+        page.click("#order")
+        page.fill("#email", "still wrong")
+        page.click("#order")
+        # Then help is offered in the page (three form errors within two minutes: form_struggle)
+        box = page.wait_for_selector("[data-engage-offer]", timeout=60_000)
+        assert box.inner_text().startswith("Not finding what you need?")
+        # And when they get the address right and order, Then every step reached engage.events as theirs
+        page.fill("#email", "sara@example.com")
+        page.click("#order")
+        found = events.wait_for(lambda e: e["visitor_id"] == visitor and e["type"] == "form_submit", timeout_s=30)
+        assert found
+        mine = [e for e, _ in events.records if e["visitor_id"] == visitor]
+        kinds = [e["type"] for e in mine]
+        assert kinds.count("page_view") == 2 and kinds.count("form_error") == 3 and kinds.count("form_start") == 1
+        click = next(e for e in mine if e["type"] == "click")
+        assert click["attributes"] == {"name": "compare-plans"} and click["path"] == "/shop/plans.html"
+        cart = next(e for e in mine if e["type"] == "add_to_cart")
+        assert cart["value"] == 40.0
+        assert {e["attributes"]["field"] for e in mine if e["type"] == "form_error"} == {"email"}
+        assert all(e["attributes"].get("form") == "checkout" for e in mine if e["type"].startswith("form_"))
+        # And nothing they typed left the page
+        typed = ("Sara Secret", "not-an-email", "still wrong", "sara@example.com")
+        assert not any(t in json.dumps(e) for e in mine for t in typed)
+    finally:
+        page.close()
 
 def _rendered(page, selector: str) -> bool:
     """Is `selector`'s text drawn in a screenshot of the page? Its area is captured, then again with its text

@@ -1,11 +1,15 @@
 /* engage: the one tag a site embeds. It gives the browser a random first-party visitor id, sends page
-   views, searches, marked clicks and cart events to the collector, and shows the offers the engine
+   views, searches, marked clicks, cart and form events to the collector, and shows the offers the engine
    pushes to this visitor's open pages, reporting shown, accepted or declined.
 
    <script src="https://collector.example/tag.js" async></script>        (the collector is the script's origin)
    <form data-engage-search> <input name="q"> </form>                    a search: its first text field
    <button data-engage-click="compare-plans">                            a click worth knowing
    <button data-engage-cart="add" data-engage-value="19.99">             add_to_cart with its value
+   <form data-engage-form="checkout">                                    form_start (first input), form_error (a
+                                                                         field the browser found invalid),
+                                                                         form_submit; the form's and field's
+                                                                         names only, never what was typed
 
    Offers are shown as text (textContent), never as HTML: nothing in a message can run in the page. */
 (function () {
@@ -96,6 +100,27 @@
     } else {
       send("click", {attributes: {name: String(el.dataset.engageClick).slice(0, 256)}});
     }
+  }, true);
+
+  // forms: which form and which field, never a value (what people type is theirs)
+  function formOf(el) {
+    var form = el && el.closest && el.closest("form[data-engage-form]");
+    return form ? String(form.dataset.engageForm).slice(0, 256) : null;
+  }
+  var started = {};
+  document.addEventListener("input", function (e) {
+    var form = formOf(e.target);
+    if (form && !started[form]) { started[form] = true; send("form_start", {attributes: {form: form}}); }
+  }, true);
+  document.addEventListener("invalid", function (e) {
+    var form = formOf(e.target);
+    if (form) {
+      send("form_error", {attributes: {form: form, field: String(e.target.name || e.target.id || "").slice(0, 256)}});
+    }
+  }, true);
+  document.addEventListener("submit", function (e) {
+    var form = formOf(e.target);
+    if (form) { send("form_submit", {attributes: {form: form}}); }
   }, true);
 
   window.engage = {visitorId: vid, send: send};
