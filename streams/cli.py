@@ -456,6 +456,10 @@ def run(argv: list[str]) -> int:
         stats = play(settings, scenario, speed=args.speed, react=not args.no_react, truth_path=args.truth)
         print(f"[simulator] done: {stats.events} events from {stats.people} people; {stats.deliveries} offers answered")
     elif args.command == "adapter":
+        if args.kind != "desktop":  # the desktop serves /metrics beside its page
+            from streams import metrics
+
+            metrics.serve(settings.metrics_port, settings.metrics_bind)
         if args.kind == "console":
             from streams.adapters.console import run_console
 

@@ -206,6 +206,14 @@ class Settings:
     collector_origins: tuple[str, ...] = ()
     # requests a second per client address (a site behind one proxy address needs more; the bench sets it high)
     collector_rate_per_s: int = 50
+    # an adapter's /metrics (`engage adapter webhook|email|console`): its port (0: none) and address
+    metrics_port: int = 0
+    metrics_bind: str = "127.0.0.1"
+    # /ready says a worker is not ready when a partition it holds has had records to read without moving on
+    # for this long (a stuck consumer, a stage stuck on a record, a hung process)
+    stuck_after_s: int = 120
+    # for the tests only: "<stage>:<partition>,..." partitions a runner pauses once assigned (a stuck consumer)
+    test_pause: tuple[str, ...] = ()
     # The agent desktop (`engage adapter desktop`): where it listens, and the bearer token its page must
     # send (unset: it does not start). Never logged.
     desktop_port: int = 6090
@@ -260,6 +268,10 @@ class Settings:
             smtp_user=env.get("ENGAGE_SMTP_USER", "").strip(),
             smtp_password=env.get("ENGAGE_SMTP_PASSWORD", ""),
             context_url=env.get("ENGAGE_CONTEXT_URL", "").strip(),
+            stuck_after_s=_int(env, "ENGAGE_STUCK_AFTER_S", 120, minimum=1),
+            metrics_port=_int(env, "ENGAGE_METRICS_PORT", 0, minimum=0),
+            metrics_bind=env.get("ENGAGE_METRICS_BIND", "") or "127.0.0.1",
+            test_pause=tuple(p.strip() for p in (env.get("ENGAGE_TEST_PAUSE") or "").split(",") if p.strip()),
             desktop_port=_int(env, "ENGAGE_DESKTOP_PORT", 6090, minimum=1),
             desktop_bind=env.get("ENGAGE_DESKTOP_BIND", "") or "127.0.0.1",
             desktop_token=env.get("ENGAGE_DESKTOP_TOKEN", ""),

@@ -30,7 +30,10 @@ def build_worker(settings: Settings, segments: RuleBook | None = None) -> Engine
     engine.data = data_agent.register(engine)
     engine.decision = decision_agent.register(engine)
     if settings.http_port:
+        from streams import health
         from streams.decision.contacts import ContactsReader
+
+        health.register(engine)
         from streams.runtime.reader import StageReader
 
         context.register(engine, StageReader(settings, data_agent.NAME, topics.SIGNALS), ContactsReader(settings),
@@ -48,6 +51,10 @@ def run_worker(settings: Settings) -> None:
     # its own RocksDB folder, whatever other workers run from the same checkout (held until exit)
     state = statedir.claim(settings.data_dir)
     settings = settings.with_(data_dir=state.path)
+    # its processes' metrics, added up on /metrics: a folder of this worker's, named before any of them counts
+    from streams import metrics
+
+    metrics.use_folder(state.path / "metrics")
     if settings.http_port:  # worker-N of a checkout listens on the N-th port from ENGAGE_HTTP_PORT
         settings = settings.with_(http_port=settings.http_port + statedir.slot_of(state.path))
     # the files are the rule sets until a version is published to engage.rules; then the latest valid one

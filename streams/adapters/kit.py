@@ -28,7 +28,7 @@ from collections import OrderedDict
 
 from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
 
-from streams import clients, topics
+from streams import clients, metrics, topics
 from streams.codec import DecodeError
 from streams.runtime.runner import Record, Stopped, dead_letter_item, deliver
 from streams.settings import Settings
@@ -198,6 +198,7 @@ class AdapterLoop:
 
     def _outcome(self, d: dict, kind: str, now_ms: int) -> tuple:
         record = outcome_for(d, kind, now_ms, self.adapter.name)
+        metrics.m().adapter_outcomes.labels(self.adapter.name, kind).inc()
         return (self.t_outcomes, None, d["key"].encode(),
                 self.codec.encode(self.t_outcomes, topics.OUTCOMES.schema, record))
 

@@ -21,6 +21,7 @@ from typing import Callable
 
 import mode
 
+from streams import metrics
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class ChildService(mode.Service):
                                                 name=f"engage-{self.name}")
             self.process.start()
             self.process.join()
+            metrics.process_gone(self.process.pid)  # its live gauges (partitions held, readiness) no longer count
             if self.stopping.is_set() or self.process.exitcode == 0:
                 return  # stopped by us, or by a SIGTERM to the worker's process group: the worker is stopping too
             # a fault outside a record: started again from what is committed; the records between are read again

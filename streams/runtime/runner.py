@@ -19,13 +19,15 @@ import threading
 import time
 from dataclasses import dataclass
 
-from streams import clients, topics
+from streams import clients, metrics, topics
 from streams.deadletter import as_reference, dead_letter, log_dead_letter, log_fault
 from streams.runtime.store import Stores, changelog_key, table_key
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 RESTORE_CHUNK = 20_000  # changelog records applied to RocksDB at once while restoring
+OBSERVE_S = 2.0  # how often a runner measures its partitions' lag and progress (metrics, /ready)
+RECHECK_S = 10.0  # how long a partition may stand still before its end is asked of the broker
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: tuple = ()
+    ts_ms: int = 0  # when the broker appended it (or its producer made it): where a hop's wall time starts
 
 
 class Stopped(Exception):
@@ -67,6 +70,10 @@ class Runner:
         self.done: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset, handed to the broker
         self._consumer, self._producer = consumer, producer
         self._last_commit = 0.0
+        self._last_observed = 0.0
+        self._positions: dict[tuple[str, int], int] = {}  # (topic, partition) -> position at the last observation
+        self._checked: dict[tuple[str, int], float] = {}  # (topic, partition) -> when its end was last asked
+        self._pause_for_test: set[int] = set()  # partitions to pause once assigned (Settings.test_pause)
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -88,6 +95,7 @@ class Runner:
                     self.process(records)
                 self.idle(time.time())
                 self._commit_due(time.monotonic())  # the last batch before a quiet spell
+                self._observe(time.monotonic())
         except Stopped:
             log.info("%s: stopped with a batch not handed to the broker; it is read again next time", self.stage)
         finally:
@@ -117,7 +125,13 @@ class Runner:
             if m.error():
                 log.warning("%s: consumer error: %s", self.stage, m.error())
                 continue
-            records.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers() or ()))
+            records.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers() or (),
+                                  m.timestamp()[1]))
+        counts: dict[str, int] = {}
+        for r in records:
+            counts[r.topic] = counts.get(r.topic, 0) + 1
+        for topic, n in counts.items():
+            metrics.m().consumed.labels(self.stage, metrics.logical(topic, self.settings.topic_prefix)).inc(n)
         return records
 
     def hand_over(self, records: list[Record], sends: list[tuple], writes: list[tuple[int, str, str, bytes | None]]) -> None:
@@ -134,12 +148,25 @@ class Runner:
             self.stores.open(p).write(part_writes, reached[p])
         for r in records:
             self.done[(r.topic, r.partition)] = r.offset + 1
+        self._count_handed(records, sends)
         self._commit_due(time.monotonic())
+
+    def _count_handed(self, records: list[Record], sends: list[tuple]) -> None:
+        prefix, now = self.settings.topic_prefix, time.time()
+        counts: dict[str, int] = {}
+        for item in sends:
+            counts[item[0]] = counts.get(item[0], 0) + 1
+        for topic, n in counts.items():
+            metrics.m().produced.labels(self.stage, metrics.logical(topic, prefix)).inc(n)
+        for r in records:
+            if r.ts_ms > 0:
+                metrics.m().hop.labels(self.stage, metrics.logical(r.topic, prefix)).observe(max(0.0, now - r.ts_ms / 1000))
 
     def output(self, spec: topics.TopicSpec, key: str, record: dict | None, headers: dict | None = None) -> tuple:
         """An output as `_deliver` takes it: the record encoded for its topic (None: a tombstone)."""
         topic = self.settings.topic(spec.name)
         value = None if record is None else self.codec.encode(topic, spec.schema, record)
+        metrics.count_output(spec.name, record, time.time())
         return (topic, None, key.encode(), value, None, [(k, v.encode()) for k, v in (headers or {}).items()])
 
     def _commit_due(self, now: float) -> None:
@@ -152,6 +179,45 @@ class Runner:
         if now - self._last_commit >= self.settings.commit_interval_s:
             self._last_commit = now
             self._commit(asynchronous=True)
+
+    def _observe(self, now: float) -> None:
+        """Every OBSERVE_S: each held input partition's lag, and when it last moved on or had nothing to read
+        (what /ready calls stuck when it stops while there is something to read). The partition's end is the
+        one the last fetch brought, asked of the broker when unknown or when the position has not moved for
+        RECHECK_S (a consumer that stopped fetching learns of no new end)."""
+        if now - self._last_observed < OBSERVE_S:
+            return
+        self._last_observed = now
+        from confluent_kafka import KafkaException, TopicPartition
+
+        held = [TopicPartition(t, p) for t in self.inputs for p in sorted(self.assigned)]
+        if self._pause_for_test:
+            self.consumer.pause([tp for tp in held if tp.partition in self._pause_for_test])
+            self._pause_for_test = set()
+        if not held:
+            return
+        wall, prefix = time.time(), self.settings.topic_prefix
+        try:
+            for tp in self.consumer.position(held):
+                where = (tp.topic, tp.partition)
+                before = self._positions.get(where, -1)
+                at = tp.offset if tp.offset >= 0 else before
+                low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0 or at < 0 or (at == before and now - self._checked.get(where, 0.0) >= RECHECK_S):
+                    self._checked[where] = now
+                    low, high = self.consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)
+                    if at < 0:  # not fetched yet (or paused before it was): where the group resumes
+                        committed = self.consumer.committed([tp], timeout=2.0)[0].offset
+                        at = committed if committed >= 0 else low
+                lag = max(0, high - at) if high >= 0 and at >= 0 else 0
+                labels = (self.stage, metrics.logical(tp.topic, prefix), str(tp.partition))
+                metrics.m().lag.labels(*labels).set(lag)
+                if lag == 0 or (at >= 0 and at != before):
+                    metrics.m().progress.labels(*labels).set(wall)
+                if at >= 0:
+                    self._positions[where] = at
+        except KafkaException as exc:  # the broker did not answer: measured again next time
+            log.debug("%s: lag not measured: %s", self.stage, exc)
 
     def _dead_letter(self, record: Record, exc: Exception, fault: bool, stage: str | None = None) -> tuple:
         return dead_letter_item(self.settings, self.codec, stage or self.stage, record, exc, fault)
@@ -177,13 +243,19 @@ class Runner:
     def _on_assign(self, consumer, partitions) -> None:
         mine = sorted(tp.partition for tp in partitions if tp.topic == self.primary)
         started = time.monotonic()
+        metrics.m().stage_ready.labels(self.stage).set(0)
         restored = self.restore(mine)
+        metrics.m().restored.labels(self.stage).inc(restored)
         committed: dict[tuple[str, int], int] = {}
         if partitions:
             committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=30)}
             if self._resume_where_faust_stopped(partitions, committed):
                 consumer.assign(partitions)  # with the offsets set (the client's own assign would drop them)
         self.assigned = set(mine)
+        self._mark_held(partitions, 1)
+        self._pause_for_test = {p for p in mine if f"{self.stage}:{p}" in self.settings.test_pause}
+        self._last_observed = 0.0
+        metrics.m().stage_ready.labels(self.stage).set(1)
         self._assigned(mine, committed)
         log.info("%s: assigned partitions %s; %d changelog records restored in %.1f s", self.stage, mine, restored,
                  time.monotonic() - started)
@@ -252,8 +324,22 @@ class Runner:
         # another worker may own these already: nothing is committed, the state is read afresh
         self._forget({(tp.topic, tp.partition) for tp in partitions})
 
+    def _mark_held(self, partitions, held: int) -> None:
+        now, prefix = time.time(), self.settings.topic_prefix
+        for tp in partitions:
+            labels = (self.stage, metrics.logical(tp.topic, prefix), str(tp.partition))
+            metrics.m().held.labels(*labels).set(held)
+            metrics.m().progress.labels(*labels).set(now)
+            metrics.m().lag.labels(*labels).set(0)
+
     def _forget(self, gone: set[tuple[str, int]]) -> None:
         # another worker may own these partitions next and change their state
+        from confluent_kafka import TopicPartition
+
+        self._mark_held([TopicPartition(t, p) for t, p in gone], 0)
+        for key in gone:
+            self._positions.pop(key, None)
+            self._checked.pop(key, None)
         mine = {p for t, p in gone if t == self.primary}
         self._forgotten(mine)
         for p in mine:
@@ -326,6 +412,7 @@ class Runner:
 def dead_letter_item(settings: Settings, codec, stage: str, record: Record, exc: Exception, fault: bool) -> tuple:
     """The dead letter of `record` as `deliver` takes it: bad input (`exc` says why) or a fault of ours (logged
     without the record)."""
+    metrics.m().dead_letters.labels(stage, metrics.reason_class(exc, fault)).inc()
     reason = log_fault(stage, record, exc) if fault else exc
     dead = dead_letter(stage, record.topic, record.partition, record.offset, record.key, record.value, reason)
     if not fault:

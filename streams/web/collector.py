@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from streams import clients, topics
+from streams import clients, metrics, topics
 from streams.httpguard import RateLimit, Refused, json_body
 from streams.settings import Settings
 
@@ -175,10 +175,16 @@ def app(collector: Collector, web_adapter: bool = False):
             headers = {}
             try:
                 headers = collector.cors(request.headers.get("Origin"), f"{request.scheme}://{request.host}")
-                return await handler(request, headers)
+                response = await handler(request, headers)
             except Refused as refused:
-                return web.json_response({"error": refused.reason}, status=refused.status, headers=headers)
+                response = web.json_response({"error": refused.reason}, status=refused.status, headers=headers)
+            metrics.m().collector_requests.labels(request.path, str(response.status)).inc()
+            return response
         return handle
+
+    async def metrics_page(request):
+        body, content_type = metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
     async def read(request: web.Request, most: int) -> bytes:
         if request.content_length is not None and request.content_length > most:
@@ -239,6 +245,7 @@ def app(collector: Collector, web_adapter: bool = False):
     application.router.add_post("/events", guarded(events))
     application.router.add_post("/outcomes", guarded(outcomes))
     application.router.add_get("/messages", guarded(offers))
+    application.router.add_get("/metrics", metrics_page)
     for path in ("/events", "/outcomes", "/messages"):
         application.router.add_route("OPTIONS", path, guarded(preflight))
     # the tag, and a small shop that embeds it (the demo's, `make run`)

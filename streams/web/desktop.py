@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from streams import clients, topics
+from streams import clients, metrics, topics
 from streams.adapters.kit import Adapter
 from streams.decision.uplift import AGENT_LED
 from streams.httpguard import RateLimit, Refused, check_token
@@ -184,6 +184,11 @@ def app(settings: Settings, board: Board, limit: RateLimit | None = None):
     application.router.add_get("/desktop/desktop.js", file("desktop.js", "application/javascript; charset=utf-8"))
     application.router.add_get("/desktop/desktop.css", file("desktop.css", "text/css; charset=utf-8"))
     application.router.add_get("/desktop/offers", offers)
+
+    async def metrics_page(request):
+        body, content_type = metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+    application.router.add_get("/metrics", metrics_page)
     return application
 
 

@@ -137,10 +137,10 @@ class Pipeline:
     def topic(self, name: str) -> str:
         return self.settings.topic(name)
 
-    def start_worker(self, state_dir: str = "state", members: int = 1) -> subprocess.Popen:
+    def start_worker(self, state_dir: str = "state", members: int = 1, env: dict | None = None) -> subprocess.Popen:
         # the context service of each worker on ports of its own (workers sharing a state folder take the next ones)
         port = _free_ports(4)
-        env = {**self.env, "ENGAGE_DATA_DIR": str(self.workdir / state_dir), "ENGAGE_HTTP_PORT": str(port)}
+        env = {**self.env, "ENGAGE_DATA_DIR": str(self.workdir / state_dir), "ENGAGE_HTTP_PORT": str(port), **(env or {})}
         self.http_ports.append(port)
         log = open(self.workdir / f"worker-{len(self.workers)}.log", "ab")
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env, cwd=REPO_ROOT,

@@ -147,3 +147,23 @@ def test_events_the_broker_does_not_take_are_answered_503_to_be_sent_again(colle
     col = collector(fail=True)
     status, answer, _ = _post(col, _event())
     assert status == 503 and "send them again" in answer["error"]
+
+
+def test_the_collector_counts_its_answers_by_path_and_status_on_metrics(collector):
+    # Given a collector, When a page sends an event and a body too large
+    from aiohttp.test_utils import TestClient, TestServer
+
+    col = collector()
+
+    async def go():
+        async with TestClient(TestServer(c.app(col))) as client:
+            await client.post("/events", json=_event(901), headers={"Origin": ORIGIN})
+            await client.post("/events", data=b"x" * (c.MAX_BODY_BYTES + 1), headers={"Origin": ORIGIN})
+            resp = await client.get("/metrics")
+            return resp.status, await resp.text()
+
+    status, text = asyncio.run(go())
+    # Then /metrics counts one 202 and one 413 on /events
+    assert status == 200
+    assert 'engage_collector_requests_total{path="/events",status="202"}' in text
+    assert 'engage_collector_requests_total{path="/events",status="413"}' in text
