@@ -22,7 +22,8 @@ Metrics (labels in braces; topics by their names without the deployment's prefix
   engage_partition_held{stage,topic,partition}     1 while this worker holds the partition
   engage_partition_progress_seconds{stage,topic,partition}  when the partition last moved on or had nothing to read (Unix time)
   engage_stage_ready{stage}                        1 once the stage's partitions are assigned and their tables restored
-  engage_restored_records_total{stage}             changelog records applied while restoring
+  engage_restored_records_total{stage}             changelog records applied while restoring (taking partitions over)
+  engage_standby_partitions{stage}                 partitions kept warm for another worker (ENGAGE_STANDBY_REPLICAS)
   engage_rules_version_info{kind,version}          the rule sets in use
 """
 from __future__ import annotations
@@ -88,6 +89,8 @@ class _Metrics:
         self.stage_ready = Gauge("engage_stage_ready", "1 once the stage's partitions are assigned and restored.",
                                  ["stage"], multiprocess_mode="livemax")
         self.restored = Counter("engage_restored_records", "Changelog records applied while restoring.", ["stage"])
+        self.standbys = Gauge("engage_standby_partitions", "Partitions kept warm for another worker.", ["stage"],
+                              multiprocess_mode="livemax")
         self.rules = Gauge("engage_rules_version_info", "The rule sets in use.", ["kind", "version"],
                            multiprocess_mode="livemax")
 

@@ -206,6 +206,9 @@ class Settings:
     collector_origins: tuple[str, ...] = ()
     # requests a second per client address (a site behind one proxy address needs more; the bench sets it high)
     collector_rate_per_s: int = 50
+    # standby replicas: each partition's tables kept warm by this many other workers, so that a partition
+    # moving there (a worker gone) resumes from warm state instead of reading its changelogs from the start
+    standby_replicas: int = 0
     # an adapter's /metrics (`engage adapter webhook|email|console`): its port (0: none) and address
     metrics_port: int = 0
     metrics_bind: str = "127.0.0.1"
@@ -269,6 +272,7 @@ class Settings:
             smtp_password=env.get("ENGAGE_SMTP_PASSWORD", ""),
             context_url=env.get("ENGAGE_CONTEXT_URL", "").strip(),
             stuck_after_s=_int(env, "ENGAGE_STUCK_AFTER_S", 120, minimum=1),
+            standby_replicas=_int(env, "ENGAGE_STANDBY_REPLICAS", 0, minimum=0),
             metrics_port=_int(env, "ENGAGE_METRICS_PORT", 0, minimum=0),
             metrics_bind=env.get("ENGAGE_METRICS_BIND", "") or "127.0.0.1",
             test_pause=tuple(p.strip() for p in (env.get("ENGAGE_TEST_PAUSE") or "").split(",") if p.strip()),

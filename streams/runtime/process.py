@@ -109,7 +109,12 @@ class ChildService(mode.Service):
             return
         if process.is_alive():
             process.terminate()
-        process.join(STOP_GRACE_S)
+        # the supervisor is the one joining the process (two joiners race to reap it, and the loser would
+        # see a stopped process as alive): it returns once the process ended
+        if self.supervisor is not None:
+            self.supervisor.join(STOP_GRACE_S)
+        else:
+            process.join(STOP_GRACE_S)
         if process.is_alive():
             log.error("%s process did not stop within %.0f s; killed", self.name, STOP_GRACE_S)
             process.kill()

@@ -27,7 +27,8 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 RESTORE_CHUNK = 20_000  # changelog records applied to RocksDB at once while restoring
 OBSERVE_S = 2.0  # how often a runner measures its partitions' lag and progress (metrics, /ready)
-RECHECK_S = 10.0  # how long a partition may stand still before its end is asked of the broker
+STANDBY_CHECK_S = 5.0  # how often a runner asks which partitions it keeps warm for another worker
+STANDBY_BATCH = 5_000  # changelog records a standby applies per turn of the loop, at most
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,12 @@ class Runner:
         self.done: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset, handed to the broker
         self._consumer, self._producer = consumer, producer
         self._last_commit = 0.0
-        self._last_observed = 0.0
         self._positions: dict[tuple[str, int], int] = {}  # (topic, partition) -> position at the last observation
-        self._checked: dict[tuple[str, int], float] = {}  # (topic, partition) -> when its end was last asked
+        self._read_to: dict[tuple[str, int], int] = {}  # (topic, partition) -> the offset after the last record taken
         self._pause_for_test: set[int] = set()  # partitions to pause once assigned (Settings.test_pause)
+        self.standbys: set[int] = set()  # partitions kept warm here, by following their changelogs
+        self._standbys_wanted: frozenset[int] = frozenset()  # as the watcher last worked it out
+        self._standby_reader = None
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -88,6 +91,9 @@ class Runner:
         self.done.clear()
         self.consumer.subscribe(self.inputs, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
+        threading.Thread(target=self._watch_progress, name=f"{self.stage}-progress", daemon=True).start()
+        if self.settings.standby_replicas and self.changelog:
+            threading.Thread(target=self._watch_standbys, name=f"{self.stage}-standbys", daemon=True).start()
         try:
             while not self.stop.is_set():
                 records = self._take()
@@ -95,13 +101,16 @@ class Runner:
                     self.process(records)
                 self.idle(time.time())
                 self._commit_due(time.monotonic())  # the last batch before a quiet spell
-                self._observe(time.monotonic())
+                self._pause_for_tests()
+                self._keep_standbys()
         except Stopped:
             log.info("%s: stopped with a batch not handed to the broker; it is read again next time", self.stage)
         finally:
             try:
                 self.consumer.close()  # revokes: what is done is committed
             finally:
+                if self._standby_reader is not None:
+                    self._standby_reader.close()
                 self.stores.close_all()
                 self.producer.flush(10)
 
@@ -130,6 +139,7 @@ class Runner:
         counts: dict[str, int] = {}
         for r in records:
             counts[r.topic] = counts.get(r.topic, 0) + 1
+            self._read_to[(r.topic, r.partition)] = r.offset + 1  # for the progress watcher
         for topic, n in counts.items():
             metrics.m().consumed.labels(self.stage, metrics.logical(topic, self.settings.topic_prefix)).inc(n)
         return records
@@ -180,44 +190,64 @@ class Runner:
             self._last_commit = now
             self._commit(asynchronous=True)
 
-    def _observe(self, now: float) -> None:
-        """Every OBSERVE_S: each held input partition's lag, and when it last moved on or had nothing to read
-        (what /ready calls stuck when it stops while there is something to read). The partition's end is the
-        one the last fetch brought, asked of the broker when unknown or when the position has not moved for
-        RECHECK_S (a consumer that stopped fetching learns of no new end)."""
-        if now - self._last_observed < OBSERVE_S:
-            return
-        self._last_observed = now
-        from confluent_kafka import KafkaException, TopicPartition
+    def _pause_for_tests(self) -> None:
+        if self._pause_for_test:
+            from confluent_kafka import TopicPartition
+
+            self.consumer.pause([TopicPartition(t, p) for t in self.inputs for p in self._pause_for_test])
+            self._pause_for_test = set()
+
+    def _watch_progress(self) -> None:
+        """In a thread, every OBSERVE_S: each held input partition's lag, and when it last moved on or had nothing
+        to read (what /ready calls stuck when it stops while there is something to read). A thread of its own
+        and an admin client of its own: a request on the consumer's connection waits behind its fetch (half a
+        second each, measured: a pass over 60 partitions asked one at a time held the data stage's loop 30 s)."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(clients.librdkafka_config(self.settings))
+        while not self.stop.wait(OBSERVE_S):
+            try:
+                self._observe(admin, time.monotonic())
+            except Exception as exc:  # noqa: BLE001 - the broker away, a rebalance: measured again next time
+                log.debug("%s: lag not measured: %s", self.stage, exc)
+
+    def _observe(self, admin, now: float) -> None:
+        """One pass: how far the loop has read each held partition (it notes that itself: the consumer's own
+        calls from another thread wait for its fetches), the partitions' ends asked of the broker in one
+        request; a partition never read from (an idle topic) is where its group committed, else at its start."""
+        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+        from confluent_kafka.admin import OffsetSpec
 
         held = [TopicPartition(t, p) for t in self.inputs for p in sorted(self.assigned)]
-        if self._pause_for_test:
-            self.consumer.pause([tp for tp in held if tp.partition in self._pause_for_test])
-            self._pause_for_test = set()
         if not held:
             return
+        ends = {(tp.topic, tp.partition): f.result().offset
+                for tp, f in admin.list_offsets({tp: OffsetSpec.latest() for tp in held}, request_timeout=5).items()}
+        read_to = dict(self._read_to)
+        unread = [tp for tp in held if (tp.topic, tp.partition) not in read_to
+                  and (tp.topic, tp.partition) not in self._positions]
+        if unread:
+            found = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(self.group, unread)])
+            committed = {(c.topic, c.partition): c.offset for c in found[self.group].result().topic_partitions}
+            fresh = [tp for tp in unread if committed.get((tp.topic, tp.partition), -1) < 0]
+            starts = admin.list_offsets({tp: OffsetSpec.earliest() for tp in fresh}, request_timeout=5) if fresh else {}
+            for where, offset in committed.items():
+                if offset >= 0:
+                    self._positions[where] = offset
+            for tp, f in starts.items():
+                self._positions[(tp.topic, tp.partition)] = f.result().offset
         wall, prefix = time.time(), self.settings.topic_prefix
-        try:
-            for tp in self.consumer.position(held):
-                where = (tp.topic, tp.partition)
-                before = self._positions.get(where, -1)
-                at = tp.offset if tp.offset >= 0 else before
-                low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-                if high < 0 or at < 0 or (at == before and now - self._checked.get(where, 0.0) >= RECHECK_S):
-                    self._checked[where] = now
-                    low, high = self.consumer.get_watermark_offsets(tp, timeout=2.0, cached=False)
-                    if at < 0:  # not fetched yet (or paused before it was): where the group resumes
-                        committed = self.consumer.committed([tp], timeout=2.0)[0].offset
-                        at = committed if committed >= 0 else low
-                lag = max(0, high - at) if high >= 0 and at >= 0 else 0
-                labels = (self.stage, metrics.logical(tp.topic, prefix), str(tp.partition))
-                metrics.m().lag.labels(*labels).set(lag)
-                if lag == 0 or (at >= 0 and at != before):
-                    metrics.m().progress.labels(*labels).set(wall)
-                if at >= 0:
-                    self._positions[where] = at
-        except KafkaException as exc:  # the broker did not answer: measured again next time
-            log.debug("%s: lag not measured: %s", self.stage, exc)
+        for tp in held:
+            where = (tp.topic, tp.partition)
+            before = self._positions.get(where, -1)
+            at = read_to.get(where, before)
+            high = ends.get(where, -1)
+            lag = max(0, high - at) if high >= 0 and at >= 0 else 0
+            labels = (self.stage, metrics.logical(tp.topic, prefix), str(tp.partition))
+            metrics.m().lag.labels(*labels).set(lag)
+            if lag == 0 or at != before:
+                metrics.m().progress.labels(*labels).set(wall)
+            self._positions[where] = at
 
     def _dead_letter(self, record: Record, exc: Exception, fault: bool, stage: str | None = None) -> tuple:
         return dead_letter_item(self.settings, self.codec, stage or self.stage, record, exc, fault)
@@ -244,6 +274,7 @@ class Runner:
         mine = sorted(tp.partition for tp in partitions if tp.topic == self.primary)
         started = time.monotonic()
         metrics.m().stage_ready.labels(self.stage).set(0)
+        self._stop_standby(set(mine))  # kept warm until now: restoring reads only what came since
         restored = self.restore(mine)
         metrics.m().restored.labels(self.stage).inc(restored)
         committed: dict[tuple[str, int], int] = {}
@@ -254,7 +285,6 @@ class Runner:
         self.assigned = set(mine)
         self._mark_held(partitions, 1)
         self._pause_for_test = {p for p in mine if f"{self.stage}:{p}" in self.settings.test_pause}
-        self._last_observed = 0.0
         metrics.m().stage_ready.labels(self.stage).set(1)
         self._assigned(mine, committed)
         log.info("%s: assigned partitions %s; %d changelog records restored in %.1f s", self.stage, mine, restored,
@@ -339,7 +369,7 @@ class Runner:
         self._mark_held([TopicPartition(t, p) for t, p in gone], 0)
         for key in gone:
             self._positions.pop(key, None)
-            self._checked.pop(key, None)
+            self._read_to.pop(key, None)
         mine = {p for t, p in gone if t == self.primary}
         self._forgotten(mine)
         for p in mine:
@@ -350,6 +380,89 @@ class Runner:
 
     def _forgotten(self, partitions: set[int]) -> None:
         """Hook: `partitions` were revoked or lost; what is kept of them in memory must go."""
+
+    # -- standby replicas ----------------------------------------------------------------------------
+    def standby_partitions(self, owners: dict[int, str], me: str, replicas: int) -> set[int]:
+        """The partitions this member keeps warm: with the members in order, partition p, held by member k,
+        is kept by members k+1 .. k+replicas (never by its holder). `owners`: partition -> member id."""
+        members = sorted(set(owners.values()) | {me})
+        if len(members) < 2:
+            return set()
+        mine = members.index(me)
+        out = set()
+        for p, owner in owners.items():
+            k = members.index(owner)
+            if owner != me and any((k + r) % len(members) == mine for r in range(1, replicas + 1)):
+                out.add(p)
+        return out
+
+    def _watch_standbys(self) -> None:
+        """In a thread: every STANDBY_CHECK_S, which partitions of the primary input the group's other members
+        hold, hence which this one keeps warm (handed to the loop, which alone touches the stores)."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(clients.librdkafka_config(self.settings))
+        while not self.stop.wait(STANDBY_CHECK_S):
+            try:
+                me = self.consumer.memberid()
+                group = admin.describe_consumer_groups([self.group])[self.group].result(10)
+                owners = {tp.partition: member.member_id for member in group.members
+                          for tp in member.assignment.topic_partitions if tp.topic == self.primary}
+                if me:
+                    self._standbys_wanted = frozenset(
+                        self.standby_partitions(owners, me, self.settings.standby_replicas))
+            except Exception as exc:  # noqa: BLE001 - the group is rebalancing, the broker away: asked again
+                log.debug("%s: standbys not worked out: %s", self.stage, exc)
+
+    def _keep_standbys(self) -> None:
+        """Follow the wanted standbys' changelogs into their RocksDB, STANDBY_BATCH records a turn at most."""
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        wanted = set(self._standbys_wanted) - self.assigned
+        if wanted != self.standbys:
+            self._stop_standby(self.standbys - wanted)
+            new = wanted - self.standbys
+            if new:
+                if self._standby_reader is None:
+                    self._standby_reader = clients.consumer(
+                        self.settings, clients.throwaway_group(f"{self.group}-standby"), logger=log)
+                starts = []
+                for p in sorted(new):
+                    db = self.stores.open(p)
+                    for table, topic in self.changelog.items():
+                        start = db.offset(table)
+                        starts.append(TopicPartition(topic, p, start if start > 0 else OFFSET_BEGINNING))
+                self._standby_reader.incremental_assign(starts)
+                self.standbys |= new
+                metrics.m().standbys.labels(self.stage).set(len(self.standbys))
+                log.info("%s: keeping partitions %s warm for another worker", self.stage, sorted(new))
+        if not self.standbys:
+            return
+        table_of = {topic: table for table, topic in self.changelog.items()}
+        pending: dict[int, list] = {}
+        reached: dict[int, dict[str, int]] = {}
+        for m in self._standby_reader.consume(STANDBY_BATCH, 0):
+            if m.error() or m.partition() not in self.standbys:
+                continue
+            p, table = m.partition(), table_of[m.topic()]
+            pending.setdefault(p, []).append((table, table_key(m.key()), m.value()))
+            reached.setdefault(p, {})[table] = m.offset() + 1
+        for p, writes in pending.items():
+            self.stores.open(p).write(writes, reached[p])
+
+    def _stop_standby(self, partitions: set[int]) -> None:
+        """No longer follow `partitions` as standbys (they became this worker's, or another's standbys)."""
+        from confluent_kafka import TopicPartition
+
+        gone = partitions & self.standbys
+        if not gone:
+            return
+        self._standby_reader.incremental_unassign([TopicPartition(topic, p) for p in gone
+                                                   for topic in self.changelog.values()])
+        self.standbys -= gone
+        metrics.m().standbys.labels(self.stage).set(len(self.standbys))
+        for p in gone - self.assigned:
+            self.stores.close(p)
 
     def restore(self, partitions: list[int]) -> int:
         """Bring each partition's RocksDB up to its changelogs' end; returns the records applied."""

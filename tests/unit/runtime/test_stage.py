@@ -138,3 +138,16 @@ def test_an_upgraded_partition_the_app_never_read_is_marked_taken_at_its_start(t
     # When partition 0 is assigned: nothing to resume from, but the group marks it taken at the start
     assert not runner._resume_where_faust_stopped(assigned, {(tp.topic, 0): -1001 for tp in assigned})
     assert runner.consumer.commits == [{("engage.attributions", 0): 0}]
+
+
+def test_each_partition_is_kept_warm_by_the_next_members_and_never_by_its_holder():
+    from streams.runtime.runner import Runner
+
+    pick = Runner.standby_partitions
+    owners = {0: "a", 1: "a", 2: "b", 3: "b", 4: "c", 5: "c"}
+    # Given three members and one replica: each keeps the partitions of the member before it, in order
+    assert pick(None, owners, "a", 1) == {4, 5} and pick(None, owners, "b", 1) == {0, 1} and pick(None, owners, "c", 1) == {2, 3}
+    # And with two replicas, every partition it does not hold
+    assert pick(None, owners, "a", 2) == {2, 3, 4, 5}
+    # And alone, or with more replicas than other members, nothing more than the others' partitions
+    assert pick(None, {0: "a"}, "a", 1) == set() and pick(None, owners, "a", 5) == {2, 3, 4, 5}
