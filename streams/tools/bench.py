@@ -594,6 +594,7 @@ RESTORE_EVENTS, RESTORE_CUSTOMERS = 150_000, 100_000
 def _restore_phase(settings: Settings, work: Path, run_id: str) -> dict:
     """A worker that built the state of ~100,000 visitors is replaced: by one with its RocksDB folder (a
     restart), and by one with an empty folder, which restores every table from the changelogs."""
+    from streams.tools.bench_failover import failover_phase
     from streams.tools.simulator import run_simulator
 
     rs = settings.with_(topic_prefix=f"bench-{run_id}-restore.", app_id=f"engage-bench-{run_id}-restore",
@@ -610,7 +611,8 @@ def _restore_phase(settings: Settings, work: Path, run_id: str) -> dict:
             "tables": _table_state(rs, live), "context_service": context, "built": built,
             "changelog_bytes": changelogs["bytes"], "changelog_records": changelogs["records"],
             "restart_with_its_rocksdb_s": _restore_s(rs, work, probe_seed=98, data_dir=rs.data_dir),
-            "restore_from_changelogs_s": _restore_s(rs, work, probe_seed=99)}
+            "restore_from_changelogs_s": _restore_s(rs, work, probe_seed=99),
+            "failover": failover_phase(rs, work, _worker_env)}
 
 
 def _rounds(settings: Settings, work: Path, run_id: str, rounds: int) -> dict:
