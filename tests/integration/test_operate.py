@@ -60,7 +60,9 @@ def test_a_running_worker_counts_what_its_stages_did_and_says_it_is_alive_and_re
     # decision by outcome, the dead letter by stage and reason, and the hop latencies
     def counted():
         text = get(port, "/metrics")[1].decode()
+        # (an output is counted when made; the hop when its batch is acked, a moment later)
         return text if (sample(text, "engage_decisions_total") >= 1
+                        and sample(text, "engage_hop_seconds_count", stage="decision", topic="engage.enriched") >= 1
                         and sample(text, "engage_dead_letters_total", stage="detection") >= 1) else None
     text = wait_for(counted)
     assert text, "the worker's metrics never showed the decision and the dead letter"
