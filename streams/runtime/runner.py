@@ -72,6 +72,7 @@ class Runner:
         self._consumer, self._producer = consumer, producer
         self._last_commit = 0.0
         self._positions: dict[tuple[str, int], int] = {}  # (topic, partition) -> position at the last observation
+        self._counted = metrics.Batch()  # what the batch in hand counts, added once its outputs are acked
         self._read_to: dict[tuple[str, int], int] = {}  # (topic, partition) -> the offset after the last record taken
         self._pause_for_test: set[int] = set()  # partitions to pause once assigned (Settings.test_pause)
         self.standbys: set[int] = set()  # partitions kept warm here, by following their changelogs
@@ -162,21 +163,20 @@ class Runner:
         self._commit_due(time.monotonic())
 
     def _count_handed(self, records: list[Record], sends: list[tuple]) -> None:
-        prefix, now = self.settings.topic_prefix, time.time()
-        counts: dict[str, int] = {}
+        prefix, now, counted = self.settings.topic_prefix, time.time(), self._counted
         for item in sends:
-            counts[item[0]] = counts.get(item[0], 0) + 1
-        for topic, n in counts.items():
-            metrics.m().produced.labels(self.stage, metrics.logical(topic, prefix)).inc(n)
+            counted.inc(metrics.m().produced, (self.stage, metrics.logical(item[0], prefix)))
+        hop = metrics.m().hop
         for r in records:
             if r.ts_ms > 0:
-                metrics.m().hop.labels(self.stage, metrics.logical(r.topic, prefix)).observe(max(0.0, now - r.ts_ms / 1000))
+                counted.observe(hop, (self.stage, metrics.logical(r.topic, prefix)), max(0.0, now - r.ts_ms / 1000))
+        counted.flush()
 
     def output(self, spec: topics.TopicSpec, key: str, record: dict | None, headers: dict | None = None) -> tuple:
         """An output as `_deliver` takes it: the record encoded for its topic (None: a tombstone)."""
         topic = self.settings.topic(spec.name)
         value = None if record is None else self.codec.encode(topic, spec.schema, record)
-        metrics.count_output(spec.name, record, time.time())
+        metrics.count_output(self._counted, spec.name, record, time.time())
         return (topic, None, key.encode(), value, None, [(k, v.encode()) for k, v in (headers or {}).items()])
 
     def _commit_due(self, now: float) -> None:

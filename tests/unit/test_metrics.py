@@ -32,10 +32,13 @@ def test_an_output_is_counted_by_what_it_says():
     # Given a signal, a decision stopped by a gate and a delivery, When they are produced
     before = (value("engage_signals_total", rule="r-x"), value("engage_decisions_total", outcome="suppressed", gate="min_gap"),
               value("engage_deliveries_total", channel="sms"))
-    metrics.count_output("engage.signals", {"rule_id": "r-x", "ts": (NOW - 2) * 1000}, NOW)
-    metrics.count_output("engage.decisions", {"outcome": "suppressed", "gate": "min_gap", "signal_ts": NOW * 1000}, NOW)
-    metrics.count_output("engage.delivery", {"channel": "sms", "signal_ts": NOW * 1000}, NOW)
-    metrics.count_output("engage.delivery", None, NOW)  # a tombstone: nothing
+    batch = metrics.Batch()
+    metrics.count_output(batch, "engage.signals", {"rule_id": "r-x", "ts": (NOW - 2) * 1000}, NOW)
+    metrics.count_output(batch, "engage.decisions", {"outcome": "suppressed", "gate": "min_gap", "signal_ts": NOW * 1000}, NOW)
+    metrics.count_output(batch, "engage.delivery", {"channel": "sms", "signal_ts": NOW * 1000}, NOW)
+    metrics.count_output(batch, "engage.delivery", None, NOW)  # a tombstone: nothing
+    assert value("engage_signals_total", rule="r-x") == before[0]  # nothing until the batch is handed over
+    batch.flush()
     # Then each is counted once under its own labels
     after = (value("engage_signals_total", rule="r-x"), value("engage_decisions_total", outcome="suppressed", gate="min_gap"),
              value("engage_deliveries_total", channel="sms"))
@@ -83,3 +86,22 @@ def test_a_held_partition_that_has_not_moved_on_for_too_long_makes_the_worker_no
     assert readiness(ready_stages(*metrics.STAGES) + held("detection", "engage.events", 0, NOW - 900, is_held=0.0),
                      NOW, 60).ready
     assert readiness(ready_stages(*metrics.STAGES) + held("detection", "engage.events", 0, NOW - 59), NOW, 60).ready
+
+
+def test_a_batch_observes_a_histogram_exactly_as_observing_each_value_would():
+    # Given two histograms of the same buckets, and values on, between and beyond the bounds
+    from prometheus_client import CollectorRegistry, Histogram
+
+    registry = CollectorRegistry()
+    one = Histogram("one_seconds", "", buckets=metrics.BUCKETS, registry=registry)
+    many = Histogram("many_seconds", "", buckets=metrics.BUCKETS, registry=registry)
+    values = [0.0, 0.005, 0.007, 0.1, 0.1000001, 2.5, 59.0, 60.0, 61.0, 1e9]
+    # When one observes each value and the other all at once
+    for v in values:
+        one.observe(v)
+    metrics.observe_all(many, values)
+    # Then every bucket, the count and the sum are the same
+    def samples(h):
+        return [(s.name.split("_seconds")[1], s.labels.get("le"), s.value) for s in h.collect()[0].samples
+                if not s.name.endswith("_created")]
+    assert samples(one) == samples(many)
