@@ -61,11 +61,16 @@ def _one(settings: Settings, work: Path, worker_env, standbys: int) -> dict:
 
     ports = [_free_port(), _free_port()]
     procs = []
-    for i, port in enumerate(ports):
-        env = {**worker_env(settings.with_(data_dir=work / f"failover-{standbys}-{i}")), "ENGAGE_HTTP_PORT": str(port),
+    # the one to be killed first, alone until ready: the survivor then never held its partitions (one started
+    # first would have restored every partition, and kept the folders of those it handed over: warm by chance)
+    for i in (1, 0):
+        env = {**worker_env(settings.with_(data_dir=work / f"failover-{standbys}-{i}")), "ENGAGE_HTTP_PORT": str(ports[i]),
                "ENGAGE_STANDBY_REPLICAS": str(standbys), "ENGAGE_SESSION_TIMEOUT": SESSION_TIMEOUT}
         procs.append(spawn(["worker"], work / f"worker-failover-{standbys}-{i}.log", env=env))
-    survivor_port, doomed = ports[0], procs[1]
+        if i == 1 and not _wait(lambda: _get(ports[1], "/ready")[0] == 200, 600):
+            stop_process(procs[0])
+            return {"error": "the first worker never became ready"}
+    survivor_port, doomed = ports[0], procs[0]
     codec = clients.codec(settings)
     decisions = Consumer({**clients.librdkafka_config(settings), "group.id": f"bench-failover-{uuid.uuid4().hex[:6]}"})
     try:
