@@ -110,7 +110,7 @@ class Batch:
     """What one batch counts, added to the metrics at once when its outputs are acked: each series written
     once per batch, not once per record. In a worker every write is an update of a memory-mapped file
     under a lock. In `make bench`, the worker's CPU per event against the batched Faust anchor's was
-    0.69-0.73x before metrics (bench-20261202-030955), 0.81-0.92x with a write per record (-041807),
+    0.65-0.73x before metrics (bench-20261202-030955), 0.81-0.92x with a write per record (-041807),
     0.72-0.85x with a write per batch (-043102)."""
 
     def __init__(self):
