@@ -30,7 +30,7 @@ from streams.admin import ensure_topics, wait_for_broker
 from streams.detection.runner import detection_group
 from streams.settings import REPO_ROOT, Settings
 from streams.tools import localkafka
-from streams.tools.procs import spawn, stop_process
+from streams.tools.procs import free_port, spawn, stop_process
 
 RESULTS = REPO_ROOT / "bench" / "results"
 
@@ -334,14 +334,11 @@ def _context_latency(settings: Settings, work: Path, customers: list[str]) -> di
     import http.client
     import random
     import secrets
-    import socket
     from urllib.parse import quote
 
     if not customers:
         return {"error": "no customer has state"}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     token = secrets.token_urlsafe(24)
     env = {**_worker_env(settings), "ENGAGE_HTTP_PORT": str(port), "ENGAGE_CONTEXT_TOKEN": token,
            "ENGAGE_CONTEXT_RATE": "1000000"}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 import urllib.request
 import uuid
@@ -19,16 +18,10 @@ from pathlib import Path
 
 from streams import clients, topics
 from streams.settings import Settings
-from streams.tools.procs import spawn, stop_process
+from streams.tools.procs import free_port, spawn, stop_process
 
 SESSION_TIMEOUT = "6s"
 STAGES = ("detection", "data", "decision", "after-decision")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -59,7 +52,7 @@ def _wait(check, timeout_s: float) -> bool:
 def _one(settings: Settings, work: Path, worker_env, standbys: int) -> dict:
     from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     procs = []
     # the one to be killed first, alone until ready: the survivor then never held its partitions (one started
     # first would have restored every partition, and kept the folders of those it handed over: warm by chance)

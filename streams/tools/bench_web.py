@@ -23,19 +23,13 @@ import uuid
 from pathlib import Path
 
 from streams.settings import Settings
-from streams.tools.procs import spawn, stop_process
+from streams.tools.procs import free_port, spawn, stop_process
 
 OFFER_VISITORS = 300
 OFFER_VISITORS_PER_S = 10.0
 OFFER_TIMEOUT_S = 5.0
 LOAD_CLIENTS = 16
 LOAD_SECONDS = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pct(xs: list[float], q: float) -> float | None:
@@ -132,7 +126,7 @@ async def _requests_per_s(base: str) -> dict:
 
 def collector_phase(settings: Settings, work: Path, worker_env: dict) -> dict:
     """Start a collector beside the running worker, measure, stop it."""
-    port = _free_port()
+    port = free_port()
     env = {**worker_env, "ENGAGE_COLLECTOR_PORT": str(port), "ENGAGE_COLLECTOR_RATE": "1000000",
            "ENGAGE_WEB_CHANNELS": "web_message"}
     proc = spawn(["collector"], work / "collector.log", env=env)

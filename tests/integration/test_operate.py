@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from tests.integration.conftest import Producer_
+from tests.integration.test_context import until
 from tests.support import wire
 
 pytestmark = pytest.mark.integration
@@ -35,15 +36,6 @@ def sample(text: str, name: str, **labels) -> float:
     return total
 
 
-def wait_for(check, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = check()
-        if got or time.monotonic() > deadline:
-            return got
-        time.sleep(0.5)
-
-
 def test_a_running_worker_counts_what_its_stages_did_and_says_it_is_alive_and_ready(new_pipeline):
     # Given a worker with its web server
     pipe = new_pipeline(partitions=2)
@@ -64,7 +56,7 @@ def test_a_running_worker_counts_what_its_stages_did_and_says_it_is_alive_and_re
         return text if (sample(text, "engage_decisions_total") >= 1
                         and sample(text, "engage_hop_seconds_count", stage="decision", topic="engage.enriched") >= 1
                         and sample(text, "engage_dead_letters_total", stage="detection") >= 1) else None
-    text = wait_for(counted)
+    text = until(counted, 60)
     assert text, "the worker's metrics never showed the decision and the dead letter"
     assert sample(text, "engage_records_consumed_total", stage="detection", topic="engage.events") >= 2
     assert sample(text, "engage_signals_total", rule="cancel-intent") == 1
@@ -84,7 +76,7 @@ def test_ready_goes_false_for_a_worker_whose_partition_is_stuck_with_records_to_
     pipe = new_pipeline(partitions=2)
     pipe.start_worker(env={"ENGAGE_TEST_PAUSE": "detection:0", "ENGAGE_STUCK_AFTER_S": "6"})
     port = pipe.http_ports[0]
-    assert wait_for(lambda: get(port, "/ready")[0] == 200, 30), "the worker was never ready"
+    assert until(lambda: get(port, "/ready")[0] == 200, 30), "the worker was never ready"
     # When events arrive on both partitions
     producer = Producer_(pipe)
     now = int(time.time() * 1000)
@@ -96,7 +88,7 @@ def test_ready_goes_false_for_a_worker_whose_partition_is_stuck_with_records_to_
     def not_ready():
         status, body = get(port, "/ready")
         return json.loads(body) if status == 503 else None
-    found = wait_for(not_ready, 60)
+    found = until(not_ready, 60)
     assert found, "/ready never noticed the stuck partition"
     assert any("detection has not moved on engage.events[0]" in r for r in found["reasons"]), found
     assert not any("[1]" in r for r in found["reasons"]), found

@@ -170,6 +170,8 @@ def _engage(*args: str, **env: str) -> subprocess.CompletedProcess:
     (["simulate", "--rate", "-1"], {}, "argument --rate: must be a finite number greater than zero: '-1'"),
     (["rules", "validate", "rules/actions.yaml"], {"ENGAGE_PARTITIONS": "zero"},
      "ENGAGE_PARTITIONS must be a whole number, got 'zero'"),
+    (["adapter", "desktop"], {}, "adapter desktop: set ENGAGE_DESKTOP_TOKEN"),
+    (["rules", "validate", "rules/actions.yaml"], {"ENGAGE_STANDBY_REPLICAS": "-1"}, "ENGAGE_STANDBY_REPLICAS"),
 ])
 def test_as_a_process_the_exit_code_is_2_and_stderr_one_line(args, env, expected):
     # Given the real entry point in a fresh interpreter; When run with a mistake
