@@ -49,9 +49,12 @@ def use_folder(path: Path) -> None:
     os.environ[ENV] = str(path)
 
 
-def logical(topic: str, prefix: str) -> str:
-    """A topic's name as the contract names it (`engage.events`), without the deployment's prefix."""
-    return topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
+def logical(topic: str, prefixes: tuple[str, ...]) -> str:
+    """A topic's name as the contract names it (`engage.events`), without the deployment's prefixes (Settings.prefixes)."""
+    for prefix in prefixes:
+        if topic.startswith(prefix):
+            return topic[len(prefix):]
+    return topic
 
 
 def reason_class(exc: Exception | None, fault: bool) -> str:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
+from streams.topics import EXTERNAL_INPUTS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -143,6 +145,10 @@ class Settings:
     # True when KAFKA_BOOTSTRAP_SERVERS named a cluster: then no local broker is started.
     external_kafka: bool = False
     topic_prefix: str = ""
+    # The prefix of the topics the engine only reads, which others write (events, profiles, identity,
+    # agent availability, forget requests, merges, writer schemas); None: topic_prefix. A shadow run
+    # (`engage replay --shadow`) reads the live ones and writes everything else under its own prefix.
+    input_prefix: str | None = None
     partitions: int = 4
     replication: int = 1
     app_id: str = "engage"
@@ -230,13 +236,16 @@ class Settings:
         env = os.environ if env is None else env
         bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
         prefix = env.get("ENGAGE_TOPIC_PREFIX", "")
-        if prefix and not all(c.isalnum() or c in "._-" for c in prefix):
-            raise SettingsError(f"ENGAGE_TOPIC_PREFIX may hold letters, digits, '.', '_' and '-' only, got {prefix!r}")
+        input_prefix = env.get("ENGAGE_INPUT_PREFIX")
+        for name, value in (("ENGAGE_TOPIC_PREFIX", prefix), ("ENGAGE_INPUT_PREFIX", input_prefix)):
+            if value and not all(c.isalnum() or c in "._-" for c in value):
+                raise SettingsError(f"{name} may hold letters, digits, '.', '_' and '-' only, got {value!r}")
         return cls(
             bootstrap_servers=bootstrap or LOCAL_BOOTSTRAP,
             external_kafka=bool(bootstrap),
             security=KafkaSecurity.from_env(env),
             topic_prefix=prefix,
+            input_prefix=input_prefix,
             partitions=_int(env, "ENGAGE_PARTITIONS", 4, minimum=1),
             replication=_int(env, "ENGAGE_REPLICATION", 1, minimum=1),
             app_id=env.get("ENGAGE_APP_ID", "") or "engage",
@@ -299,6 +308,13 @@ class Settings:
         host = self.http_host or (socket.gethostname() if self.http_bind in ("0.0.0.0", "::", "") else self.http_bind)
         return f"http://{host}:{self.http_port or 6066}"
 
+    @property
+    def prefixes(self) -> tuple[str, ...]:
+        """The topic prefixes in use, longest first (what metrics strip to name a topic as the contract does)."""
+        return tuple(sorted({p for p in (self.topic_prefix, self.input_prefix) if p}, key=len, reverse=True))
+
     def topic(self, name: str) -> str:
         """The physical topic name for a contract name such as 'engage.events'."""
+        if self.input_prefix is not None and name in EXTERNAL_INPUTS:
+            return f"{self.input_prefix}{name}"
         return f"{self.topic_prefix}{name}"

@@ -81,6 +81,10 @@ ALL = (EVENTS, PROFILES, AGENT_AVAILABILITY, RULES, SCHEMAS, SIGNALS, IDENTITY, 
        SIGNALS_BY_CUSTOMER, DETECTION_TICKS, DATA_SWEEPS, ENRICHED, DECISIONS, DELIVERY,
        OUTCOMES, CONVERSIONS, JOURNEY_MOVES, ATTRIBUTIONS, PACING, MODELS, DEADLETTER, FORGET,
        MERGES, MERGES_BY_KEY, STATE_MOVES, AUDIT)
+# What others write and the engine only reads: a shadow run reads these from the live topics
+# (ENGAGE_INPUT_PREFIX) and keeps everything else, rules and outcomes included, under its own prefix.
+EXTERNAL_INPUTS = frozenset(spec.name for spec in (EVENTS, PROFILES, AGENT_AVAILABILITY, IDENTITY, FORGET, MERGES,
+                                                    SCHEMAS))
 
 # The state tables, each with a compacted changelog topic named by Faust "<app id>-<table>-changelog",
 # partitioned like the stream it is updated from. They are created with the topics above, before a

@@ -142,7 +142,7 @@ class Runner:
             counts[r.topic] = counts.get(r.topic, 0) + 1
             self._read_to[(r.topic, r.partition)] = r.offset + 1  # for the progress watcher
         for topic, n in counts.items():
-            metrics.m().consumed.labels(self.stage, metrics.logical(topic, self.settings.topic_prefix)).inc(n)
+            metrics.m().consumed.labels(self.stage, metrics.logical(topic, self.settings.prefixes)).inc(n)
         return records
 
     def hand_over(self, records: list[Record], sends: list[tuple], writes: list[tuple[int, str, str, bytes | None]]) -> None:
@@ -163,7 +163,7 @@ class Runner:
         self._commit_due(time.monotonic())
 
     def _count_handed(self, records: list[Record], sends: list[tuple]) -> None:
-        prefix, now, counted = self.settings.topic_prefix, time.time(), self._counted
+        prefix, now, counted = self.settings.prefixes, time.time(), self._counted
         for item in sends:
             counted.inc(metrics.m().produced, (self.stage, metrics.logical(item[0], prefix)))
         hop = metrics.m().hop
@@ -236,7 +236,7 @@ class Runner:
                     self._positions[where] = offset
             for tp, f in starts.items():
                 self._positions[(tp.topic, tp.partition)] = f.result().offset
-        wall, prefix = time.time(), self.settings.topic_prefix
+        wall, prefix = time.time(), self.settings.prefixes
         for tp in held:
             where = (tp.topic, tp.partition)
             before = self._positions.get(where, -1)
@@ -355,7 +355,7 @@ class Runner:
         self._forget({(tp.topic, tp.partition) for tp in partitions})
 
     def _mark_held(self, partitions, held: int) -> None:
-        now, prefix = time.time(), self.settings.topic_prefix
+        now, prefix = time.time(), self.settings.prefixes
         for tp in partitions:
             labels = (self.stage, metrics.logical(tp.topic, prefix), str(tp.partition))
             metrics.m().held.labels(*labels).set(held)

@@ -91,6 +91,8 @@ def test_a_bad_argument_prints_one_line_and_exits_2(argv, expected, monkeypatch,
     ({"ENGAGE_REPLICATION": "1.5"}, "engage: ENGAGE_REPLICATION must be a whole number, got '1.5'"),
     ({"ENGAGE_TOPIC_PREFIX": "prod/"}, "engage: ENGAGE_TOPIC_PREFIX may hold letters, digits, '.', '_' and '-' only, "
                                        "got 'prod/'"),
+    ({"ENGAGE_INPUT_PREFIX": "live prod."}, "engage: ENGAGE_INPUT_PREFIX may hold letters, digits, '.', '_' and '-' "
+                                            "only, got 'live prod.'"),
     ({"ENGAGE_VISITOR_TTL": "soon"}, "engage: ENGAGE_VISITOR_TTL must be a duration like 500ms, 5s, 10m, 2h or 30d, "
                                      "got 'soon'"),
     ({"ENGAGE_SESSION_TIMEOUT": "2s"}, "engage: ENGAGE_SESSION_TIMEOUT must be between 6s and 30m, got '2s'"),

@@ -6,6 +6,7 @@ import re
 from prometheus_client import REGISTRY
 
 from streams import metrics
+from streams.settings import Settings
 from streams.codec import DecodeError
 from streams.metrics import readiness
 
@@ -53,8 +54,12 @@ def test_dead_letters_are_classed_by_reason():
 
 
 def test_topics_are_named_without_the_deployments_prefix():
-    assert metrics.logical("acme.engage.events", "acme.") == "engage.events"
-    assert metrics.logical("engage.events", "") == "engage.events"
+    assert metrics.logical("acme.engage.events", ("acme.",)) == "engage.events"
+    assert metrics.logical("engage.events", ()) == "engage.events"
+    # a shadow run: its own prefix, and the live one it reads the events from (none here)
+    shadow = Settings.from_env({"ENGAGE_TOPIC_PREFIX": "shadow.", "ENGAGE_INPUT_PREFIX": ""})
+    assert metrics.logical(shadow.topic("engage.events"), shadow.prefixes) == "engage.events"
+    assert metrics.logical(shadow.topic("engage.decisions"), shadow.prefixes) == "engage.decisions"
 
 
 def ready_stages(*stages):
