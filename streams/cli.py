@@ -147,6 +147,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="simulated time played before the scored part, while the engine learns (default 60m)")
     bd.add_argument("--out", type=Path, default=None)
 
+    rpl = sub.add_parser("replay", help="replay stored events through a pipeline of its own (or run a shadow on live "
+                                        "traffic) with candidate rules, and diff what it decides against the live one")
+    rpl.add_argument("--from", dest="from_", default=None, help="ISO time (UTC unless given), or 2h / 7d ago")
+    rpl.add_argument("--to", default="now", help="ISO time, 'now' (default), or a time ago")
+    rpl.add_argument("--rules", type=Path, default=None, help="a candidate detection rule file (default: the live rules)")
+    rpl.add_argument("--actions", type=Path, default=None, help="a candidate action rule file (default: the live ones)")
+    rpl.add_argument("--shadow", action="store_true", help="run the candidate rules on live traffic, never delivered")
+    rpl.add_argument("--diff", action="store_true", help="with --shadow: diff the shadow against live over --from .. --to")
+    rpl.add_argument("--clean", action="store_true", help="with --shadow: delete the shadow's topics and groups")
+    rpl.add_argument("--keep", action="store_true", help="keep the replay's topics (prefix printed) to look at them")
+    rpl.add_argument("--examples", type=_positive(int), default=3)
+    rpl.add_argument("--json", action="store_true", help="print the diff as JSON")
+    rpl.add_argument("--out", type=Path, default=None, help="also write the diff as JSON to this file")
+    rpl.add_argument("--timeout", type=_duration, default=3_600_000, help="give up after this long (default 1h)")
+
     rp_ = sub.add_parser("report", help="what the engine's decisions earned")
     rps = rp_.add_subparsers(dest="report", required=True, parser_class=_Parser)
     lift = rps.add_parser("lift", help="treated against control: conversion, incremental conversions and revenue, with 95% CIs")
@@ -409,6 +424,61 @@ def _rules_backtest(settings: Settings, args) -> int:
     return 0
 
 
+def _replay(settings: Settings, args) -> int:
+    import json
+
+    import os
+
+    from streams import clients
+    from streams.detection.backtest import parse_time
+    from streams.replay import run as replay
+    from streams.replay.diff import diff, format_diff, iso
+
+    def show(report: dict, title: str) -> None:
+        print(json.dumps(report, indent=2) if args.json else format_diff(report, title))
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=2))
+
+    if not args.shadow and (args.diff or args.clean):
+        raise CliError("replay: --diff and --clean go with --shadow")
+    if args.shadow and args.clean:
+        removed = replay.remove_run(replay.shadow_settings(settings))
+        print(f"deleted the shadow's {len(removed)} topics and its consumer groups")
+        return 0
+    if args.shadow and not args.diff:
+        if args.from_ or args.keep:
+            raise CliError("replay --shadow runs from now on: --from and --keep do not apply (diff with --shadow --diff)")
+        folder = settings.data_dir.parent / "shadow"
+        ss, env = replay.prepare_shadow(settings, args.rules, args.actions, folder)
+        started = iso(int(time.time() * 1000))
+        print(f"shadow running as {ss.app_id} on topics {ss.topic_prefix}* (its deliveries go to "
+              f"{ss.topic('engage.delivery')}, which no adapter reads), /metrics and /ready on port "
+              f"{env['ENGAGE_HTTP_PORT']}; Ctrl-C stops it.\n"
+              f"diff with: engage replay --shadow --diff --from {started}", flush=True)
+        os.execve(sys.executable, [sys.executable, "-m", "streams.cli", "worker"], env)
+    if args.from_ is None:
+        raise CliError("replay: --from is needed (an ISO time, or a time ago such as 2h)")
+    window = replay.Window(parse_time(args.from_), parse_time(args.to))
+    if window.to_ms <= window.from_ms:
+        raise CliError(f"replay: --to ({args.to}) must be later than --from ({args.from_})")
+    if args.shadow:
+        from streams.admin import wait_for_broker
+
+        wait_for_broker(settings, 15)
+        codec = clients.codec(settings)
+        live = replay.read_outputs(settings, window, codec)
+        shadow = replay.read_outputs(replay.shadow_settings(settings), window, codec)
+        show(diff(*live, *shadow, examples=args.examples),
+             f"shadow against live, {iso(window.from_ms)} .. {iso(window.to_ms)}")
+        return 0
+    report = replay.replay(settings, window, args.rules, args.actions, keep=args.keep, timeout_s=args.timeout / 1000,
+                           examples=args.examples)
+    r = report["run"]
+    show(report, f"replay {r['id']} against live: {r['events']:,} events, {r['from']} .. {r['to']}, {r['seconds']} s"
+         + (f" (kept: topics {r['topic_prefix']}*, app id {r['app_id']})" if r["kept"] else ""))
+    return 0
+
+
 def _report_lift(settings: Settings, args) -> int:
     import json
 
@@ -542,6 +612,8 @@ def run(argv: list[str]) -> int:
                             WARM_UP_MS if args.warm_up is None else args.warm_up)
     elif args.command == "report":
         return _report_lift(settings, args)
+    elif args.command == "replay":
+        return _replay(settings, args)
     return 0
 
 
@@ -573,11 +645,12 @@ def main(argv: list[str] | None = None) -> None:
     from streams.rules.registry import RegistryError
     from streams.schemas import RegistrationError
     from streams.statedir import StateDirError
+    from streams.replay.run import ReplayError
 
     try:
         code = run(sys.argv[1:] if argv is None else argv)
     except (CliError, SettingsError, KafkaUnavailable, BrokerError, RuleError, RegistryError, BacktestError,
-            StateDirError, RegistrationError) as exc:
+            StateDirError, RegistrationError, ReplayError) as exc:
         print(f"engage: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

@@ -67,8 +67,7 @@ def run_backtest(events: Iterable[tuple[int, dict]], rules: DetectionRuleSet, la
             r.visitors.add(s["visitor_id"])
             if len(r.examples) < examples:
                 r.examples.append({"visitor_id": s["visitor_id"], "at": _iso(s["ts"]),
-                                   "evidence": [" ".join(str(x) for x in (e["type"], e.get("path") or "", e.get("query") or "") if x)
-                                                for e in s["evidence"]]})
+                                   "evidence": evidence_steps(s)})
 
     for partition, ev in events:
         tx = stores.setdefault(partition, Tx({}, {}))
@@ -105,6 +104,12 @@ def parse_time(text: str, now_ms: int | None = None) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return int(dt.timestamp() * 1000)
+
+
+def evidence_steps(signal: dict) -> list[str]:
+    """A signal's evidence as a person reads it: each event's type, path and query."""
+    return [" ".join(str(x) for x in (e["type"], e.get("path") or "", e.get("query") or "") if x)
+            for e in signal["evidence"]]
 
 
 def read_events(settings: Settings, from_ms: int, to_ms: int, codec, timeout_s: float = 30.0):
