@@ -25,10 +25,11 @@ def build_runner(settings: Settings, codec, book, *, consumer=None, producer=Non
     from streams.delivery import stage as delivery
     from streams.runtime.stage import StageRunner
 
+    learning = (learner.handlers(), learner.TABLES) if settings.learn else ([], [])
     return StageRunner(settings, codec, NAME, delivery.handlers() + attribution.handlers(settings, book)
-                       + learner.handlers(), attribution.TABLES + learner.TABLES,
+                       + learning[0], attribution.TABLES + learning[1],
                        # earlier releases' app read the attributions only for the learner: its commits there mark an upgrade
-                       ran_on_faust=topics.ATTRIBUTIONS, consumer=consumer, producer=producer)
+                       ran_on_faust=topics.ATTRIBUTIONS if settings.learn else None, consumer=consumer, producer=producer)
 
 
 def build_after_decision(settings: Settings):

@@ -426,7 +426,6 @@ def _rules_backtest(settings: Settings, args) -> int:
 
 def _replay(settings: Settings, args) -> int:
     import json
-
     import os
 
     from streams import clients

@@ -215,6 +215,9 @@ class Settings:
     # standby replicas: each partition's tables kept warm by this many other workers, so that a partition
     # moving there (a worker gone) resumes from warm state instead of reading its changelogs from the start
     standby_replicas: int = 0
+    # False: the uplift learner does not run (a replay or a shadow scores with the models as learned live;
+    # its decisions are never shown, so what it would learn from them is not evidence)
+    learn: bool = True
     # an adapter's /metrics (`engage adapter webhook|email|console`): its port (0: none) and address
     metrics_port: int = 0
     metrics_bind: str = "127.0.0.1"
@@ -282,6 +285,7 @@ class Settings:
             context_url=env.get("ENGAGE_CONTEXT_URL", "").strip(),
             stuck_after_s=_int(env, "ENGAGE_STUCK_AFTER_S", 120, minimum=1),
             standby_replicas=_int(env, "ENGAGE_STANDBY_REPLICAS", 0, minimum=0),
+            learn=_switch(env, "ENGAGE_LEARN", True),
             metrics_port=_int(env, "ENGAGE_METRICS_PORT", 0, minimum=0),
             metrics_bind=env.get("ENGAGE_METRICS_BIND", "") or "127.0.0.1",
             test_pause=tuple(p.strip() for p in (env.get("ENGAGE_TEST_PAUSE") or "").split(",") if p.strip()),

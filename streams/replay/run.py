@@ -9,7 +9,8 @@ the rule sets in force (the published versions, else the files), with the candid
 them, into a folder of its own; it runs a worker on all that until every stage has read
 everything and nothing more comes; then it diffs what the replay found and decided against what
 the live pipeline did for the same events, and deletes its topics, consumer groups and folder.
-Its deliveries go to its own delivery topic, which no adapter reads.
+Its deliveries go to its own delivery topic, which no adapter reads. It scores with the models as
+the live engine learned them and learns nothing (ENGAGE_LEARN=0): no one saw its offers.
 
 A shadow (`engage replay --shadow`) is a worker with app id `<app id>-shadow` and prefix
 `<prefix>shadow.` that reads the live events, profiles, identity links and the rest others write
@@ -74,6 +75,8 @@ def worker_env(s: Settings, rules_dir: Path, data_dir: Path, http_port: int, ext
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers, "ENGAGE_APP_ID": s.app_id,
            "ENGAGE_TOPIC_PREFIX": s.topic_prefix, "ENGAGE_RULES_DIR": str(rules_dir), "ENGAGE_DATA_DIR": str(data_dir),
            "ENGAGE_HTTP_PORT": str(http_port), "ENGAGE_PARTITIONS": str(s.partitions), "ENGAGE_STANDBY_REPLICAS": "0",
+           # it scores with the models as learned live, and learns nothing from decisions no one was shown
+           "ENGAGE_LEARN": "0",
            **(extra or {})}
     env.pop("ENGAGE_INPUT_PREFIX", None)
     if s.input_prefix is not None:
@@ -299,12 +302,12 @@ def read_outputs(s: Settings, window: Window, codec, margin_ms: int = 3_600_000)
 def remove_run(s: Settings, timeout_s: float = 30.0) -> list[str]:
     """Delete a replay's or the shadow's topics (its prefix, its changelogs) and consumer groups; never a live
     topic (a shadow's inputs are the live ones, and are not under its prefix)."""
+    if not s.topic_prefix:
+        raise ReplayError("refusing to delete topics without a prefix")
     admin = clients.admin(s, quiet=True)
     live_inputs = {s.topic(n) for n in topics.EXTERNAL_INPUTS} if s.input_prefix is not None else set()
     names = [t for t in admin.list_topics(timeout=timeout_s).topics
              if (t.startswith(s.topic_prefix) or t.startswith(f"{s.app_id}-")) and t not in live_inputs]
-    if not s.topic_prefix:
-        raise ReplayError("refusing to delete topics without a prefix")
     for _name, fut in (admin.delete_topics(names, operation_timeout=timeout_s).items() if names else ()):
         try:
             fut.result()
@@ -378,7 +381,8 @@ def replay(live: Settings, window: Window, rules_file: Path | None = None, actio
 
 def prepare_shadow(live: Settings, rules_file: Path | None, actions_file: Path | None, data_dir: Path) -> tuple[Settings, dict]:
     """The shadow's settings and worker environment: its topics made, its rules written, its detection group
-    set to begin at the live events' end if it never read them (a shadow sees traffic from its first start on)."""
+    set to begin at the live events' end if it never read them (a shadow sees traffic from its first start on),
+    the live models copied to its own models topic."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
     from streams.admin import ensure_topics, wait_for_broker
@@ -401,20 +405,13 @@ def prepare_shadow(live: Settings, rules_file: Path | None, actions_file: Path |
             ends = [TopicPartition(events, p, clients.watermarks(c, TopicPartition(events, p), time.monotonic() + 10)[1])
                     for p in fresh]
             admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, ends)])[group].result(10)
-        if _is_empty(c, ss.topic(topics.MODELS.name)):  # start from what the live engine has learned
-            _copy_whole(live, ss, topics.MODELS)
+        # it does not learn (ENGAGE_LEARN=0): it scores with the models the live engine has learned by its start
+        _copy_whole(live, ss, topics.MODELS)
     finally:
         c.close()
     # its own web server (its /metrics, /ready) on a free port, printed at start: never the live workers' ports
     env = worker_env(ss, data_dir / "rules", data_dir / "state", free_port())
     return ss, env
-
-
-def _is_empty(c, topic: str) -> bool:
-    from confluent_kafka import TopicPartition
-
-    return all(clients.watermarks(c, TopicPartition(topic, p), time.monotonic() + 10)[1] == 0
-               for p in _partitions(c, topic))
 
 
 def _copy_whole(live: Settings, to: Settings, spec) -> None:

@@ -172,11 +172,11 @@ class Pipeline:
     def wait_until_assigned(self, proc: subprocess.Popen, members: int = 1, timeout_s: float = 90.0) -> None:
         """The workers' consumer groups (the detection, data, decision and after-decision runners') are
         stable, have `members` members, and hold every partition of the events, signals, enriched signals and
-        attributions topics respectively."""
+        decisions topics respectively (not the attributions: a replay's or shadow's worker does not learn)."""
         admin = AdminClient(self.client_conf)
         deadline = time.monotonic() + timeout_s
         wanted = {self.groups_of(t)[-1]: {(self.topic(t), p) for p in range(self.settings.partitions)}
-                  for t in ("engage.events", "engage.signals", "engage.enriched", "engage.attributions")}
+                  for t in ("engage.events", "engage.signals", "engage.enriched", "engage.decisions")}
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise AssertionError(f"worker exited with {proc.returncode}: {self.logs()[-3000:]}")

@@ -85,7 +85,7 @@ class FakeConsumer:
         self.log.append(("commit", None))
 
 
-def after_decision(tmp_path, actions=None):
+def after_decision(tmp_path, actions=None, **settings_over):
     """The after-decision runner (delivery, attribution, learning) on the test actions, over the fakes."""
     from streams import clients
     from streams.after_decision import build_runner
@@ -93,7 +93,7 @@ def after_decision(tmp_path, actions=None):
     from streams.settings import Settings
     from tests.support.stage import ACTIONS
 
-    settings = Settings(data_dir=tmp_path / "state")
+    settings = Settings(data_dir=tmp_path / "state", **settings_over)
     runner = build_runner(settings, clients.codec(settings), RuleBook(actions or ACTIONS))
     runner.log = []
     runner.consumer, runner.producer = FakeConsumer(runner.log), FakeProducer(runner.log)

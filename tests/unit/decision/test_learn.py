@@ -162,3 +162,12 @@ def test_the_learner_sends_its_partitions_evidence_once_windows_close_and_forget
     db = runner.stores.dbs[0]
     assert [k for k, _ in db.items(topics.DECISION_TO_LABEL)] == ["d4"]
     assert decode(db.get(topics.PARTITION_TO_EVIDENCE, "0"))["labels"] == 3
+
+
+def test_a_worker_that_must_not_learn_never_reads_the_attributions(tmp_path):
+    # Given the after-decision runner of a replay or a shadow (ENGAGE_LEARN=0), whose decisions no one is shown
+    runner = after_decision(tmp_path, learn=False)
+    # Then it reads the decisions but not the attributions: nothing it would learn can reach a models topic
+    assert "engage.decisions" in runner.handlers and "engage.attributions" not in runner.handlers
+    # while a live worker's does
+    assert "engage.attributions" in after_decision(tmp_path / "live").handlers
