@@ -50,7 +50,14 @@ def run_child(settings: Settings, build: Callable) -> None:
                 runner.stop.set()
 
     threading.Thread(target=watch, name="runner-stop", daemon=True).start()
-    runner.run()
+    from streams.runtime.runner import Wedged
+
+    try:
+        runner.run()
+    except Wedged as exc:
+        log.error("%s", exc)
+        logging.shutdown()
+        os._exit(3)  # not a clean exit: a stuck consumer's close waits for good; the supervisor starts us again
 
 
 def _die_with_parent() -> None:

@@ -48,6 +48,10 @@ class Stopped(Exception):
     """The runner was asked to stop while a batch was not handed to the broker: nothing of it is committed."""
 
 
+class Wedged(Exception):
+    """The consumer has not been in its group for long while nothing stopped it: librdkafka stuck (see `_on_stats`)."""
+
+
 class Runner:
     """A consumer group over co-partitioned `inputs`; tables in `stores`, each with its changelog topic.
 
@@ -78,6 +82,9 @@ class Runner:
         self.standbys: set[int] = set()  # partitions kept warm here, by following their changelogs
         self._standbys_wanted: frozenset[int] = frozenset()  # as the watcher last worked it out
         self._standby_reader = None
+        self._out_of_group_since: float | None = None  # when the consumer's group state last left "up"
+        # how long the consumer may stay out of its group before the stage starts again with a new one
+        self.wedged_after_s = max(30.0, 3 * settings.session_timeout_ms / 1000)
 
     # -- the loop ------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -87,7 +94,8 @@ class Runner:
                 "partition.assignment.strategy": "range",  # the same partitions of every input
                 "session.timeout.ms": self.settings.session_timeout_ms,
                 "heartbeat.interval.ms": min(3000, self.settings.session_timeout_ms // 3),
-                **({"client.id": self.client_id} if self.client_id else {})})
+                **({"client.id": self.client_id} if self.client_id else {}),
+                "statistics.interval.ms": 5000, "stats_cb": self._on_stats})
         self.producer = self._producer or clients.producer(self.settings, logger=log, **{"linger.ms": 1})
         self.done.clear()
         self.consumer.subscribe(self.inputs, on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -106,14 +114,43 @@ class Runner:
                 self._keep_standbys()
         except Stopped:
             log.info("%s: stopped with a batch not handed to the broker; it is read again next time", self.stage)
+        except Wedged:
+            # closing would wait on the stuck coordinator for good: the process ends and its supervisor starts
+            # the stage again (streams/runtime/process.py); what was not committed is read again, to the same ids
+            self.producer.flush(10)
+            raise
+        except BaseException:
+            self._close()
+            raise
+        self._close()
+
+    def _close(self) -> None:
+        try:
+            self.consumer.close()  # revokes: what is done is committed
         finally:
-            try:
-                self.consumer.close()  # revokes: what is done is committed
-            finally:
-                if self._standby_reader is not None:
-                    self._standby_reader.close()
-                self.stores.close_all()
-                self.producer.flush(10)
+            if self._standby_reader is not None:
+                self._standby_reader.close()
+            self.stores.close_all()
+            self.producer.flush(10)
+
+    def _on_stats(self, text: str) -> None:
+        """librdkafka's statistics, every 5 s: if the consumer has been out of its group (coordinator state not
+        "up") for `wedged_after_s` while the stage runs, raise Wedged. After the broker was frozen for 20 s
+        (`make chaos`), one consumer in a few stayed in query-coord/wait-coord for good ("no broker available
+        for coordinator query", librdkafka 2.16.0; cf. confluentinc/librdkafka#3082, #3847) while its
+        process's other clients went on: the stage held nothing and read nothing, and only /ready said so."""
+        import json
+
+        state = (json.loads(text).get("cgrp") or {}).get("state", "up")
+        now = time.monotonic()
+        if state == "up" or self.stop.is_set():
+            self._out_of_group_since = None
+            return
+        if self._out_of_group_since is None:
+            self._out_of_group_since = now
+        elif now - self._out_of_group_since >= self.wedged_after_s:
+            raise Wedged(f"{self.stage}: the consumer has been out of its group (state {state}) for "
+                         f"{now - self._out_of_group_since:.0f} s; the stage starts again with a new one")
 
     def process(self, records: list[Record]) -> None:
         raise NotImplementedError
