@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-unit test-integration bench bench-decisions kafka-up kafka-down topics clean
+.PHONY: install run test test-unit test-integration bench bench-decisions chaos kafka-up kafka-down topics clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test-integration: install
 ## measure the pipeline; results go to bench/results/
 bench: install
 	@$(VENV)/bin/engage bench
+
+## the fault suite (workers killed, the broker stopped and frozen, state deleted); results go to bench/results/
+chaos: install
+	@$(VENV)/bin/engage chaos
 
 ## the engine against naive, random and oracle policies on the four scenarios; results go to bench/results/
 bench-decisions: install

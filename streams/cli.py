@@ -24,6 +24,9 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{sub + ': ' if sub else ''}{message} (see {self.prog} --help)")
 
 
+CHAOS_FAULTS = ("kill_cycles", "broker_stop", "broker_freeze", "state_deleted")  # streams/tools/chaos.py
+
+
 def _positive(kind):
     def parse(text):
         try:
@@ -138,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--rate", type=_positive(float), default=1000.0, help="offered events per second (default 1000)")
     be.add_argument("--duration", type=_positive(float), default=60.0, help="seconds of offered load (default 60)")
     be.add_argument("--out", type=Path, default=None)
+
+    ch = sub.add_parser("chaos", help="the fault suite: workers killed, the broker stopped and frozen, state deleted; "
+                                      "what was lost, repeated, and how long recovery took")
+    ch.add_argument("--events", type=_positive(int), default=100_000,
+                    help="events streamed during the kill cycles (default 100000; a fifth for each other fault)")
+    ch.add_argument("--cycles", type=_positive(int), default=20, help="kill -9 cycles (default 20)")
+    ch.add_argument("--rate", type=_positive(float), default=250.0, help="events per second streamed (default 250)")
+    ch.add_argument("--only", action="append", choices=CHAOS_FAULTS, default=None,
+                    help="run only this fault; repeat for several (default: all four)")
+    ch.add_argument("--out", type=Path, default=None)
 
     bd = sub.add_parser("bench-decisions", help="the engine against naive, random and oracle policies on each scenario")
     bd.add_argument("--scenario", action="append", default=None,
@@ -598,6 +611,10 @@ def run(argv: list[str]) -> int:
         from streams.tools.bench import run_bench
 
         run_bench(settings, rate=args.rate, duration_s=args.duration, out=args.out)
+    elif args.command == "chaos":
+        from streams.tools.chaos import run_chaos
+
+        run_chaos(settings, events=args.events, cycles=args.cycles, rate=args.rate, only=args.only, out=args.out)
     elif args.command == "bench-decisions":
         from streams.tools.decisions import SCENARIOS, run_bench_decisions
         from streams.tools.scenario import load_scenario
@@ -645,11 +662,12 @@ def main(argv: list[str] | None = None) -> None:
     from streams.schemas import RegistrationError
     from streams.statedir import StateDirError
     from streams.replay.run import ReplayError
+    from streams.tools.chaos import ChaosError
 
     try:
         code = run(sys.argv[1:] if argv is None else argv)
     except (CliError, SettingsError, KafkaUnavailable, BrokerError, RuleError, RegistryError, BacktestError,
-            StateDirError, RegistrationError, ReplayError) as exc:
+            StateDirError, RegistrationError, ReplayError, ChaosError) as exc:
         print(f"engage: {exc}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

@@ -54,14 +54,17 @@ def _iso(ms: int | None) -> str | None:
 
 
 def run_backtest(events: Iterable[tuple[int, dict]], rules: DetectionRuleSet, lateness_ms: int = 5_000,
-                 end_ts: int | None = None, examples: int = 3) -> Report:
-    """`events` are (partition, Interaction); timers still pending at `end_ts` fire if it has passed them."""
+                 end_ts: int | None = None, examples: int = 3, signals: list | None = None) -> Report:
+    """`events` are (partition, Interaction); timers still pending at `end_ts` fire if it has passed them.
+    Every signal found is also appended to `signals` if given (the ground truth of `make chaos`)."""
     report = Report(rules.version, rules={r.id: RuleReport(r.id, r.signal) for r in rules.rules})
     detector = Detector(lambda: rules, lateness_ms=lateness_ms)
     stores: dict[int, Tx] = {}
 
-    def record(signals: list[dict]) -> None:
-        for s in signals:
+    def record(found: list[dict]) -> None:
+        if signals is not None:
+            signals.extend(found)
+        for s in found:
             r = report.rules[s["rule_id"]]
             r.fires += 1
             r.visitors.add(s["visitor_id"])
@@ -72,7 +75,7 @@ def run_backtest(events: Iterable[tuple[int, dict]], rules: DetectionRuleSet, la
     for partition, ev in events:
         tx = stores.setdefault(partition, Tx({}, {}))
         try:
-            signals = detector.on_event(tx, partition, ev).signals
+            found = detector.on_event(tx, partition, ev).signals
         except InvalidEvent:
             report.invalid += 1
             continue
@@ -80,7 +83,7 @@ def run_backtest(events: Iterable[tuple[int, dict]], rules: DetectionRuleSet, la
         report.visitors.add(ev["visitor_id"])
         report.first_ts = ev["ts"] if report.first_ts is None else min(report.first_ts, ev["ts"])
         report.last_ts = ev["ts"] if report.last_ts is None else max(report.last_ts, ev["ts"])
-        record(signals)
+        record(found)
         tx.apply()
     if end_ts is not None:  # the end of the range is the partitions' time: fire what was due by then
         for partition, tx in stores.items():

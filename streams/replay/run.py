@@ -226,7 +226,7 @@ class Progress:
             self.out.write("\n")
 
 
-def _group_state(rs: Settings, admin) -> tuple[int, int, int]:
+def group_state(rs: Settings, admin) -> tuple[int, int, int]:
     """(events detection has committed, records the stages have yet to commit, records on the replay's topics)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import OffsetSpec
@@ -264,7 +264,7 @@ def wait_until_done(rs: Settings, events: int, worker, progress: Progress, timeo
         if time.monotonic() >= deadline:
             raise ReplayError(f"the replay did not finish within {timeout_s:.0f}s")
         try:
-            read, lag, made = _group_state(rs, admin)
+            read, lag, made = group_state(rs, admin)
         except Exception as exc:  # noqa: BLE001 - a group not there yet, a broker hiccup: ask again
             log.debug("replay progress: %s", exc)
             time.sleep(0.5)

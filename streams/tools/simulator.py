@@ -151,8 +151,10 @@ class Traffic:
 
 
 def run_simulator(settings: Settings, rate: float, duration_s: float | None, seed: int, customers: int,
-                  count: int | None = None, stop: threading.Event | None = None, quiet: bool = False) -> int:
-    """Produce profiles, then events at `rate` per second (0: as fast as possible). Returns events sent."""
+                  count: int | None = None, stop: threading.Event | None = None, quiet: bool = False,
+                  flush_s: float = 30.0) -> int:
+    """Produce profiles, then events at `rate` per second (0: as fast as possible). Returns events sent.
+    At the end it waits up to `flush_s` for the broker to take what is still buffered (and says if not all was)."""
     codec = clients.codec(settings)
     stop = stop or threading.Event()
     traffic = Traffic(seed=seed, customers=customers)
@@ -185,5 +187,7 @@ def run_simulator(settings: Settings, rate: float, duration_s: float | None, see
             if not quiet and sent % max(1, int(rate * 10) if rate else 10000) == 0:
                 print(f"[simulator] {sent} events sent", flush=True)
     finally:
-        producer.flush(30)
+        left = producer.flush(flush_s)
+        if left:
+            print(f"[simulator] {left} events not taken by the broker within {flush_s:g} s", flush=True)
     return sent
