@@ -55,7 +55,7 @@ def run_child(settings: Settings, build: Callable) -> None:
     try:
         runner.run()
     except Wedged as exc:
-        log.error("%s", exc)
+        log.error("stuck: %s", exc)
         logging.shutdown()
         os._exit(3)  # not a clean exit: a stuck consumer's close waits for good; the supervisor starts us again
 

@@ -307,6 +307,22 @@ class Runner:
             log.warning("%s: commit failed: %s", self.stage, exc)
 
     # -- partitions coming and going ---------------------------------------------------------------
+    def _committed(self, consumer, partitions, timeout_s: float = 60.0) -> list:
+        """The group's committed offsets, asked again while the coordinator moves or wakes up: right after the
+        broker was frozen (`make chaos`) the first ask failed with NOT_COORDINATOR, and the exception, raised in
+        the assignment callback, ended the stage's process (started again, but a crash for a passing state)."""
+        from confluent_kafka import KafkaException
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return consumer.committed(partitions, timeout=max(1.0, min(30.0, deadline - time.monotonic())))
+            except KafkaException as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("%s: asking for the committed offsets again: %s", self.stage, exc)
+                time.sleep(0.5)
+
     def _on_assign(self, consumer, partitions) -> None:
         mine = sorted(tp.partition for tp in partitions if tp.topic == self.primary)
         started = time.monotonic()
@@ -316,7 +332,7 @@ class Runner:
         metrics.m().restored.labels(self.stage).inc(restored)
         committed: dict[tuple[str, int], int] = {}
         if partitions:
-            committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=30)}
+            committed = {(tp.topic, tp.partition): tp.offset for tp in self._committed(consumer, partitions)}
             if self._resume_where_faust_stopped(partitions, committed):
                 consumer.assign(partitions)  # with the offsets set (the client's own assign would drop them)
         self.assigned = set(mine)

@@ -105,9 +105,21 @@ class Workers:
 
     def restarts(self) -> dict:
         """What the workers' logs say happened inside them: stage processes started again, and why."""
+        import re
+
         text = "".join(f.read_text(errors="replace") for f in self.work.glob("worker-*.log"))
+        # the errors the workers logged, once each, without their times and process ids (the logs hold
+        # no record contents: ids and reasons only)
+        lines = text.splitlines()
+        found = {line.split("[ERROR]", 1)[1] for line in lines if "[ERROR]" in line
+                 and "Connection refused" not in line and "Connect call failed" not in line}  # the outage itself
+        for i, line in enumerate(lines):  # a process that died of an exception: the exception's line
+            if line.startswith("Traceback (most recent call last)"):
+                found |= {next((x for x in lines[i + 1:] if x and not x[0].isspace()), "?")}
+        errors = sorted({re.sub(r"\d{3,}", "N", e.strip())[:240] for e in found})
         return {"stage_processes_started_again": text.count("process exited with"),
-                "consumers_found_stuck": text.count("the stage starts again with a new one")}
+                "consumers_found_stuck": text.count("the stage starts again with a new one"),
+                "errors_logged": errors[:30]}
 
     def stop_all(self) -> None:
         for proc in self.procs.values():

@@ -46,3 +46,24 @@ def test_a_stopping_stage_is_never_taken_for_wedged(tmp_path, monkeypatch):
     for _ in range(10):
         runner._on_stats(stats("wait-coord"))
         now[0] += 60
+
+
+def test_the_committed_offsets_are_asked_again_while_the_coordinator_moves(tmp_path, monkeypatch):
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+    # Given a consumer whose first ask fails as it did right after the broker was frozen
+    answers = [KafkaException(KafkaError(KafkaError.NOT_COORDINATOR)), [TopicPartition("t", 0, 42)]]
+
+    class Consumer:
+        def committed(self, partitions, timeout):
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    runner = after_decision(tmp_path)
+    monkeypatch.setattr(runner_module.time, "sleep", lambda s: None)
+    # When the runner asks for the committed offsets on an assignment
+    got = runner._committed(Consumer(), [TopicPartition("t", 0)])
+    # Then it asks again instead of failing the stage's process
+    assert [(tp.topic, tp.partition, tp.offset) for tp in got] == [("t", 0, 42)] and answers == []
