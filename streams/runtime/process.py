@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from typing import Callable
 
 import mode
@@ -95,8 +96,11 @@ class ChildService(mode.Service):
         while not self.stopping.is_set():
             self.process = self.context.Process(target=run_child, args=(self.settings, self.build),
                                                 name=f"engage-{self.name}")
+            started = time.monotonic()
             self.process.start()
             self.process.join()
+            if time.monotonic() - started > 300:
+                pause = 1.0  # it had been running well: this failure is not part of a series
             metrics.process_gone(self.process.pid)  # its live gauges (partitions held, readiness) no longer count
             if self.stopping.is_set() or self.process.exitcode == 0:
                 return  # stopped by us, or by a SIGTERM to the worker's process group: the worker is stopping too

@@ -117,8 +117,11 @@ class Workers:
             if line.startswith("Traceback (most recent call last)"):
                 found |= {next((x for x in lines[i + 1:] if x and not x[0].isspace()), "?")}
         errors = sorted({re.sub(r"\d{3,}", "N", e.strip())[:240] for e in found})
-        return {"stage_processes_started_again": text.count("process exited with"),
-                "consumers_found_stuck": text.count("the stage starts again with a new one"),
+        stuck = text.count("the stage starts again with a new one")
+        # counted where they end (each stage process logs its own end; the worker's "started again" lines are
+        # rate-limited like every repeated complaint, streams/logfilter.py)
+        return {"stage_processes_ended": stuck + text.count("Traceback (most recent call last)"),
+                "consumers_found_stuck": stuck,
                 "errors_logged": errors[:30]}
 
     def stop_all(self) -> None:
