@@ -107,6 +107,15 @@ def test_replay_of_known_journeys_gives_the_known_diff(new_pipeline, tmp_path):
         assert ex["visitor_id"] in touched
     assert report["value"]["net"] == pytest.approx(report["value"]["gained"] - report["value"]["lost"], abs=1e-3)
     assert "login-trouble" in run.stdout and "expected incremental value" in run.stdout
+
+    # When a candidate file has a mistake
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(CANDIDATE_RULES.replace("    signal: cancel_intent\n    priority: 85", "    signal: cancel_intent\n    priority: high"))
+    refused = engage(pipe, "replay", *window, "--rules", str(bad))
+    # Then it is refused in one line naming the file, the line and the reason, before anything runs
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"engage: {bad}:93: rule 'roaming-leaver': priority must be a whole number from 0 to 100, got 'high'")
     # And the replay left nothing behind
     names = AdminClient(pipe.client_conf).list_topics(timeout=10).topics
     assert not [t for t in names if ".replay-" in t or "-replay-" in t]

@@ -91,6 +91,7 @@ def test_a_bad_argument_prints_one_line_and_exits_2(argv, expected, monkeypatch,
     ({"ENGAGE_REPLICATION": "1.5"}, "engage: ENGAGE_REPLICATION must be a whole number, got '1.5'"),
     ({"ENGAGE_TOPIC_PREFIX": "prod/"}, "engage: ENGAGE_TOPIC_PREFIX may hold letters, digits, '.', '_' and '-' only, "
                                        "got 'prod/'"),
+    ({"ENGAGE_LEARN": "sometimes"}, "engage: ENGAGE_LEARN must be on or off, got 'sometimes'"),
     ({"ENGAGE_INPUT_PREFIX": "live prod."}, "engage: ENGAGE_INPUT_PREFIX may hold letters, digits, '.', '_' and '-' "
                                             "only, got 'live prod.'"),
     ({"ENGAGE_VISITOR_TTL": "soon"}, "engage: ENGAGE_VISITOR_TTL must be a duration like 500ms, 5s, 10m, 2h or 30d, "
@@ -271,3 +272,32 @@ def test_an_adapter_missing_its_secret_url_or_sender_is_refused_in_one_line(env,
     # When the adapter is started, then it exits 2 with one line, and never prints the secret
     code, out, err = run_main(argv, capsys)
     assert code == 2 and one_line(err) == f"engage: {expected}" and "s3cret-value" not in err + out
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["replay", "--to", "now"], "engage: replay: --from is needed (an ISO time, or a time ago such as 2h)"),
+    (["replay", "--from", "2026-12-02T10:00", "--to", "2026-12-02T09:00"],
+     "engage: replay: --to (2026-12-02T09:00) must be later than --from (2026-12-02T10:00)"),
+    (["replay", "--diff", "--from", "1h"], "engage: replay: --diff and --clean go with --shadow"),
+    (["replay", "--shadow", "--from", "1h"],
+     "engage: replay --shadow runs from now on: --from and --keep do not apply (diff with --shadow --diff)"),
+])
+def test_replay_misuse_is_refused_in_one_line_before_any_broker_is_asked(argv, expected, monkeypatch, capsys):
+    # Given arguments that cannot make a replay (and a broker that must never be reached)
+    import streams.admin
+
+    monkeypatch.setattr(streams.admin, "wait_for_broker", lambda *_, **__: pytest.fail("the broker was asked"))
+    # When engage runs them
+    code, out, err = run_main(argv, capsys)
+    # Then one line says what is wrong, exit 2
+    assert code == 2 and one_line(err) == expected and out == ""
+
+
+def test_chaos_refuses_a_broker_it_does_not_own(monkeypatch, capsys):
+    # Given KAFKA_BOOTSTRAP_SERVERS naming a cluster (the suite stops and freezes its broker)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker1:9092")
+    # When the fault suite is asked for
+    code, out, err = run_main(["chaos", "--only", "broker_freeze"], capsys)
+    # Then it is refused in one line, before it touches anything
+    assert code == 2 and out == ""
+    assert one_line(err) == "engage: chaos stops and freezes its broker, so it starts its own: unset KAFKA_BOOTSTRAP_SERVERS"
