@@ -25,9 +25,9 @@ def build_runner(settings: Settings, codec, book, *, consumer=None, producer=Non
     from streams.delivery import stage as delivery
     from streams.runtime.stage import StageRunner
 
-    learning = (learner.handlers(), learner.TABLES) if settings.learn else ([], [])
+    learning, learned = (learner.handlers(), learner.TABLES) if settings.learn else ([], [])
     return StageRunner(settings, codec, NAME, delivery.handlers() + attribution.handlers(settings, book)
-                       + learning[0], attribution.TABLES + learning[1],
+                       + learning, attribution.TABLES + learned,
                        # earlier releases' app read the attributions only for the learner: its commits there mark an upgrade
                        ran_on_faust=topics.ATTRIBUTIONS if settings.learn else None, consumer=consumer, producer=producer)
 

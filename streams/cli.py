@@ -24,9 +24,6 @@ class _Parser(argparse.ArgumentParser):
         raise CliError(f"{sub + ': ' if sub else ''}{message} (see {self.prog} --help)")
 
 
-CHAOS_FAULTS = ("kill_cycles", "broker_stop", "broker_freeze", "state_deleted")  # streams/tools/chaos.py
-
-
 def _positive(kind):
     def parse(text):
         try:
@@ -142,13 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--duration", type=_positive(float), default=60.0, help="seconds of offered load (default 60)")
     be.add_argument("--out", type=Path, default=None)
 
+    from streams.tools.chaos import FAULTS
+
     ch = sub.add_parser("chaos", help="the fault suite: workers killed, the broker stopped and frozen, state deleted; "
                                       "what was lost, repeated, and how long recovery took")
     ch.add_argument("--events", type=_positive(int), default=100_000,
                     help="events streamed during the kill cycles (default 100000; a fifth for each other fault)")
     ch.add_argument("--cycles", type=_positive(int), default=20, help="kill -9 cycles (default 20)")
     ch.add_argument("--rate", type=_positive(float), default=250.0, help="events per second streamed (default 250)")
-    ch.add_argument("--only", action="append", choices=CHAOS_FAULTS, default=None,
+    ch.add_argument("--only", action="append", choices=FAULTS, default=None,
                     help="run only this fault; repeat for several (default: all four)")
     ch.add_argument("--out", type=Path, default=None)
 

@@ -160,6 +160,15 @@ def read_all(settings: Settings, topic: str, timeout_s: float = 120.0,
     By assignment, to the end offsets taken first, so no group join can cut the read short; for the
     report and the benchmarks, which read a whole topic once.
     """
+    return [(m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value())
+            for m in read_messages(settings, topic, timeout_s=timeout_s, group_prefix=group_prefix)]
+
+
+def read_messages(settings: Settings, topic: str, since_ms: int | None = None, stop=None, timeout_s: float = 120.0,
+                  group_prefix: str = "engage-reader"):
+    """Every record (a confluent-kafka Message) of every partition of `topic` from the first at or after `since_ms`
+    (None: the first kept) to the end offsets taken at the start; `stop(timestamp ms)` true ends a partition's
+    read there. Partitions interleave; each partition's records come in order. Raises ReadError past `timeout_s`."""
     from confluent_kafka import TopicPartition
 
     c = consumer(settings, throwaway_group(group_prefix), log_level=None)
@@ -170,19 +179,30 @@ def read_all(settings: Settings, topic: str, timeout_s: float = 120.0,
         if found is None or found.error is not None:
             raise ReadError(f"no topic {topic}")
         ranges = {p: watermarks(c, TopicPartition(topic, p), deadline) for p in found.partitions}
-        todo = {p: high for p, (low, high) in ranges.items() if high > low}
-        c.assign([TopicPartition(topic, p, ranges[p][0]) for p in todo])
-        out: list[tuple[int, int, int, bytes | None, bytes | None]] = []
+        starts = {p: low for p, (low, _high) in ranges.items()}
+        if since_ms is not None:
+            at = c.offsets_for_times([TopicPartition(topic, p, max(0, since_ms)) for p in ranges],
+                                     timeout=max(1.0, deadline - time.monotonic()))
+            # no record at or after since_ms: nothing to read there
+            starts = {tp.partition: ranges[tp.partition][1] if tp.offset < 0 else max(tp.offset, ranges[tp.partition][0])
+                      for tp in at}
+        todo = {p: high for p, (_low, high) in ranges.items() if high > starts[p]}
+        if not todo:
+            return
+        c.assign([TopicPartition(topic, p, starts[p]) for p in todo])
         while todo:
             if time.monotonic() >= deadline:
                 raise ReadError(f"could not read {topic} to its end within {timeout_s:.0f}s")
             msg = c.poll(0.5)
-            if msg is None or msg.error():
+            if msg is None or msg.error() or msg.partition() not in todo:
                 continue
-            out.append((msg.partition(), msg.offset(), msg.timestamp()[1], msg.key(), msg.value()))
-            if msg.offset() + 1 >= todo.get(msg.partition(), 0):
-                todo.pop(msg.partition(), None)
-        return out
+            if stop is not None and stop(msg.timestamp()[1]):
+                c.pause([TopicPartition(topic, msg.partition())])
+                todo.pop(msg.partition())
+                continue
+            yield msg
+            if msg.offset() + 1 >= todo[msg.partition()]:
+                todo.pop(msg.partition())
     finally:
         c.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Mapping
 
@@ -312,7 +313,7 @@ class Settings:
         host = self.http_host or (socket.gethostname() if self.http_bind in ("0.0.0.0", "::", "") else self.http_bind)
         return f"http://{host}:{self.http_port or 6066}"
 
-    @property
+    @cached_property  # asked for every batch a stage counts (a frozen dataclass: computed once per instance)
     def prefixes(self) -> tuple[str, ...]:
         """The topic prefixes in use, longest first (what metrics strip to name a topic as the contract does)."""
         return tuple(sorted({p for p in (self.topic_prefix, self.input_prefix) if p}, key=len, reverse=True))

@@ -126,36 +126,13 @@ def _partitions(c, topic: str, timeout_s: float = 15.0) -> list[int]:
 def _read(settings: Settings, topic: str, since_ms: int | None, stop: Callable[[int], bool] | None = None,
           timeout_s: float = 120.0) -> Iterator[tuple[int, object]]:
     """(partition, message) of every record of `topic` from the first one at or after `since_ms` (None: the
-    first) to the end now, partition by partition; `stop(timestamp)` ends a partition's read early."""
-    from confluent_kafka import TopicPartition
-
-    c = clients.consumer(settings, clients.throwaway_group(f"{settings.app_id}-replay-reader"), log_level=None)
+    first) to the end now; `stop(timestamp)` ends a partition's read early (clients.read_messages)."""
     try:
-        deadline = time.monotonic() + timeout_s
-        parts = _partitions(c, topic)
-        starts = {p: 0 for p in parts}
-        if since_ms is not None:
-            found = c.offsets_for_times([TopicPartition(topic, p, max(0, since_ms)) for p in parts], timeout=timeout_s)
-            starts = {tp.partition: tp.offset for tp in found}
-        for p in parts:
-            low, high = clients.watermarks(c, TopicPartition(topic, p), deadline)
-            start = high if starts[p] < 0 else max(starts[p], low)
-            if start >= high:
-                continue
-            c.assign([TopicPartition(topic, p, start)])
-            while True:
-                if time.monotonic() >= deadline:
-                    raise ReplayError(f"could not read {topic} within {timeout_s:.0f}s")
-                msg = c.poll(0.5)
-                if msg is None or msg.error():
-                    continue
-                if stop is not None and stop(msg.timestamp()[1]):
-                    break
-                yield p, msg
-                if msg.offset() + 1 >= high:
-                    break
-    finally:
-        c.close()
+        for msg in clients.read_messages(settings, topic, since_ms, stop, timeout_s,
+                                         group_prefix=f"{settings.app_id}-replay-reader"):
+            yield msg.partition(), msg
+    except clients.ReadError as exc:
+        raise ReplayError(str(exc)) from None
 
 
 def copy_inputs(live: Settings, rs: Settings, window: Window, codec, margin_ms: int = 3_600_000) -> int:

@@ -340,7 +340,7 @@ def _context_latency(settings: Settings, work: Path, customers: list[str]) -> di
         return {"error": "no customer has state"}
     port = free_port()
     token = secrets.token_urlsafe(24)
-    env = {**_worker_env(settings), "ENGAGE_HTTP_PORT": str(port), "ENGAGE_CONTEXT_TOKEN": token,
+    env = {**worker_env(settings), "ENGAGE_HTTP_PORT": str(port), "ENGAGE_CONTEXT_TOKEN": token,
            "ENGAGE_CONTEXT_RATE": "1000000"}
     worker = spawn(["worker"], work / f"worker-context-{settings.app_id}.log", env=env)
     local = threading.local()
@@ -528,7 +528,8 @@ def _backlog(settings: Settings, sampler: Sampler, events: int, customers: int, 
     return out
 
 
-def _worker_env(settings: Settings) -> dict:
+def worker_env(settings: Settings) -> dict:
+    """A bench worker's environment for `settings`."""
     return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
             "ENGAGE_TOPIC_PREFIX": settings.topic_prefix, "ENGAGE_APP_ID": settings.app_id,
             "ENGAGE_DATA_DIR": str(settings.data_dir), "ENGAGE_LOG_LEVEL": "warning",
@@ -542,7 +543,7 @@ def _worker_on_backlog(settings: Settings, work: Path, events: int) -> dict:
     Timed from the first committed progress (the worker's start-up and group join are not the job),
     by committed offsets sampled four times a second.
     """
-    worker = spawn(["worker"], work / f"worker-{settings.app_id}.log", env=_worker_env(settings))
+    worker = spawn(["worker"], work / f"worker-{settings.app_id}.log", env=worker_env(settings))
     try:
         sampler = Sampler(worker.pid, settings, period_s=0.25)
         sampler.start()
@@ -572,7 +573,7 @@ def _restore_s(settings: Settings, work: Path, probe_seed: int, data_dir: Path |
 
     settings = settings.with_(data_dir=data_dir or work / f"restored-{settings.app_id}")
     t0 = time.monotonic()
-    worker = spawn(["worker"], work / f"worker-restore-{settings.app_id}.log", env=_worker_env(settings))
+    worker = spawn(["worker"], work / f"worker-restore-{settings.app_id}.log", env=worker_env(settings))
     try:
         sampler = Sampler(worker.pid, settings, period_s=0.25)
         before = sampler.committed()
@@ -609,7 +610,7 @@ def _restore_phase(settings: Settings, work: Path, run_id: str) -> dict:
             "changelog_bytes": changelogs["bytes"], "changelog_records": changelogs["records"],
             "restart_with_its_rocksdb_s": _restore_s(rs, work, probe_seed=98, data_dir=rs.data_dir),
             "restore_from_changelogs_s": _restore_s(rs, work, probe_seed=99),
-            "failover": failover_phase(rs, work, _worker_env)}
+            "failover": failover_phase(rs, work, worker_env)}
 
 
 def _rounds(settings: Settings, work: Path, run_id: str, rounds: int) -> dict:
@@ -677,7 +678,7 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
         settings = settings.with_(bootstrap_servers=broker.bootstrap)
     wait_for_broker(settings, 60)
     ensure_topics(settings)
-    worker = spawn(["worker"], work / "worker.log", env=_worker_env(settings))
+    worker = spawn(["worker"], work / "worker.log", env=worker_env(settings))
     result: dict = {"run": run_id, "machine": machine(), "partitions": settings.partitions}
     try:
         print("[bench] rule evaluation micro-benchmark ...", flush=True)
@@ -739,7 +740,7 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
         print("[bench] the collector: event -> in-page offer, and 202s a second ...", flush=True)
         from streams.tools.bench_web import collector_phase
 
-        result["web"] = collector_phase(settings, work, _worker_env(settings))
+        result["web"] = collector_phase(settings, work, worker_env(settings))
         stop_process(worker)
         # Phase 3: the backlog of 50,000 events from 5,000 visitors, stored first, drained by a new worker
         # and by the anchors (the runtimes a user could pick instead) in interleaved rounds

@@ -12,24 +12,15 @@ from __future__ import annotations
 import os
 import signal
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 from streams import clients, topics
 from streams.settings import Settings
-from streams.tools.procs import free_port, spawn, stop_process
+from streams.tools.procs import free_port, http_get, spawn, stop_process, wait_until
 
 SESSION_TIMEOUT = "6s"
 STAGES = ("detection", "data", "decision", "after-decision")
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except OSError as exc:
-        return getattr(exc, "code", 0) or 0, ""
 
 
 def _sample(text: str, name: str, **labels) -> float:
@@ -38,15 +29,6 @@ def _sample(text: str, name: str, **labels) -> float:
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-def _wait(check, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.5)
-    return False
 
 
 def _one(settings: Settings, work: Path, worker_env, standbys: int) -> dict:
@@ -60,7 +42,7 @@ def _one(settings: Settings, work: Path, worker_env, standbys: int) -> dict:
         env = {**worker_env(settings.with_(data_dir=work / f"failover-{standbys}-{i}")), "ENGAGE_HTTP_PORT": str(ports[i]),
                "ENGAGE_STANDBY_REPLICAS": str(standbys), "ENGAGE_SESSION_TIMEOUT": SESSION_TIMEOUT}
         procs.append(spawn(["worker"], work / f"worker-failover-{standbys}-{i}.log", env=env))
-        if i == 1 and not _wait(lambda: _get(ports[1], "/ready")[0] == 200, 600):
+        if i == 1 and not wait_until(lambda: http_get(ports[1], "/ready")[0] == 200, 600):
             stop_process(procs[0])
             return {"error": "the first worker never became ready"}
     survivor_port, doomed = ports[0], procs[0]
@@ -68,16 +50,16 @@ def _one(settings: Settings, work: Path, worker_env, standbys: int) -> dict:
     decisions = Consumer({**clients.librdkafka_config(settings), "group.id": f"bench-failover-{uuid.uuid4().hex[:6]}"})
     try:
         def ready() -> bool:
-            if not all(_get(p, "/ready")[0] == 200 for p in ports):
+            if not all(http_get(p, "/ready")[0] == 200 for p in ports):
                 return False
-            text = _get(survivor_port, "/metrics")[1]
+            text = http_get(survivor_port, "/metrics")[1]
             held = _sample(text, "engage_partition_held", stage="detection", topic="engage.events")
             return 0 < held < settings.partitions and (not standbys or all(
-                _sample(_get(p, "/metrics")[1], "engage_standby_partitions", stage=s) > 0 for p in ports for s in STAGES))
-        if not _wait(ready, 600):
+                _sample(http_get(p, "/metrics")[1], "engage_standby_partitions", stage=s) > 0 for p in ports for s in STAGES))
+        if not wait_until(ready, 600):
             return {"error": "the two workers never both became ready"}
         time.sleep(5 if standbys else 1)  # the standbys' last catch-up
-        text = _get(survivor_port, "/metrics")[1]
+        text = http_get(survivor_port, "/metrics")[1]
         theirs = [p for p in range(settings.partitions)
                   if _sample(text, "engage_partition_held", stage="detection", topic="engage.events", partition=str(p)) < 1]
         restored = {s: _sample(text, "engage_restored_records_total", stage=s) for s in STAGES}
@@ -103,7 +85,7 @@ def _one(settings: Settings, work: Path, worker_env, standbys: int) -> dict:
                     continue
                 if codec.decode(name, topics.DECISIONS.schema, m.value())["visitor_id"] == visitor:
                     decided = time.monotonic() - t0
-        text = _get(survivor_port, "/metrics")[1]
+        text = http_get(survivor_port, "/metrics")[1]
         return {"standby_replicas": standbys, "session_timeout": SESSION_TIMEOUT, "partitions_moved": len(theirs),
                 "kill_to_decision_s": round(decided, 1) if decided is not None else None,
                 "records_read_again": {s: int(_sample(text, "engage_restored_records_total", stage=s) - restored[s])

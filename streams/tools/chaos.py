@@ -31,7 +31,6 @@ import statistics
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -39,32 +38,18 @@ from streams import clients, topics
 from streams.admin import ensure_topics, wait_for_broker
 from streams.settings import REPO_ROOT, Settings
 from streams.tools import localkafka
-from streams.tools.procs import free_port, spawn, stop_process
+from streams.tools.procs import free_port, http_get, spawn, stop_process, wait_until
 
 SESSION_TIMEOUT = "6s"  # the broker's least: a killed worker's partitions move after 6 s
 CHAOS_PARTITIONS = 8
 CLOCK_AHEAD_MS = 540_000  # the final clock events: 9 minutes ahead (the worker refuses beyond 10)
 
 
+FAULTS = ("kill_cycles", "broker_stop", "broker_freeze", "state_deleted")  # `--only` names; run_chaos runs them
+
+
 class ChaosError(RuntimeError):
     """The suite could not run (no broker of its own, a worker that never became ready)."""
-
-
-def _get(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as resp:
-            return resp.status
-    except OSError as exc:
-        return getattr(exc, "code", 0) or 0
-
-
-def _wait(check, timeout_s: float, step_s: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(step_s)
-    return False
 
 
 class Workers:
@@ -76,10 +61,9 @@ class Workers:
         self.ports: dict[int, int] = {}
 
     def env(self, i: int) -> dict:
-        s = self.settings
-        return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": s.bootstrap_servers, "ENGAGE_TOPIC_PREFIX": s.topic_prefix,
-                "ENGAGE_APP_ID": s.app_id, "ENGAGE_PARTITIONS": str(s.partitions), "ENGAGE_LOG_LEVEL": "warning",
-                "ENGAGE_DATA_DIR": str(self.state(i)), "ENGAGE_HTTP_PORT": str(self.ports[i]),
+        from streams.tools.bench import worker_env
+
+        return {**worker_env(self.settings.with_(data_dir=self.state(i))), "ENGAGE_HTTP_PORT": str(self.ports[i]),
                 "ENGAGE_SESSION_TIMEOUT": SESSION_TIMEOUT}
 
     def state(self, i: int) -> Path:
@@ -88,8 +72,8 @@ class Workers:
     def start(self, i: int, wait_ready_s: float = 300) -> None:
         self.ports.setdefault(i, free_port())
         self.procs[i] = spawn(["worker"], self.work / f"worker-{i}.log", env=self.env(i))
-        if wait_ready_s and not _wait(lambda: self.procs[i].poll() is None and _get(self.ports[i], "/ready") == 200,
-                                      wait_ready_s):
+        if wait_ready_s and not wait_until(
+                lambda: self.procs[i].poll() is None and http_get(self.ports[i], "/ready")[0] == 200, wait_ready_s):
             raise ChaosError(f"worker {i} did not become ready; see {self.work / f'worker-{i}.log'}")
 
     def kill(self, i: int) -> None:
@@ -185,7 +169,7 @@ class Probe:
 
     def recovered_s(self, t0: float, visitors: list[str], timeout_s: float = 180) -> float | None:
         """Seconds from `t0` until every probe has its decision (None: not within `timeout_s`)."""
-        if not _wait(lambda: all(self.decided.when(v) is not None for v in visitors), timeout_s, 0.2):
+        if not wait_until(lambda: all(self.decided.when(v) is not None for v in visitors), timeout_s, 0.2):
             return None
         return round(max(self.decided.when(v) for v in visitors) - t0, 1)
 
@@ -302,13 +286,37 @@ def tally(events: list[tuple], decisions: list[tuple], deliveries: list[tuple], 
 
 # --- the faults ------------------------------------------------------------------------------------
 
-def _pipeline(base: Settings, work: Path, name: str) -> tuple[Settings, Path]:
-    run = f"{name}-{uuid.uuid4().hex[:6]}"
-    s = base.with_(topic_prefix=f"chaos-{run}.", app_id=f"engage-chaos-{run}", partitions=CHAOS_PARTITIONS)
-    folder = work / name
-    folder.mkdir(parents=True, exist_ok=True)
-    ensure_topics(s)
-    return s, folder
+class Fault:
+    """One fault's pipeline (its own app id and prefix), its workers, the simulator stream, the probes; `finish`
+    lets the stream end, moves the clocks on, waits for the pipeline to settle and accounts for it."""
+
+    def __init__(self, base: Settings, work: Path, name: str, events: int, rate: float, seed: int):
+        run = f"{name}-{uuid.uuid4().hex[:6]}"
+        self.settings = base.with_(topic_prefix=f"chaos-{run}.", app_id=f"engage-chaos-{run}",
+                                   partitions=CHAOS_PARTITIONS)
+        folder = work / name
+        folder.mkdir(parents=True, exist_ok=True)
+        ensure_topics(self.settings)
+        self.events, self.rate = events, rate
+        self.workers, self.decided = Workers(self.settings, folder), Decided(self.settings)
+        self.decided.start()
+        self.probe = Probe(self.settings, self.decided)
+        self.stream = Stream(self.settings, rate, events, seed=seed)
+
+    def finish(self, stream_timeout_s: float) -> dict:
+        self.stream.join(timeout=max(stream_timeout_s, self.events / self.rate * 2))
+        _advance_clocks(self.settings)
+        return {"rate": self.rate, "events_sent": self.stream.sent, "settled": _settled(self.settings),
+                **self.workers.restarts(), **account(self.settings)}
+
+    def __enter__(self) -> "Fault":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stream.halt.set()
+        self.probe.close()
+        self.decided.halt.set()
+        self.workers.stop_all()
 
 
 def _spread(xs: list[float | None]) -> dict:
@@ -319,49 +327,30 @@ def _spread(xs: list[float | None]) -> dict:
 
 def kill_cycles(base: Settings, work: Path, events: int, rate: float, cycles: int, log) -> dict:
     """`cycles` times: kill -9 one of two workers (in turn), probe, restart it once the probes are decided."""
-    s, folder = _pipeline(base, work, "kill-cycles")
-    workers, decided = Workers(s, folder), Decided(s)
-    decided.start()
-    probe = Probe(s, decided)
-    stream = Stream(s, rate, events, seed=11)
-    try:
-        workers.start(0)
-        workers.start(1)
-        stream.start()
+    with Fault(base, work, "kill-cycles", events, rate, seed=11) as f:
+        f.workers.start(0)
+        f.workers.start(1)
+        f.stream.start()
         recovery, started = [], time.monotonic()
         for n in range(cycles):
             time.sleep(2.0)
             doomed = n % 2
-            workers.kill(doomed)
-            t0, visitors = probe.send()
-            recovery.append(probe.recovered_s(t0, visitors))
-            log(f"kill-cycles: {n + 1}/{cycles} recovered in {recovery[-1]} s, {stream.sent or '...'} events sent")
-            workers.start(doomed)
+            f.workers.kill(doomed)
+            t0, visitors = f.probe.send()
+            recovery.append(f.probe.recovered_s(t0, visitors))
+            log(f"kill-cycles: {n + 1}/{cycles} recovered in {recovery[-1]} s, {f.stream.sent or '...'} events sent")
+            f.workers.start(doomed)
         cycles_s = time.monotonic() - started
-        stream.join(timeout=max(60.0, events / rate * 2))
-        _advance_clocks(s)
-        settled = _settled(s)
-        return {"workers": 2, "cycles": cycles, "cycles_seconds": round(cycles_s, 1), "rate": rate,
-                "events_sent": stream.sent, "settled": settled, "recovery_s": _spread(recovery), **workers.restarts(),
-                **account(s)}
-    finally:
-        stream.halt.set()
-        probe.close()
-        decided.halt.set()
-        workers.stop_all()
+        return {"workers": 2, "cycles": cycles, "cycles_seconds": round(cycles_s, 1), "recovery_s": _spread(recovery),
+                **f.finish(60.0)}
 
 
 def broker_fault(base: Settings, work: Path, broker: localkafka.LocalBroker, kind: str, events: int, rate: float,
                  outage_s: float, log) -> dict:
     """The broker stopped (`stop`) or frozen (`freeze`) for `outage_s` mid-stream, one worker running."""
-    s, folder = _pipeline(base, work, f"broker-{kind}")
-    workers, decided = Workers(s, folder), Decided(s)
-    decided.start()
-    stream = Stream(s, rate, events, seed=12)
-    probe = None
-    try:
-        workers.start(0)
-        stream.start()
+    with Fault(base, work, f"broker-{kind}", events, rate, seed=12) as f:
+        f.workers.start(0)
+        f.stream.start()
         time.sleep(min(20.0, events / rate / 3))
         pid = broker.pid()
         log(f"broker-{kind}: {'stopping' if kind == 'stop' else 'freezing'} the broker for {outage_s:g} s")
@@ -373,53 +362,31 @@ def broker_fault(base: Settings, work: Path, broker: localkafka.LocalBroker, kin
             os.kill(pid, signal.SIGSTOP)
             time.sleep(outage_s)
             os.kill(pid, signal.SIGCONT)
-        probe = Probe(s, decided)
-        t0, visitors = probe.send()
-        recovered = probe.recovered_s(t0, visitors, timeout_s=300)
-        log(f"broker-{kind}: recovered in {recovered} s; worker {'alive' if workers.procs[0].poll() is None else 'exited'}")
-        stream.join(timeout=max(120.0, events / rate * 2))
-        _advance_clocks(s)
-        settled = _settled(s)
-        return {"workers": 1, "outage_s": outage_s, "rate": rate, "events_sent": stream.sent, "settled": settled,
-                "worker_survived": workers.procs[0].poll() is None, "recovery_s": recovered, **workers.restarts(),
-                **account(s)}
-    finally:
-        stream.halt.set()
-        if probe is not None:
-            probe.close()
-        decided.halt.set()
-        workers.stop_all()
+        t0, visitors = f.probe.send()
+        recovered = f.probe.recovered_s(t0, visitors, timeout_s=300)
+        alive = f.workers.procs[0].poll() is None
+        log(f"broker-{kind}: recovered in {recovered} s; worker {'alive' if alive else 'exited'}")
+        accounted = f.finish(120.0)
+        return {"workers": 1, "outage_s": outage_s, "worker_survived": f.workers.procs[0].poll() is None,
+                "recovery_s": recovered, **accounted}
 
 
 def state_deleted(base: Settings, work: Path, events: int, rate: float, log) -> dict:
     """The only worker stopped mid-stream, its RocksDB folder deleted, and started again: all from the changelogs."""
-    s, folder = _pipeline(base, work, "state-deleted")
-    workers, decided = Workers(s, folder), Decided(s)
-    decided.start()
-    probe = Probe(s, decided)
-    stream = Stream(s, rate, events, seed=13)
-    try:
-        workers.start(0)
-        stream.start()
+    with Fault(base, work, "state-deleted", events, rate, seed=13) as f:
+        f.workers.start(0)
+        f.stream.start()
         time.sleep(events / rate / 2)
-        workers.stop(0)
-        deleted = sum(f.stat().st_size for f in workers.state(0).rglob("*") if f.is_file())
-        shutil.rmtree(workers.state(0))
+        f.workers.stop(0)
+        state = f.workers.state(0)
+        deleted = sum(p.stat().st_size for p in state.rglob("*") if p.is_file())
+        shutil.rmtree(state)
         log(f"state-deleted: worker stopped, {deleted / 1e6:.1f} MB of state deleted, starting it again")
         t0 = time.monotonic()
-        workers.start(0, wait_ready_s=0)
-        _, visitors = probe.send()
-        recovered = probe.recovered_s(t0, visitors, timeout_s=300)
-        stream.join(timeout=max(120.0, events / rate * 2))
-        _advance_clocks(s)
-        settled = _settled(s)
-        return {"workers": 1, "rate": rate, "events_sent": stream.sent, "state_deleted_bytes": deleted,
-                "settled": settled, "recovery_s": recovered, **workers.restarts(), **account(s)}
-    finally:
-        stream.halt.set()
-        probe.close()
-        decided.halt.set()
-        workers.stop_all()
+        f.workers.start(0, wait_ready_s=0)
+        _, visitors = f.probe.send()
+        recovered = f.probe.recovered_s(t0, visitors, timeout_s=300)
+        return {"workers": 1, "state_deleted_bytes": deleted, "recovery_s": recovered, **f.finish(120.0)}
 
 
 def run_chaos(settings: Settings, events: int, cycles: int, rate: float, only: list[str] | None,

@@ -37,3 +37,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def http_get(port: int, path: str, timeout_s: float = 5.0) -> tuple[int, str]:
+    """(status, body) of GET http://127.0.0.1:<port><path>; (0, "") when nothing answers."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout_s) as resp:
+            return resp.status, resp.read().decode()
+    except OSError as exc:
+        return getattr(exc, "code", 0) or 0, ""
+
+
+def wait_until(check, timeout_s: float, step_s: float = 0.5) -> bool:
+    """Ask `check()` every `step_s` until it is true (True) or `timeout_s` has passed (False)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(step_s)
+    return False
