@@ -219,6 +219,10 @@ class Settings:
     # False: the uplift learner does not run (a replay or a shadow scores with the models as learned live;
     # its decisions are never shown, so what it would learn from them is not evidence)
     learn: bool = True
+    # True: each runner hands a batch's outputs, state (changelogs) and input offsets to the broker in one
+    # Kafka transaction (read_committed readers see all of a batch or none of it: no record twice after a
+    # crash); False: at-least-once, a crash may send a batch's outputs again (same ids; adapters dedupe)
+    exactly_once: bool = False
     # an adapter's /metrics (`engage adapter webhook|email|console`): its port (0: none) and address
     metrics_port: int = 0
     metrics_bind: str = "127.0.0.1"
@@ -287,6 +291,7 @@ class Settings:
             stuck_after_s=_int(env, "ENGAGE_STUCK_AFTER_S", 120, minimum=1),
             standby_replicas=_int(env, "ENGAGE_STANDBY_REPLICAS", 0, minimum=0),
             learn=_switch(env, "ENGAGE_LEARN", True),
+            exactly_once=_switch(env, "ENGAGE_EXACTLY_ONCE", False),
             metrics_port=_int(env, "ENGAGE_METRICS_PORT", 0, minimum=0),
             metrics_bind=env.get("ENGAGE_METRICS_BIND", "") or "127.0.0.1",
             test_pause=tuple(p.strip() for p in (env.get("ENGAGE_TEST_PAUSE") or "").split(",") if p.strip()),

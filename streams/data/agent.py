@@ -36,7 +36,7 @@ class DataRunner(StageRunner):
             return
         topic = self.settings.topic(topics.DATA_SWEEPS.name)
         wall_ts = int(now * 1000)
-        self._deliver([(topic, p, None, self.codec.encode(topic, topics.DATA_SWEEPS.schema, {
+        self.send_aside([(topic, p, None, self.codec.encode(topic, topics.DATA_SWEEPS.schema, {
             "partition": p, "wall_ts": wall_ts, "watermark_ts": wall_ts, "idle_ms": 0})) for p in due])
         for p in due:
             self.swept[p] = now

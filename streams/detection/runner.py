@@ -116,6 +116,7 @@ class DetectionRunner(Runner):
         if now < self._next_tick:
             return
         self._next_tick = now + self.idle_partitions.idle_after_s
+        ticks = []
         for p in sorted(self.assigned):
             idle_ms = self.idle_partitions.idle_ms(p, now)
             if idle_ms is None or not self._caught_up(p):
@@ -125,9 +126,9 @@ class DetectionRunner(Runner):
             # replaying history that pauses would otherwise fire its pending deadlines early.)
             tick = {"partition": p, "wall_ts": int(now * 1000), "idle_ms": idle_ms,
                     "watermark_ts": self.detector.max_ts.get(p, 0) + idle_ms}
-            self.producer.produce(self.ticks, value=self.codec.encode(self.ticks, topics.DETECTION_TICKS.schema, tick),
-                                  partition=p)
-        self.producer.poll(0)
+            ticks.append((self.ticks, p, None, self.codec.encode(self.ticks, topics.DETECTION_TICKS.schema, tick)))
+        if ticks:
+            self.send_aside(ticks, wait=False)  # a tick lost is made again at the next turn
 
     def _caught_up(self, p: int) -> bool:
         """Whether this worker has read every event of partition `p` there is.

@@ -9,6 +9,12 @@ Per batch (what the consumer has waiting, up to ENGAGE_BATCH_MAX), in this order
      also commits on an interval), and when partitions are revoked or the runner stops.
 A crash before 3 replays the records against the old state and re-sends the same ids; after 3,
 restoring from the changelog gives the new state, and the replayed records are duplicates.
+
+Under ENGAGE_EXACTLY_ONCE, steps 2, 3 and 5 are one Kafka transaction per batch: the outputs, the
+changelog records and the batch's input offsets (send_offsets_to_transaction, fenced by the group's
+generation, KIP-447), then the RocksDB write. Every reader here is read_committed (librdkafka's
+default), so a batch cut short by a crash is never seen, and the next owner of its partitions
+processes it again from the offsets the last committed transaction left: no record twice.
 The input topics are co-partitioned and taken with the range assignor, so a worker holds the same
 partitions of each; an assigned partition's RocksDB first reads what its changelogs have beyond it.
 """
@@ -17,7 +23,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from streams import clients, metrics, topics
 from streams.deadletter import as_reference, dead_letter, log_dead_letter, log_fault
@@ -29,6 +37,10 @@ RESTORE_CHUNK = 20_000  # changelog records applied to RocksDB at once while res
 OBSERVE_S = 2.0  # how often a runner measures its partitions' lag and progress (metrics, /ready)
 STANDBY_CHECK_S = 5.0  # how often a runner asks which partitions it keeps warm for another worker
 STANDBY_BATCH = 5_000  # changelog records a standby applies per turn of the loop, at most
+# a transaction left open by a worker that died is aborted by the coordinator after this long (read_committed
+# readers of its partitions wait until then, unless the worker comes back first); Kafka Streams' value too
+TXN_TIMEOUT_MS = 10_000
+TXN_CALL_S = 10.0  # each transactional call waits this long before it is asked again
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,11 @@ class Stopped(Exception):
 
 class Wedged(Exception):
     """The consumer has not been in its group for long while nothing stopped it: librdkafka stuck (see `_on_stats`)."""
+
+
+class TransactionFailed(Exception):
+    """A batch's transaction was refused for good (another worker holds its partitions now, or the producer was
+    fenced): what this process holds in memory may be ahead of what is committed, so it starts again."""
 
 
 class Runner:
@@ -96,24 +113,39 @@ class Runner:
                 "heartbeat.interval.ms": min(3000, self.settings.session_timeout_ms // 3),
                 **({"client.id": self.client_id} if self.client_id else {}),
                 "statistics.interval.ms": 5000, "stats_cb": self._on_stats})
-        self.producer = self._producer or clients.producer(self.settings, logger=log, **{"linger.ms": 1})
+        transactional = {"transactional.id": self.transactional_id(), "transaction.timeout.ms": TXN_TIMEOUT_MS} \
+            if self.settings.exactly_once else {}
+        self.producer = self._producer or clients.producer(self.settings, logger=log, **{"linger.ms": 1}, **transactional)
         self.done.clear()
         self.consumer.subscribe(self.inputs, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                 on_lost=self._on_lost)
         threading.Thread(target=self._watch_progress, name=f"{self.stage}-progress", daemon=True).start()
         if self.settings.standby_replicas and self.changelog:
             threading.Thread(target=self._watch_standbys, name=f"{self.stage}-standbys", daemon=True).start()
+        next_positions = 0.0
         try:
+            if self.settings.exactly_once:
+                # fences an earlier producer of this id (this worker before a crash) and aborts what it left open;
+                # before the first poll, so before the consumer joins its group
+                retrying(lambda: self.producer.init_transactions(TXN_CALL_S), self.stop, self.stage, "init_transactions")
             while not self.stop.is_set():
                 records = self._take()
                 if records:
                     self.process(records)
                 self.idle(time.time())
-                self._commit_due(time.monotonic())  # the last batch before a quiet spell
+                now = time.monotonic()
+                if now >= next_positions:
+                    next_positions = now + OBSERVE_S
+                    self._note_positions()
+                self._commit_due(now)  # the last batch before a quiet spell
                 self._pause_for_tests()
                 self._keep_standbys()
         except Stopped:
             log.info("%s: stopped with a batch not handed to the broker; it is read again next time", self.stage)
+        except TransactionFailed as exc:
+            log.error("%s: %s; the stage starts again from what is committed", self.stage, exc)
+            self._close()
+            raise
         except Wedged:
             # closing would wait on the stuck coordinator for good: the process ends and its supervisor starts
             # the stage again (streams/runtime/process.py); what was not committed is read again, to the same ids
@@ -123,6 +155,20 @@ class Runner:
             self._close()
             raise
         self._close()
+
+    def transactional_id(self) -> str:
+        """`<group>-<id of this worker's state folder>`: the same when the stage starts again on the same folder, so
+        its new producer fences the old one and aborts what it left open (else readers wait TXN_TIMEOUT_MS)."""
+        path = Path(self.stores.root) / "transactional.id"
+        try:
+            ident = path.read_text().strip()
+        except FileNotFoundError:
+            ident = ""
+        if not ident:
+            ident = uuid.uuid4().hex[:16]  # two workers never share a state folder (RocksDB's lock)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(ident)
+        return f"{self.group}-{ident}"
 
     def _close(self) -> None:
         try:
@@ -184,9 +230,13 @@ class Runner:
 
     def hand_over(self, records: list[Record], sends: list[tuple], writes: list[tuple[int, str, str, bytes | None]]) -> None:
         """Steps 2 to 5 for a batch: `sends` (see `_deliver`), then `writes` (partition, table, key, bytes)."""
-        self._deliver(sends)
-        offsets = self._deliver([(self.changelog[table], p, changelog_key(key), value)
-                                 for p, table, key, value in writes])
+        state = [(self.changelog[table], p, changelog_key(key), value) for p, table, key, value in writes]
+        if self.settings.exactly_once:
+            taken = self._positions_after(records)
+            offsets = self._transact(sends + state, taken)[len(sends):]
+        else:
+            self._deliver(sends)
+            offsets = self._deliver(state)
         by_partition: dict[int, list] = {}
         reached: dict[int, dict[str, int]] = {}
         for (p, table, key, value), offset in zip(writes, offsets):
@@ -194,10 +244,59 @@ class Runner:
             reached.setdefault(p, {})[table] = max(offset + 1, reached.get(p, {}).get(table, 0))
         for p, part_writes in by_partition.items():
             self.stores.open(p).write(part_writes, reached[p])
-        for r in records:
-            self.done[(r.topic, r.partition)] = r.offset + 1
+        if self.settings.exactly_once:
+            self.done.update(taken)
+        else:
+            for r in records:
+                self.done[(r.topic, r.partition)] = r.offset + 1
         self._count_handed(records, sends)
         self._commit_due(time.monotonic())
+
+    def _positions_after(self, records: list[Record]) -> dict[tuple[str, int], int]:
+        """Where the batch leaves each partition it read: after its last record, and past the transaction markers
+        and aborted records that follow it (the consumer's position): a group committed at the last record + 1
+        would never reach the end of a topic written in transactions (its last offset is a marker)."""
+        from confluent_kafka import TopicPartition
+
+        after: dict[tuple[str, int], int] = {}
+        for r in records:
+            after[(r.topic, r.partition)] = r.offset + 1
+        for tp in self.consumer.position([TopicPartition(t, p) for t, p in after]):
+            if tp.offset > after[(tp.topic, tp.partition)]:
+                after[(tp.topic, tp.partition)] = tp.offset
+        return after
+
+    def _note_positions(self) -> None:
+        """Every OBSERVE_S, from the loop: the consumer's position on each held partition. For the lag (a topic written
+        in transactions ends with a marker no record reaches), and under exactly-once, a position moved on past
+        markers or aborted records alone is committed (nothing else would)."""
+        from confluent_kafka import TopicPartition
+
+        held = [TopicPartition(t, p) for t in self.inputs for p in sorted(self.assigned)]
+        if not held:
+            return
+        moved = {}
+        for tp in self.consumer.position(held):
+            where = (tp.topic, tp.partition)
+            if tp.offset >= 0 and tp.offset > self._read_to.get(where, -1):
+                self._read_to[where] = tp.offset
+                if self.settings.exactly_once and tp.offset > self.done.get(where, -1):
+                    moved[where] = tp.offset
+        if moved:
+            self._transact([], moved)
+            self.done.update(moved)
+
+    def send_aside(self, items: list[tuple], wait: bool = True) -> None:
+        """Records sent outside a batch (ticks, sweeps: the stage's own inputs, no state): acked before this returns
+        if `wait`; under exactly-once, in a transaction of their own."""
+        if self.settings.exactly_once:
+            self._transact(items, {})
+        elif wait:
+            self._deliver(items)
+        else:
+            for topic, partition, key, value in items:
+                self.producer.produce(topic, key=key, value=value, **({} if partition is None else {"partition": partition}))
+            self.producer.poll(0)
 
     def _count_handed(self, records: list[Record], sends: list[tuple]) -> None:
         prefix, now, counted = self.settings.prefixes, time.time(), self._counted
@@ -294,8 +393,16 @@ class Runner:
         """Produce `items` and wait for every ack (see `deliver`); returns each record's offset."""
         return deliver(self.producer, items, self.stop, self.codec, self.stage)
 
+    def _transact(self, items: list[tuple], offsets: dict[tuple[str, int], int]) -> list[int]:
+        """`items` and the consumer's `offsets` in one transaction (see `transact`); each item's offset."""
+        return transact(self.producer, items, offsets, self.consumer.consumer_group_metadata, self.stop, self.codec,
+                        self.stage)
+
     def _commit(self, asynchronous: bool, partitions: set[tuple[str, int]] | None = None) -> None:
         from confluent_kafka import KafkaException, TopicPartition
+
+        if self.settings.exactly_once:
+            return  # each batch's offsets were committed with its transaction
 
         done = [TopicPartition(t, p, o) for (t, p), o in self.done.items() if partitions is None or (t, p) in partitions]
         if not done:
@@ -600,24 +707,7 @@ def deliver(producer, items: list[tuple], stop: threading.Event, codec, who: str
     pause = 0.1
     while pending:
         errors.clear()
-        for i in pending:
-            topic, partition, key, value = items[i][:4]
-            kwargs = {} if partition is None else {"partition": partition}
-            if len(items[i]) > 5 and items[i][5]:
-                kwargs["headers"] = items[i][5]
-
-            def acked(err, msg, i=i):
-                if err is None:
-                    offsets[i] = msg.offset()
-                else:
-                    errors[i] = err
-
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=key, on_delivery=acked, **kwargs)
-                    break
-                except BufferError:  # the client's queue is full: let it drain
-                    producer.poll(0.05)
+        _produce(producer, items, pending, offsets, errors)
         while producer.flush(1.0) > 0:
             if stop.is_set():
                 raise Stopped()
@@ -625,12 +715,113 @@ def deliver(producer, items: list[tuple], stop: threading.Event, codec, who: str
         if pending:
             log.error("%s: %d of %d sends failed, sending them again: %s", who, len(pending), len(items),
                       next(iter(errors.values()), "no ack"))
-            for i in pending:
-                dead = items[i][4] if len(items[i]) > 4 else None
-                if dead and not dead["truncated"]:
-                    ref = as_reference(dead)
-                    items[i] = (*items[i][:3], codec.encode(items[i][0], topics.DEADLETTER.schema, ref), ref)
+            _dead_letters_as_references(items, pending, codec)
             if stop.wait(pause):
                 raise Stopped()
             pause = min(pause * 2, 5.0)
     return offsets  # type: ignore[return-value]
+
+
+def _produce(producer, items: list[tuple], which, offsets: list, errors: dict) -> None:
+    """Hand items `which` to the producer; their acks fill `offsets` (or `errors`) by index."""
+    for i in which:
+        topic, partition, key, value = items[i][:4]
+        kwargs = {} if partition is None else {"partition": partition}
+        if len(items[i]) > 5 and items[i][5]:
+            kwargs["headers"] = items[i][5]
+
+        def acked(err, msg, i=i):
+            if err is None:
+                offsets[i] = msg.offset()
+            else:
+                errors[i] = err
+
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, on_delivery=acked, **kwargs)
+                break
+            except BufferError:  # the client's queue is full: let it drain
+                producer.poll(0.05)
+
+
+def _dead_letters_as_references(items: list[tuple], failed, codec) -> None:
+    """A dead letter the broker refused (too large for the topic) is sent again as a reference to its record."""
+    for i in failed:
+        dead = items[i][4] if len(items[i]) > 4 else None
+        if dead and not dead["truncated"]:
+            ref = as_reference(dead)
+            items[i] = (*items[i][:3], codec.encode(items[i][0], topics.DEADLETTER.schema, ref), ref)
+
+
+def retrying(call, stop: threading.Event, who: str, what: str):
+    """`call()`, again while it fails with a retriable error (the broker away, its coordinator moving), pausing more
+    each time; Stopped if asked to stop meanwhile."""
+    from confluent_kafka import KafkaException
+
+    pause = 0.2
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            if not exc.args[0].retriable():
+                raise
+            log.warning("%s: %s asked again: %s", who, what, exc.args[0].str())
+        if stop.wait(pause):
+            raise Stopped()
+        pause = min(pause * 2, 5.0)
+
+
+def _fenced_codes() -> frozenset:
+    from confluent_kafka import KafkaError
+
+    # the group moved on (a rebalance this worker has not joined yet) or another producer took this id: sending
+    # the same batch again cannot pass, and the partitions may be another worker's by now
+    return frozenset({KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.FENCED_INSTANCE_ID,
+                      KafkaError.REBALANCE_IN_PROGRESS, KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
+                      KafkaError.INVALID_PRODUCER_EPOCH})
+
+
+def transact(producer, items: list[tuple], offsets: dict[tuple[str, int], int], group_metadata, stop: threading.Event,
+             codec, who: str) -> list[int]:
+    """Produce `items` (as `deliver` takes them) and commit the consumer's `offsets` ((topic, partition) -> next
+    offset; `group_metadata()` gives the consumer's group and generation) in one transaction; returns when it is
+    committed, with each item's offset.
+
+    A transaction that must be aborted (a send refused, the broker away longer than TXN_TIMEOUT_MS) is aborted and
+    the same items go again in a new one, with a growing pause; a dead letter refused for its size goes as a
+    reference. TransactionFailed if the group has moved on or the producer is fenced or failed for good; Stopped if
+    asked to stop meanwhile (what was open is aborted, or by the coordinator after TXN_TIMEOUT_MS).
+    """
+    from confluent_kafka import KafkaException, TopicPartition
+
+    fenced = _fenced_codes()
+    pause = 0.1
+    while True:
+        acked: list[int | None] = [None] * len(items)
+        errors: dict[int, object] = {}
+        try:
+            producer.begin_transaction()
+            _produce(producer, items, range(len(items)), acked, errors)
+            if offsets:
+                taken = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                retrying(lambda: producer.send_offsets_to_transaction(taken, group_metadata(), TXN_CALL_S), stop, who,
+                         "send_offsets_to_transaction")
+            retrying(lambda: producer.commit_transaction(TXN_CALL_S), stop, who, "commit_transaction")
+            return acked  # type: ignore[return-value]
+        except Stopped:
+            try:
+                producer.abort_transaction(1.0)
+            except KafkaException:
+                pass
+            raise
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.fatal() or err.code() in fenced or not err.txn_requires_abort():
+                raise TransactionFailed(f"transaction refused ({err.str()})") from None
+            log.error("%s: a transaction of %d records was aborted, sending them again: %s", who, len(items),
+                      next(iter(errors.values()), err.str()))
+            retrying(lambda: producer.abort_transaction(TXN_CALL_S), stop, who, "abort_transaction")
+        _dead_letters_as_references(items, list(errors), codec)
+        if stop.wait(pause):
+            raise Stopped()
+        pause = min(pause * 2, 5.0)
