@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--rate", type=_positive(float), default=250.0, help="events per second streamed (default 250)")
     ch.add_argument("--only", action="append", choices=FAULTS, default=None,
                     help="run only this fault; repeat for several (default: all four)")
+    ch.add_argument("--exactly-once", action="store_true",
+                    help="run the workers with ENGAGE_EXACTLY_ONCE=on (a Kafka transaction per batch)")
     ch.add_argument("--out", type=Path, default=None)
 
     bd = sub.add_parser("bench-decisions", help="the engine against naive, random and oracle policies on each scenario")
@@ -613,6 +615,8 @@ def run(argv: list[str]) -> int:
     elif args.command == "chaos":
         from streams.tools.chaos import run_chaos
 
+        if args.exactly_once:
+            settings = settings.with_(exactly_once=True)
         run_chaos(settings, events=args.events, cycles=args.cycles, rate=args.rate, only=args.only, out=args.out)
     elif args.command == "bench-decisions":
         from streams.tools.decisions import SCENARIOS, run_bench_decisions

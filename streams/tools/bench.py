@@ -533,7 +533,7 @@ def worker_env(settings: Settings) -> dict:
     return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
             "ENGAGE_TOPIC_PREFIX": settings.topic_prefix, "ENGAGE_APP_ID": settings.app_id,
             "ENGAGE_DATA_DIR": str(settings.data_dir), "ENGAGE_LOG_LEVEL": "warning",
-            "ENGAGE_PARTITIONS": str(settings.partitions),
+            "ENGAGE_PARTITIONS": str(settings.partitions), "ENGAGE_EXACTLY_ONCE": "on" if settings.exactly_once else "off",
             "ENGAGE_HTTP_PORT": "0"}  # no context service, but where measured: a bench beside `make run` would take its port
 
 

@@ -408,7 +408,7 @@ def run_chaos(settings: Settings, events: int, cycles: int, rate: float, only: l
     base = settings.with_(bootstrap_servers=broker.bootstrap, data_dir=work / "state")
     wait_for_broker(base, 60)
     result: dict = {"run": run_id, "machine": machine(), "partitions": CHAOS_PARTITIONS,
-                    "session_timeout": SESSION_TIMEOUT}
+                    "session_timeout": SESSION_TIMEOUT, "exactly_once": settings.exactly_once}
     small = max(1_000, events // 5)
     faults = {
         "kill_cycles": lambda: kill_cycles(base, work, events, rate, cycles, log),
@@ -431,6 +431,6 @@ def run_chaos(settings: Settings, events: int, cycles: int, rate: float, only: l
             os.kill(broker.pid(), signal.SIGCONT)  # never leave it frozen
         localkafka.down(broker)
         shutil.rmtree(work, ignore_errors=True)
-    path = write_results(result, "chaos", run_id, out)
+    path = write_results(result, "chaos-exactly-once" if settings.exactly_once else "chaos", run_id, out)
     log(f"written to {path}")
     return result
