@@ -613,12 +613,66 @@ def _restore_phase(settings: Settings, work: Path, run_id: str) -> dict:
             "failover": failover_phase(rs, work, worker_env)}
 
 
+def _timed_signals() -> set[str]:
+    """Signals of absence and dwell rules: stamped with their deadline, they fire once the partition's clock passes
+    it plus the allowed lateness, so their latency is that wait, by design."""
+    from streams.detection.rules import load_detection
+
+    return {r.signal for r in load_detection(REPO_ROOT / "rules" / "detection.yaml").rules if r.timed}
+
+
+def _event_latencies(settings: Settings, since: int, until: int) -> dict:
+    """Event to decision and to delivery, p50/p95/p99 and the share within 100 ms, for the signals of events sent
+    between `since` and `until` (ms), event-driven and timer signals apart."""
+    timed, out = _timed_signals(), {}
+    signal_of: dict[str, str] = {}
+    for spec, name in ((topics.DECISIONS, "decision"), (topics.DELIVERY, "delivery")):
+        lat = _latencies(settings, spec, since, until, signal_of)
+        for label, keep in (("event_signals", lambda sig: sig not in timed), ("timer_signals", lambda sig: sig in timed)):
+            xs = [ms for ms, did in lat if keep(signal_of.get(did))]
+            out[f"latency_event_to_{name}_ms_{label}"] = {
+                "records": len(xs), "p50": pct(xs, .5), "p95": pct(xs, .95), "p99": pct(xs, .99),
+                "share_within_100ms": round(sum(x <= 100 for x in xs) / len(xs), 3) if xs else None}
+    return out
+
+
+def _fixed_load_exactly_once(settings: Settings, work: Path, run_id: str, rate: float, duration_s: float) -> dict:
+    """Phase 1 again on a worker under ENGAGE_EXACTLY_ONCE (its own app id and topics): what a transaction per
+    batch costs in latency and CPU at the same offered load."""
+    from streams.tools.simulator import run_simulator
+
+    es = settings.with_(topic_prefix=f"bench-{run_id}-eo.", app_id=f"engage-bench-{run_id}-eo",
+                        data_dir=work / "state-eo", exactly_once=True)
+    ensure_topics(es)
+    worker = spawn(["worker"], work / "worker-eo.log", env=worker_env(es))
+    sampler = Sampler(worker.pid, es)
+    try:
+        sampler.start()
+        warm = run_simulator(es, rate=200, duration_s=None, seed=1, customers=500, count=1000, quiet=True)
+        if _wait_drained(sampler, warm, 120) is None:
+            return {"error": f"the worker did not process the warm-up; see {work / 'worker-eo.log'}"}
+        since, base = int(time.time() * 1000), sampler.samples[-1]
+        sent = run_simulator(es, rate=rate, duration_s=duration_s, seed=2, customers=500, quiet=True)
+        until = int(time.time() * 1000)
+        drained = _wait_drained(sampler, warm + sent, 300)
+        end = sampler.samples[-1]
+        _wait_pipeline(es, 120)
+        sampler.stop.set()
+        time.sleep(3)
+        return {"offered_events_per_s": rate, "events": sent, "drained": drained is not None,
+                "worker_cpu_percent_of_one_core": round((end[1] - base[1]) / (end[0] - base[0]) * 100, 1),
+                **_event_latencies(es, since, until)}
+    finally:
+        sampler.stop.set()
+        stop_process(worker)
+
+
 def _rounds(settings: Settings, work: Path, run_id: str, rounds: int) -> dict:
     """The worker and the anchors on the same stored backlog, in interleaved rounds (a fresh copy each round)."""
     from streams.tools import anchors
     from streams.tools.simulator import run_simulator
 
-    kinds = ["worker", *anchors.KINDS]
+    kinds = ["worker", "worker_exactly_once", *anchors.KINDS]
     per: dict[str, list[dict]] = {k: [] for k in kinds}
     first_round: dict = {}
     for r in range(1, rounds + 1):
@@ -631,7 +685,15 @@ def _rounds(settings: Settings, work: Path, run_id: str, rounds: int) -> dict:
         order = kinds[r - 1:] + kinds[:r - 1]  # each runner goes first once: no fixed position in the round
         for kind in order:
             print(f"[bench] round {r}/{rounds}: {kind} on {BACKLOG_EVENTS} stored events ...", flush=True)
-            if kind == "worker":
+            if kind == "worker_exactly_once":
+                # the same backlog (same seed) under topics of its own: its outputs are not the other worker's
+                es = rs.with_(topic_prefix=f"bench-{run_id}-r{r}-eo.", app_id=f"engage-bench-{run_id}-r{r}-eo",
+                              data_dir=work / f"state-r{r}-eo", exactly_once=True)
+                ensure_topics(es)
+                run_simulator(es, rate=0, duration_s=None, seed=3, customers=BACKLOG_VISITORS, count=BACKLOG_EVENTS,
+                              quiet=True)
+                res = _worker_on_backlog(es, work, BACKLOG_EVENTS)
+            elif kind == "worker":
                 res = _worker_on_backlog(rs, work, BACKLOG_EVENTS)
                 if r == 1:
                     first_round = {"changelog": _changelog_bytes(rs, BACKLOG_EVENTS), "visitor_state": _visitor_state(rs),
@@ -653,8 +715,10 @@ def _rounds(settings: Settings, work: Path, run_id: str, rounds: int) -> dict:
         table[kind] = {"events_per_s": _spread(rates), "cpu_us_per_event": _spread(cpus),
                        "events_per_s_vs_worker": round(statistics.median(rates) / statistics.median(worker_rates), 2),
                        "cpu_vs_worker": round(statistics.median(cpus) / statistics.median(worker_cpu), 3)}
-    pipe = [x["pipeline_events_per_s"] for x in per["worker"] if x.get("pipeline_events_per_s")]
-    table["worker"]["pipeline_events_per_s"] = _spread(pipe) if pipe else None
+    for kind in ("worker", "worker_exactly_once"):
+        pipe = [x["pipeline_events_per_s"] for x in per[kind] if x.get("pipeline_events_per_s")]
+        if "error" not in table[kind]:
+            table[kind]["pipeline_events_per_s"] = _spread(pipe) if pipe else None
     summary["table"] = table
     return summary
 
@@ -722,26 +786,16 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
         sampler.stop.set()
         result["worker_peak_rss_mib"] = sampler.peak_rss_mib()
         time.sleep(3)
-        from streams.detection.rules import load_detection
-
-        # Signals of absence and dwell rules are stamped with their deadline and fire once the
-        # partition's clock passes it plus the allowed lateness: their latency is that wait, by design.
-        timed = {r.signal for r in load_detection(REPO_ROOT / "rules" / "detection.yaml").rules if r.timed}
-        signal_of: dict[str, str] = {}
-        for spec, name in ((topics.DECISIONS, "decision"), (topics.DELIVERY, "delivery")):
-            lat = _latencies(settings, spec, since, until, signal_of)
-            # phase 1 only: later records are backlog, whose latency measures queueing, not the pipeline
-            for label, keep in (("event_signals", lambda sig: sig not in timed), ("timer_signals", lambda sig: sig in timed)):
-                xs = [ms for ms, did in lat if keep(signal_of.get(did))]
-                result[f"latency_event_to_{name}_ms_{label}"] = {
-                    "records": len(xs), "p50": pct(xs, .5), "p95": pct(xs, .95), "p99": pct(xs, .99),
-                    "share_within_100ms": round(sum(x <= 100 for x in xs) / len(xs), 3) if xs else None}
-        result["latency_hops_ms_event_signals"] = _hops(settings, since, until, timed)
+        # phase 1 only: later records are backlog, whose latency measures queueing, not the pipeline
+        result.update(_event_latencies(settings, since, until))
+        result["latency_hops_ms_event_signals"] = _hops(settings, since, until, _timed_signals())
         print("[bench] the collector: event -> in-page offer, and 202s a second ...", flush=True)
         from streams.tools.bench_web import collector_phase
 
         result["web"] = collector_phase(settings, work, worker_env(settings))
         stop_process(worker)
+        print(f"[bench] offered load {rate:g} events/s for {duration_s:g} s, exactly-once ...", flush=True)
+        result["fixed_load_exactly_once"] = _fixed_load_exactly_once(settings, work, run_id, rate, duration_s)
         # Phase 3: the backlog of 50,000 events from 5,000 visitors, stored first, drained by a new worker
         # and by the anchors (the runtimes a user could pick instead) in interleaved rounds
         result["backlog"] = _rounds(settings, work, run_id, rounds=3)

@@ -138,3 +138,12 @@ def test_a_stage_keeps_its_transactional_id_in_its_state_folder(tmp_path):
     assert first.startswith("engage-") and first == after_decision(tmp_path).transactional_id()
     # and a stage on another folder has another
     assert after_decision(tmp_path / "other").transactional_id() != first
+
+
+def test_a_dead_workers_open_transaction_ends_no_later_than_its_partitions_move():
+    from streams.runtime.runner import transaction_timeout_ms
+
+    # Given the default session timeout (45 s), Then transactions time out after Kafka Streams' 10 s
+    assert transaction_timeout_ms(Settings()) == 10_000
+    # Given 6 s sessions, Then after 6 s: the readers of a dead worker's partitions wait no longer than the move
+    assert transaction_timeout_ms(Settings(session_timeout_ms=6_000)) == 6_000
