@@ -24,6 +24,8 @@ Metrics (labels in braces; topics by their names without the deployment's prefix
   engage_stage_ready{stage}                        1 once the stage's partitions are assigned and their tables restored
   engage_restored_records_total{stage}             changelog records applied while restoring (taking partitions over)
   engage_standby_partitions{stage}                 partitions kept warm for another worker (ENGAGE_STANDBY_REPLICAS)
+  engage_transactions_total{stage,result}          ENGAGE_EXACTLY_ONCE: batches' transactions committed, aborted
+                                                   (sent again) or refused (the stage started again)
   engage_rules_version_info{kind,version}          the rule sets in use
 """
 from __future__ import annotations
@@ -93,6 +95,9 @@ class _Metrics:
         self.stage_ready = Gauge("engage_stage_ready", "1 once the stage's partitions are assigned and restored.",
                                  ["stage"], multiprocess_mode="livemax")
         self.restored = Counter("engage_restored_records", "Changelog records applied while restoring.", ["stage"])
+        self.transactions = Counter("engage_transactions", "Kafka transactions a stage ended under ENGAGE_EXACTLY_ONCE, "
+                                    "by result: committed, aborted (sent again), refused (the stage starts again).",
+                                    ["stage", "result"])
         self.standbys = Gauge("engage_standby_partitions", "Partitions kept warm for another worker.", ["stage"],
                               multiprocess_mode="livemax")
         self.rules = Gauge("engage_rules_version_info", "The rule sets in use.", ["kind", "version"],

@@ -815,6 +815,7 @@ def transact(producer, items: list[tuple], offsets: dict[tuple[str, int], int], 
                 retrying(lambda: producer.send_offsets_to_transaction(taken, group_metadata(), TXN_CALL_S), stop, who,
                          "send_offsets_to_transaction")
             retrying(lambda: producer.commit_transaction(TXN_CALL_S), stop, who, "commit_transaction")
+            metrics.m().transactions.labels(who, "committed").inc()
             return acked  # type: ignore[return-value]
         except Stopped:
             try:
@@ -825,7 +826,9 @@ def transact(producer, items: list[tuple], offsets: dict[tuple[str, int], int], 
         except KafkaException as exc:
             err = exc.args[0]
             if err.fatal() or err.code() in fenced or not err.txn_requires_abort():
+                metrics.m().transactions.labels(who, "refused").inc()
                 raise TransactionFailed(f"transaction refused ({err.str()})") from None
+            metrics.m().transactions.labels(who, "aborted").inc()
             log.error("%s: a transaction of %d records was aborted, sending them again: %s", who, len(items),
                       next(iter(errors.values()), err.str()))
             retrying(lambda: producer.abort_transaction(TXN_CALL_S), stop, who, "abort_transaction")

@@ -85,11 +85,20 @@ def test_a_retriable_commit_is_asked_again_and_the_batch_is_committed_once():
 def test_a_transaction_that_must_be_aborted_is_sent_again_whole_in_a_new_one():
     # Given a send that times out (the broker away past the transaction timeout): the transaction must be aborted
     producer = FakeProducer(commit=[abortable()])
+    aborted, committed = _count("aborted"), _count("committed")
     # When a batch is handed over
     transact(producer, list(ITEMS), OFFSETS, lambda: "group", threading.Event(), None, "test")
     # Then it is aborted and the same records and offsets go again in a new transaction, committed once
     assert producer.calls == ["begin", "send_offsets", "commit", "abort", "begin", "send_offsets", "commit"]
     assert len(producer.sent) == 2 and producer.committed == [[("engage.events", 0, 42)]]
+    # and the stage's metrics count one aborted and one committed transaction
+    assert (_count("aborted") - aborted, _count("committed") - committed) == (1, 1)
+
+
+def _count(result: str) -> float:
+    from streams import metrics
+
+    return metrics.m().transactions.labels("test", result)._value.get()
 
 
 @pytest.mark.parametrize("code", [KafkaError.ILLEGAL_GENERATION, KafkaError.UNKNOWN_MEMBER_ID,
