@@ -831,7 +831,11 @@ def transact(producer, items: list[tuple], offsets: dict[tuple[str, int], int], 
             metrics.m().transactions.labels(who, "aborted").inc()
             log.error("%s: a transaction of %d records was aborted, sending them again: %s", who, len(items),
                       next(iter(errors.values()), err.str()))
-            retrying(lambda: producer.abort_transaction(TXN_CALL_S), stop, who, "abort_transaction")
+            try:
+                retrying(lambda: producer.abort_transaction(TXN_CALL_S), stop, who, "abort_transaction")
+            except KafkaException as failed:  # e.g. fenced: the coordinator ended the transaction itself (timed out)
+                metrics.m().transactions.labels(who, "refused").inc()
+                raise TransactionFailed(f"transaction not aborted ({failed.args[0].str()})") from None
         _dead_letters_as_references(items, list(errors), codec)
         if stop.wait(pause):
             raise Stopped()

@@ -156,3 +156,12 @@ def test_a_dead_workers_open_transaction_ends_no_later_than_its_partitions_move(
     assert transaction_timeout_ms(Settings()) == 10_000
     # Given 6 s sessions, Then after 6 s: the readers of a dead worker's partitions wait no longer than the move
     assert transaction_timeout_ms(Settings(session_timeout_ms=6_000)) == 6_000
+
+
+def test_a_transaction_that_cannot_even_be_aborted_starts_the_stage_again():
+    # Given a send that timed out, and a producer the coordinator fenced meanwhile (it ended the transaction itself)
+    producer = FakeProducer(commit=[abortable()], abort=[KafkaError(KafkaError._FENCED, "fenced", fatal=True)])
+    # When the batch is handed over, Then the stage starts again, nothing committed
+    with pytest.raises(TransactionFailed, match="not aborted"):
+        transact(producer, list(ITEMS), OFFSETS, lambda: "group", threading.Event(), None, "test")
+    assert producer.committed == []
