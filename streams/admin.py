@@ -14,6 +14,10 @@ class KafkaUnavailable(RuntimeError):
     """No broker answered at the configured bootstrap servers."""
 
 
+class CredentialsRefused(KafkaUnavailable):
+    """The brokers answered and refused the credentials: waiting longer does not help."""
+
+
 def wait_for_broker(settings: Settings, timeout_s: float = 60.0) -> None:
     """Return once an admin call succeeds; raise KafkaUnavailable after timeout_s, or at once if the
     brokers refuse the credentials (that does not pass by waiting)."""
@@ -31,7 +35,7 @@ def wait_for_broker(settings: Settings, timeout_s: float = 60.0) -> None:
         admin.poll(0)  # serves error_cb
         if refused:
             sec = settings.security
-            raise KafkaUnavailable(f"the brokers at {settings.bootstrap_servers} refused user {sec.sasl_username!r} "
+            raise CredentialsRefused(f"the brokers at {settings.bootstrap_servers} refused user {sec.sasl_username!r} "
                                    f"({sec.protocol}, {sec.sasl_mechanism}): {refused[0].str()}")
         try:
             # short calls, so a refusal of the credentials (reported between them) stops the wait soon

@@ -27,6 +27,7 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 STOP_GRACE_S = 30.0
+BROKER_WAIT_S = 30.0  # a stage starting while the broker is away says so this often while it waits
 _PR_SET_PDEATHSIG = 1
 
 
@@ -40,6 +41,7 @@ def run_child(settings: Settings, build: Callable) -> None:
     logfilter.install(interval_s=10.0)
     # `kill -USR1 <pid>` of a stage's process prints its threads' stacks (no record contents), as the worker's does
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    wait_for_kafka(settings)
     runner = build(settings)
     # SIGTERM, from the worker or to the worker's process group: finish the batch, commit, leave the group
     signal.signal(signal.SIGTERM, lambda *_: runner.stop.set())
@@ -59,6 +61,29 @@ def run_child(settings: Settings, build: Callable) -> None:
         log.error("stuck: %s", exc)
         logging.shutdown()
         os._exit(3)  # not a clean exit: a stuck consumer's close waits for good; the supervisor starts us again
+
+
+def wait_for_kafka(settings: Settings, wait=None) -> None:
+    """Before a stage builds (it reads the rule registry and the schemas from the broker): wait while no broker
+    answers. A stage started again during an outage (its consumer found stuck) otherwise failed at once, and was
+    started again and again with back-off, a traceback each time, until the broker came back (`make chaos`).
+    Refused credentials are raised at once: waiting does not help. SIGTERM or the worker's death ends the wait."""
+    from streams.admin import CredentialsRefused, KafkaUnavailable, wait_for_broker
+
+    wait = wait or wait_for_broker
+    waited = False
+    while True:
+        try:
+            wait(settings, BROKER_WAIT_S)
+        except CredentialsRefused:
+            raise
+        except KafkaUnavailable as exc:
+            log.warning("waiting for Kafka before starting: %s", exc)
+            waited = True
+            continue
+        if waited:
+            log.warning("Kafka answers again: starting")
+        return
 
 
 def _die_with_parent() -> None:
