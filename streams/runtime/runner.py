@@ -436,13 +436,16 @@ class Runner:
         started = time.monotonic()
         metrics.m().stage_ready.labels(self.stage).set(0)
         self._stop_standby(set(mine))  # kept warm until now: restoring reads only what came since
-        restored = self.restore(mine)
-        metrics.m().restored.labels(self.stage).inc(restored)
         committed: dict[tuple[str, int], int] = {}
         if partitions:
+            # before restoring: under exactly-once the committed offsets are asked for as stable (read_committed),
+            # so they wait for a transaction still open (a former owner frozen, not yet fenced); read after the
+            # restore, they could count a batch committed in between whose state the restore stopped short of
             committed = {(tp.topic, tp.partition): tp.offset for tp in self._committed(consumer, partitions)}
             if self._resume_where_faust_stopped(partitions, committed):
                 consumer.assign(partitions)  # with the offsets set (the client's own assign would drop them)
+        restored = self.restore(mine)
+        metrics.m().restored.labels(self.stage).inc(restored)
         self.assigned = set(mine)
         self._mark_held(partitions, 1)
         self._pause_for_test = {p for p in mine if f"{self.stage}:{p}" in self.settings.test_pause}
@@ -723,7 +726,7 @@ def deliver(producer, items: list[tuple], stop: threading.Event, codec, who: str
         if pending:
             log.error("%s: %d of %d sends failed, sending them again: %s", who, len(pending), len(items),
                       next(iter(errors.values()), "no ack"))
-            _dead_letters_as_references(items, pending, codec)
+            _dead_letters_as_references(items, errors, codec)
             if stop.wait(pause):
                 raise Stopped()
             pause = min(pause * 2, 5.0)
@@ -752,9 +755,19 @@ def _produce(producer, items: list[tuple], which, offsets: list, errors: dict) -
                 producer.poll(0.05)
 
 
-def _dead_letters_as_references(items: list[tuple], failed, codec) -> None:
-    """A dead letter the broker refused (too large for the topic) is sent again as a reference to its record."""
-    for i in failed:
+def _size_refusals() -> frozenset:
+    from confluent_kafka import KafkaError
+
+    return frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE})
+
+
+def _dead_letters_as_references(items: list[tuple], errors: dict, codec) -> None:
+    """A dead letter the broker refused as too large for the topic is sent again as a reference to its record (not
+    one that failed otherwise: the broker away, or purged with an aborted transaction, goes again whole)."""
+    too_large = _size_refusals()
+    for i, err in errors.items():
+        if getattr(err, "code", lambda: None)() not in too_large:
+            continue
         dead = items[i][4] if len(items[i]) > 4 else None
         if dead and not dead["truncated"]:
             ref = as_reference(dead)
@@ -800,7 +813,7 @@ def transact(producer, items: list[tuple], offsets: dict[tuple[str, int], int], 
     reference. TransactionFailed if the group has moved on or the producer is fenced or failed for good; Stopped if
     asked to stop meanwhile (what was open is aborted, or by the coordinator after TXN_TIMEOUT_MS).
     """
-    from confluent_kafka import KafkaException, TopicPartition
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
     fenced = _fenced_codes()
     pause = 0.1
@@ -825,8 +838,15 @@ def transact(producer, items: list[tuple], offsets: dict[tuple[str, int], int], 
             raise
         except KafkaException as exc:
             err = exc.args[0]
-            if err.fatal() or err.code() in fenced or not err.txn_requires_abort():
+            # a send of this transaction already failed, so it takes no more records (librdkafka's _STATE on
+            # produce): it must be aborted, as the failed send's own error would have said at the commit
+            cut_short = err.code() == KafkaError._STATE and not err.fatal()
+            if not cut_short and (err.fatal() or err.code() in fenced or not err.txn_requires_abort()):
                 metrics.m().transactions.labels(who, "refused").inc()
+                try:  # what it holds is aborted now, not after the timeout (the next owner's readers wait for it)
+                    producer.abort_transaction(1.0)
+                except KafkaException:
+                    pass
                 raise TransactionFailed(f"transaction refused ({err.str()})") from None
             metrics.m().transactions.labels(who, "aborted").inc()
             log.error("%s: a transaction of %d records was aborted, sending them again: %s", who, len(items),
@@ -836,7 +856,8 @@ def transact(producer, items: list[tuple], offsets: dict[tuple[str, int], int], 
             except KafkaException as failed:  # e.g. fenced: the coordinator ended the transaction itself (timed out)
                 metrics.m().transactions.labels(who, "refused").inc()
                 raise TransactionFailed(f"transaction not aborted ({failed.args[0].str()})") from None
-        _dead_letters_as_references(items, list(errors), codec)
+        producer.poll(0)  # the delivery reports of the failed sends, if not served yet (which one was too large)
+        _dead_letters_as_references(items, errors, codec)
         if stop.wait(pause):
             raise Stopped()
         pause = min(pause * 2, 5.0)

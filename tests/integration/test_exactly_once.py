@@ -103,10 +103,13 @@ def test_a_send_the_broker_refuses_aborts_the_transaction_and_its_batch_goes_aga
     producer = Producer({**pipe.client_conf, "transactional.id": f"test-{uuid.uuid4().hex}",
                          "transaction.timeout.ms": 10_000})
     producer.init_transactions(30)
-    # When a batch of one output and the dead letter of a 20 KB record is handed over in one transaction
+    # When a batch of an output, the dead letter of a 20 KB record and 5,000 outputs more is handed over in one
+    # transaction (the refusal may come while the records after it are still being handed to the producer)
     bad = Record(settings.topic(topics.EVENTS.name), 0, 7, b"visitor", b"x" * 20_000)
     dead = dead_letter_item(settings, codec, "detection", bad, ValueError("not an Interaction"), False)
-    items = [(settings.topic(topics.SIGNALS.name), 0, b"visitor", b"an output"), dead]
+    signals = settings.topic(topics.SIGNALS.name)
+    after = [(signals, 0, b"visitor", f"output {i}".encode()) for i in range(5_000)]
+    items = [(signals, 0, b"visitor", b"an output"), dead, *after]
     give_up = threading.Event()
     timer = threading.Timer(60, give_up.set)  # a transaction sent again for good ends the test (Stopped)
     timer.start()
@@ -120,5 +123,5 @@ def test_a_send_the_broker_refuses_aborts_the_transaction_and_its_batch_goes_aga
     assert len(letters) == 1, "the aborted transaction's dead letter is never read"
     letter = wire.decode("DeadLetter", letters[0][1])
     assert letter["truncated"] is True and letter["value_length"] == 20_000 and letter["offset"] == 7
-    # And the output of the aborted transaction is read once, from the one that was committed
-    assert _raw(pipe, "engage.signals") == [(b"visitor", b"an output")]
+    # And the outputs of the aborted transaction are read once each, in order, from the one that was committed
+    assert _raw(pipe, "engage.signals") == [(b"visitor", b"an output")] + [(k, v) for _t, _p, k, v in after]

@@ -49,6 +49,34 @@ class FakeProducer:
         self._call("abort")
         self._open = []
 
+    def poll(self, timeout=0):
+        return 0
+
+
+class RefusingProducer(FakeProducer):
+    """The broker refuses the first send of records over `limit` bytes; the transaction then takes no more records
+    (librdkafka's _STATE), the failed send's report comes, and the abort purges the rest of the batch."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit, self.failed = limit, False
+
+    def produce(self, topic, value=None, key=None, on_delivery=None, **kw):
+        if self.failed:
+            raise KafkaException(KafkaError(KafkaError._STATE, "Operation not valid in state AbortableError"))
+        if len(value or b"") > self.limit:
+            self.failed = True
+            self._refused = on_delivery
+            return
+        super().produce(topic, value=value, key=key, on_delivery=on_delivery, **kw)
+
+    def abort_transaction(self, timeout):
+        super().abort_transaction(timeout)
+        for ack in self._acks:  # what was queued is purged
+            ack(KafkaError(KafkaError._PURGE_QUEUE, "purged"), None)
+        self._refused(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large"), None)
+        self.failed = False
+
 
 class _Msg:
     def __init__(self, offset):
@@ -165,3 +193,28 @@ def test_a_transaction_that_cannot_even_be_aborted_starts_the_stage_again():
     with pytest.raises(TransactionFailed, match="not aborted"):
         transact(producer, list(ITEMS), OFFSETS, lambda: "group", threading.Event(), None, "test")
     assert producer.committed == []
+
+
+def test_a_refused_dead_letter_mid_batch_aborts_and_only_it_goes_again_as_a_reference():
+    from streams import clients, topics
+    from streams.runtime.runner import Record, dead_letter_item
+
+    # Given a batch with a dead letter of a 20 KB record the broker refuses, between two others, and a dead letter
+    # of a small record after it (purged with the aborted transaction, not refused)
+    settings = Settings()
+    codec = clients.codec(settings)
+    events = settings.topic(topics.EVENTS.name)
+    big = dead_letter_item(settings, codec, "detection", Record(events, 0, 7, b"v", b"x" * 20_000), ValueError("bad"), False)
+    small = dead_letter_item(settings, codec, "detection", Record(events, 0, 8, b"v", b"y"), ValueError("bad"), False)
+    items = [ITEMS[0], big, ITEMS[1], small]
+    producer = RefusingProducer(limit=8_000)
+    # When it is handed over
+    transact(producer, items, OFFSETS, lambda: "group", threading.Event(), codec, "test")
+    # Then the first transaction is aborted (the records after the refusal were not taken) and the second commits
+    # every record, the refused dead letter as a reference and the purged one whole, with the offsets, once
+    assert producer.calls == ["begin", "abort", "begin", "send_offsets", "commit"]
+    assert producer.committed == [[("engage.events", 0, 42)]] and len(producer.sent) == 4
+    sent = {(t, k): v for t, k, v in producer.sent}
+    assert items[1][4]["truncated"] is True and len(items[1][3]) < 8_000
+    assert items[3][4]["truncated"] is False and items[3][4]["value"] == b"y"
+    assert len(sent) == 3  # both dead letters share topic and key: the last one kept in this view
