@@ -236,6 +236,7 @@ class Runner:
             taken = self._positions_after(records)
             offsets = self._transact(sends + state, taken)[len(sends):]
         else:
+            taken = {(r.topic, r.partition): r.offset + 1 for r in records}  # records come in offset order
             self._deliver(sends)
             offsets = self._deliver(state)
         by_partition: dict[int, list] = {}
@@ -245,11 +246,7 @@ class Runner:
             reached.setdefault(p, {})[table] = max(offset + 1, reached.get(p, {}).get(table, 0))
         for p, part_writes in by_partition.items():
             self.stores.open(p).write(part_writes, reached[p])
-        if self.settings.exactly_once:
-            self.done.update(taken)
-        else:
-            for r in records:
-                self.done[(r.topic, r.partition)] = r.offset + 1
+        self.done.update(taken)
         self._count_handed(records, sends)
         self._commit_due(time.monotonic())
 
@@ -295,8 +292,7 @@ class Runner:
         elif wait:
             self._deliver(items)
         else:
-            for topic, partition, key, value in items:
-                self.producer.produce(topic, key=key, value=value, **({} if partition is None else {"partition": partition}))
+            _produce(self.producer, items, range(len(items)), [None] * len(items), {})
             self.producer.poll(0)
 
     def _count_handed(self, records: list[Record], sends: list[tuple]) -> None:
@@ -802,6 +798,17 @@ def _fenced_codes() -> frozenset:
                       KafkaError.INVALID_PRODUCER_EPOCH})
 
 
+def _abort_now(producer) -> None:
+    """Abort the open transaction if the producer still can, at once: what it holds is then dropped now, not after the
+    transaction timeout (the next owner's readers wait for it); a fenced or failed producer cannot, and is left."""
+    from confluent_kafka import KafkaException
+
+    try:
+        producer.abort_transaction(1.0)
+    except KafkaException:
+        pass
+
+
 def transact(producer, items: list[tuple], offsets: dict[tuple[str, int], int], group_metadata, stop: threading.Event,
              codec, who: str) -> list[int]:
     """Produce `items` (as `deliver` takes them) and commit the consumer's `offsets` ((topic, partition) -> next
@@ -831,10 +838,7 @@ def transact(producer, items: list[tuple], offsets: dict[tuple[str, int], int], 
             metrics.m().transactions.labels(who, "committed").inc()
             return acked  # type: ignore[return-value]
         except Stopped:
-            try:
-                producer.abort_transaction(1.0)
-            except KafkaException:
-                pass
+            _abort_now(producer)
             raise
         except KafkaException as exc:
             err = exc.args[0]
@@ -843,10 +847,7 @@ def transact(producer, items: list[tuple], offsets: dict[tuple[str, int], int], 
             cut_short = err.code() == KafkaError._STATE and not err.fatal()
             if not cut_short and (err.fatal() or err.code() in fenced or not err.txn_requires_abort()):
                 metrics.m().transactions.labels(who, "refused").inc()
-                try:  # what it holds is aborted now, not after the timeout (the next owner's readers wait for it)
-                    producer.abort_transaction(1.0)
-                except KafkaException:
-                    pass
+                _abort_now(producer)
                 raise TransactionFailed(f"transaction refused ({err.str()})") from None
             metrics.m().transactions.labels(who, "aborted").inc()
             log.error("%s: a transaction of %d records was aborted, sending them again: %s", who, len(items),
