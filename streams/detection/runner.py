@@ -15,6 +15,7 @@ Per batch (what the consumer has waiting, up to ENGAGE_BATCH_MAX), in this order
   4. then into the partition's RocksDB, with the changelog offsets it reaches;
   5. the offsets are committed last, at most once per commit interval (1 s, as Faust; Kafka Streams
      also commits on an interval), and when partitions are revoked or the runner stops.
+Steps 3 and 4 go with the next batch's step 2 when it is waiting already (streams/runtime/runner.py).
 A crash before 3 replays the events against the old state and re-sends the same signal ids; after
 3, restoring from the changelog gives the new state, and the replayed events are duplicates.
 Partitions are taken with the range assignor, so a worker holds the same partitions of events

@@ -34,25 +34,44 @@ class PartitionDB:
         path.mkdir(parents=True, exist_ok=True)
         self.prefixes = prefixes
         self.db = Rdict(str(path), Options(raw_mode=True))
+        # (table, key) -> (batch number, bytes or None): a batch's writes whose changelog records are not acked yet
+        # (see Runner.hand_over); reads see them, RocksDB gets them once acked
+        self.unacked: dict[tuple[str, str], tuple[int, bytes | None]] = {}
 
     def get(self, table: str, key: str) -> bytes | None:
+        if self.unacked:
+            held = self.unacked.get((table, key))
+            if held is not None:
+                return held[1]
         return self.db.get(self.prefixes[table] + key.encode())
 
     def items(self, table: str):
-        """(key, bytes) of every entry of `table` in this partition, in key order."""
+        """(key, bytes) of every entry of `table` in this partition: RocksDB's in key order, then the unacked ones."""
         prefix = self.prefixes[table]
+        mine = {k: v for (t, k), (_, v) in self.unacked.items() if t == table}
         for k, v in self.db.items(from_key=prefix):
             if not k.startswith(prefix):
                 break
-            yield k[len(prefix):].decode(), v
+            key = k[len(prefix):].decode()
+            if key not in mine:
+                yield key, v
+        for key, v in mine.items():
+            if v is not None:
+                yield key, v
+
+    def hold(self, writes, batch_no: int) -> None:
+        """Writes (table, key, bytes or None) of batch number `batch_no`, read from here until `write` applies them."""
+        for table, key, value in writes:
+            self.unacked[(table, key)] = (batch_no, value)
 
     def offset(self, table: str) -> int:
         """The changelog offset from which this partition's records are not applied yet."""
         data = self.db.get(_OFFSET + table.encode())
         return int(data) if data is not None else 0
 
-    def write(self, writes, offsets: dict[str, int]) -> None:
-        """Apply (table, key, bytes or None to delete) and the changelog offsets they reach, atomically."""
+    def write(self, writes, offsets: dict[str, int], batch_no: int | None = None) -> None:
+        """Apply (table, key, bytes or None to delete) and the changelog offsets they reach, atomically; the writes
+        held for batch number `batch_no`, if given, are then no longer held (a later batch's write of a key stays)."""
         batch = WriteBatch(raw_mode=True)
         for table, key, value in writes:
             k = self.prefixes[table] + key.encode()
@@ -63,6 +82,11 @@ class PartitionDB:
         for table, offset in offsets.items():
             batch.put(_OFFSET + table.encode(), str(offset).encode())
         self.db.write(batch)
+        if batch_no is not None and self.unacked:
+            for table, key, _ in writes:
+                held = self.unacked.get((table, key))
+                if held is not None and held[0] == batch_no:
+                    del self.unacked[(table, key)]
 
     def close(self) -> None:
         self.db.close()

@@ -12,6 +12,7 @@ class FakeProducer:
         self.next_offset: dict = {}
         self.headers: list[dict] = []  # of each record in `sent`
         self._queued_headers: list[dict] = []
+        self.rounds: list[list[str]] = []  # the topics of each flush's records: one round of acks each
 
     def produce(self, topic, value=None, key=None, on_delivery=None, partition=None, headers=None):
         self.queue.append((topic, partition, key, value, on_delivery))
@@ -21,6 +22,8 @@ class FakeProducer:
         return 0
 
     def flush(self, timeout=None):
+        if self.queue:
+            self.rounds.append([q[0] for q in self.queue])
         for (topic, partition, key, value, cb), headers in zip(self.queue, self._queued_headers):
             if self.failures:
                 self.failures -= 1
@@ -101,7 +104,8 @@ def after_decision(tmp_path, actions=None, **settings_over):
 
 
 def feed(runner, records) -> None:
-    """One batch of (topic, key, value bytes[, partition]) records, offsets counted per topic and partition."""
+    """One batch of (topic, key, value bytes[, partition]) records, offsets counted per topic and partition, handed
+    over as the runner's loop does when nothing more is waiting (see `handed`)."""
     from streams.runtime.runner import Record
 
     batch = []
@@ -110,7 +114,7 @@ def feed(runner, records) -> None:
         offset = runner.__dict__.setdefault("_offsets", {}).get((topic, p), 0)
         runner._offsets[(topic, p)] = offset + 1
         batch.append(Record(topic, p, offset, key, value))
-    runner.process(batch)
+    handed(runner, batch)
 
 
 def sent(runner, spec) -> list[tuple[bytes | None, dict | None, dict]]:
@@ -236,3 +240,13 @@ class DataStage:
         from streams.runtime.values import decode
 
         return decode(self.runner.stores.open(partition).get(table, key))
+
+
+def handed(runner, records) -> None:
+    """A batch as a runner's loop hands it over when nothing more is waiting: processed (its outputs acked), its held
+    state released (the changelog acked, then RocksDB), then the commit if one is due."""
+    import time
+
+    runner.process(records)
+    runner.release_held()
+    runner._commit_due(time.monotonic())

@@ -16,7 +16,7 @@ from streams.runtime.runner import Record, Stopped
 from streams.detection.store import PartitionDB
 from streams.settings import REPO_ROOT, Settings
 from tests.support import wire
-from tests.support.runners import FakeConsumer, FakeProducer, Message
+from tests.support.runners import FakeConsumer, FakeProducer, Message, handed
 
 T0 = int(time.time() * 1000) - 60_000  # a minute ago: within the accepted event times
 RULES = load_detection(REPO_ROOT / "rules" / "detection.yaml")
@@ -52,7 +52,7 @@ def test_a_cancel_search_becomes_a_signal_then_state_then_a_commit(tmp_path):
     # Given the runner with the default rules
     runner = _runner(tmp_path)
     # When a visitor searches for how to cancel
-    runner.process([_event(5, "search", query="cancel my contract", path="/help/search")])
+    handed(runner, [_event(5, "search", query="cancel my contract", path="/help/search")])
     # Then one signal, keyed by the visitor, with the event as evidence and the rule set's version
     [(key, signal)] = _sent(runner, topics.SIGNALS)
     assert key == b"v1" and signal["rule_id"] == "cancel-intent" and signal["evidence"][0]["event_id"] == "e5"
@@ -71,7 +71,7 @@ def test_a_cancel_search_becomes_a_signal_then_state_then_a_commit(tmp_path):
 def test_each_key_is_written_once_per_batch_into_its_own_partition(tmp_path):
     runner = _runner(tmp_path)
     # When a batch holds three events of v1 (partition 0) and one of v2 (partition 1)
-    runner.process([_event(1, "page_view", path="/a"), _event(2, "page_view", visitor="v2", partition=1, path="/a"),
+    handed(runner, [_event(1, "page_view", path="/a"), _event(2, "page_view", visitor="v2", partition=1, path="/a"),
                     _event(3, "page_view", path="/b"), _event(4, "page_view", path="/c")])
     # Then each visitor's state is written once, on its own partition
     assert sorted((p, v) for p, v, _ in _changelog(runner, VISITORS)) == [(0, "v1"), (1, "v2")]
@@ -83,7 +83,7 @@ def test_each_key_is_written_once_per_batch_into_its_own_partition(tmp_path):
 def test_garbage_and_a_wrong_key_are_dead_lettered_and_the_next_event_is_processed(tmp_path):
     runner = _runner(tmp_path)
     # When garbage, then an event under another visitor's key, then a valid event arrive in one batch
-    runner.process([Record("engage.events", 0, 1, b"v1", b"\x00garbage"),
+    handed(runner, [Record("engage.events", 0, 1, b"v1", b"\x00garbage"),
                     _event(2, "search", key="someone-else", query="cancel"), _event(3, "search", query="cancel")])
     # Then both bad records are dead-lettered with their reason, and the valid one still raised its signal
     dead = _sent(runner, topics.DEADLETTER)
@@ -106,7 +106,7 @@ def test_a_fault_mid_event_dead_letters_it_alone_and_forgets_the_cached_clocks(t
     monkeypatch.setattr(detector_module, "detect", faulty)
     runner = _runner(tmp_path)
     # When that visitor's event comes between two others in a batch
-    runner.process([_event(1, "search", query="cancel"), _event(2, "search", visitor="v-boom", query="cancel"),
+    handed(runner, [_event(1, "search", query="cancel"), _event(2, "search", visitor="v-boom", query="cancel"),
                     _event(3, "page_view", visitor="v3", path="/x")])
     # Then it is dead-lettered as a fault, its visitor has no state, and the others are processed
     [(_, dead)] = _sent(runner, topics.DEADLETTER)
@@ -119,10 +119,64 @@ def test_a_fault_mid_event_dead_letters_it_alone_and_forgets_the_cached_clocks(t
 def test_sends_the_broker_fails_are_sent_again_and_nothing_is_committed_before(tmp_path):
     # Given a broker that fails the first send
     runner = _runner(tmp_path, failures=1)
-    runner.process([_event(1, "search", query="cancel")])
+    handed(runner, [_event(1, "search", query="cancel")])
     # Then the signal is sent again, once, and the offset committed after it was taken
     assert len(_sent(runner, topics.SIGNALS)) == 1
     assert runner.consumer.commits == [{("engage.events", 0): 2}]
+
+
+def test_a_batchs_state_goes_with_the_next_batchs_outputs_and_is_read_from_memory_meanwhile(tmp_path):
+    from streams.detection.encoding import decode
+    from streams.detection.state import SEEN
+
+    runner = _runner(tmp_path)
+    db = runner.stores.dbs[0]
+    # Given a batch handed over while more was waiting: its outputs acked, its state held, not yet on the changelog
+    runner.process([_event(1, "page_view", path="/help")])
+    assert _changelog(runner, VISITORS) == [] and db.db.get(b"vv1") is None and runner.done == {}
+    assert list(decode(db.get(VISITORS, "v1"))[SEEN]) == ["e1"]  # read from memory
+    # When the next batch comes: the same visitor searches how to cancel
+    runner.process([_event(2, "search", query="cancel my contract", path="/help/search")])
+    # Then its signal and the first batch's state went in one round of acks, the signal first
+    signals, changelog = runner.settings.topic("engage.signals"), runner.changelog[VISITORS]
+    [second] = [r for r in runner.producer.rounds if signals in r]
+    assert changelog in second and second.index(signals) < second.index(changelog)
+    # And the first batch's state is in RocksDB and its offset done; the second's, read with the first's, is held
+    [(_, _, first)] = _changelog(runner, VISITORS)
+    assert db.db.get(b"vv1") == first and runner.done == {("engage.events", 0): 2}
+    assert list(decode(db.get(VISITORS, "v1"))[SEEN]) == ["e1", "e2"] and db.db.get(b"vv1") != db.get(VISITORS, "v1")
+    # And when nothing more is waiting, the held state goes alone, then into RocksDB, and its offset is done
+    runner.release_held()
+    assert len(_changelog(runner, VISITORS)) == 2 and db.db.get(b"vv1") == db.get(VISITORS, "v1")
+    assert db.unacked == {} and runner.done == {("engage.events", 0): 3}
+
+
+def test_a_revoke_hands_over_the_held_state_before_committing(tmp_path):
+    from confluent_kafka import TopicPartition
+
+    runner = _runner(tmp_path)
+    runner.assigned = {0}
+    runner.process([_event(1, "page_view", path="/a")])
+    # When the partition is revoked while the batch's state is held
+    runner._on_revoke(runner.consumer, [TopicPartition("engage.events", 0), TopicPartition("engage.detection-ticks", 0)])
+    # Then the state was acked on the changelog before the batch's offset was committed
+    kinds = [what if what == "commit" else topic for what, topic in runner.log]
+    assert kinds.index(runner.changelog[VISITORS]) < kinds.index("commit")
+    assert runner.consumer.commits == [{("engage.events", 0): 2}]
+
+
+def test_lost_partitions_held_state_is_not_sent_and_the_others_is(tmp_path):
+    from confluent_kafka import TopicPartition
+
+    runner = _runner(tmp_path)
+    runner.assigned = {0, 1}
+    # Given a batch of both partitions whose state is held
+    runner.process([_event(1, "page_view", path="/a"), _event(2, "page_view", visitor="v2", partition=1, path="/a")])
+    # When partition 1 is lost (another worker may write its changelog already)
+    runner._on_lost(runner.consumer, [TopicPartition("engage.events", 1), TopicPartition("engage.detection-ticks", 1)])
+    # Then only partition 0's state went to the changelog, and only its offset is done
+    assert [(p, v) for p, v, _ in _changelog(runner, VISITORS)] == [(0, "v1")]
+    assert runner.done == {("engage.events", 0): 2}
 
 
 def test_a_stop_while_the_broker_is_down_commits_nothing_and_writes_no_state(tmp_path):
@@ -239,11 +293,11 @@ def test_batches_within_the_commit_interval_are_committed_together_once_it_has_p
     clock = [100.0]
     monkeypatch.setattr("streams.runtime.runner.time.monotonic", lambda: clock[0])
     runner = _runner(tmp_path)
-    runner.process([_event(1, "page_view", path="/a")])
+    handed(runner, [_event(1, "page_view", path="/a")])
     # When two more batches come within the interval
     clock[0] = 100.4
-    runner.process([_event(2, "page_view", path="/b")])
-    runner.process([_event(3, "page_view", visitor="v2", partition=1, path="/a")])
+    handed(runner, [_event(2, "page_view", path="/b")])
+    handed(runner, [_event(3, "page_view", visitor="v2", partition=1, path="/a")])
     # Then nothing more is committed yet
     assert runner.consumer.commits == [{("engage.events", 0): 2}]
     # And once the interval has passed, with no new batch, both partitions' progress is committed at once

@@ -12,7 +12,7 @@ from streams.runtime.runner import Record
 from streams.runtime.stage import Handler, StageRunner
 from streams.settings import Settings
 from tests.support import wire
-from tests.support.runners import FakeConsumer, FakeProducer
+from tests.support.runners import FakeConsumer, FakeProducer, handed
 from tests.support.stage import T0
 
 TABLE = topics.KEY_TO_ATTRIBUTIONS
@@ -47,7 +47,7 @@ def test_a_record_that_fails_after_writing_leaves_the_state_as_it_found_it(tmp_p
     # Given a handler that counts outcomes per key, and fails on a decline after counting it
     runner = _runner(tmp_path, _counting)
     # When a batch has a shown, a decline and another shown
-    runner.process([_outcome(0), _outcome(1, "declined"), _outcome(2)])
+    handed(runner, [_outcome(0), _outcome(1, "declined"), _outcome(2)])
     # Then the decline is dead-lettered by the handler's stage, and only the two others are counted, once
     [dead] = [wire.decode("DeadLetter", v) for t, _, _, v in runner.producer.sent if t == "engage.deadletter"]
     assert dead["stage"] == "counting" and dead["offset"] == 1
@@ -73,10 +73,33 @@ def test_a_tables_items_are_the_stored_ones_with_the_batchs_writes_and_deletions
     runner = _runner(tmp_path, handle)
     runner.stores.open(0).write([(TABLE, "a", b'{"n":1}'), (TABLE, "b", b'{"n":2}')], {})
     # When one record writes c and deletes a, and the next of the batch lists the table
-    runner.process([_outcome(0, "shown"), _outcome(1, "accepted")])
+    handed(runner, [_outcome(0, "shown"), _outcome(1, "accepted")])
     # Then it sees b and c, not a
     assert seen == [[("b", {"n": 2}), ("c", {"n": 3})]]
     assert runner.stores.dbs[0].get(TABLE, "a") is None
+
+
+
+def test_the_next_batch_sees_a_held_batchs_writes_and_deletions(tmp_path):
+    # Given stored keys a and b, and a batch that wrote c and deleted a, its state held (more was waiting)
+    seen = []
+
+    def handle(record, outcome, tables):
+        t = tables[TABLE]
+        if outcome["type"] == "shown":
+            t["c"] = {"n": 3}
+            del t["a"]
+        else:
+            seen.append((sorted(t.items()), t.get("a"), t.get("c")))
+        return []
+
+    runner = _runner(tmp_path, handle)
+    runner.stores.open(0).write([(TABLE, "a", b'{"n":1}'), (TABLE, "b", b'{"n":2}')], {})
+    runner.process([_outcome(0, "shown")])
+    # When the next batch lists and reads the table before the first one's state is acked
+    runner.process([_outcome(1, "accepted")])
+    # Then it sees b and c, not a, as the first batch left them
+    assert seen == [([("b", {"n": 2}), ("c", {"n": 3})], None, {"n": 3})]
 
 
 class _AppGroup:
