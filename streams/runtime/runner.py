@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,7 +275,8 @@ class Runner:
         else:
             taken = {(r.topic, r.partition): r.offset + 1 for r in records}  # records come in offset order
             held, self._held = self._held, None
-            offsets = self._deliver(sends + (held.state if held else []))[len(sends):]
+            with self._dropped_if_failed(held):
+                offsets = self._deliver(sends + (held.state if held else []))[len(sends):]
             if held:
                 self._apply(held.writes, offsets, held.number)
                 self.done.update(held.taken)
@@ -298,8 +300,23 @@ class Runner:
             mine = [i for i, w in enumerate(held.writes) if w[0] in keep]
             held = _Held(held.number, [held.state[i] for i in mine], [held.writes[i] for i in mine],
                          {tp: o for tp, o in held.taken.items() if tp[1] in keep})
-        self._apply(held.writes, self._deliver(held.state), held.number)
+        with self._dropped_if_failed(held):
+            offsets = self._deliver(held.state)
+        self._apply(held.writes, offsets, held.number)
         self.done.update(held.taken)
+
+    @contextmanager
+    def _dropped_if_failed(self, held: _Held | None):
+        """If handing `held` over fails (Stopped), its writes are no longer read: its records are read again, and
+        nothing built on state that never reached the changelog may be handed over after it."""
+        try:
+            yield
+        except BaseException:
+            if held is not None:
+                for p in {w[0] for w in held.writes}:
+                    if p in self.stores.dbs:
+                        self.stores.dbs[p].discard(held.number)
+            raise
 
     def _apply(self, writes: list[tuple], offsets: list[int], number: int | None) -> None:
         """`writes` into their partitions' RocksDB, with the changelog offsets (`offsets`, theirs by index) they reach."""

@@ -69,6 +69,10 @@ class PartitionDB:
         data = self.db.get(_OFFSET + table.encode())
         return int(data) if data is not None else 0
 
+    def discard(self, batch_no: int) -> None:
+        """Forget the writes held for batch number `batch_no`: they will not be acked (its records are read again)."""
+        self.unacked = {where: held for where, held in self.unacked.items() if held[0] != batch_no}
+
     def write(self, writes, offsets: dict[str, int], batch_no: int | None = None) -> None:
         """Apply (table, key, bytes or None to delete) and the changelog offsets they reach, atomically; the writes
         held for batch number `batch_no`, if given, are then no longer held (a later batch's write of a key stays)."""

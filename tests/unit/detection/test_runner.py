@@ -179,6 +179,20 @@ def test_lost_partitions_held_state_is_not_sent_and_the_others_is(tmp_path):
     assert runner.done == {("engage.events", 0): 2}
 
 
+def test_a_held_state_the_broker_never_took_is_not_read_any_more(tmp_path):
+    runner = _runner(tmp_path)
+    # Given a batch whose state is held, then a broker that fails every send, and a stop asked for meanwhile
+    runner.process([_event(1, "page_view", path="/a")])
+    runner.producer.failures = 10**6
+    threading.Timer(0.3, runner.stop.set).start()
+    # When the held state is handed over
+    with pytest.raises(Stopped):
+        runner.release_held()
+    # Then it is no longer read, nor in RocksDB, and its offset is not done: the event is read again next time
+    db = runner.stores.dbs[0]
+    assert db.get(VISITORS, "v1") is None and db.unacked == {} and runner.done == {}
+
+
 def test_a_stop_while_the_broker_is_down_commits_nothing_and_writes_no_state(tmp_path):
     # Given a broker that fails every send, and a stop asked for meanwhile
     runner = _runner(tmp_path, failures=10**6)
