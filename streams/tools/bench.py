@@ -613,6 +613,44 @@ def _restore_phase(settings: Settings, work: Path, run_id: str) -> dict:
             "failover": failover_phase(rs, work, worker_env)}
 
 
+VISITORS_RESTORED = 100_000
+
+
+def _visitors_restore_phase(settings: Settings, work: Path, run_id: str) -> dict:
+    """The state of 100,000 visitors (two page views each, no customer), built by a worker, then restored from the
+    changelogs by a worker with an empty folder: seconds from its start to committing a new event, the records and
+    bytes it read, and the RocksDB bytes per visitor it built."""
+    import random
+
+    vs = settings.with_(topic_prefix=f"bench-{run_id}-visitors.", app_id=f"engage-bench-{run_id}-visitors",
+                        data_dir=work / "state-visitors")
+    ensure_topics(vs)
+    codec, producer = clients.codec(vs), clients.producer(vs, **{"linger.ms": 20})
+    topic, rng, now = vs.topic(topics.EVENTS.name), random.Random(6), int(time.time() * 1000)
+    order = [v for v in range(VISITORS_RESTORED) for _ in range(2)]
+    rng.shuffle(order)
+    for i, v in enumerate(order):
+        ev = {"event_id": f"vr-{i:07d}", "ts": now - 60_000 + i // 10, "visitor_id": f"vr-{v:06d}", "customer_id": None,
+              "channel": "web", "type": "page_view", "path": rng.choice(("/", "/plans", "/help", "/phones")), "query": None,
+              "value": None, "attributes": {}}
+        while True:
+            try:
+                producer.produce(topic, key=ev["visitor_id"].encode(), value=codec.encode(topic, "Interaction", ev))
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(60)
+    built = _worker_on_backlog(vs, work, len(order))
+    state = _visitor_state(vs)
+    changelog = _changelog_bytes(vs, len(order))
+    restored = vs.with_(data_dir=work / "state-visitors-restored")
+    seconds = _restore_s(restored, work, probe_seed=97, data_dir=restored.data_dir)
+    again = _visitor_state(restored)
+    return {"visitors": state["visitors"], "events": len(order), "built": built,
+            "changelog_records": changelog["records"], "changelog_bytes": changelog["bytes"],
+            "restore_from_changelogs_s": seconds, "rocksdb_bytes_per_visitor_restored": again["rocksdb_bytes_per_visitor"]}
+
+
 def _timed_signals() -> set[str]:
     """Signals of absence and dwell rules: stamped with their deadline, they fire once the partition's clock passes
     it plus the allowed lateness, so their latency is that wait, by design."""
@@ -801,6 +839,8 @@ def run_bench(settings: Settings, rate: float, duration_s: float, out: Path | No
         result["backlog"] = _rounds(settings, work, run_id, rounds=3)
         print(f"[bench] restore: {RESTORE_EVENTS} events from {RESTORE_CUSTOMERS} customers, then a new worker ...", flush=True)
         result["restore"] = _restore_phase(settings, work, run_id)
+        print(f"[bench] restore: {VISITORS_RESTORED} visitors from the changelogs ...", flush=True)
+        result["visitors_restore"] = _visitors_restore_phase(settings, work, run_id)
     finally:
         stop_process(worker)
         if started:
