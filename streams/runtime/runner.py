@@ -265,7 +265,9 @@ class Runner:
         still reaches the changelog only after them). Its own state is held meanwhile, read from memory
         (`PartitionDB.hold`), and goes with the next batch's outputs, or alone when nothing more is waiting
         (`release_held`); its offsets are done once its state is acked. One round of acks a batch instead of
-        two: at 1,000 events/s offered the stages made ~900 batches a second, each waiting for two."""
+        two when batches come back to back: on a backlog, detection 11,612 -> 12,912 events/s and 103 -> 90 µs of
+        CPU per event (medians of four interleaved pairs, 2026-12-02). At 1,000 events/s offered a stage mostly
+        waits for its next batch, and makes as many produce requests as before (~2,350 a second, all stages)."""
         state = [(self.changelog[table], p, changelog_key(key), value) for p, table, key, value in writes]
         if self.settings.exactly_once:
             taken = self._positions_after(records)
