@@ -66,6 +66,16 @@ def producer(settings: Settings, **extra: Any):
                      **extra})
 
 
+def produce_when_room(producer, topic: str, *, pause_s: float = 0.05, **kwargs: Any) -> None:
+    """`producer.produce(topic, **kwargs)`, serving the client's delivery reports while its queue is full (BufferError)."""
+    while True:
+        try:
+            producer.produce(topic, **kwargs)
+            return
+        except BufferError:  # the client's queue is full: let it send
+            producer.poll(pause_s)
+
+
 def admin(settings: Settings, quiet: bool = False, **extra: Any):
     """An AdminClient; `quiet` silences librdkafka's own logging (refused connections while a broker starts)."""
     from confluent_kafka.admin import AdminClient

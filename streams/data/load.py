@@ -364,12 +364,7 @@ def publish(settings, path: Path, fmt: str, now: int, progress=None) -> Loaded:
             done.stopped_at_line = row[0]
             break
         value = None if row.profile is None else codec.encode(topic, topics.PROFILES.schema, row.profile)
-        while True:
-            try:
-                producer.produce(topic, key=row.customer_id.encode(), value=value, on_delivery=acked)
-                break
-            except BufferError:  # the client's queue is full: let it send
-                producer.poll(0.1)
+        clients.produce_when_room(producer, topic, pause_s=0.1, key=row.customer_id.encode(), value=value, on_delivery=acked)
         if n % 1000 == 0:
             producer.poll(0)
         if progress is not None:

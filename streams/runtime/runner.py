@@ -322,12 +322,10 @@ class Runner:
 
     def _apply(self, writes: list[tuple], offsets: list[int], number: int | None) -> None:
         """`writes` into their partitions' RocksDB, with the changelog offsets (`offsets`, theirs by index) they reach."""
-        by_partition: dict[int, list] = {}
         reached: dict[int, dict[str, int]] = {}
-        for (p, table, key, value), offset in zip(writes, offsets):
-            by_partition.setdefault(p, []).append((table, key, value))
+        for (p, table, _, _), offset in zip(writes, offsets):
             reached.setdefault(p, {})[table] = max(offset + 1, reached.get(p, {}).get(table, 0))
-        for p, part_writes in by_partition.items():
+        for p, part_writes in _by_partition(writes).items():
             self.stores.open(p).write(part_writes, reached[p], number)
 
     def _positions_after(self, records: list[Record]) -> dict[tuple[str, int], int]:
@@ -833,12 +831,7 @@ def _produce(producer, items: list[tuple], which, offsets: list, errors: dict) -
             else:
                 errors[i] = err
 
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, on_delivery=acked, **kwargs)
-                break
-            except BufferError:  # the client's queue is full: let it drain
-                producer.poll(0.05)
+        clients.produce_when_room(producer, topic, value=value, key=key, on_delivery=acked, **kwargs)
 
 
 def _size_refusals() -> frozenset:

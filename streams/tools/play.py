@@ -172,12 +172,7 @@ def play(settings: Settings, scenario: Scenario, speed: float = 1.0, react: bool
     def emit(spec, key: str, record: dict) -> None:
         name = settings.topic(spec.name)
         value = codec.encode(name, spec.schema, record)
-        while True:
-            try:
-                producer.produce(name, key=key.encode(), value=value)
-                return
-            except BufferError:
-                producer.poll(0.05)
+        clients.produce_when_room(producer, name, key=key.encode(), value=value)
 
     consumer = None
     if react:

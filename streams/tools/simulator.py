@@ -176,12 +176,7 @@ def run_simulator(settings: Settings, rate: float, duration_s: float | None, see
             if delay > 0:
                 time.sleep(delay)
                 ev["ts"] = int(time.time() * 1000)
-            while True:
-                try:
-                    producer.produce(t_ev, key=ev["visitor_id"].encode(), value=codec.encode(t_ev, "Interaction", ev))
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            clients.produce_when_room(producer, t_ev, key=ev["visitor_id"].encode(), value=codec.encode(t_ev, "Interaction", ev))
             producer.poll(0)
             sent += 1
             if not quiet and sent % max(1, int(rate * 10) if rate else 10000) == 0:

@@ -57,20 +57,23 @@ def test_a_record_that_fails_after_writing_leaves_the_state_as_it_found_it(tmp_p
     assert runner.consumer.commits == [{("engage.outcomes", 0): 3}]
 
 
-def test_a_tables_items_are_the_stored_ones_with_the_batchs_writes_and_deletions(tmp_path):
-    # Given stored keys a and b
-    seen = []
-
+def _writing_c_and_deleting_a(seen: list, look):
+    """A handler: a shown outcome writes c and deletes a; any other adds `look(table)` to `seen`."""
     def handle(record, outcome, tables):
         t = tables[TABLE]
         if outcome["type"] == "shown":
             t["c"] = {"n": 3}
             del t["a"]
         else:
-            seen.append(sorted(t.items()))
+            seen.append(look(t))
         return []
+    return handle
 
-    runner = _runner(tmp_path, handle)
+
+def test_a_tables_items_are_the_stored_ones_with_the_batchs_writes_and_deletions(tmp_path):
+    # Given stored keys a and b
+    seen = []
+    runner = _runner(tmp_path, _writing_c_and_deleting_a(seen, lambda t: sorted(t.items())))
     runner.stores.open(0).write([(TABLE, "a", b'{"n":1}'), (TABLE, "b", b'{"n":2}')], {})
     # When one record writes c and deletes a, and the next of the batch lists the table
     handed(runner, [_outcome(0, "shown"), _outcome(1, "accepted")])
@@ -79,21 +82,10 @@ def test_a_tables_items_are_the_stored_ones_with_the_batchs_writes_and_deletions
     assert runner.stores.dbs[0].get(TABLE, "a") is None
 
 
-
 def test_the_next_batch_sees_a_held_batchs_writes_and_deletions(tmp_path):
     # Given stored keys a and b, and a batch that wrote c and deleted a, its state held (more was waiting)
     seen = []
-
-    def handle(record, outcome, tables):
-        t = tables[TABLE]
-        if outcome["type"] == "shown":
-            t["c"] = {"n": 3}
-            del t["a"]
-        else:
-            seen.append((sorted(t.items()), t.get("a"), t.get("c")))
-        return []
-
-    runner = _runner(tmp_path, handle)
+    runner = _runner(tmp_path, _writing_c_and_deleting_a(seen, lambda t: (sorted(t.items()), t.get("a"), t.get("c"))))
     runner.stores.open(0).write([(TABLE, "a", b'{"n":1}'), (TABLE, "b", b'{"n":2}')], {})
     runner.process([_outcome(0, "shown")])
     # When the next batch lists and reads the table before the first one's state is acked
